@@ -1,0 +1,5 @@
+"""``python -m framewire``: the same as the ``framewire`` command."""
+
+from framewire.cli import main
+
+main()

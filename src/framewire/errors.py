@@ -1,0 +1,135 @@
+"""The exception hierarchy: one class per error code of PROTOCOL.md.
+
+Every error a peer can cause is a :class:`ProtocolError` carrying the spec's
+machine-readable ``code`` and a sentence for a person. ``framing`` tells
+whether the byte stream can still be trusted afterwards: after a framing
+error the connection must be closed; after a content error (``bad-encoding``,
+``bad-content``, ``handler-error``) only that one message was bad.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """A violation of the wire protocol, with the spec's error ``code``."""
+
+    #: The machine-readable code of PROTOCOL.md's error table.
+    code: str = "protocol-error"
+    #: True when the stream can no longer be trusted and must be closed.
+    framing: bool = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        #: One sentence for a person.
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class HeaderTooLarge(ProtocolError):
+    """The header length is above the receiver's header limit."""
+
+    code = "header-too-large"
+
+
+class BadHeaderLength(ProtocolError):
+    """The header length field is 0 or 1."""
+
+    code = "bad-header-length"
+
+
+class BadHeader(ProtocolError):
+    """The header is not UTF-8, not JSON, not an object, or nests too deep."""
+
+    code = "bad-header"
+
+
+class MissingHeaderKey(ProtocolError):
+    """One of the four required header keys is absent."""
+
+    code = "missing-header-key"
+
+
+class BadHeaderValue(ProtocolError):
+    """A required header key has the wrong type or range."""
+
+    code = "bad-header-value"
+
+
+class ContentTooLarge(ProtocolError):
+    """``content-length`` is above the receiver's content limit."""
+
+    code = "content-too-large"
+
+
+class MessageTimeout(ProtocolError):
+    """A message was started but not completed within the message deadline."""
+
+    code = "timeout"
+
+
+class IncompleteMessage(ProtocolError):
+    """The stream ended in the middle of a message."""
+
+    code = "incomplete-message"
+
+
+class ContentError(ProtocolError):
+    """One message's content is bad; the framing, and so the stream, is intact."""
+
+    framing = False
+
+
+class BadEncoding(ContentError):
+    """Text content whose ``content-encoding`` is not a text codec Python knows."""
+
+    code = "bad-encoding"
+
+
+class BadContent(ContentError):
+    """Content that does not decode with its encoding, or is not valid JSON."""
+
+    code = "bad-content"
+
+
+class ServerBusy(ProtocolError):
+    """The server was at its connection limit and refused the connection."""
+
+    code = "server-busy"
+
+
+class HandlerError(ContentError):
+    """The application's handler failed on this request."""
+
+    code = "handler-error"
+
+
+#: Every code of the hierarchy, mapped to its class.
+ERROR_CLASSES: dict[str, type[ProtocolError]] = {
+    cls.code: cls
+    for cls in (
+        HeaderTooLarge,
+        BadHeaderLength,
+        BadHeader,
+        MissingHeaderKey,
+        BadHeaderValue,
+        ContentTooLarge,
+        MessageTimeout,
+        IncompleteMessage,
+        BadEncoding,
+        BadContent,
+        ServerBusy,
+        HandlerError,
+    )
+}
+
+
+def error_for_code(code: str, message: str) -> ProtocolError:
+    """Build the exception for ``code`` (as read from an error response)."""
+    cls = ERROR_CLASSES.get(code)
+    if cls is None:
+        err = ProtocolError(message)
+        err.code = code  # an unknown code, e.g. from a newer peer
+        return err
+    return cls(message)

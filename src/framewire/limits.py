@@ -1,0 +1,45 @@
+"""Every limit framewire enforces, as named defaults in one place.
+
+Each value here is the default of a matching argument (of :class:`Decoder`,
+:class:`Server`, ...) and of a ``framewire serve`` option; docs/limits.md
+lists them with what a peer sees when it breaks one.
+"""
+
+from __future__ import annotations
+
+#: Largest JSON header accepted, in bytes. 65535 is the most the 2-byte
+#: length field can express, so by default only the field itself limits it.
+MAX_HEADER_SIZE = 65535
+
+#: Largest ``content-length`` accepted, in bytes (64 MiB). Checked as soon as
+#: the header is parsed, before any content byte is buffered.
+MAX_CONTENT_LENGTH = 64 * 1024 * 1024
+
+#: Seconds from the first byte of a message to its last (an absolute
+#: deadline, so a peer trickling one byte at a time cannot hold a connection).
+MESSAGE_TIMEOUT = 30.0
+
+#: Seconds a connection may sit with no partial message and nothing pending
+#: before the server closes it.
+IDLE_TIMEOUT = 300.0
+
+#: Connections a server holds at once; the next one gets ``server-busy``.
+MAX_CONNECTIONS = 10_000
+
+#: Bytes of queued responses per connection above which the server stops
+#: reading from that connection until the peer drains them.
+HIGH_WATER = 1024 * 1024
+
+#: Requests received but not yet answered per connection above which the
+#: server stops reading from that connection.
+MAX_IN_FLIGHT = 1024
+
+#: Seconds the server gives in-flight requests on SIGTERM/SIGINT.
+GRACE = 10.0
+
+#: Headers up to this size are remembered, parsed and validated, by their
+#: exact bytes: most peers repeat the same few headers.
+HEADER_CACHE_MAX_SIZE = 512
+
+#: How many distinct headers the parse cache holds before it starts over.
+HEADER_CACHE_ENTRIES = 1024

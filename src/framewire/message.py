@@ -1,0 +1,370 @@
+"""The :class:`Message`: one framed message, its header and its content.
+
+A message is immutable. Its header fields live in a shared, immutable
+:class:`_Header` record, so that the thousands of messages a connection sees
+with the same header share one record (and one encoded copy of it).
+"""
+
+from __future__ import annotations
+
+import codecs
+import encodings
+import encodings.aliases
+import functools
+import pkgutil
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from framewire.errors import BadContent, BadEncoding, ProtocolError, error_for_code
+
+#: The four keys every header must carry.
+REQUIRED_KEYS: Final = ("byteorder", "content-type", "content-encoding", "content-length")
+#: Content types decoded as JSON.
+JSON_TYPES: Final = frozenset({"text/json", "application/json"})
+#: The header extension key that marks a response as an error or a success.
+STATUS_KEY: Final = "status"
+
+_BYTEORDERS: Final = frozenset({"little", "big"})
+_UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
+_NO_EXTENSIONS: Final[Mapping[str, Any]] = MappingProxyType({})
+# Headers without extension keys, by (type, encoding, byteorder, length):
+# a server answering many requests of one shape encodes the header once.
+_HEADER_CACHE: dict[tuple[str, str, str, int], _Header] = {}
+_HEADER_CACHE_ENTRIES: Final = 4096
+
+
+@functools.cache
+def _codec_names() -> frozenset[str]:
+    names = set(encodings.aliases.aliases)
+    names.update(encodings.aliases.aliases.values())
+    names.update(m.name for m in pkgutil.iter_modules(encodings.__path__))
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=256)
+def text_codec(name: str) -> codecs.CodecInfo | None:
+    """The text codec called ``name``, or None if Python has no such text codec.
+
+    Names are checked against the codecs shipped with Python before
+    ``codecs.lookup`` sees them: the lookup remembers every unknown name
+    forever, so a peer sending endless made-up names would grow memory.
+    Byte-to-byte codecs (``zlib``, ``base64``, ``rot13``...) are refused.
+    """
+    norm = encodings.normalize_encoding(name.lower())
+    known = _codec_names()
+    if norm not in known and norm.replace(".", "_") not in known:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None
+    if not getattr(info, "_is_text_encoding", True):
+        return None
+    return info
+
+
+class _Header:
+    """The header of one message: required fields, extensions, wire bytes."""
+
+    __slots__ = ("byteorder", "content_encoding", "content_length", "content_type", "extensions", "wire")
+
+    def __init__(
+        self,
+        content_type: str,
+        content_encoding: str,
+        byteorder: str,
+        content_length: int,
+        extensions: Mapping[str, Any],
+        wire: bytes | None = None,
+    ) -> None:
+        self.content_type = content_type
+        self.content_encoding = content_encoding
+        self.byteorder = byteorder
+        self.content_length = content_length
+        self.extensions = extensions
+        #: The 2-byte length and the JSON header, as sent; made when first needed.
+        self.wire = wire
+
+    def as_dict(self) -> dict[str, Any]:
+        header: dict[str, Any] = {
+            "byteorder": self.byteorder,
+            "content-type": self.content_type,
+            "content-encoding": self.content_encoding,
+            "content-length": self.content_length,
+        }
+        header.update(self.extensions)
+        return header
+
+    def encoded(self) -> bytes:
+        wire = self.wire
+        if wire is None:
+            body = orjson.dumps(self.as_dict())
+            if len(body) > 0xFFFF:
+                raise ValueError(
+                    f"The header is {len(body)} bytes when encoded; the protocol allows at most 65535."
+                )
+            wire = self.wire = len(body).to_bytes(2, "big") + body
+        return wire
+
+
+def _make_header(
+    content_type: str,
+    content_encoding: str,
+    byteorder: str,
+    content_length: int,
+    extensions: Mapping[str, Any] | None,
+) -> _Header:
+    if not extensions:
+        key = (content_type, content_encoding, byteorder, content_length)
+        header = _HEADER_CACHE.get(key)
+        if header is None:
+            # Checked once per distinct header, not once per message.
+            _check_fields(content_type, content_encoding, byteorder)
+            if len(_HEADER_CACHE) >= _HEADER_CACHE_ENTRIES:
+                _HEADER_CACHE.clear()
+            header = _HEADER_CACHE[key] = _Header(*key, _NO_EXTENSIONS)
+        return header
+    _check_fields(content_type, content_encoding, byteorder)
+    for name in extensions:
+        if not isinstance(name, str):
+            raise TypeError(f"extension keys must be strings, not {name!r}")
+        if name in REQUIRED_KEYS:
+            raise ValueError(f"{name!r} is a required key, set from the arguments, not an extension")
+    return _Header(
+        content_type, content_encoding, byteorder, content_length, MappingProxyType(dict(extensions))
+    )
+
+
+def _check_fields(content_type: object, content_encoding: object, byteorder: object) -> None:
+    if not isinstance(content_type, str) or not content_type:
+        raise ValueError(f"content_type must be a non-empty string, not {content_type!r}")
+    if not isinstance(content_encoding, str) or not content_encoding:
+        raise ValueError(f"content_encoding must be a non-empty string, not {content_encoding!r}")
+    if byteorder not in _BYTEORDERS:
+        raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
+
+
+class Message:
+    """One message of the protocol: a JSON header and ``content`` bytes.
+
+    Build one with :meth:`from_json`, :meth:`from_text` or :meth:`from_bytes`
+    (or the constructor, for full control); they fill the four required
+    header keys. Any other header keys are *extensions*, kept and passed on.
+    Messages are immutable and compare equal when header and content match.
+    """
+
+    __slots__ = ("_content", "_header")
+
+    _header: _Header
+    _content: bytes
+
+    def __init__(
+        self,
+        content: bytes | bytearray | memoryview,
+        content_type: str,
+        content_encoding: str,
+        *,
+        byteorder: str = sys.byteorder,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        if type(content) is not bytes:
+            content = bytes(content)
+        self._content = content
+        self._header = _make_header(content_type, content_encoding, byteorder, len(content), extensions)
+
+    # -- constructors ---------------------------------------------------------
+
+    @classmethod
+    def from_json(
+        cls,
+        obj: Any,
+        *,
+        content_type: str = "text/json",
+        encoding: str = "utf-8",
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """A ``text/json`` message holding ``obj`` encoded as JSON.
+
+        Raises ``TypeError`` for what JSON cannot hold (and for integers
+        beyond 64 bits, which orjson refuses).
+        """
+        data = orjson.dumps(obj)
+        if encoding not in _UTF8_NAMES:
+            data = data.decode("utf-8").encode(encoding)
+        return cls(data, content_type, encoding, extensions=extensions)
+
+    @classmethod
+    def from_text(
+        cls,
+        text: str,
+        *,
+        content_type: str = "text/plain",
+        encoding: str = "utf-8",
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """A text message: ``text`` encoded with ``encoding`` (a text codec)."""
+        return cls(text.encode(encoding), content_type, encoding, extensions=extensions)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        content_type: str = "binary/octet-stream",
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """A binary message (content encoding ``binary``)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        # The constructor's work, minus a call: this is the hot path of servers.
+        message = cls.__new__(cls)
+        message._content = data
+        message._header = _make_header(content_type, "binary", sys.byteorder, len(data), extensions)
+        return message
+
+    @classmethod
+    def error_response(cls, code: str, message: str) -> Message:
+        """The spec's error response: ``status: error`` and ``{"error": {code, message}}``."""
+        return cls.from_json(
+            {"error": {"code": code, "message": message}},
+            extensions={STATUS_KEY: "error"},
+        )
+
+    @classmethod
+    def for_error(cls, error: ProtocolError) -> Message:
+        """The error response that reports ``error`` to the peer."""
+        return cls.error_response(error.code, error.message)
+
+    # -- accessors ------------------------------------------------------------
+
+    @property
+    def content(self) -> bytes:
+        """The content bytes."""
+        return self._content
+
+    @property
+    def content_type(self) -> str:
+        """The ``content-type`` header value."""
+        return self._header.content_type
+
+    @property
+    def content_encoding(self) -> str:
+        """The ``content-encoding`` header value."""
+        return self._header.content_encoding
+
+    @property
+    def byteorder(self) -> str:
+        """The sender's byte order, ``"little"`` or ``"big"``."""
+        return self._header.byteorder
+
+    @property
+    def content_length(self) -> int:
+        """The number of content bytes."""
+        return self._header.content_length
+
+    @property
+    def extensions(self) -> Mapping[str, Any]:
+        """The header keys beyond the four required ones (read-only)."""
+        return self._header.extensions
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The whole header as a new dict: the required keys and the extensions."""
+        return self._header.as_dict()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of header ``key`` (required or extension), or ``default``."""
+        if key in REQUIRED_KEYS:
+            return self._header.as_dict()[key]
+        return self._header.extensions.get(key, default)
+
+    @property
+    def is_text(self) -> bool:
+        """True for ``text/...`` content types (JSON included)."""
+        return self._header.content_type.startswith("text/") or self.is_json
+
+    @property
+    def is_json(self) -> bool:
+        """True for ``text/json`` (and its synonym ``application/json``)."""
+        return self._header.content_type in JSON_TYPES
+
+    @property
+    def status(self) -> str | None:
+        """The ``status`` extension (``"ok"``, ``"error"``) if present."""
+        value = self._header.extensions.get(STATUS_KEY)
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_error(self) -> bool:
+        """True for an error response (``status: error``)."""
+        return self.status == "error"
+
+    # -- content decoding -----------------------------------------------------
+
+    def text(self) -> str:
+        """The content decoded with its ``content-encoding``.
+
+        Raises :class:`BadEncoding` when the encoding is not a text codec
+        Python knows, :class:`BadContent` when the bytes do not decode.
+        """
+        encoding = self._header.content_encoding
+        if text_codec(encoding) is None:
+            raise BadEncoding(f"{encoding[:60]!r} is not a text encoding.")
+        try:
+            return self._content.decode(encoding)
+        except UnicodeError as exc:
+            reason = getattr(exc, "reason", "undecodable bytes")
+            raise BadContent(f"The content does not decode as {encoding[:60]}: {reason}.") from None
+
+    def json(self) -> Any:
+        """The content parsed as JSON (decoded with its encoding first).
+
+        Raises :class:`BadEncoding` or :class:`BadContent` as :meth:`text`
+        does, and :class:`BadContent` for invalid JSON, ``NaN``/``Infinity``
+        or nesting deeper than the parser allows.
+        """
+        data: bytes | str = self._content if self._header.content_encoding in _UTF8_NAMES else self.text()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise BadContent(f"The content is not valid JSON: {exc.msg}.") from None
+
+    def error(self) -> ProtocolError | None:
+        """For an error response, the exception its code names; else None."""
+        if not self.is_error:
+            return None
+        try:
+            body = self.json()["error"]
+            code, text = body["code"], body["message"]
+        except (ProtocolError, TypeError, KeyError):
+            return ProtocolError("The error response did not say what went wrong.")
+        return error_for_code(str(code), str(text))
+
+    # -- wire -----------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        """This message as bytes on the wire (same as :func:`framewire.encode`)."""
+        return self._header.encoded() + self._content
+
+    def wire_parts(self) -> tuple[bytes, bytes]:
+        """The length-and-header bytes and the content, for scatter-gather sends."""
+        return self._header.encoded(), self._content
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._content == other._content and (
+            self._header is other._header or self._header.as_dict() == other._header.as_dict()
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._content, self._header.content_type, self._header.content_length))
+
+    def __repr__(self) -> str:
+        preview = self._content[:40]
+        more = "..." if len(self._content) > 40 else ""
+        return f"<Message {self._header.content_type} {self.content_length} bytes {preview!r}{more}>"

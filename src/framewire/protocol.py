@@ -1,0 +1,322 @@
+"""The sans-I/O protocol core: bytes in, messages out; messages in, bytes out.
+
+Nothing here touches a socket, a clock or a thread. :class:`Decoder` turns
+the byte stream of one direction of one connection into :class:`Message`
+objects, whatever way the stream was split; :func:`encode` and
+:func:`encode_many` do the reverse.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from framewire import limits
+from framewire.errors import (
+    BadHeader,
+    BadHeaderLength,
+    BadHeaderValue,
+    ContentTooLarge,
+    HeaderTooLarge,
+    IncompleteMessage,
+    MissingHeaderKey,
+    ProtocolError,
+)
+from framewire.message import _BYTEORDERS, _NO_EXTENSIONS, REQUIRED_KEYS, Message, _Header
+
+__all__ = ["Decoder", "State", "encode", "encode_many", "parse_header"]
+
+_MIN_HEADER_SIZE: Final = 2  # the smallest JSON object, "{}"
+_REQUIRED: Final = frozenset(REQUIRED_KEYS)
+
+# Parsed and validated headers by their exact bytes. Shared by every decoder:
+# the entries are immutable and independent of any decoder's limits (the
+# content limit is checked after the look-up).
+_PARSED: dict[bytes, _Header] = {}
+
+
+class State(enum.Enum):
+    """Where a :class:`Decoder` stands in the message it is receiving."""
+
+    #: Waiting for the 2-byte header length (between messages, or after 1 byte).
+    LENGTH = "length"
+    #: Waiting for the rest of the JSON header.
+    HEADER = "header"
+    #: Waiting for the rest of the content.
+    CONTENT = "content"
+    #: The stream ended cleanly, between two messages.
+    CLOSED = "closed"
+    #: A protocol error was found; the decoder raises it on every feed.
+    FAILED = "failed"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_header(data: bytes) -> _Header:
+    """Parse and validate one JSON header (without its 2-byte length).
+
+    Raises :class:`BadHeader`, :class:`MissingHeaderKey` or
+    :class:`BadHeaderValue`. The content limit is the caller's to check.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses invalid UTF-8, NaN/Infinity and deep nesting itself.
+        raise BadHeader(f"The header is not valid UTF-8 JSON ({exc.msg}).") from None
+    if type(obj) is not dict:
+        raise BadHeader(f"The header is a JSON {type(obj).__name__}, not an object.")
+    missing = [key for key in REQUIRED_KEYS if key not in obj]
+    if missing:
+        raise MissingHeaderKey(f"The header lacks the required key {missing[0]!r}.")
+    length = obj["content-length"]
+    if type(length) is not int or length < 0:
+        raise BadHeaderValue(f"content-length must be an integer >= 0, not {_short(length)}.")
+    content_type = obj["content-type"]
+    if type(content_type) is not str or not content_type:
+        raise BadHeaderValue(f"content-type must be a non-empty string, not {_short(content_type)}.")
+    encoding = obj["content-encoding"]
+    if type(encoding) is not str or not encoding:
+        raise BadHeaderValue(f"content-encoding must be a non-empty string, not {_short(encoding)}.")
+    byteorder = obj["byteorder"]
+    if byteorder not in _BYTEORDERS:
+        raise BadHeaderValue(f"byteorder must be 'little' or 'big', not {_short(byteorder)}.")
+    if len(obj) > 4:
+        extensions: Any = MappingProxyType({k: v for k, v in obj.items() if k not in _REQUIRED})
+    else:
+        extensions = _NO_EXTENSIONS
+    return _Header(
+        content_type,
+        encoding,
+        byteorder,
+        length,
+        extensions,
+        len(data).to_bytes(2, "big") + data,
+    )
+
+
+_LENGTH: Final[State] = State.LENGTH
+_HEADER_STATE: Final[State] = State.HEADER
+_CONTENT: Final[State] = State.CONTENT
+_new_message: Final = Message.__new__
+
+
+class Decoder:
+    """Receive state for one direction of one connection.
+
+    Call :meth:`feed` with whatever bytes arrived (``b""`` for end of
+    stream); it returns the messages those bytes completed, in order. The
+    result is the same however the stream is split.
+
+    Limits are checked at the earliest byte that shows a breach: the header
+    length as soon as its 2 bytes are in, ``content-length`` as soon as the
+    header is parsed, before any content is buffered.
+
+    On a protocol error the decoder fails for good (``state`` is
+    :attr:`State.FAILED`, ``error`` holds the error) and every later
+    :meth:`feed` raises it. If the same feed also completed messages before
+    the error, those are returned first and ``error`` is set: check it after
+    handling them (a server answers them, then reports the error).
+    """
+
+    __slots__ = (
+        "_error",
+        "_header",
+        "_header_size",
+        "_max_content_length",
+        "_max_header_size",
+        "_need",
+        "_pending",
+        "_pending_size",
+        "_state",
+        "messages_decoded",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_header_size: int = limits.MAX_HEADER_SIZE,
+        max_content_length: int = limits.MAX_CONTENT_LENGTH,
+    ) -> None:
+        if not _MIN_HEADER_SIZE <= max_header_size <= 0xFFFF:
+            raise ValueError(f"max_header_size must be within 2..65535, not {max_header_size}")
+        if max_content_length < 0:
+            raise ValueError(f"max_content_length must be >= 0, not {max_content_length}")
+        self._max_header_size = max_header_size
+        self._max_content_length = max_content_length
+        self._state = State.LENGTH
+        self._error: ProtocolError | None = None
+        # Bytes of the step not yet complete, kept as the chunks they came in:
+        # joined once when enough are there, so a trickle costs O(n), not O(n^2).
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._need = 2
+        self._header_size = 0
+        self._header: _Header | None = None
+        #: How many messages this decoder has returned.
+        self.messages_decoded = 0
+
+    @property
+    def state(self) -> State:
+        """The receive state (see :class:`State`)."""
+        return self._state
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The protocol error that failed this decoder, if any."""
+        return self._error
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a message not yet complete."""
+        return self._pending_size
+
+    @property
+    def in_message(self) -> bool:
+        """True while part of a message has arrived but not all of it."""
+        return self._pending_size > 0 or self._state is State.HEADER or self._state is State.CONTENT
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Take the next bytes of the stream; return the messages they complete.
+
+        ``b""`` means end of stream: it raises :class:`IncompleteMessage` if
+        a message was cut short.
+        """
+        if self._error is not None:
+            raise self._error
+        if not data:
+            return self._end()
+        if self._state is State.CLOSED:
+            raise RuntimeError("feed() after the end of the stream")
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._need:
+                return []
+            buf = b"".join(self._pending)
+            self._pending = []
+        else:
+            buf = data
+        out: list[Message] = []
+        append = out.append
+        new_message = _new_message
+        pos = 0
+        end = len(buf)
+        state: State = self._state
+        header = self._header
+        need = 2
+        parsed = _PARSED
+        # States as locals: this loop runs once per message and an enum
+        # attribute look-up per test would cost a noticeable part of it.
+        length_state, header_state, content_state = _LENGTH, _HEADER_STATE, _CONTENT
+        try:
+            while True:
+                if state is length_state:
+                    if end - pos < 2:
+                        need = 2
+                        break
+                    size = (buf[pos] << 8) | buf[pos + 1]
+                    pos += 2
+                    if size < _MIN_HEADER_SIZE:
+                        raise BadHeaderLength(
+                            f"The header length is {size}; the smallest header, {{}}, is 2."
+                        )
+                    if size > self._max_header_size:
+                        raise HeaderTooLarge(
+                            f"The header length is {size} bytes; this receiver's limit is "
+                            f"{self._max_header_size}."
+                        )
+                    self._header_size = size
+                    state = header_state
+                if state is header_state:
+                    size = self._header_size
+                    if end - pos < size:
+                        need = size
+                        break
+                    raw = buf[pos : pos + size]
+                    pos += size
+                    header = parsed.get(raw)
+                    if header is None:
+                        header = parse_header(raw)
+                        if size <= limits.HEADER_CACHE_MAX_SIZE:
+                            if len(parsed) >= limits.HEADER_CACHE_ENTRIES:
+                                parsed.clear()
+                            parsed[raw] = header
+                    if header.content_length > self._max_content_length:
+                        raise ContentTooLarge(
+                            f"content-length is {header.content_length}; this receiver's limit is "
+                            f"{self._max_content_length} bytes."
+                        )
+                    state = content_state
+                assert header is not None
+                size = header.content_length
+                if end - pos < size:
+                    need = size
+                    break
+                message = new_message(Message)
+                message._header = header
+                message._content = buf[pos : pos + size]
+                append(message)
+                pos += size
+                state = length_state
+        except ProtocolError as exc:
+            self._fail(exc)
+            self.messages_decoded += len(out)
+            if out:
+                return out
+            raise
+        self._state = state
+        self._header = header
+        self._need = need
+        if pos < end:
+            self._pending = [buf[pos:] if pos else buf]
+            self._pending_size = end - pos
+        else:
+            self._pending_size = 0
+        self.messages_decoded += len(out)
+        return out
+
+    def fail(self, error: ProtocolError) -> None:
+        """Fail this decoder with ``error`` (e.g. a ``timeout`` found by the I/O layer)."""
+        self._fail(error)
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._error = error
+        self._state = State.FAILED
+        self._pending = []
+        self._pending_size = 0
+
+    def _end(self) -> list[Message]:
+        if self.in_message:
+            where = {State.LENGTH: "header length", State.HEADER: "header"}.get(self._state, "content")
+            error = IncompleteMessage(
+                f"The stream ended in the middle of a message's {where} "
+                f"({self._pending_size} bytes of it had arrived)."
+            )
+            self._fail(error)
+            raise error
+        self._state = State.CLOSED
+        return []
+
+
+def encode(message: Message) -> bytes:
+    """One message as the bytes to send."""
+    return message.encode()
+
+
+def encode_many(messages: Iterable[Message]) -> bytes:
+    """Many messages, back to back, in one buffer (one copy of each content)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for message in messages:
+        append(message._header.encoded())
+        append(message._content)
+    return b"".join(parts)

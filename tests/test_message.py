@@ -1,0 +1,139 @@
+"""Message construction, accessors and content decoding by the spec's rules."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from framewire import BadContent, BadEncoding, Message, ProtocolError
+from framewire.message import text_codec
+
+
+def test_from_json_fills_the_required_keys() -> None:
+    message = Message.from_json({"action": "search", "value": "ring"})
+    assert message.header == {
+        "byteorder": sys.byteorder,
+        "content-type": "text/json",
+        "content-encoding": "utf-8",
+        "content-length": len(message.content),
+    }
+    assert message.json() == {"action": "search", "value": "ring"}
+    assert message.is_json and message.is_text
+
+
+def test_from_text_with_other_encodings() -> None:
+    for encoding in ("utf-16", "latin-1", "utf-8"):
+        message = Message.from_text("caf\N{LATIN SMALL LETTER E WITH ACUTE}", encoding=encoding)
+        assert message.content_encoding == encoding
+        assert message.text() == "caf\N{LATIN SMALL LETTER E WITH ACUTE}"
+
+
+def test_from_json_in_utf16() -> None:
+    message = Message.from_json({"a": "\N{DOG FACE}"}, encoding="utf-16")
+    assert message.json() == {"a": "\N{DOG FACE}"}
+
+
+def test_from_bytes() -> None:
+    message = Message.from_bytes(bytearray(b"\x00\x01"), content_type="binary/custom-client-binary-type")
+    assert message.content == b"\x00\x01"
+    assert message.content_encoding == "binary"
+    assert message.content_length == 2
+    assert not message.is_text
+
+
+@pytest.mark.parametrize("encoding", ["zlib_codec", "zlib", "base64", "rot13", "hex", "bz2", "uu", "quopri"])
+def test_byte_to_byte_codecs_are_refused_never_run(encoding: str) -> None:
+    message = Message(b"eJzLSM3JyQcABiwCFQ==", "text/plain", encoding)
+    with pytest.raises(BadEncoding) as info:
+        message.text()
+    assert info.value.code == "bad-encoding"
+    assert not info.value.framing
+    with pytest.raises(BadEncoding):
+        Message(b"{}", "text/json", encoding).json()
+
+
+@pytest.mark.parametrize("encoding", ["no-such-codec", "binary", "utf-8\x00", "x" * 5000, "?"])
+def test_unknown_encodings_are_bad_encoding(encoding: str) -> None:
+    message = Message(b"abc", "text/plain", encoding)
+    with pytest.raises(BadEncoding):
+        message.text()
+
+
+def test_unknown_codec_names_are_not_remembered_by_python() -> None:
+    import encodings
+
+    name = "definitely-not-a-codec-4711"
+    assert text_codec(name) is None
+    # encodings' search function caches every miss forever; we never ask it.
+    assert name.replace("-", "_") not in encodings._cache
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [
+        (b"\xff\xfe\xfd", "utf-8"),
+        (b'{"a": NaN}', "utf-8"),
+        (b'{"a": Infinity}', "utf-8"),
+        (b"[" * 60000, "utf-8"),
+        (b"not json", "utf-8"),
+        (b"\x00", "utf-16"),
+    ],
+)
+def test_bad_json_content(content: bytes, encoding: str) -> None:
+    with pytest.raises(BadContent) as info:
+        Message(content, "text/json", encoding).json()
+    assert info.value.code == "bad-content"
+
+
+def test_text_that_does_not_decode_is_bad_content() -> None:
+    with pytest.raises(BadContent):
+        Message(b"\xff", "text/plain", "utf-8").text()
+
+
+def test_extension_keys_cannot_replace_required_keys() -> None:
+    with pytest.raises(ValueError):
+        Message.from_bytes(b"", extensions={"content-length": 5})
+    with pytest.raises(TypeError):
+        Message.from_bytes(b"", extensions={1: "x"})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"content_type": ""}, {"content_encoding": ""}, {"byteorder": "middle"}],
+)
+def test_constructor_checks_fields(kwargs: dict[str, str]) -> None:
+    args = {"content_type": "a/b", "content_encoding": "binary", **kwargs}
+    byteorder = args.pop("byteorder", "little")
+    with pytest.raises(ValueError):
+        Message(b"", args["content_type"], args["content_encoding"], byteorder=byteorder)
+
+
+def test_error_response_shape_and_round_trip() -> None:
+    response = Message.error_response("bad-header", "The header is not JSON.")
+    assert response.is_error and response.status == "error"
+    assert response.content_type == "text/json" and response.content_encoding == "utf-8"
+    assert response.json() == {"error": {"code": "bad-header", "message": "The header is not JSON."}}
+    error = response.error()
+    assert isinstance(error, ProtocolError) and error.code == "bad-header"
+    assert Message.from_json({}).error() is None
+
+
+def test_unknown_error_codes_keep_their_code() -> None:
+    error = Message.error_response("some-future-code", "x").error()
+    assert error is not None and error.code == "some-future-code"
+
+
+def test_equality_and_repr() -> None:
+    a = Message.from_bytes(b"x", extensions={"k": 1})
+    assert a == Message.from_bytes(b"x", extensions={"k": 1})
+    assert a != Message.from_bytes(b"x", extensions={"k": 2})
+    assert a != Message.from_bytes(b"y", extensions={"k": 1})
+    assert "binary/octet-stream" in repr(a)
+    assert a.get("k") == 1 and a.get("content-length") == 1 and a.get("nope", 7) == 7
+
+
+def test_extensions_are_read_only() -> None:
+    message = Message.from_bytes(b"", extensions={"k": 1})
+    with pytest.raises(TypeError):
+        message.extensions["k"] = 2  # type: ignore[index]
