@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/framewire demo
+	$(BIN)/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,45 +1,239 @@
-"""The ``framewire`` command, run as a person runs it: a subprocess."""
+"""The ``framewire`` commands, run as a person runs them: subprocesses."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import signal
+import socket
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from framewire import __version__
+import pytest
+
+from conftest import read_messages, run_cli
+from framewire import Message, __version__, encode
+from framewire.client import Client
+
+COMMANDS = ["echo-server", "echo-client", "multiconn-server", "multiconn-client", "serve", "request", "demo"]
 
 
-def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "framewire", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A port that nothing listens on (bound, never listening: connects are refused)."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        yield placeholder.getsockname()[1]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+def no_traceback(result: Any) -> None:
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_help_lists_the_commands() -> None:
-    result = run("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
-    assert "demo" in result.stdout
-    assert "Example" in result.stdout
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout and f"framewire {command}" in result.stdout
 
 
 def test_version() -> None:
-    result = run("--version")
-    assert result.returncode == 0
-    assert __version__ in result.stdout
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
 
 
 def test_demo_round_trips() -> None:
-    result = run("demo", "--seed", "3")
+    result = run_cli("demo", "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert "Every message decoded, identical to what was sent." in result.stdout
-    assert "decoded text/plain (utf-16): 'Hello, world \N{DOG FACE}'" in result.stdout
 
 
-def test_unknown_command_is_one_clear_line() -> None:
-    result = run("no-such-command")
+def test_unknown_command() -> None:
+    result = run_cli("no-such-command")
+    assert result.returncode == 2 and "No such command" in result.stderr
+
+
+# -- serve and request ---------------------------------------------------------------
+
+
+def test_serve_and_request(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0")
+    port = str(server.port())
+    result = run_cli("request", "127.0.0.1", port, "search", "morpheus")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Follow the white rabbit. \N{RABBIT FACE}"
+    result = run_cli("request", "127.0.0.1", port, "search", "\N{DOG FACE}", "--show-header")
+    header, answer = result.stdout.strip().splitlines()
+    assert '"content-type": "text/json"' in header and answer.endswith("\N{VOLLEYBALL}")
+    result = run_cli("request", "127.0.0.1", port, "greet", "ing")
+    assert result.stdout.strip() == repr(b"First 10 bytes of request: greeting")
+    result = run_cli("request", "127.0.0.1", port, "search", "ring", "--count", "5")
+    assert result.stdout.strip().splitlines() == ["In the caves beneath the Misty Mountains. \N{RING}"] * 5
+    result = run_cli("request", "127.0.0.1", port, "--text", "hello")
+    assert result.returncode == 1 and "bad-content" in result.stderr
+    no_traceback(result)
+    code, _, err = server.stop()
+    assert code == 0, err
+
+
+def test_request_file_and_json(spawn: Any, tmp_path: Path) -> None:
+    server = spawn("serve", "--port", "0", "--app", "echo")
+    port = str(server.port())
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\x00\x01\x02")
+    assert run_cli("request", "127.0.0.1", port, "--file", str(data)).stdout.strip() == repr(b"\x00\x01\x02")
+    result = run_cli("request", "127.0.0.1", port, "--json", '{"a": [1, 2]}')
+    assert result.stdout.strip().replace(" ", "").replace("\n", "") == '{"a":[1,2]}'
+    result = run_cli("request", "127.0.0.1", port, "--json", "{nope")
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
+    result = run_cli("request", "127.0.0.1", port)
+    assert result.returncode == 2 and "ACTION and VALUE" in result.stderr
+
+
+def test_request_with_nothing_listening(free_port: int) -> None:
+    result = run_cli("request", "127.0.0.1", str(free_port), "search", "x")
+    assert result.returncode == 1
+    assert f"nothing is listening on 127.0.0.1:{free_port}" in result.stderr
+    no_traceback(result)
+
+
+def test_serve_on_a_port_in_use(taken_port: int) -> None:
+    result = run_cli("serve", "--port", str(taken_port))
+    assert result.returncode == 1
+    assert f"port {taken_port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("nope", "--app takes search, echo or MODULE:CALLABLE"),
+        ("no_such_module_xyz:handler", "cannot import module"),
+        ("os:no_such_thing", "has no"),
+        ("os:sep", "is not callable"),
+    ],
+)
+def test_serve_with_a_bad_app(spec: str, expected: str) -> None:
+    result = run_cli("serve", "--port", "0", "--app", spec)
     assert result.returncode == 2
+    assert expected in result.stderr
+    no_traceback(result)
+
+
+def test_serve_a_users_handler_from_the_current_folder(spawn: Any, tmp_path: Path) -> None:
+    (tmp_path / "myapp.py").write_text(
+        textwrap.dedent(
+            """
+            from framewire import Message
+
+            def handle(request):
+                return Message.from_text(request.content.decode().upper())
+            """
+        )
+    )
+    server = spawn("serve", "--port", "0", "--app", "myapp:handle", cwd=str(tmp_path))
+    with Client("127.0.0.1", server.port()) as client:
+        assert client.request(Message.from_bytes(b"shout")).text() == "SHOUT"
+
+
+def test_sigterm_with_clients_connected_loses_nothing(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0", "--app", "echo")
+    port = server.port()
+    clients = [Client("127.0.0.1", port).connect() for _ in range(5)]
+    for i, client in enumerate(clients):
+        assert client.request(Message.from_bytes(b"answered %d" % i)).content == b"answered %d" % i
+    in_flight = socket.create_connection(("127.0.0.1", port), timeout=10)
+    in_flight.sendall(encode(Message.from_bytes(b"in flight")))
+    server.wait_for("connection from .* opened \\(6 open\\)")
+    code, _, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+    # The request sent before the signal was answered before the server exited.
+    assert [m.content for m in read_messages(in_flight, 1)] == [b"in flight"]
+    assert in_flight.recv(1) == b""
+    in_flight.close()
+    for client in clients:
+        client.close()
+    assert "Traceback" not in err
+
+
+def test_sigint_stops_serve_cleanly(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0")
+    server.port()
+    code, _, err = server.stop(signal.SIGINT)
+    assert code == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+# -- the guide's raw programs --------------------------------------------------------
+
+
+def test_echo_server_and_client(spawn: Any) -> None:
+    server = spawn("echo-server", "--port", "0")
+    port = str(server.port())
+    text = "Hello, \N{DOG FACE}"
+    result = run_cli("echo-client", "--port", port, text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Received {text.encode()!r}"
+    # The guide's first server serves one client, then exits.
+    code, _, err = server.stop()
+    assert code == 0 and "closed the connection" in err
+
+
+def test_echo_client_default_text(spawn: Any) -> None:
+    server = spawn("echo-server", "--port", "0")
+    result = run_cli("echo-client", "--port", str(server.port()))
+    assert result.stdout.strip() == "Received b'Hello, world'"
+
+
+def test_echo_client_with_nothing_listening(free_port: int) -> None:
+    result = run_cli("echo-client", "--port", str(free_port))
+    assert result.returncode == 1 and "nothing is listening" in result.stderr
+    no_traceback(result)
+
+
+@pytest.mark.parametrize("command", ["echo-server", "multiconn-server"])
+def test_raw_servers_on_a_port_in_use(command: str, taken_port: int) -> None:
+    result = run_cli(command, "--port", str(taken_port))
+    assert result.returncode == 1 and "already in use" in result.stderr
+    no_traceback(result)
+
+
+def test_multiconn_server_and_client(spawn: Any) -> None:
+    server = spawn("multiconn-server", "--port", "0")
+    port = str(server.port())
+    result = run_cli(
+        "multiconn-client", "--port", port, "--connections", "3", "--messages", "Message 1", "Message 2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Starting connection 3" in result.stdout
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith("3 connections, 2 messages each: 54 bytes sent, 54 received, 3 complete, 0 failed")
+    )
+    result = run_cli("multiconn-client", "--port", port, "-n", "100", "--quiet")
+    assert "100 complete, 0 failed" in result.stdout
+    code, _, err = server.stop(signal.SIGINT)
+    assert code == 0 and "Traceback" not in err
+
+
+def test_multiconn_client_with_nothing_listening(free_port: int) -> None:
+    result = run_cli("multiconn-client", "--port", str(free_port), "-q")
+    assert result.returncode == 1
+    assert "0 complete, 2 failed" in result.stdout
     assert "Traceback" not in result.stderr
-    assert "No such command" in result.stderr

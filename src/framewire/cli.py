@@ -1,16 +1,111 @@
-"""The ``framewire`` command line: the guide's programs and the wire tools."""
+"""The ``framewire`` command line: the guide's programs and the wire tools.
+
+Every failure a person can cause (a port in use, nothing listening, a bad
+option) ends as one line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
+import json
+import logging
 import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from framewire import __version__
+from framewire import __version__, limits, multiclient, rawecho
+from framewire.app import load_handler
+from framewire.client import Client
+from framewire.errors import ErrorResponse, ProtocolError
 from framewire.message import Message
+from framewire.netio import describe
 from framewire.protocol import Decoder, encode_many
+from framewire.server import Server
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 65432
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fail(text: str, code: int = 1) -> click.exceptions.Exit:
+    click.echo(f"framewire: {text}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors a person can cause into one line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ErrorResponse as exc:
+            raise _fail(f"the server answered with an error: {exc.code}: {exc.message}") from None
+        except ProtocolError as exc:
+            raise _fail(f"protocol error from the peer: {exc}") from None
+        except OSError as exc:
+            raise _fail(describe(exc)) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(130) from None
+
+    return wrapper
+
+
+def listen_or_fail(host: str, port: int) -> socket.socket:
+    """A listening socket, or one clear line when the port cannot be had."""
+    try:
+        return rawecho.listen(host, port)
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from None
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> click.exceptions.Exit:
+    if exc.errno == errno.EADDRINUSE:
+        return _fail(
+            f"port {port} on {host} is already in use: stop the program using it "
+            f"(ss -ltnp shows which) or choose another with --port"
+        )
+    if exc.errno == errno.EACCES:
+        return _fail(f"no permission to listen on port {port}: ports below 1024 need root; choose another")
+    return _fail(f"cannot listen on {host}:{port}: {describe(exc)}")
+
+
+def host_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to use.")(fn)
+
+
+def port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="TCP port."
+    )(fn)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="info: a line per connection; debug: a line per message.",
+)
 
 
 @click.group(context_settings=CONTEXT)
@@ -19,9 +114,305 @@ def main() -> None:
     """framewire: speak the framed JSON-header message protocol over TCP.
 
     \b
-    Example:
-      framewire demo
+    Start the demo server, then ask it something from a second terminal:
+      framewire serve
+      framewire request 127.0.0.1 65432 search morpheus
     """
+
+
+# -- the guide's raw-bytes programs ---------------------------------------------
+
+
+@main.command("echo-server")
+@host_option
+@port_option
+@friendly_errors
+def echo_server(host: str, port: int) -> None:
+    """The guide's first server: one client, echo its bytes until it closes.
+
+    Blocking and single-client on purpose; it exits when the client closes.
+
+    \b
+    Example:
+      framewire echo-server --port 65432
+    """
+    listener = listen_or_fail(host, port)
+    click.echo(f"Listening on {host}:{listener.getsockname()[1]} for one client", err=True)
+    rawecho.echo_server_once(listener, on_event=lambda line: click.echo(line, err=True))
+
+
+@main.command("echo-client")
+@host_option
+@port_option
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the echo.")
+@click.argument("text", default="Hello, world")
+@friendly_errors
+def echo_client(host: str, port: int, timeout: float, text: str) -> None:
+    """Send TEXT to an echo server and print what comes back.
+
+    \b
+    Example:
+      framewire echo-client --port 65432 "Hello, world"
+    """
+    data = text.encode()
+    echoed = rawecho.echo_client(host, port, data, timeout)
+    click.echo(f"Received {echoed!r}")
+    if echoed != data:
+        raise _fail(f"the echo differs from what was sent ({len(echoed)} of {len(data)} bytes came back)")
+
+
+@main.command("multiconn-server")
+@host_option
+@port_option
+@log_level_option
+@friendly_errors
+def multiconn_server(host: str, port: int, log_level: str) -> None:
+    """Echo raw bytes to many clients at once, on selectors, until Ctrl-C.
+
+    \b
+    Example:
+      framewire multiconn-server --port 65432
+    """
+    setup_logging(log_level)
+    server = rawecho.MulticonnEchoServer(listen_or_fail(host, port))
+
+    def on_signal(signum: int, frame: object) -> None:
+        server.shutdown()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    # Announced only now, so that whoever waits for it can stop us cleanly.
+    click.echo(f"Echoing on {host}:{server.port} (Ctrl-C to stop)", err=True)
+    server.serve_forever()
+
+
+@main.command("multiconn-client")
+@host_option
+@port_option
+@click.option("--connections", "-n", type=click.IntRange(1, 100_000), default=2, show_default=True)
+@click.option(
+    "--messages",
+    "messages",
+    multiple=True,
+    metavar="TEXT...",
+    help="The messages each connection sends (one or more). Default: two short messages.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole run.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
+@click.argument("more", nargs=-1, metavar="")
+@friendly_errors
+def multiconn_client(
+    host: str,
+    port: int,
+    connections: int,
+    messages: tuple[str, ...],
+    timeout: float,
+    quiet: bool,
+    more: tuple[str, ...],
+) -> None:
+    """The guide's multi-connection client: N connections, each sends every
+    message, reads the echoes back and checks the byte counts.
+
+    \b
+    Example:
+      framewire multiconn-client --port 65432 --connections 3 --messages "Message 1" "Message 2"
+    """
+    texts = [*messages, *more] or ["Message 1 from client.", "Message 2 from client."]
+    payloads = [t.encode() for t in texts]
+    start = time.monotonic()
+    reports = multiclient.echo_concurrently(
+        host,
+        port,
+        payloads,
+        connections=connections,
+        timeout=timeout,
+        on_event=None if quiet else click.echo,
+    )
+    elapsed = time.monotonic() - start
+    expected = b"".join(payloads)
+    bad = [r for r in reports if r.error is not None or r.data != expected]
+    for report in bad:
+        why = report.error or f"echo mismatch ({report.received} of {len(expected)} bytes)"
+        click.echo(f"connection {report.id}: {why}", err=True)
+    sent = sum(r.sent for r in reports)
+    received = sum(r.received for r in reports)
+    click.echo(
+        f"{connections} connections, {len(texts)} messages each: {sent} bytes sent, {received} received, "
+        f"{connections - len(bad)} complete, {len(bad)} failed, in {elapsed * 1000:.1f} ms"
+    )
+    if bad:
+        raise click.exceptions.Exit(1)
+
+
+# -- the application server and client ------------------------------------------
+
+
+def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--max-header-size", type=click.IntRange(2, 65535), default=limits.MAX_HEADER_SIZE,
+                     show_default=True, help="Largest JSON header, bytes."),
+        click.option("--max-content-length", type=click.IntRange(0), default=limits.MAX_CONTENT_LENGTH,
+                     show_default=True, help="Largest content, bytes."),
+        click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=limits.MESSAGE_TIMEOUT, show_default=True,
+                     help="Seconds from a message's first byte to its last."),
+        click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=limits.IDLE_TIMEOUT, show_default=True,
+                     help="Seconds a connection may sit idle."),
+        click.option("--max-connections", type=click.IntRange(1), default=limits.MAX_CONNECTIONS,
+                     show_default=True, help="Connections at once; more get server-busy."),
+        click.option("--high-water", type=click.IntRange(1), default=limits.HIGH_WATER, show_default=True,
+                     help="Unsent response bytes per connection before it stops being read."),
+        click.option("--max-in-flight", type=click.IntRange(1), default=limits.MAX_IN_FLIGHT,
+                     show_default=True, help="Unsent responses per connection before it stops being read."),
+        click.option("--grace", type=click.FloatRange(min=0), default=limits.GRACE, show_default=True,
+                     help="Seconds to answer in-flight requests on SIGTERM/SIGINT."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@host_option
+@port_option
+@click.option(
+    "--app",
+    "app_spec",
+    default="search",
+    show_default=True,
+    metavar="search|echo|MODULE:CALLABLE",
+    help="The application: the guide's search demo, echo, or your handler (a callable Message -> Message).",
+)
+@_limit_options
+@log_level_option
+@friendly_errors
+def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: Any) -> None:
+    """The application server: answers every request with its app.
+
+    Keep-alive and pipelining; clean shutdown on Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      framewire serve --port 65432 --app search
+      framewire request 127.0.0.1 65432 search morpheus     (from a second terminal)
+    """
+    setup_logging(log_level)
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # MODULE:CALLABLE from the current folder, as python -m does
+    try:
+        handler = load_handler(app_spec)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    server = Server(handler, host, port, **limit_values)
+    try:
+        server.bind()
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from None
+    bound_host, bound_port = server.address
+
+    def ready() -> None:
+        click.echo(
+            f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop). Try:\n"
+            f"  framewire request {bound_host} {bound_port} search morpheus",
+            err=True,
+        )
+
+    server.serve_forever(handle_signals=True, on_ready=ready)
+
+
+def _build_request(action: str | None, value: str | None, json_text: str | None, text: str | None,
+                   file: Path | None) -> Message:  # fmt: skip
+    chosen = [
+        name
+        for name, given in (("--json", json_text), ("--text", text), ("--file", file))
+        if given is not None
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"give only one of {', '.join(chosen)}")
+    if json_text is not None:
+        try:
+            return Message.from_json(json.loads(json_text))
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+    if text is not None:
+        return Message.from_text(text)
+    if file is not None:
+        return Message.from_bytes(file.read_bytes(), content_type="binary/custom-client-binary-type")
+    if action is None or value is None:
+        raise click.UsageError("give ACTION and VALUE, or one of --json, --text, --file")
+    if action == "search":
+        return Message.from_json({"action": "search", "value": value})
+    return Message.from_bytes((action + value).encode(), content_type="binary/custom-client-binary-type")
+
+
+def _show(response: Message) -> str:
+    if response.is_json:
+        body = response.json()
+        if isinstance(body, dict) and set(body) == {"result"}:
+            result = body["result"]
+            return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+        return json.dumps(body, ensure_ascii=False, indent=2)
+    if response.is_text:
+        return response.text()
+    return repr(response.content)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("action", required=False)
+@click.argument("value", required=False)
+@click.option("--json", "json_text", metavar="JSON", help="Send this JSON as text/json content.")
+@click.option("--text", metavar="TEXT", help="Send this text as text/plain (utf-8) content.")
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Send this file's bytes as binary content.")  # fmt: skip
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True,
+              help="Send N copies pipelined on one connection.")  # fmt: skip
+@click.option("--show-header", is_flag=True, help="Print each response's header too.")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole exchange."
+)
+@friendly_errors
+def request(
+    host: str,
+    port: int,
+    action: str | None,
+    value: str | None,
+    json_text: str | None,
+    text: str | None,
+    file: Path | None,
+    count: int,
+    show_header: bool,
+    timeout: float,
+) -> None:
+    """The guide's application client: send a request, print the response.
+
+    `search VALUE` sends the text/json search request; any other ACTION sends
+    binary content ACTION+VALUE.
+
+    \b
+    Examples:
+      framewire request 127.0.0.1 65432 search morpheus
+      framewire request 127.0.0.1 65432 binary "some bytes"
+      framewire request 127.0.0.1 65432 --json '{"action": "search", "value": "ring"}' --show-header
+    """
+    message = _build_request(action, value, json_text, text, file)
+    with Client(host, port, timeout=timeout, check=False) as client:
+        responses = [client.request(message)] if count == 1 else client.request_many([message] * count)
+    failed = 0
+    for response in responses:
+        if show_header:
+            click.echo(json.dumps(response.header, ensure_ascii=False))
+        if response.is_error:
+            failed += 1
+            error = response.error()
+            assert error is not None
+            click.echo(f"error from the server: {error.code}: {error.message}", err=True)
+        else:
+            click.echo(_show(response))
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @main.command()

@@ -133,3 +133,22 @@ def error_for_code(code: str, message: str) -> ProtocolError:
         err.code = code  # an unknown code, e.g. from a newer peer
         return err
     return cls(message)
+
+
+class ErrorResponse(Exception):
+    """The server answered a request with an error response.
+
+    ``code`` is the spec's error code the server sent (``bad-content``,
+    ``handler-error``, ``server-busy``, ...), ``message`` its sentence, and
+    ``error`` the matching :class:`ProtocolError`.
+    """
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(f"the server answered with an error: {error.code}: {error.message}")
+        self.error = error
+        self.code = error.code
+        self.message = error.message
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection before the expected message arrived."""

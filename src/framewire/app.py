@@ -1,0 +1,135 @@
+"""Applications: what a server does with each request.
+
+A handler is any callable ``Message -> Message``. :class:`App` routes the
+guide's ``{"action": ..., "value": ...}`` JSON requests to functions and
+binary requests to one more; :func:`search_app` is the guide's demo and
+:func:`echo` the load-testing application of PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from framewire.errors import BadContent
+from framewire.message import Message
+
+#: What a server calls for each request.
+Handler: TypeAlias = Callable[[Message], Message]
+#: An action function: the request's ``value`` in, the ``result`` out.
+Action: TypeAlias = Callable[[Any], Any]
+#: A handler of binary requests: the request in, the response (or its bytes) out.
+BinaryHandler: TypeAlias = Callable[[Message], "Message | bytes"]
+
+
+class App:
+    """Route JSON requests by ``action`` and binary requests to one handler.
+
+    >>> app = App()
+    >>> @app.action("search")
+    ... def search(value):
+    ...     return f"found {value}"
+
+    A JSON request ``{"action": "search", "value": "ring"}`` is answered with
+    ``{"result": "found ring"}``; an action function may also return a
+    :class:`Message` to answer with it as it is. An unknown action is
+    answered the guide's way, ``{"result": "Error: invalid action 'A'."}``.
+    """
+
+    def __init__(self) -> None:
+        self._actions: dict[str, Action] = {}
+        self._binary: BinaryHandler | None = None
+        #: Content type of responses built from the bytes a binary handler returns.
+        self.binary_content_type = "binary/custom-server-binary-type"
+
+    def action(self, name: str) -> Callable[[Action], Action]:
+        """Decorator: answer JSON requests whose ``action`` is ``name``."""
+
+        def register(fn: Action) -> Action:
+            self._actions[name] = fn
+            return fn
+
+        return register
+
+    def binary(self, fn: BinaryHandler) -> BinaryHandler:
+        """Decorator: answer requests whose content is not text."""
+        self._binary = fn
+        return fn
+
+    def __call__(self, request: Message) -> Message:
+        if request.is_json:
+            body = request.json()
+            if not isinstance(body, dict) or "action" not in body:
+                raise BadContent('The request must be a JSON object with an "action" key.')
+            action = body["action"]
+            fn = self._actions.get(action) if isinstance(action, str) else None
+            if fn is None:
+                return Message.from_json({"result": f"Error: invalid action {action!r}."})
+            result = fn(body.get("value"))
+            return result if isinstance(result, Message) else Message.from_json({"result": result})
+        if request.is_text or self._binary is None:
+            kinds = "text/json" + (" or binary" if self._binary is not None else "")
+            raise BadContent(f"This application takes {kinds} requests, not {request.content_type}.")
+        answer = self._binary(request)
+        if isinstance(answer, Message):
+            return answer
+        return Message.from_bytes(answer, content_type=self.binary_content_type)
+
+
+#: The guide's demo table: each answer ends in an emoji.
+SEARCH_TABLE = {
+    "morpheus": "Follow the white rabbit. \N{RABBIT FACE}",
+    "ring": "In the caves beneath the Misty Mountains. \N{RING}",
+    "\N{DOG FACE}": "\N{DOG FACE} Playing ball! \N{VOLLEYBALL}",
+}
+
+
+def search_app() -> App:
+    """The guide's demo application (PROTOCOL.md, "The guide's demo application")."""
+    app = App()
+
+    @app.action("search")
+    def search(value: Any) -> str:
+        if isinstance(value, str) and value in SEARCH_TABLE:
+            return SEARCH_TABLE[value]
+        return f"No match for {value!r}."
+
+    @app.binary
+    def first_bytes(request: Message) -> bytes:
+        return b"First 10 bytes of request: " + request.content[:10]
+
+    return app
+
+
+def echo(request: Message) -> Message:
+    """The echo application: the request's content, type and encoding, back."""
+    return Message(request.content, request.content_type, request.content_encoding)
+
+
+def load_handler(spec: str) -> Handler:
+    """The handler named by ``search``, ``echo`` or ``MODULE:CALLABLE``.
+
+    Raises ``ValueError`` with a sentence for a person when it cannot.
+    """
+    if spec == "search":
+        return search_app()
+    if spec == "echo":
+        return echo
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--app takes search, echo or MODULE:CALLABLE, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for --app: {exc}") from None
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no {attr!r} for --app") from None
+    if not callable(target):
+        raise ValueError(f"{spec!r} is not callable; --app needs a function taking a Message")
+    handler: Handler = target
+    return handler

@@ -1,0 +1,196 @@
+"""The blocking client: one connection, requests and their responses in order.
+
+Every call takes at most ``timeout`` seconds in all (an absolute deadline for
+the call, not a per-read timeout). Errors are the guide's: nothing listening
+(``ConnectionRefusedError``), no answer in time (``TimeoutError``), a reset
+(``ConnectionResetError``), the peer closing before the answer
+(:class:`ConnectionClosed`) or in the middle of it
+(:class:`IncompleteMessage`), and an error response
+(:class:`ErrorResponse`, carrying the server's code).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import selectors
+import socket
+import time
+from collections.abc import Iterable
+from types import TracebackType
+
+from framewire import limits
+from framewire.errors import ConnectionClosed, ErrorResponse, ProtocolError
+from framewire.message import Message
+from framewire.netio import connect, translated
+from framewire.protocol import Decoder, encode_many
+
+__all__ = ["Client"]
+
+_RECV_SIZE = 256 * 1024
+
+
+class Client:
+    """A blocking connection to a framewire (or guide-written) server.
+
+    >>> with Client("127.0.0.1", 65432) as client:          # doctest: +SKIP
+    ...     client.request(Message.from_json({"action": "search", "value": "ring"})).json()
+    {'result': 'In the caves beneath the Misty Mountains. 💍'}
+
+    ``check=True`` (the default) turns error responses into
+    :class:`ErrorResponse`; with ``check=False`` they are returned as they are.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 65432,
+        *,
+        timeout: float | None = 10.0,
+        check: bool = True,
+        max_header_size: int = limits.MAX_HEADER_SIZE,
+        max_content_length: int = limits.MAX_CONTENT_LENGTH,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.check = check
+        self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
+        self._ready: collections.deque[Message] = collections.deque()
+        self._sock: socket.socket | None = None
+
+    # -- connection -----------------------------------------------------------
+
+    def connect(self) -> Client:
+        """Open the connection (done by ``with`` and by the first request)."""
+        if self._sock is None:
+            self._sock = connect(self.host, self.port, self.timeout)
+        return self
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the server no more requests will come."""
+        self._connected().shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _connected(self) -> socket.socket:
+        return self.connect()._sock  # type: ignore[return-value]
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    # -- exchanges ------------------------------------------------------------
+
+    def send(self, *messages: Message) -> None:
+        """Send one or more messages without waiting for answers."""
+        sock = self._connected()
+        with translated(self.host, self.port, self.timeout):
+            sock.settimeout(self.timeout)
+            sock.sendall(encode_many(messages))
+
+    def receive(self) -> Message:
+        """The next message from the server (an error response is raised if ``check``)."""
+        deadline = self._deadline()
+        with translated(self.host, self.port, self.timeout):
+            message = self._next(deadline)
+        return self._checked(message)
+
+    def request(self, message: Message) -> Message:
+        """Send ``message``, return its response."""
+        deadline = self._deadline()
+        sock = self._connected()
+        with translated(self.host, self.port, self.timeout):
+            sock.settimeout(self._remaining(deadline))
+            sock.sendall(message.encode())
+            response = self._next(deadline)
+        return self._checked(response)
+
+    def request_many(self, messages: Iterable[Message]) -> list[Message]:
+        """Send all ``messages`` pipelined, return their responses in order.
+
+        Sending and receiving interleave, so that any number of requests
+        works even when the server stops reading until its answers are read.
+        Error responses are returned in place, not raised.
+        """
+        payload = memoryview(encode_many(messages_list := list(messages)))
+        count = len(messages_list)
+        deadline = self._deadline()
+        sock = self._connected()
+        responses: list[Message] = []
+        with translated(self.host, self.port, self.timeout):
+            while self._ready and len(responses) < count:
+                responses.append(self._ready.popleft())
+            sock.setblocking(False)
+            try:
+                with selectors.DefaultSelector() as selector:
+                    selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                    sent = 0
+                    while len(responses) < count:
+                        events = selector.select(self._remaining(deadline))
+                        if not events:
+                            raise TimeoutError
+                        mask = events[0][1]
+                        if mask & selectors.EVENT_WRITE and sent < len(payload):
+                            with contextlib.suppress(BlockingIOError):
+                                sent += sock.send(payload[sent : sent + _RECV_SIZE])
+                            if sent == len(payload):
+                                selector.modify(sock, selectors.EVENT_READ)
+                        if mask & selectors.EVENT_READ:
+                            try:
+                                data = sock.recv(_RECV_SIZE)
+                            except BlockingIOError:
+                                continue
+                            responses += self._feed(data)
+            finally:
+                if self._sock is sock:  # still open: back to blocking with a timeout
+                    sock.settimeout(self.timeout)
+        extra = responses[count:]
+        self._ready.extend(extra)
+        return responses[:count]
+
+    # -- internals ------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> list[Message]:
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError:
+            self.close()
+            raise
+        if not data:
+            self.close()
+            raise ConnectionClosed(f"{self.host}:{self.port} closed the connection before answering")
+        return messages
+
+    def _next(self, deadline: float | None) -> Message:
+        sock = self._connected()
+        while not self._ready:
+            sock.settimeout(self._remaining(deadline))
+            self._ready.extend(self._feed(sock.recv(_RECV_SIZE)))
+        return self._ready.popleft()
+
+    def _checked(self, message: Message) -> Message:
+        if self.check and message.is_error:
+            error = message.error()
+            assert error is not None
+            raise ErrorResponse(error)
+        return message

@@ -1,0 +1,128 @@
+"""Shared fixtures: servers on port 0, commands as subprocesses, deadlines."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from framewire import Decoder, Message
+from framewire.app import Handler, echo
+from framewire.server import Server
+
+
+@contextmanager
+def running(handler: Handler = echo, **options: Any) -> Iterator[Server]:
+    """A Server on 127.0.0.1, a free port, serving in a background thread."""
+    server = Server(handler, "127.0.0.1", 0, **options)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Server]:
+    with running(echo) as server:
+        yield server
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_messages(sock: socket.socket, count: int, decoder: Decoder | None = None) -> list[Message]:
+    """Read exactly ``count`` messages (the socket's timeout is the deadline)."""
+    decoder = decoder or Decoder()
+    out: list[Message] = []
+    while len(out) < count:
+        data = sock.recv(65536)
+        out += decoder.feed(data)
+        if not data:
+            break
+    return out
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def framewire_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "framewire", *args]
+
+
+def run_cli(*args: str, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        framewire_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False, input=input
+    )
+
+
+class Spawned:
+    """A command running in the background, with its stderr read as it comes."""
+
+    def __init__(self, *args: str, cwd: str | None = None) -> None:
+        self.proc = subprocess.Popen(
+            framewire_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+        )
+        self.err = b""
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """Wait until stderr matches ``pattern`` (a regex); return the match."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                match = re.search(pattern, self.err.decode(errors="replace"))
+                if match:
+                    return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not sel.select(0)):
+                    raise AssertionError(f"{pattern!r} never appeared; stderr so far:\n{self.err.decode()}")
+                if sel.select(left):
+                    chunk = os.read(fd, 65536)
+                    if not chunk and self.proc.poll() is not None:
+                        continue
+                    self.err += chunk
+
+    def port(self, timeout: float = 20.0) -> int:
+        return int(self.wait_for(r"127\.0\.0\.1:(\d+)", timeout).group(1))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), (self.err + err).decode()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    procs: list[Spawned] = []
+
+    def start(*args: str, cwd: str | None = None) -> Spawned:
+        spawned = Spawned(*args, cwd=cwd)
+        procs.append(spawned)
+        return spawned
+
+    yield start
+    for spawned in procs:
+        spawned.kill()

@@ -1,0 +1,143 @@
+"""The blocking client and the multi-connection client, against real sockets."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import read_messages, running
+from framewire import IncompleteMessage, Message, encode
+from framewire.app import search_app
+from framewire.client import Client
+from framewire.errors import ConnectionClosed, ErrorResponse
+from framewire.multiclient import echo_concurrently, request_concurrently
+from framewire.rawecho import MulticonnEchoServer, listen
+from framewire.server import Server
+
+
+@contextmanager
+def fake_server(behaviour: Callable[[socket.socket], object]) -> Iterator[int]:
+    """A one-connection server that does ``behaviour`` with the accepted socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            behaviour(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+def test_request_and_pipelining(echo_server: Server) -> None:
+    with Client("127.0.0.1", echo_server.port) as client:
+        assert client.request(Message.from_bytes(b"one")).content == b"one"
+        client.send(Message.from_bytes(b"two"), Message.from_bytes(b"three"))
+        assert client.receive().content == b"two"
+        assert client.receive().content == b"three"
+        many = [Message.from_bytes(b"%d" % i) for i in range(3000)]
+        assert [r.content for r in client.request_many(many)] == [m.content for m in many]
+
+
+def test_request_many_survives_server_backpressure() -> None:
+    with running(high_water=4096, max_in_flight=8) as server, Client("127.0.0.1", server.port) as client:
+        many = [Message.from_bytes(b"x" * 1000) for _ in range(2000)]
+        assert len(client.request_many(many)) == 2000
+
+
+def test_nothing_listening_is_connection_refused() -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = placeholder.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
+            Client("127.0.0.1", port).connect()
+
+
+def test_no_answer_in_time_is_timeout() -> None:
+    done = threading.Event()
+    with fake_server(lambda conn: done.wait(10)) as port, Client("127.0.0.1", port, timeout=0.3) as client:
+        with pytest.raises(TimeoutError, match="no answer"):
+            client.request(Message.from_bytes(b"hello"))
+        done.set()
+
+
+def read_request(conn: socket.socket) -> None:
+    # All of it: closing with unread bytes would send a reset instead of FIN.
+    assert read_messages(conn, 1)
+
+
+def reset(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_peer_reset_is_connection_reset() -> None:
+    with fake_server(reset) as port, Client("127.0.0.1", port) as client:
+        with pytest.raises(ConnectionResetError):
+            client.request(Message.from_bytes(b"hello"))
+
+
+def test_peer_closing_mid_message_is_incomplete_message() -> None:
+    def half_answer(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(encode(Message.from_bytes(b"0123456789"))[:-3])
+
+    with fake_server(half_answer) as port, Client("127.0.0.1", port) as client:
+        with pytest.raises(IncompleteMessage):
+            client.request(Message.from_bytes(b"hello"))
+
+
+def test_peer_closing_before_answering_is_connection_closed() -> None:
+    with fake_server(read_request) as port, Client("127.0.0.1", port) as client:
+        with pytest.raises(ConnectionClosed):
+            client.request(Message.from_bytes(b"hello"))
+
+
+def test_error_response_is_raised_with_its_code() -> None:
+    with running(search_app()) as server, Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ErrorResponse) as info:
+            client.request(Message.from_text("plain text"))
+        assert info.value.code == "bad-content"
+        # The connection goes on after a content error.
+        answer = client.request(Message.from_json({"action": "search", "value": "morpheus"}))
+        assert "white rabbit" in answer.json()["result"]
+        with Client("127.0.0.1", server.port, check=False) as unchecked:
+            assert unchecked.request(Message.from_text("plain text")).is_error
+
+
+def test_request_concurrently(echo_server: Server) -> None:
+    requests = [Message.from_bytes(b"r%d" % i) for i in range(30)]
+    reports = request_concurrently("127.0.0.1", echo_server.port, requests, connections=50)
+    assert len(reports) == 50
+    for report in reports:
+        assert report.error is None
+        assert [r.content for r in report.responses] == [r.content for r in requests]
+
+
+def test_echo_concurrently_against_the_raw_multiconn_server() -> None:
+    with MulticonnEchoServer(listen("127.0.0.1", 0)) as server:
+        reports = echo_concurrently("127.0.0.1", server.port, [b"Message 1", b"Message 2"], connections=100)
+    assert all(r.error is None and r.data == b"Message 1Message 2" for r in reports)
+
+
+def test_concurrent_client_reports_refused_connections() -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        reports = echo_concurrently(
+            "127.0.0.1", placeholder.getsockname()[1], [b"x"], connections=3, timeout=5
+        )
+    assert all(r.error for r in reports)

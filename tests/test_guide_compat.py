@@ -1,0 +1,260 @@
+"""Interoperation with programs written the guide's way, in both directions.
+
+The guide's client and server below are written as the guide writes them:
+selectors, ``connect_ex``, ``recv(4096)`` appended to a bytes buffer,
+``struct`` for the 2-byte length, ``json`` for the header and content, and
+one request per connection.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import selectors
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import run_cli, running
+from framewire.app import SEARCH_TABLE, search_app
+
+DOG = "\N{DOG FACE}"
+
+
+def json_encode(obj: Any, encoding: str) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode(encoding)
+
+
+def json_decode(data: bytes, encoding: str) -> Any:
+    with io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="") as tiow:
+        return json.load(tiow)
+
+
+def create_message(content_bytes: bytes, content_type: str, content_encoding: str) -> bytes:
+    header = {
+        "byteorder": sys.byteorder,
+        "content-type": content_type,
+        "content-encoding": content_encoding,
+        "content-length": len(content_bytes),
+    }
+    header_bytes = json_encode(header, "utf-8")
+    return struct.pack(">H", len(header_bytes)) + header_bytes + content_bytes
+
+
+class GuideReader:
+    """The guide's receive side: protoheader, then JSON header, then content."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.header_len: int | None = None
+        self.header: dict[str, Any] | None = None
+        self.content: bytes | None = None
+
+    def feed(self, data: bytes) -> bool:
+        self.buffer += data
+        if self.header_len is None and len(self.buffer) >= 2:
+            self.header_len = struct.unpack(">H", self.buffer[:2])[0]
+            self.buffer = self.buffer[2:]
+        if self.header_len is not None and self.header is None and len(self.buffer) >= self.header_len:
+            self.header = json_decode(self.buffer[: self.header_len], "utf-8")
+            self.buffer = self.buffer[self.header_len :]
+            for key in ("byteorder", "content-length", "content-type", "content-encoding"):
+                if key not in self.header:
+                    raise ValueError(f"Missing required header '{key}'.")
+        if self.header is not None and self.content is None:
+            length = self.header["content-length"]
+            if len(self.buffer) >= length:
+                self.content = self.buffer[:length]
+                self.buffer = self.buffer[length:]
+                return True
+        return False
+
+
+def guide_client(port: int, request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The guide's application client: one request, one response, then close."""
+    sel = selectors.DefaultSelector()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    outgoing = create_message(
+        json_encode(request["content"], request["encoding"])
+        if request["type"] == "text/json"
+        else request["content"],
+        request["type"],
+        request["encoding"],
+    )
+    reader = GuideReader()
+    try:
+        while True:
+            events = sel.select(timeout=10)
+            assert events, "the server did not answer in 10 s"
+            for _, mask in events:
+                if mask & selectors.EVENT_WRITE and outgoing:
+                    try:
+                        sent = sock.send(outgoing)
+                    except BlockingIOError:
+                        continue
+                    outgoing = outgoing[sent:]
+                    if not outgoing:
+                        sel.modify(sock, selectors.EVENT_READ)
+                if mask & selectors.EVENT_READ:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise RuntimeError("Peer closed.")
+                    if reader.feed(data):
+                        assert reader.header is not None and reader.content is not None
+                        header = reader.header
+                        if header["content-type"] == "text/json":
+                            return header, json_decode(reader.content, header["content-encoding"])
+                        return header, reader.content
+    finally:
+        sel.close()
+        sock.close()
+
+
+GUIDE_TABLE = {"morpheus": "Follow the white rabbit. \N{RABBIT FACE}", DOG: f"{DOG} Playing ball!"}
+
+
+@pytest.fixture
+def guide_server() -> Iterator[int]:
+    """The guide's application server: one request per connection, then close."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, data=None)
+    wake_r, wake_w = socket.socketpair()
+    sel.register(wake_r, selectors.EVENT_READ, data="stop")
+
+    def respond(header: dict[str, Any], content: bytes) -> bytes:
+        if header["content-type"] == "text/json":
+            request = json_decode(content, header["content-encoding"])
+            action = request.get("action")
+            if action == "search":
+                query = request.get("value")
+                answer = GUIDE_TABLE.get(query) or f"No match for '{query}'."
+                body = {"result": answer}
+            else:
+                body = {"result": f"Error: invalid action '{action}'."}
+            return create_message(json_encode(body, "utf-8"), "text/json", "utf-8")
+        return create_message(
+            b"First 10 bytes of request: " + content[:10], "binary/custom-server-binary-type", "binary"
+        )
+
+    def serve() -> None:
+        readers: dict[socket.socket, GuideReader] = {}
+        outgoing: dict[socket.socket, bytes] = {}
+        while True:
+            for key, mask in sel.select():
+                if key.data == "stop":
+                    return
+                if key.data is None:
+                    conn, _ = listener.accept()
+                    conn.setblocking(False)
+                    readers[conn] = GuideReader()
+                    sel.register(conn, selectors.EVENT_READ, data="conn")
+                    continue
+                conn = key.fileobj  # type: ignore[assignment]
+                if mask & selectors.EVENT_READ:
+                    data = conn.recv(4096)
+                    if not data:
+                        sel.unregister(conn)
+                        conn.close()
+                        continue
+                    reader = readers[conn]
+                    if reader.feed(data):
+                        assert reader.header is not None and reader.content is not None
+                        outgoing[conn] = respond(reader.header, reader.content)
+                        sel.modify(conn, selectors.EVENT_WRITE, data="conn")
+                elif mask & selectors.EVENT_WRITE:
+                    sent = conn.send(outgoing[conn])
+                    outgoing[conn] = outgoing[conn][sent:]
+                    if not outgoing[conn]:
+                        sel.unregister(conn)
+                        conn.close()  # the guide's server: one response, then close
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    wake_w.send(b"x")
+    thread.join(10)
+    listener.close()
+
+
+# -- the guide's client against framewire serve -----------------------------------
+
+
+@pytest.fixture
+def search_port() -> Iterator[int]:
+    with running(search_app()) as server:
+        yield server.port
+
+
+@pytest.mark.parametrize("query", ["morpheus", "ring", DOG])
+def test_guide_client_search(search_port: int, query: str) -> None:
+    header, body = guide_client(
+        search_port,
+        {"type": "text/json", "encoding": "utf-8", "content": {"action": "search", "value": query}},
+    )
+    assert header["content-type"] == "text/json"
+    assert body == {"result": SEARCH_TABLE[query]}
+
+
+def test_guide_client_no_match_and_unknown_action(search_port: int) -> None:
+    request = {"type": "text/json", "encoding": "utf-8", "content": {"action": "search", "value": "x" + DOG}}
+    assert guide_client(search_port, request)[1] == {"result": f"No match for 'x{DOG}'."}
+    request["content"] = {"action": "dance", "value": DOG}
+    assert guide_client(search_port, request)[1] == {"result": "Error: invalid action 'dance'."}
+
+
+def test_guide_client_binary(search_port: int) -> None:
+    content = ("binary" + DOG).encode()
+    header, body = guide_client(
+        search_port, {"type": "binary/custom-client-binary-type", "encoding": "binary", "content": content}
+    )
+    assert header["content-type"] == "binary/custom-server-binary-type"
+    assert body == b"First 10 bytes of request: " + content[:10]
+
+
+def test_guide_client_utf16_request(search_port: int) -> None:
+    request = {"type": "text/json", "encoding": "utf-16", "content": {"action": "search", "value": DOG}}
+    assert guide_client(search_port, request)[1] == {"result": SEARCH_TABLE[DOG]}
+
+
+# -- framewire request against the guide's server ---------------------------------
+
+
+def test_framewire_request_search_on_the_guide_server(guide_server: int) -> None:
+    result = run_cli("request", "127.0.0.1", str(guide_server), "search", DOG)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == GUIDE_TABLE[DOG]
+    result = run_cli("request", "127.0.0.1", str(guide_server), "search", "nobody")
+    assert result.stdout.strip() == "No match for 'nobody'."
+
+
+def test_framewire_request_unknown_action_on_the_guide_server(guide_server: int) -> None:
+    result = run_cli(
+        "request", "127.0.0.1", str(guide_server), "--json", json.dumps({"action": "x", "value": DOG})
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Error: invalid action 'x'."
+
+
+def test_framewire_request_binary_on_the_guide_server(guide_server: int) -> None:
+    result = run_cli("request", "127.0.0.1", str(guide_server), "binary", DOG, "--show-header")
+    assert result.returncode == 0, result.stderr
+    header_line, body_line = result.stdout.strip().splitlines()
+    assert json.loads(header_line)["content-type"] == "binary/custom-server-binary-type"
+    assert body_line == repr(b"First 10 bytes of request: " + ("binary" + DOG).encode()[:10])
+
+
+def test_pipelining_against_the_guide_server_says_it_closed(guide_server: int) -> None:
+    result = run_cli("request", "127.0.0.1", str(guide_server), "search", "morpheus", "--count", "3")
+    assert result.returncode == 1
+    assert "closed the connection" in result.stderr
+    assert "Traceback" not in result.stderr
