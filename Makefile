@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 65432
 
-.PHONY: serve test lint typecheck pytest bench clean
+FUZZ_SECONDS ?= 180
+SOAK_SECONDS ?= 60
+
+.PHONY: serve test lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -22,8 +25,8 @@ serve: $(STAMP)
 	$(BIN)/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
+	$(BIN)/ruff format --check src tests benchmarks fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict
@@ -35,6 +38,16 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+# 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --duration $(SOAK_SECONDS)
+
+# Coverage-guided fuzzing of the decoder (atheris is installed on first use).
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet atheris
+	mkdir -p fuzz/corpus-work
+	$(BIN)/python fuzz/fuzz_decoder.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus-work fuzz/corpus
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -73,9 +73,14 @@ def run_cli(*args: str, timeout: float = 30, input: str | None = None) -> subpro
 class Spawned:
     """A command running in the background, with its stderr read as it comes."""
 
-    def __init__(self, *args: str, cwd: str | None = None) -> None:
+    def __init__(self, *args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None) -> None:
+        # preexec only sets a resource limit in the child, before exec.
         self.proc = subprocess.Popen(
-            framewire_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+            framewire_cmd(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            preexec_fn=preexec,  # noqa: PLW1509
         )
         self.err = b""
 
@@ -102,8 +107,9 @@ class Spawned:
     def port(self, timeout: float = 20.0) -> int:
         return int(self.wait_for(r"127\.0\.0\.1:(\d+)", timeout).group(1))
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 20.0) -> tuple[int, str, str]:
+        """Send ``sig`` (None: none, it is exiting already) and wait for the exit."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out.decode(), (self.err + err).decode()
@@ -118,8 +124,8 @@ class Spawned:
 def spawn() -> Iterator[Any]:
     procs: list[Spawned] = []
 
-    def start(*args: str, cwd: str | None = None) -> Spawned:
-        spawned = Spawned(*args, cwd=cwd)
+    def start(*args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None) -> Spawned:
+        spawned = Spawned(*args, cwd=cwd, preexec=preexec)
         procs.append(spawned)
         return spawned
 

@@ -189,8 +189,8 @@ def test_echo_server_and_client(spawn: Any) -> None:
     result = run_cli("echo-client", "--port", port, text)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"Received {text.encode()!r}"
-    # The guide's first server serves one client, then exits.
-    code, _, err = server.stop()
+    # The guide's first server serves one client, then exits by itself.
+    code, _, err = server.stop(None)
     assert code == 0 and "closed the connection" in err
 
 

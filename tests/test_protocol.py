@@ -7,6 +7,7 @@ import struct
 from typing import Any
 
 import pytest
+from fuzz_decoder import check_split_invariance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -346,6 +347,19 @@ def test_random_bytes_never_escape_the_error_hierarchy(junk: bytes, data: st.Dat
     except ProtocolError as exc:
         assert exc.code
         assert decoder.state is State.FAILED
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        messages.map(encode_many),
+        st.tuples(messages, st.binary(max_size=40)).map(lambda pair: encode_many(pair[0]) + pair[1]),
+    ),
+    st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_split_invariance_the_fuzz_property(data: bytes, cuts: list[int]) -> None:
+    check_split_invariance(data, cuts)
 
 
 # -- compatibility with the guide's programs -------------------------------------

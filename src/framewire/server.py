@@ -39,7 +39,7 @@ from framewire.errors import (
 from framewire.message import Message
 from framewire.protocol import Decoder
 
-__all__ = ["Server"]
+__all__ = ["Server", "raise_descriptor_limit"]
 
 log = logging.getLogger("framewire.server")
 
@@ -56,6 +56,22 @@ _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
 _WAKE: Final = object()  # selector data of the wake-up socket
 _LISTEN: Final = object()  # selector data of the listening socket
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE toward ``wanted``, within the
+    hard limit (raising that needs root). Returns the soft limit in force."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
 
 
 class _Connection:
@@ -175,6 +191,7 @@ class Server:
         ).encode()
         self._accept_paused_until: float | None = None
         self._accept_backoff = _ACCEPT_BACKOFF[0]
+        self._exhausted = False
         #: Connections accepted since the start.
         self.connections_total = 0
         #: Requests answered since the start.
@@ -371,8 +388,10 @@ class Server:
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("accept failed: %s", exc)
                 return
-            if self._accept_backoff != _ACCEPT_BACKOFF[0]:
+            if self._exhausted:
+                self._exhausted = False
                 self._accept_backoff = _ACCEPT_BACKOFF[0]
+                log.warning("descriptors available again: accepting")
             if len(self._conns) >= self.max_connections:
                 self._refuse_busy(sock)
                 continue
@@ -404,10 +423,12 @@ class Server:
     def _pause_accepting(self, selector: selectors.BaseSelector, exc: OSError, now: float) -> None:
         if self._accept_paused_until is None and self._listener is not None:
             selector.unregister(self._listener)
+        if not self._exhausted:  # once per episode, not once per retry
+            self._exhausted = True
             log.error(
-                "accept failed (%s): out of descriptors or memory; pausing accepts for %.2f s",
+                "accept failed (%s): out of descriptors or memory; retrying with a back-off of up to %g s",
                 os.strerror(exc.errno or 0),
-                self._accept_backoff,
+                _ACCEPT_BACKOFF[1],
             )
         self._accept_paused_until = now + self._accept_backoff
         self._accept_backoff = min(self._accept_backoff * 2, _ACCEPT_BACKOFF[1])

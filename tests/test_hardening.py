@@ -1,0 +1,360 @@
+"""Bad input, slow and greedy peers, limits and faults, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import resource
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import connect, read_messages, read_until_closed, running
+from framewire import Decoder, Message, encode, encode_many
+from framewire.app import echo, search_app
+from framewire.server import Server
+
+
+def frame(header: bytes, content: bytes = b"") -> bytes:
+    return struct.pack(">H", len(header)) + header + content
+
+
+def header(**fields: Any) -> bytes:
+    base: dict[str, Any] = {
+        "byteorder": "little",
+        "content-type": "binary/x",
+        "content-encoding": "binary",
+        "content-length": 0,
+    }
+    base.update({k.replace("_", "-"): v for k, v in fields.items()})
+    return json.dumps(base).encode()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` to become true, checking it until the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.01)
+
+
+def error_code(message: Message) -> str:
+    assert message.is_error and message.status == "error"
+    assert message.content_type == "text/json" and message.content_encoding == "utf-8"
+    code: str = message.json()["error"]["code"]
+    assert message.json()["error"]["message"]
+    return code
+
+
+def still_serves(server: Server) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(encode(Message.from_json({"action": "search", "value": "ring"})))
+        (answer,) = read_messages(sock, 1)
+    assert not answer.is_error
+
+
+def framing_error(server: Server, data: bytes) -> str:
+    """Send ``data``; expect one error response and the connection closed."""
+    with connect(server.port) as sock:
+        sock.sendall(data)
+        received = read_until_closed(sock)
+    decoder = Decoder()
+    (response,) = decoder.feed(received)
+    decoder.feed(b"")
+    code = error_code(response)
+    still_serves(server)
+    return code
+
+
+FRAMING_CASES = [
+    pytest.param(struct.pack(">H", 0), "bad-header-length", id="H=0"),
+    pytest.param(struct.pack(">H", 1) + b"{", "bad-header-length", id="H=1"),
+    pytest.param(frame(b'{"a": "\xff"}'), "bad-header", id="invalid-utf8"),
+    pytest.param(frame(b"[1, 2]"), "bad-header", id="json-list"),
+    pytest.param(frame(b'{"content-length": NaN}'), "bad-header", id="nan"),
+    pytest.param(frame(b"[" * 60000), "bad-header", id="60000-deep"),
+    pytest.param(frame(b"not json at all"), "bad-header", id="not-json"),
+    pytest.param(frame(b"{}"), "missing-header-key", id="empty-object"),
+    pytest.param(
+        frame(b'{"content-length": 0, "content-type": "a/b", "byteorder": "big"}'),
+        "missing-header-key",
+        id="no-encoding",
+    ),
+    pytest.param(frame(header(content_length=-1)), "bad-header-value", id="length-negative"),
+    pytest.param(frame(header(content_length=1.5)), "bad-header-value", id="length-fraction"),
+    pytest.param(frame(header(content_length="12")), "bad-header-value", id="length-string"),
+    pytest.param(frame(header(content_length=True)), "bad-header-value", id="length-bool"),
+    pytest.param(frame(header(content_length=10**30)), "bad-header-value", id="length-10e30"),
+    pytest.param(frame(header(byteorder="middle")), "bad-header-value", id="byteorder-middle"),
+    pytest.param(frame(header(content_type="")), "bad-header-value", id="empty-type"),
+    pytest.param(frame(header(content_length=2001)), "content-too-large", id="content-over-limit"),
+    pytest.param(frame(header(content_length=2**63)), "content-too-large", id="content-2**63"),
+]
+
+
+@pytest.fixture(scope="module")
+def strict_server() -> Any:
+    with running(search_app(), max_content_length=2000, message_timeout=1.0) as server:
+        yield server
+
+
+def test_header_over_the_limit_is_refused_from_its_length() -> None:
+    with running(search_app(), max_header_size=1000) as server:
+        assert framing_error(server, struct.pack(">H", 1001)) == "header-too-large"
+
+
+@pytest.mark.parametrize(("data", "code"), FRAMING_CASES)
+def test_framing_errors_get_their_code_and_close(strict_server: Server, data: bytes, code: str) -> None:
+    assert framing_error(strict_server, data) == code
+
+
+def test_content_too_large_is_answered_before_any_content(strict_server: Server) -> None:
+    with connect(strict_server.port) as sock:
+        sock.sendall(frame(header(content_length=10**9)))  # no content byte is ever sent
+        (response,) = read_messages(sock, 1)
+        assert error_code(response) == "content-too-large"
+        assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        pytest.param(Message(b"{}", "text/json", "rot13"), "bad-encoding", id="rot13"),
+        pytest.param(Message(b"{}", "text/json", "zlib_codec"), "bad-encoding", id="zlib"),
+        pytest.param(Message(b"{}", "text/json", "base64"), "bad-encoding", id="base64"),
+        pytest.param(Message(b"{}", "text/json", "no-such-codec"), "bad-encoding", id="unknown"),
+        pytest.param(Message(b"\xff\xfe{", "text/json", "utf-8"), "bad-content", id="bad-utf8"),
+        pytest.param(Message(b'{"a": NaN}', "text/json", "utf-8"), "bad-content", id="nan"),
+        pytest.param(Message(b"[" * 1500, "text/json", "utf-8"), "bad-content", id="deep"),
+        pytest.param(Message(b"{oops", "text/json", "utf-8"), "bad-content", id="not-json"),
+    ],
+)
+def test_content_errors_keep_the_connection(strict_server: Server, request_: Message, code: str) -> None:
+    with connect(strict_server.port) as sock:
+        good = Message.from_json({"action": "search", "value": "morpheus"})
+        sock.sendall(encode_many([request_, good]))
+        bad_answer, good_answer = read_messages(sock, 2)
+        assert error_code(bad_answer) == code
+        assert "white rabbit" in good_answer.json()["result"]
+
+
+def test_truncated_message_then_half_close(strict_server: Server) -> None:
+    data = encode(Message.from_json({"action": "search", "value": "ring"}))
+    for cut in (1, 2, 10, len(data) - 1):
+        with connect(strict_server.port) as sock:
+            sock.sendall(data[:cut])
+            sock.shutdown(socket.SHUT_WR)
+            (response,) = Decoder().feed(read_until_closed(sock))
+        assert error_code(response) == "incomplete-message"
+    still_serves(strict_server)
+
+
+def test_message_deadline_answers_timeout(strict_server: Server) -> None:
+    data = encode(Message.from_json({"action": "search", "value": "ring"}))
+    with connect(strict_server.port) as sock:
+        sock.sendall(data[:5])
+        (response,) = read_messages(sock, 1)
+        assert error_code(response) == "timeout"
+        assert sock.recv(1) == b""
+
+
+def test_header_length_65535_then_nothing_times_out() -> None:
+    with running(echo, message_timeout=1.0) as server, connect(server.port) as sock:
+        sock.sendall(struct.pack(">H", 65535))
+        (response,) = read_messages(sock, 1)
+        assert error_code(response) == "timeout"
+
+
+def test_slowloris_is_cut_off_at_the_message_deadline() -> None:
+    data = encode(Message.from_bytes(b"x" * 50))
+    with running(echo, message_timeout=2.5) as server, connect(server.port) as sock:
+        stop = threading.Event()
+        sent = []
+
+        def trickle() -> None:
+            for i in range(len(data)):
+                try:
+                    sock.send(data[i : i + 1])
+                except OSError:
+                    return
+                sent.append(i)
+                if stop.wait(1.0):  # one byte a second: the attack's pace
+                    return
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        (response,) = read_messages(sock, 1)
+        stop.set()
+        thread.join(5)
+        assert error_code(response) == "timeout"
+        assert len(sent) < len(data)  # it never got to finish the message
+
+
+def test_idle_connections_are_closed_without_a_response() -> None:
+    with running(echo, idle_timeout=0.5) as server, connect(server.port) as sock:
+        sock.sendall(encode(Message.from_bytes(b"one")))
+        assert read_messages(sock, 1)[0].content == b"one"
+        assert sock.recv(1) == b""  # closed after the idle timeout, nothing sent
+
+
+def test_server_busy_beyond_the_connection_limit() -> None:
+    with running(echo, max_connections=2) as server:
+        first, second = connect(server.port), connect(server.port)
+        wait_until(lambda: server.connections == 2)
+        with connect(server.port) as third:
+            (response,) = Decoder().feed(read_until_closed(third))
+        assert error_code(response) == "server-busy"
+        for sock in (first, second):
+            sock.sendall(encode(Message.from_bytes(b"fine")))
+            assert read_messages(sock, 1)[0].content == b"fine"
+            sock.close()
+
+
+def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tuple[Any, memoryview, int]:
+    """Pipeline copies of ``request`` without reading until the server stops
+    reading this connection. Returns its state, the stream and bytes sent."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    stream = memoryview(request * (64 * 1024 * 1024 // len(request)))
+    sent = 0
+    wait_until(lambda: server.connections == 1)
+    (conn,) = server._conns.values()
+    while True:  # until the server stops reading and every buffer is full
+        try:
+            sent += sock.send(stream[sent : sent + 65536])
+        except BlockingIOError:
+            if conn.paused:
+                return conn, stream, sent
+            select.select([], [sock], [], 0.05)  # the server is still catching up
+        assert sent < len(stream), "the server never stopped reading"
+
+
+def finish_and_read(sock: socket.socket, request: bytes, stream: memoryview, sent: int) -> list[Message]:
+    """Complete the last, partly sent request and read every answer."""
+    total = -(-sent // len(request))
+    answers: list[Message] = []
+    sock.setblocking(True)
+    sock.settimeout(20)
+    reader = threading.Thread(target=lambda: answers.extend(read_messages(sock, total)))
+    reader.start()
+    sock.sendall(stream[sent : total * len(request)])
+    reader.join(30)
+    assert len(answers) == total
+    return answers
+
+
+def test_a_peer_that_never_reads_costs_bounded_memory() -> None:
+    high_water = 256 * 1024
+    request = encode(Message.from_bytes(b"z" * 16384))
+    with running(echo, high_water=high_water) as server, connect(server.port, timeout=20) as sock:
+        conn, stream, sent = fill_until_paused(server, sock, request)
+        # Bounded: the high-water mark plus the answers to one read's requests.
+        assert conn.out_size <= high_water + 300 * 1024
+        answers = finish_and_read(sock, request, stream, sent)
+    assert all(m.content == b"z" * 16384 for m in answers)
+
+
+def test_max_in_flight_pauses_reading() -> None:
+    request = encode(Message.from_bytes(b"q" * 2000))
+    with running(echo, max_in_flight=4) as server, connect(server.port, timeout=20) as sock:
+        conn, stream, sent = fill_until_paused(server, sock, request)
+        # Paused by count, long before the high-water mark.
+        assert len(conn.marks) >= 4 and conn.out_size < 1024 * 1024
+        answers = finish_and_read(sock, request, stream, sent)
+    assert all(m.content == b"q" * 2000 for m in answers)
+
+
+def test_reset_while_the_server_is_blocked_on_a_full_send_buffer() -> None:
+    with running(echo, high_water=64 * 1024) as server:
+        for _ in range(3):
+            sock = connect(server.port)
+            fill_until_paused(server, sock, encode(Message.from_bytes(b"r" * 30000)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            wait_until(lambda: server.connections == 0)
+        still_serves_echo(server)
+
+
+def test_reset_mid_response_and_mid_message() -> None:
+    with running(echo) as server:
+        for payload in (
+            encode(Message.from_bytes(b"m" * 5_000_000)),
+            encode(Message.from_bytes(b"x" * 100))[:30],
+        ):
+            sock = connect(server.port)
+            sock.sendall(payload)
+            if len(payload) > 100:
+                sock.recv(1000)  # the response has started
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        wait_until(lambda: server.connections == 0)
+        still_serves_echo(server)
+
+
+def still_serves_echo(server: Server) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(encode(Message.from_bytes(b"alive")))
+        assert read_messages(sock, 1)[0].content == b"alive"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(max_size=600))
+def test_random_bytes_never_crash_the_server(strict_server: Server, junk: bytes) -> None:
+    with connect(strict_server.port) as sock:
+        sock.sendall(junk)
+        sock.shutdown(socket.SHUT_WR)
+        data = read_until_closed(sock)
+    decoder = Decoder()
+    for response in decoder.feed(data):  # whatever came back is well-formed
+        assert response.content_type
+    decoder.feed(b"")
+    still_serves(strict_server)
+
+
+def test_sigterm_under_load_answers_in_flight_requests(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0", "--app", "echo", "--grace", "10", "--log-level", "warning")
+    port = server.port()
+    socks = [connect(port, timeout=20) for _ in range(20)]
+    for sock in socks:
+        sock.sendall(encode_many([Message.from_bytes(b"w" * 500)] * 200))
+    server.proc.send_signal(signal.SIGTERM)
+    for sock in socks:
+        assert len(read_messages(sock, 200)) == 200  # every request sent before the signal is answered
+        assert sock.recv(1) == b""
+        sock.close()
+    code, _, err = server.stop(None)
+    assert code == 0, err
+
+
+def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any) -> None:
+    limit = 48
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    server = spawn("serve", "--port", "0", "--app", "echo", preexec=low_limit)
+    port = server.port()
+    socks = [connect(port) for _ in range(limit + 20)]  # the kernel queues what the server cannot accept
+    server.wait_for("out of descriptors")
+    process = psutil.Process(server.proc.pid)
+    before = process.cpu_times()
+    time.sleep(1.0)  # a window to measure CPU use in, not a wait for an event
+    after = process.cpu_times()
+    assert (after.user + after.system) - (before.user + before.system) < 0.5  # no busy loop
+    for sock in socks:
+        sock.close()
+    with connect(port) as sock:
+        sock.sendall(encode(Message.from_bytes(b"back")))
+        assert read_messages(sock, 1)[0].content == b"back"
+    code, _, err = server.stop()
+    assert code == 0
+    assert err.count("out of descriptors") == 1
