@@ -27,8 +27,6 @@ from framewire.protocol import Decoder, encode_many
 
 __all__ = ["Client"]
 
-_RECV_SIZE = 256 * 1024
-
 
 class Client:
     """A blocking connection to a framewire (or guide-written) server.
@@ -152,12 +150,12 @@ class Client:
                         mask = events[0][1]
                         if mask & selectors.EVENT_WRITE and sent < len(payload):
                             with contextlib.suppress(BlockingIOError):
-                                sent += sock.send(payload[sent : sent + _RECV_SIZE])
+                                sent += sock.send(payload[sent:])
                             if sent == len(payload):
                                 selector.modify(sock, selectors.EVENT_READ)
                         if mask & selectors.EVENT_READ:
                             try:
-                                data = sock.recv(_RECV_SIZE)
+                                data = sock.recv(limits.RECV_SIZE)
                             except BlockingIOError:
                                 continue
                             responses += self._feed(data)
@@ -185,7 +183,7 @@ class Client:
         sock = self._connected()
         while not self._ready:
             sock.settimeout(self._remaining(deadline))
-            self._ready.extend(self._feed(sock.recv(_RECV_SIZE)))
+            self._ready.extend(self._feed(sock.recv(limits.RECV_SIZE)))
         return self._ready.popleft()
 
     def _checked(self, message: Message) -> Message:

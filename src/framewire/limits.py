@@ -43,3 +43,9 @@ HEADER_CACHE_MAX_SIZE = 512
 
 #: How many distinct headers the parse cache holds before it starts over.
 HEADER_CACHE_ENTRIES = 1024
+
+#: Bytes asked of the kernel per ``recv``. Not larger: CPython allocates the
+#: whole size for every call before shrinking it, and at 256 KiB that costs
+#: more than the system call itself (measured: 26 us against 4 us per
+#: 64-byte message).
+RECV_SIZE = 64 * 1024

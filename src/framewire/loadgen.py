@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from framewire import limits
 from framewire.errors import ProtocolError
 from framewire.message import Message
 from framewire.protocol import Decoder
 
 __all__ = ["LoadResult", "Progress", "run_load"]
 
-_RECV = 256 * 1024
 _BUCKET_BASE = 1.02
 _LOG_BASE = math.log(_BUCKET_BASE)
 _BUCKETS = 1200  # 1 us .. 1.02**1200 us (~ 20,000 s)
@@ -228,7 +228,7 @@ def run_load(
                     continue
                 try:
                     if mask & selectors.EVENT_READ:
-                        data = conn.sock.recv(_RECV)
+                        data = conn.sock.recv(limits.RECV_SIZE)
                         if not data:
                             fail(conn, "the server closed the connection")
                             continue

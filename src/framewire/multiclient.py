@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from framewire import limits
 from framewire.errors import ConnectionClosed, ProtocolError
 from framewire.message import Message
 from framewire.protocol import Decoder, encode_many
 
 __all__ = ["ConnectionReport", "echo_concurrently", "request_concurrently"]
-
-_CHUNK = 256 * 1024
 
 
 @dataclass
@@ -120,7 +119,7 @@ def _write(conn: _Conn, selector: selectors.BaseSelector, say: Callable[[str], N
         if code:
             raise OSError(code, f"connect failed: {errno.errorcode.get(code, code)}")
     if report.sent < len(conn.payload):
-        sent = conn.sock.send(conn.payload[report.sent : report.sent + _CHUNK])
+        sent = conn.sock.send(conn.payload[report.sent :])
         say(f"Sending {sent} bytes to connection {report.id}")
         report.sent += sent
     if report.sent >= len(conn.payload):
@@ -129,7 +128,7 @@ def _write(conn: _Conn, selector: selectors.BaseSelector, say: Callable[[str], N
 
 def _read(conn: _Conn, selector: selectors.BaseSelector, say: Callable[[str], None]) -> None:
     try:
-        data = conn.sock.recv(_CHUNK)
+        data = conn.sock.recv(limits.RECV_SIZE)
     except BlockingIOError:
         return
     report = conn.report

@@ -196,17 +196,34 @@ class Decoder:
             raise RuntimeError("feed() after the end of the stream")
         if type(data) is not bytes:
             data = bytes(data)
+        out: list[Message] = []
+        append = out.append
         if self._pending:
             self._pending.append(data)
             self._pending_size += len(data)
             if self._pending_size < self._need:
                 return []
-            buf = b"".join(self._pending)
-            self._pending = []
+            if self._state is _CONTENT:
+                # Join exactly the content: joining everything and slicing the
+                # content out would copy a large content twice.
+                header = self._header
+                assert header is not None
+                content, buf = _join_exact(self._pending, header.content_length)
+                message = _new_message(Message)
+                message._header = header
+                message._content = content
+                append(message)
+                self._state = _LENGTH
+                self._pending = []
+                self._pending_size = 0
+                if not buf:
+                    self.messages_decoded += 1
+                    return out
+            else:
+                buf = b"".join(self._pending)
+                self._pending = []
         else:
             buf = data
-        out: list[Message] = []
-        append = out.append
         new_message = _new_message
         pos = 0
         end = len(buf)
@@ -305,6 +322,19 @@ class Decoder:
             raise error
         self._state = State.CLOSED
         return []
+
+
+def _join_exact(chunks: list[bytes], size: int) -> tuple[bytes, bytes]:
+    """The first ``size`` bytes of ``chunks`` joined, and the rest of the last chunk used."""
+    taken = 0
+    for i, chunk in enumerate(chunks):
+        if taken + len(chunk) >= size:
+            cut = size - taken
+            if cut == len(chunk):
+                return b"".join(chunks[: i + 1]), b"".join(chunks[i + 1 :])
+            return b"".join([*chunks[:i], chunk[:cut]]), b"".join([chunk[cut:], *chunks[i + 1 :]])
+        taken += len(chunk)
+    raise AssertionError("fewer bytes than the decoder needed")
 
 
 def encode(message: Message) -> bytes:

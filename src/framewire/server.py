@@ -1,13 +1,14 @@
-"""The server: one thread, one selector, any number of connections.
+"""The server: one thread, one poller, any number of connections.
 
 Each connection owns its receive state (a :class:`Decoder`) and a send
-queue; the selector asks for write readiness only while that queue holds
-bytes. Every complete request of a read is handled, and the responses go
-out in order, coalesced into as few ``send`` calls as possible.
+queue; the poller (epoll, or ``selectors`` where there is no epoll) asks for
+write readiness only while that queue holds bytes. Every complete request of
+a read is handled, and the responses go out in order, coalesced into as few
+``send`` calls as possible.
 
-Timers (message deadlines, idle timeouts) live in one heap for all
-connections, pushed only when a deadline moves earlier and checked lazily
-when it comes due, so a busy connection costs no timer work per message.
+Timers (message deadlines, idle timeouts) live in one timing wheel for all
+connections, moved only when a deadline moves earlier and checked when their
+slot comes, so a busy connection costs no timer work per message.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import heapq
-import itertools
 import logging
 import os
-import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Final
 
-from framewire import limits
+from framewire import limits, poller
 from framewire.app import Handler
 from framewire.errors import (
     HandlerError,
@@ -38,13 +37,12 @@ from framewire.errors import (
 )
 from framewire.message import Message
 from framewire.protocol import Decoder
+from framewire.timers import TimerWheel
 
 __all__ = ["Server", "raise_descriptor_limit"]
 
 log = logging.getLogger("framewire.server")
 
-#: Bytes asked of the kernel per read.
-RECV_SIZE: Final = 256 * 1024
 # Below this many queued bytes, one joined buffer is cheaper than sendmsg.
 _JOIN_BELOW: Final = 64 * 1024
 _IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
@@ -52,10 +50,13 @@ _IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 10
 _ACCEPT_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BACKOFF: Final = (0.05, 1.0)  # first and longest pause, seconds
 _ACCEPTS_PER_TURN: Final = 128
-_READ: Final = selectors.EVENT_READ
-_WRITE: Final = selectors.EVENT_WRITE
-_WAKE: Final = object()  # selector data of the wake-up socket
-_LISTEN: Final = object()  # selector data of the listening socket
+_READ: Final = poller.READ
+_WRITE: Final = poller.WRITE
+_READABLE: Final = poller.READ | poller.ERROR
+_WRITABLE: Final = poller.WRITE | poller.ERROR
+# Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
+# setsockopt per connection saved.
+_NODELAY_INHERITED: Final = sys.platform.startswith("linux")
 
 
 def raise_descriptor_limit(wanted: int) -> int:
@@ -78,6 +79,7 @@ class _Connection:
     """One client connection's state."""
 
     __slots__ = (
+        "addr",
         "closed",
         "closing",
         "decoder",
@@ -86,20 +88,19 @@ class _Connection:
         "last_active",
         "marks",
         "message_started",
-        "name",
         "out",
         "out_size",
         "paused",
         "queued",
-        "scheduled",
         "sent",
         "sock",
+        "timer_slot",
     )
 
-    def __init__(self, sock: socket.socket, name: str, decoder: Decoder, now: float) -> None:
+    def __init__(self, sock: socket.socket, fd: int, addr: Any, decoder: Decoder, now: float) -> None:
         self.sock = sock
-        self.fd = sock.fileno()
-        self.name = name
+        self.fd = fd
+        self.addr = addr
         self.decoder = decoder
         self.events = _READ
         # Send queue: bytes objects sent in order; out_size is their total.
@@ -115,7 +116,12 @@ class _Connection:
         self.closed = False
         self.last_active = now
         self.message_started: float | None = None
-        self.scheduled = float("inf")  # when this connection's live timer entry is due
+        self.timer_slot: int | None = None  # where the timer wheel keeps this connection
+
+    @property
+    def name(self) -> str:
+        """The peer's address, for the log."""
+        return f"{self.addr[0]}:{self.addr[1]}" if isinstance(self.addr, tuple) else str(self.addr)
 
 
 class Server:
@@ -173,13 +179,12 @@ class Server:
         self.backlog = backlog
         self._listener: socket.socket | None = None
         self._address: tuple[str, int] | None = None
-        self._selector: selectors.BaseSelector | None = None
+        self._poller: poller._EpollPoller | poller._SelectorPoller | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._conns: dict[int, _Connection] = {}
-        self._timers: list[tuple[float, int, _Connection]] = []
-        self._seq = itertools.count()
+        self._timers: TimerWheel[_Connection] = TimerWheel()
         self._stop_requested = False
         self._force_stop = False
         self._signal_received: int | None = None
@@ -208,6 +213,8 @@ class Server:
             return
         listener = socket.create_server((self.host, self.requested_port), backlog=self.backlog)
         listener.setblocking(False)
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = listener
         self._address = listener.getsockname()[:2]
 
@@ -278,18 +285,18 @@ class Server:
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, self._on_signal)
-        selector = self._selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, _READ, _WAKE)
-        selector.register(self._listener, _READ, _LISTEN)
+        poll = self._poller = poller.Poller()
+        poll.register(self._wake_r.fileno(), _READ)
+        poll.register(self._listener.fileno(), _READ)
         self._running.set()
         try:
             if on_ready is not None:
                 on_ready()
-            self._loop(selector)
+            self._loop(poll)
         finally:
             for conn in list(self._conns.values()):
                 self._close(conn)
-            selector.close()
+            poll.close()
             self._listener.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -306,44 +313,43 @@ class Server:
 
     # -- the loop -------------------------------------------------------------
 
-    def _loop(self, selector: selectors.BaseSelector) -> None:
+    def _loop(self, poll: poller._EpollPoller | poller._SelectorPoller) -> None:
         host, port = self.address
         log.info("listening on %s:%d", host, port)
-        select = selector.select
+        wait = poll.poll
         conns = self._conns
         timers = self._timers
+        assert self._listener is not None
+        listen_fd = self._listener.fileno()
         draining_since: float | None = None
         turns_draining = 0
         now = time.monotonic()
         while True:
             if draining_since is not None:
-                timeout: float | None = (
-                    0.0 if turns_draining < 2 else max(0.0, draining_since + self.grace - now)
-                )
-            elif timers:
-                timeout = max(0.0, timers[0][0] - now)
+                left = max(0.0, draining_since + self.grace - now)
+                timeout: float | None = 0.0 if turns_draining < 2 else left
             else:
-                timeout = None
+                due = timers.next_due()
+                timeout = None if due is None else max(0.0, due - now)
             if self._accept_paused_until is not None:
                 pause = max(0.0, self._accept_paused_until - now)
                 timeout = pause if timeout is None else min(timeout, pause)
-            events = select(timeout)
+            events = wait(timeout)
             now = time.monotonic()
-            for key, mask in events:
-                conn = key.data
-                if conn.__class__ is _Connection:
-                    if mask & _READ and not conn.closed:
+            for fd, mask in events:
+                conn = conns.get(fd)
+                if conn is not None:
+                    if mask & _READABLE and conn.events & _READ:
                         self._on_readable(conn, now)
-                    if mask & _WRITE and not conn.closed:
+                    if mask & _WRITABLE and conn.out and not conn.closed:
                         self._flush(conn, now)
-                elif conn is _LISTEN:
-                    self._accept(selector, now)
+                elif fd == listen_fd:
+                    self._accept(now)
                 else:
                     self._drain_wake()
-            if timers and timers[0][0] <= now:
-                self._run_timers(now)
+            self._run_timers(now)
             if self._accept_paused_until is not None and now >= self._accept_paused_until:
-                self._resume_accepting(selector)
+                self._resume_accepting()
             if self._stop_requested:
                 if draining_since is None:
                     draining_since = now
@@ -353,7 +359,7 @@ class Server:
                             signal.Signals(self._signal_received).name,
                             self.grace,
                         )
-                    self._stop_accepting(selector)
+                    self._stop_accepting()
                 turns_draining += 1
                 # Two turns first: what peers sent before the stop is read and answered.
                 if turns_draining >= 2:
@@ -374,20 +380,26 @@ class Server:
 
     # -- accepting ------------------------------------------------------------
 
-    def _accept(self, selector: selectors.BaseSelector, now: float) -> None:
+    def _accept(self, now: float) -> None:
         listener = self._listener
-        assert listener is not None
+        assert listener is not None and self._poller is not None
+        # socket._accept gives the descriptor without socket.accept()'s
+        # family/type enum conversions, a noticeable cost per connection.
+        accept = listener._accept  # type: ignore[attr-defined]
+        family = listener.family
+        register = self._poller.register
         for _ in range(_ACCEPTS_PER_TURN):
             try:
-                sock, addr = listener.accept()
+                fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in _ACCEPT_EXHAUSTED:
-                    self._pause_accepting(selector, exc, now)
+                    self._pause_accepting(exc, now)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("accept failed: %s", exc)
                 return
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             if self._exhausted:
                 self._exhausted = False
                 self._accept_backoff = _ACCEPT_BACKOFF[0]
@@ -396,19 +408,21 @@ class Server:
                 self._refuse_busy(sock)
                 continue
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            name = f"{addr[0]}:{addr[1]}"
+            if not _NODELAY_INHERITED:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(
                 sock,
-                name,
+                fd,
+                addr,
                 Decoder(max_header_size=self.max_header_size, max_content_length=self.max_content_length),
                 now,
             )
-            self._conns[conn.fd] = conn
-            selector.register(sock, _READ, conn)
+            self._conns[fd] = conn
+            register(fd, _READ)
             self.connections_total += 1
-            self._schedule(conn, now + self.idle_timeout)
-            log.info("connection from %s opened (%d open)", name, len(self._conns))
+            self._timers.schedule(conn, now + self.idle_timeout)
+            if log.isEnabledFor(logging.INFO):
+                log.info("connection from %s opened (%d open)", conn.name, len(self._conns))
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         try:
@@ -420,9 +434,10 @@ class Server:
             sock.close()
         log.warning("connection refused with server-busy: %d connections open", len(self._conns))
 
-    def _pause_accepting(self, selector: selectors.BaseSelector, exc: OSError, now: float) -> None:
+    def _pause_accepting(self, exc: OSError, now: float) -> None:
+        assert self._poller is not None
         if self._accept_paused_until is None and self._listener is not None:
-            selector.unregister(self._listener)
+            self._poller.unregister(self._listener.fileno())
         if not self._exhausted:  # once per episode, not once per retry
             self._exhausted = True
             log.error(
@@ -433,14 +448,14 @@ class Server:
         self._accept_paused_until = now + self._accept_backoff
         self._accept_backoff = min(self._accept_backoff * 2, _ACCEPT_BACKOFF[1])
 
-    def _resume_accepting(self, selector: selectors.BaseSelector) -> None:
+    def _resume_accepting(self) -> None:
         self._accept_paused_until = None
-        if self._listener is not None and not self._stop_requested:
-            selector.register(self._listener, _READ, _LISTEN)
+        if self._listener is not None and self._poller is not None and not self._stop_requested:
+            self._poller.register(self._listener.fileno(), _READ)
 
-    def _stop_accepting(self, selector: selectors.BaseSelector) -> None:
-        if self._listener is not None and self._accept_paused_until is None:
-            selector.unregister(self._listener)
+    def _stop_accepting(self) -> None:
+        if self._listener is not None and self._poller is not None and self._accept_paused_until is None:
+            self._poller.unregister(self._listener.fileno())
         self._accept_paused_until = None
         log.info("no longer accepting; %d connections open", len(self._conns))
 
@@ -448,7 +463,7 @@ class Server:
 
     def _on_readable(self, conn: _Connection, now: float) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(limits.RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -476,8 +491,8 @@ class Server:
             if requests or conn.message_started is None:
                 conn.message_started = now
                 deadline = now + self.message_timeout
-                if deadline < conn.scheduled:
-                    self._schedule(conn, deadline)
+                if deadline < self._timers.scheduled_at(conn):
+                    self._timers.schedule(conn, deadline)
         else:
             conn.message_started = None
         self._flush(conn, now)
@@ -575,8 +590,8 @@ class Server:
             wanted = _READ
         if wanted != conn.events:
             conn.events = wanted
-            assert self._selector is not None
-            self._selector.modify(conn.sock, wanted, conn)
+            assert self._poller is not None
+            self._poller.modify(conn.fd, wanted)
 
     def _consume(self, conn: _Connection, sent: int) -> None:
         conn.sent += sent
@@ -600,17 +615,12 @@ class Server:
 
     # -- timers and closing -------------------------------------------------------
 
-    def _schedule(self, conn: _Connection, when: float) -> None:
-        conn.scheduled = when
-        heapq.heappush(self._timers, (when, next(self._seq), conn))
-
     def _run_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            when, _, conn = heapq.heappop(timers)
-            if conn.closed or when != conn.scheduled:
-                continue  # stale: the connection closed or its deadline moved
-            conn.scheduled = float("inf")
+        # Deadlines are checked when their slot comes, not moved on every
+        # read: a busy connection costs no timer work per message.
+        for conn in self._timers.pop_due(now):
+            if conn.closed:
+                continue
             if conn.message_started is not None and conn.decoder.in_message:
                 due = conn.message_started + self.message_timeout
                 if due <= now:
@@ -622,7 +632,7 @@ class Server:
                     log.info("connection from %s idle for %g s: closing", conn.name, self.idle_timeout)
                     self._close(conn)
                     continue
-            self._schedule(conn, due)
+            self._timers.schedule(conn, due)
 
     def _timed_out(self, conn: _Connection, now: float) -> None:
         error = MessageTimeout(
@@ -634,7 +644,7 @@ class Server:
         self._queue(conn, Message.for_error(error))
         conn.closing = True
         # If the peer does not read the error either, the idle timeout ends it.
-        self._schedule(conn, now + self.idle_timeout)
+        self._timers.schedule(conn, now + self.idle_timeout)
         self._flush(conn, now)
 
     def _lost(self, conn: _Connection, exc: OSError) -> None:
@@ -646,9 +656,11 @@ class Server:
             return
         conn.closed = True
         del self._conns[conn.fd]
-        if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(conn.sock)
+        self._timers.cancel(conn)
+        if self._poller is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._poller.forget(conn.fd)
         conn.sock.close()
         conn.out.clear()
-        log.info("connection from %s closed (%d open)", conn.name, len(self._conns))
+        if log.isEnabledFor(logging.INFO):
+            log.info("connection from %s closed (%d open)", conn.name, len(self._conns))
