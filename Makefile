@@ -36,8 +36,16 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+# The core beside a plain struct+json loop, then every server beside the
+# peers with one load client; writes docs/performance.md and its chart.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
+	$(BIN)/python benchmarks/compare.py --core .venv/core-bench.json
 
 # 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
 soak: $(STAMP)

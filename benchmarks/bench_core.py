@@ -18,6 +18,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from framewire import Decoder, Message, encode_many
@@ -83,6 +84,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     contents = [os.urandom(64) for _ in range(args.messages)]
     wire = plain_encode(contents)
@@ -101,8 +103,11 @@ def main() -> int:
         "decode": best_rates(framewire_decode, plain_decode, wire, n, r),
         "encode": best_rates(framewire_encode, plain_encode, contents, n, r),
     }
+    figures = {k: {"framewire": a, "plain": b, "ratio": a / b} for k, (a, b) in results.items()}
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(figures))
     if args.json:
-        print(json.dumps({k: {"framewire": a, "plain": b, "ratio": a / b} for k, (a, b) in results.items()}))
+        print(json.dumps(figures))
     else:
         print(f"{n:,} messages, 64-byte binary content, best of {r} rounds")
         print(f"{'':8}{'framewire msg/s':>18}{'struct+json msg/s':>20}{'ratio':>8}  target")

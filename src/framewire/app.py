@@ -9,6 +9,7 @@ binary requests to one more; :func:`search_app` is the guide's demo and
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -104,6 +105,9 @@ def search_app() -> App:
 
 def echo(request: Message) -> Message:
     """The echo application: the request's content, type and encoding, back."""
+    if request.byteorder == sys.byteorder and not request.extensions:
+        # Messages are immutable, and this one is already exactly the answer.
+        return request
     return Message(request.content, request.content_type, request.content_encoding)
 
 

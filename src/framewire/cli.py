@@ -440,6 +440,11 @@ def request(
               show_default=True, help="Seconds to run.")  # fmt: skip
 @click.option("--count", "-n", type=click.IntRange(1), default=None, help="Stop after this many responses.")
 @click.option("--check", is_flag=True, help="Check every response echoes its request (the echo app).")
+@click.option(
+    "--oneshot",
+    is_flag=True,
+    help="One request per connection (the guide's client): connect, send, read, close.",
+)
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               help="End the run after this long with no answer.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -455,6 +460,7 @@ def bench(
     duration: float,
     count: int | None,
     check: bool,
+    oneshot: bool,
     timeout: float,
     as_json: bool,
     quiet: bool,
@@ -488,7 +494,7 @@ def bench(
 
     result = loadgen.run_load(
         host, port, message, connections=connections, depth=depth, duration=duration, count=count,
-        check=check, timeout=timeout, progress=show if live else None,
+        check=check, timeout=timeout, progress=show if live else None, oneshot=oneshot,
     )  # fmt: skip
     if live:
         click.echo(err=True)

@@ -14,6 +14,7 @@ import errno
 import math
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,9 +140,14 @@ def run_load(
     timeout: float = 10.0,
     progress: Callable[[Progress], None] | None = None,
     progress_every: float = 1.0,
+    oneshot: bool = False,
 ) -> LoadResult:
     """Load ``host:port`` with copies of ``request``; stop after ``duration``
     seconds or ``count`` responses, whichever comes first.
+
+    ``oneshot``: the guide's client pattern: each of the ``connections``
+    slots connects, sends one request, reads one response, closes, and
+    starts over (``depth`` is 1).
 
     ``check``: every response must carry the request's content (the echo
     app), else it counts as a mismatch. A connection that fails counts one
@@ -189,20 +195,27 @@ def run_load(
         if selector.get_key(conn.sock).events != events:
             selector.modify(conn.sock, events, conn)
 
-    start = time.monotonic()
-    for _ in range(connections):
+    def open_connection() -> None:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if oneshot:  # close with a reset, so that ports do not pile up in TIME_WAIT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
             stats["errors"] += 1
             samples.append(f"connect: {errno.errorcode.get(code, code)}")
             sock.close()
-            continue
+            return
         conn = _Conn(sock)
         conns.append(conn)
         selector.register(sock, selectors.EVENT_WRITE, conn)
+
+    if oneshot:
+        depth = 1
+    start = time.monotonic()
+    for _ in range(connections):
+        open_connection()
     end = start + duration if duration is not None else math.inf
     next_progress = start + progress_every
     last_answer = start
@@ -246,6 +259,13 @@ def run_load(
                                 elif check and answer.content != expected:
                                     stats["mismatches"] += 1
                             stats["responses"] += len(answers)
+                            if oneshot:
+                                selector.unregister(conn.sock)
+                                conn.sock.close()
+                                conns.remove(conn)
+                                if budget(1):
+                                    open_connection()
+                                continue
                             send(conn, len(answers), now)
                     elif mask & selectors.EVENT_WRITE:
                         send(conn, 0, now)

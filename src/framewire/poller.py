@@ -71,7 +71,10 @@ class _SelectorPoller:
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
 
-    forget = unregister
+    def forget(self, fd: int) -> None:
+        """The descriptor is about to be closed: drop it (if it is registered)."""
+        if fd in self._selector.get_map():
+            self._selector.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         return [

@@ -180,7 +180,7 @@ class Decoder:
     @property
     def in_message(self) -> bool:
         """True while part of a message has arrived but not all of it."""
-        return self._pending_size > 0 or self._state is State.HEADER or self._state is State.CONTENT
+        return self._pending_size > 0 or self._state is _HEADER_STATE or self._state is _CONTENT
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Take the next bytes of the stream; return the messages they complete.
@@ -196,6 +196,23 @@ class Decoder:
             raise RuntimeError("feed() after the end of the stream")
         if type(data) is not bytes:
             data = bytes(data)
+        if not self._pending and self._state is _LENGTH:
+            # Fast path: exactly one whole message whose header was seen before
+            # (a request/response exchange); anything else takes the loop below.
+            end = len(data)
+            size = (data[0] << 8) | data[1] if end >= 2 else 0
+            header = _PARSED.get(data[2 : 2 + size]) if size >= _MIN_HEADER_SIZE else None
+            if (
+                header is not None
+                and 2 + size + header.content_length == end
+                and size <= self._max_header_size
+                and header.content_length <= self._max_content_length
+            ):
+                message = _new_message(Message)
+                message._header = header
+                message._content = data[2 + size :]
+                self.messages_decoded += 1
+                return [message]
         out: list[Message] = []
         append = out.append
         if self._pending:

@@ -188,6 +188,7 @@ class Server:
         self._stop_requested = False
         self._force_stop = False
         self._signal_received: int | None = None
+        self._debug = False
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
         self._finished = threading.Event()
@@ -336,6 +337,7 @@ class Server:
                 timeout = pause if timeout is None else min(timeout, pause)
             events = wait(timeout)
             now = time.monotonic()
+            self._debug = log.isEnabledFor(logging.DEBUG)  # once a turn, not once a message
             for fd, mask in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -423,6 +425,9 @@ class Server:
             self._timers.schedule(conn, now + self.idle_timeout)
             if log.isEnabledFor(logging.INFO):
                 log.info("connection from %s opened (%d open)", conn.name, len(self._conns))
+            # Clients send as soon as they are connected: the request is
+            # usually here already, and reading it now saves a loop turn.
+            self._on_readable(conn, now)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         try:
@@ -493,16 +498,17 @@ class Server:
                 deadline = now + self.message_timeout
                 if deadline < self._timers.scheduled_at(conn):
                     self._timers.schedule(conn, deadline)
-        else:
+        elif conn.message_started is not None:
             conn.message_started = None
-        self._flush(conn, now)
+        if conn.out or conn.closing:
+            self._flush(conn, now)
 
     def _answer(self, conn: _Connection, requests: list[Message]) -> None:
         handler = self.handler
         out = conn.out
         marks = conn.marks
         queued = conn.queued
-        debug = log.isEnabledFor(logging.DEBUG)
+        debug = self._debug
         for request in requests:
             try:
                 response = handler(request)
@@ -517,7 +523,7 @@ class Server:
             if response.__class__ is not Message and not isinstance(response, Message):
                 response = self._handler_failed(conn, f"returned {type(response).__name__}, not a Message")
             try:
-                head = response._header.encoded()
+                head = response._header.wire or response._header.encoded()
             except ValueError as exc:
                 response = self._handler_failed(conn, "returned a message too large to encode", exc)
                 head = response._header.encoded()
@@ -557,23 +563,31 @@ class Server:
     def _flush(self, conn: _Connection, now: float) -> None:
         out = conn.out
         if out:
+            size = conn.out_size
             try:
-                if len(out) == 1:
-                    sent = conn.sock.send(out[0])
-                elif conn.out_size <= _JOIN_BELOW:
-                    data = b"".join(out)
-                    out[:] = [data]
+                if size <= _JOIN_BELOW:
+                    data = out[0] if len(out) == 1 else b"".join(out)
                     sent = conn.sock.send(data)
                 else:
+                    data = None
                     sent = conn.sock.sendmsg(out[:_IOV_MAX])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
                 self._lost(conn, exc)
                 return
-            if sent:
+            if sent == size:  # the common case: everything went at once
+                out.clear()
+                conn.out_size = 0
+                conn.marks.clear()
+                conn.sent += sent
                 conn.last_active = now
-                self._consume(conn, sent)
+            else:
+                if data is not None and len(out) > 1:
+                    out[:] = [data]  # keep the joined copy for the next try
+                if sent:
+                    conn.last_active = now
+                    self._consume(conn, sent)
         if conn.out:
             # Backpressure with hysteresis: stop reading above the high-water
             # mark (or with too many answers unread), resume below low water.
@@ -658,8 +672,7 @@ class Server:
         del self._conns[conn.fd]
         self._timers.cancel(conn)
         if self._poller is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._poller.forget(conn.fd)
+            self._poller.forget(conn.fd)
         conn.sock.close()
         conn.out.clear()
         if log.isEnabledFor(logging.INFO):

@@ -1,0 +1,259 @@
+"""framewire's server beside the ways a Python programmer would otherwise write it.
+
+Starts each server on a free port (pinned to CPU 0 where ``taskset`` exists),
+loads it with the same client, ``framewire bench`` (pinned to CPU 1), in the
+same run, and writes a markdown table and a bar chart to docs/. Every run
+checks every answer against the echo application.
+
+    python benchmarks/compare.py [--seconds 3] [--out docs/performance.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    args: tuple[str, ...]
+    oneshot: bool = False
+
+
+SCENARIOS = [
+    Scenario("pipelined 16x16, 64 B", ("-c", "16", "-d", "16", "-s", "64")),
+    Scenario("ping-pong 1x1, 64 B", ("-c", "1", "-d", "1", "-s", "64")),
+    Scenario("many connections 500x1, 64 B", ("-c", "500", "-d", "1", "-s", "64")),
+    Scenario("large 4x2, 1 MiB", ("-c", "4", "-d", "2", "-s", str(1024 * 1024))),
+    Scenario("one request per connection, 16 at once", ("-c", "16", "-s", "64", "--oneshot"), oneshot=True),
+]
+
+
+def servers() -> dict[str, list[str]]:
+    peers = HERE / "peers"
+    found = {
+        "framewire": [
+            PY,
+            "-m",
+            "framewire",
+            "serve",
+            "--app",
+            "echo",
+            "--log-level",
+            "warning",
+            "--port",
+            "{port}",
+        ],
+        "asyncio streams": [PY, str(peers / "asyncio_streams_server.py"), "{port}"],
+        "asyncio Protocol": [PY, str(peers / "asyncio_protocol_server.py"), "{port}"],
+        "guide's server": [PY, str(peers / "guide_server.py"), "{port}"],
+    }
+    if importlib.util.find_spec("uvloop") is not None:
+        found["asyncio Protocol + uvloop"] = [
+            PY,
+            str(peers / "asyncio_protocol_server.py"),
+            "{port}",
+            "--uvloop",
+        ]
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server never listened")
+
+
+def measure(command: list[str], scenario: Scenario, seconds: float) -> dict[str, object]:
+    port = free_port()
+    server = subprocess.Popen(
+        pinned(0, [part.replace("{port}", str(port)) for part in command]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, server)
+        load = subprocess.run(
+            pinned(1, [PY, "-m", "framewire", "bench", "127.0.0.1", str(port), *scenario.args,
+                       "-t", str(seconds), "--check", "--json", "--quiet", "--timeout", "5"]),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )  # fmt: skip
+        result: dict[str, object] = json.loads(load.stdout)
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{model}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
+
+
+def chart(rows: dict[str, dict[str, dict[str, object]]], path: Path) -> bool:
+    try:
+        import matplotlib  # noqa: PLC0415  (optional: the bench extra)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    names = list(next(iter(rows.values())).keys())
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4.5))
+    for ax, (scenario, results) in zip(axes, rows.items(), strict=True):
+        large = "MiB" in scenario
+        values = [
+            float(str(results[n]["mb_per_s" if large else "rps"])) if results.get(n) else 0.0 for n in names
+        ]
+        colors = ["#d62728" if n == "framewire" else "#7f7f7f" for n in names]
+        ax.bar(range(len(names)), values, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(scenario, fontsize=9)
+        ax.set_ylabel("MB/s" if large else "messages/s")
+    fig.suptitle("Echo throughput, same load client for every server (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--core", type=Path, default=None, help="JSON from bench_core.py --json, to include")
+    args = parser.parse_args()
+    peers = servers()
+    rows: dict[str, dict[str, dict[str, object]]] = {}
+    for scenario in SCENARIOS:
+        rows[scenario.name] = {}
+        for name, command in peers.items():
+            if name == "guide's server" and not scenario.oneshot:
+                rows[scenario.name][name] = {}  # it closes after one answer
+                continue
+            result = measure(command, scenario, args.seconds)
+            rows[scenario.name][name] = result
+            print(f"{scenario.name:42} {name:28} {result['rps']:>10,.0f} msg/s {result['mb_per_s']:>8} MB/s "
+                  f"errors {result['errors']} mismatches {result['mismatches']}", flush=True)  # fmt: skip
+    png = args.out.with_suffix(".png")
+    drew = chart(rows, png)
+    write_doc(args.out, rows, list(peers), png if drew else None, args.core, args.seconds)
+    print(f"wrote {args.out}" + (f" and {png}" if drew else " (no chart: matplotlib is missing)"))
+    failed = any(r and (r["errors"] or r["mismatches"]) for s in rows.values() for r in s.values())
+    return 1 if failed else 0
+
+
+def write_doc(
+    out: Path,
+    rows: dict[str, dict[str, dict[str, object]]],
+    names: list[str],
+    png: Path | None,
+    core: Path | None,
+    seconds: float,
+) -> None:
+    today = datetime.date.today().isoformat()
+    lines = [
+        "# Performance",
+        "",
+        f"Measured on {today}, on {machine()}, by `make bench`",
+        f"(`benchmarks/compare.py`, {seconds:g} s a run). Every server echoes; each is",
+        "loaded by the same client, `framewire bench --check` (every answer checked),",
+        "server pinned to CPU 0 and client to CPU 1. The client is Python too, so the",
+        "fastest servers here are held back by it: for ratios against a C load",
+        "generator and a C server, use `../shared/bench/run_peer.sh` (see the",
+        "README). The machine is shared and noisy: compare ratios within one run.",
+        "",
+    ]
+    if png is not None:
+        lines += [f"![throughput]({png.name})", ""]
+    lines += ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for scenario, results in rows.items():
+        large = "MiB" in scenario
+        cells = []
+        for name in names:
+            r = results.get(name)
+            if not r:
+                cells.append("n/a")
+                continue
+            lat = r["latency_us"]
+            assert isinstance(lat, dict)
+            value = f"{r['mb_per_s']} MB/s" if large else f"{r['rps']:,.0f} msg/s"
+            errors = "" if not (r["errors"] or r["mismatches"]) else f" ({r['errors']} errors)"
+            cells.append(f"{value}, p99 {lat['p99'] / 1000:.1f} ms{errors}")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "n/a: the guide's server answers one request per connection, then closes.",
+        "",
+    ]
+    if core is not None and core.exists():
+        figures = json.loads(core.read_text())
+        lines += [
+            "## The protocol core",
+            "",
+            "200,000 messages with 64-byte binary content, from one buffer and into one",
+            "buffer, beside a plain `struct` + `json` loop written the guide's way",
+            "(`benchmarks/bench_core.py`):",
+            "",
+            "| | framewire msg/s | struct+json msg/s | ratio |",
+            "|---|---|---|---|",
+        ]
+        for what, f in figures.items():
+            lines.append(f"| {what} | {f['framewire']:,.0f} | {f['plain']:,.0f} | {f['ratio']:.2f}x |")
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
