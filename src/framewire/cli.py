@@ -10,6 +10,7 @@ import errno
 import functools
 import json
 import logging
+import os
 import random
 import signal
 import socket
@@ -22,6 +23,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from framewire import __version__, limits, loadgen, multiclient, rawecho
+from framewire import ping as ping_module
+from framewire import sockets as sockets_module
 from framewire.app import load_handler
 from framewire.client import Client
 from framewire.errors import ErrorResponse, ProtocolError
@@ -515,6 +518,91 @@ def bench(
             click.echo(f"  error: {sample}", err=True)
     if result.errors or result.mismatches or not result.responses:
         raise click.exceptions.Exit(1)
+
+
+@main.command("sockets")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Every TCP socket with this port at either end, whatever the process.")  # fmt: skip
+def sockets_command(port: int | None) -> None:
+    """The netstat view of framewire's sockets on this host.
+
+    Local and remote address, TCP state, Recv-Q and Send-Q (from
+    /proc/net/tcp) and the owning process. Without --port: the sockets of
+    framewire processes and of their peers on this host. Without root, the
+    process of another user's socket shows as "-".
+
+    \b
+    Example:
+      framewire sockets --port 65432
+    """
+    try:
+        rows = sockets_module.list_sockets(port)
+    except PermissionError as exc:
+        raise _fail(str(exc)) from None
+    if not rows:
+        click.echo("no framewire sockets" if port is None else f"no TCP sockets on port {port}")
+        return
+    click.echo(sockets_module.render(rows))
+    if any(row.pid is None and row.state != "TIME_WAIT" for row in rows) and os.geteuid() != 0:
+        click.echo('(a "-" process belongs to another user: run as root to see it)', err=True)
+
+
+@main.command("ping")
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("-c", "--count", type=click.IntRange(1), default=None, help="Stop after COUNT probes.")
+@click.option("-i", "--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds between probes.")  # fmt: skip
+@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds to wait for each reply.")  # fmt: skip
+@click.option(
+    "-s", "--size", type=click.IntRange(0), default=56, show_default=True, help="Content bytes per probe."
+)
+@click.option("--connect", "connect_only", is_flag=True, help="Time the TCP connect alone (any server).")
+def ping_command(
+    host: str, port: int, count: int | None, interval: float, timeout: float, size: int, connect_only: bool
+) -> None:
+    """Application-level ping: a real request per probe on one connection.
+
+    framewire servers answer probes themselves (header extension
+    framewire-ping), whatever their application; other servers answer them as
+    binary requests, and a server that closes after each answer (the guide's)
+    is reconnected to. Ends after COUNT probes or Ctrl-C, with iputils'
+    summary. Exit status: 0 if any reply came, 1 if none, 2 on other errors.
+
+    \b
+    Example:
+      framewire ping 127.0.0.1 65432 -c 5 -i 0.2
+      framewire ping 127.0.0.1 22 --connect -c 3
+    """
+    target = f"{host}:{port}"
+    what = "TCP connect to" if connect_only else f"{size} bytes of content to"
+    click.echo(f"FRAMEWIRE PING {what} {target}")
+    stats = ping_module.PingStats()
+    try:
+        for reply in ping_module.ping(
+            host, port, count=count, interval=interval, timeout=timeout, size=size, connect_only=connect_only
+        ):
+            stats.transmitted += 1
+            if reply.rtt_ms is None:
+                click.echo(f"from {target}: seq={reply.seq} no reply ({reply.note})")
+                continue
+            stats.received += 1
+            stats.rtts.append(reply.rtt_ms)
+            head = "connected to" if connect_only else f"{reply.size} bytes from"
+            note = f" {reply.note}" if reply.note else ""
+            click.echo(f"{head} {target}: seq={reply.seq} time={ping_module.rtt_text(reply.rtt_ms)} ms{note}")
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        if not stats.transmitted:
+            raise _fail(describe(exc), 2) from None
+        click.echo(f"framewire: {describe(exc)}", err=True)
+    stats.ended = time.monotonic()
+    click.echo()
+    for line in stats.summary(target):
+        click.echo(line)
+    raise click.exceptions.Exit(0 if stats.received else 1)
 
 
 @main.command()

@@ -36,6 +36,7 @@ from framewire.errors import (
     ServerBusy,
 )
 from framewire.message import Message
+from framewire.ping import PING_KEY, probe_reply
 from framewire.protocol import Decoder
 from framewire.timers import TimerWheel
 
@@ -535,7 +536,9 @@ class Server:
         debug = self._debug
         for request in requests:
             try:
-                response = handler(request)
+                # Pings are answered by the server itself, whatever the application.
+                extensions = request._header.extensions
+                response = probe_reply(request) if extensions and PING_KEY in extensions else handler(request)
             except ProtocolError as exc:
                 # bad-content and the like, raised while reading the request;
                 # a framing code cannot come from a well-framed request.
