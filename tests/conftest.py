@@ -83,26 +83,32 @@ class Spawned:
             preexec_fn=preexec,  # noqa: PLW1509
         )
         self.err = b""
+        self.out = b""
 
-    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        """Wait until stderr matches ``pattern`` (a regex); return the match."""
-        assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
+    def wait_for(self, pattern: str, timeout: float = 20.0, stream: str = "stderr") -> re.Match[str]:
+        """Wait until ``stream`` (stderr or stdout) matches ``pattern``; return the match."""
+        pipe = self.proc.stderr if stream == "stderr" else self.proc.stdout
+        assert pipe is not None
+        fd = pipe.fileno()
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
             while True:
-                match = re.search(pattern, self.err.decode(errors="replace"))
+                text = (self.err if stream == "stderr" else self.out).decode(errors="replace")
+                match = re.search(pattern, text)
                 if match:
                     return match
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not sel.select(0)):
-                    raise AssertionError(f"{pattern!r} never appeared; stderr so far:\n{self.err.decode()}")
+                    raise AssertionError(f"{pattern!r} never appeared in {stream}; so far:\n{text}")
                 if sel.select(left):
                     chunk = os.read(fd, 65536)
                     if not chunk and self.proc.poll() is not None:
                         continue
-                    self.err += chunk
+                    if stream == "stderr":
+                        self.err += chunk
+                    else:
+                        self.out += chunk
 
     def port(self, timeout: float = 20.0) -> int:
         return int(self.wait_for(r"127\.0\.0\.1:(\d+)", timeout).group(1))
@@ -112,7 +118,7 @@ class Spawned:
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out.decode(), (self.err + err).decode()
+        return self.proc.returncode, (self.out + out).decode(), (self.err + err).decode()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -22,8 +22,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from framewire import __version__, limits, loadgen, multiclient, rawecho
+from framewire import __version__, limits, loadgen, multiclient, rawecho, wireview
 from framewire import ping as ping_module
+from framewire import proxy as proxy_module
 from framewire import sockets as sockets_module
 from framewire.app import load_handler
 from framewire.client import Client
@@ -518,6 +519,74 @@ def bench(
             click.echo(f"  error: {sample}", err=True)
     if result.errors or result.mismatches or not result.responses:
         raise click.exceptions.Exit(1)
+
+
+def _address(text: str, default_host: str | None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or (default_host or "")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        wanted = "[HOST:]PORT" if default_host else "HOST:PORT"
+        raise click.BadParameter(f"{text!r} is not {wanted}")
+    return host, int(port)
+
+
+@main.command("proxy")
+@click.option("--listen", "listen_at", required=True, metavar="[HOST:]PORT", help="Where clients connect.")
+@click.option("--upstream", required=True, metavar="HOST:PORT", help="The server to forward to.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Also write every message as a JSON line to this file.")  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing (with --log).")
+def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: bool) -> None:
+    """A transparent proxy that prints every message in both directions.
+
+    Bytes pass unchanged. Each message is shown with its time, connection
+    (#N), direction (-> to the server, <- to the client), header and content:
+    JSON pretty, text as text, binary as a hex/ASCII preview. A malformed
+    stream is reported and still forwarded.
+
+    \b
+    Example:
+      framewire proxy --listen 7000 --upstream 127.0.0.1:65432 --log wire.jsonl
+      framewire request 127.0.0.1 7000 search morpheus      (from a second terminal)
+    """
+    listen = _address(listen_at, "127.0.0.1")
+    target = _address(upstream, None)
+    sink = log_file.open("a", encoding="utf-8") if log_file is not None else None
+
+    def show(event: proxy_module.Event) -> None:
+        if event.message is not None:
+            lines = wireview.message_lines(event.time, event.connection, event.direction, event.message)
+            record = wireview.message_record(event.time, event.connection, event.direction, event.message)
+        elif event.error is not None:
+            lines = [f"{wireview.timestamp(event.time)} {event.connection} {event.direction} "
+                     f"protocol error: {event.error} ({event.note})"]  # fmt: skip
+            record = {"time": event.time, "connection": event.connection, "direction": event.direction,
+                      "error": {"code": event.error.code, "message": event.error.message}}  # fmt: skip
+        else:
+            lines = [f"{wireview.timestamp(event.time)} {event.connection} -- {event.note}"]
+            record = {"time": event.time, "connection": event.connection, "event": event.note}
+        if not quiet:
+            click.echo("\n".join(lines))
+        if sink is not None:
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+
+    try:
+        proxy = proxy_module.Proxy(listen, target, show)
+    except OSError as exc:
+        raise _bind_error(exc, listen[0], listen[1]) from None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: proxy.shutdown())
+    click.echo(
+        f"framewire: proxy on {listen[0]}:{proxy.port} -> {target[0]}:{target[1]} (Ctrl-C to stop)", err=True
+    )
+    try:
+        proxy.serve_forever()
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 @main.command("sockets")

@@ -1,0 +1,215 @@
+"""A transparent TCP proxy that shows every framewire message passing through.
+
+Bytes are forwarded unchanged, in both directions, on one poller (no thread
+per connection). A decoder per direction watches the copy: each complete
+message is reported with its time, direction and connection number; a
+protocol error is reported once and that direction goes on undecoded (the
+bytes are still forwarded, since the proxy must not change what the peers
+see). A half-close on one side is passed on to the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from framewire import limits, poller
+from framewire.errors import ProtocolError
+from framewire.message import Message
+from framewire.protocol import Decoder
+
+__all__ = ["Event", "Proxy"]
+
+log = logging.getLogger("framewire.proxy")
+_HIGH_WATER = 1024 * 1024  # stop reading a side while this much waits for the other
+
+
+@dataclass
+class Event:
+    """Something the proxy saw: a message, a protocol error, or a connection event."""
+
+    time: float
+    connection: str
+    direction: str  # "->" client to server, "<-" server to client, "--" connection events
+    message: Message | None = None
+    error: ProtocolError | None = None
+    note: str = ""
+
+
+@dataclass(eq=False)
+class _Side:
+    sock: socket.socket
+    direction: str  # the direction of what this side sends
+    decoder: Decoder | None = field(default_factory=Decoder)
+    out: bytearray = field(default_factory=bytearray)  # bytes waiting to be written to this side
+    eof: bool = False  # this side sent FIN
+    shut: bool = False  # we shut down writing to this side
+    connected: bool = True
+
+
+@dataclass(eq=False)
+class _Pair:
+    name: str
+    client: _Side
+    server: _Side
+
+    def other(self, side: _Side) -> _Side:
+        return self.server if side is self.client else self.client
+
+
+class Proxy:
+    """Listen on ``listen``; forward each connection to ``upstream``; report to ``on_event``."""
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        upstream: tuple[str, int],
+        on_event: Callable[[Event], None],
+    ) -> None:
+        self.upstream = upstream
+        self.on_event = on_event
+        self.listener = socket.create_server(listen)
+        self.listener.setblocking(False)
+        self._poll = poller.Poller()
+        self._sides: dict[int, tuple[_Pair, _Side]] = {}
+        self._ids = itertools.count(1)
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+        port: int = self.listener.getsockname()[1]
+        return port
+
+    def shutdown(self) -> None:
+        """Stop (from any thread or a signal handler)."""
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def serve_forever(self) -> None:
+        """Forward until :meth:`shutdown`."""
+        self._poll.register(self.listener.fileno(), poller.READ)
+        self._poll.register(self._wake_r.fileno(), poller.READ)
+        try:
+            while not self._stop:
+                for fd, mask in self._poll.poll(None):
+                    if fd == self.listener.fileno():
+                        self._accept()
+                    elif fd in self._sides:
+                        pair, side = self._sides[fd]
+                        self._service(pair, side, mask)
+        finally:
+            for _, side in list(self._sides.values()):
+                side.sock.close()
+            self._poll.close()
+            self.listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        upstream = socket.socket(socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET)
+        upstream.setblocking(False)
+        code = upstream.connect_ex(self.upstream)
+        name = f"#{next(self._ids)}"
+        if code not in (0, errno.EINPROGRESS):
+            self.on_event(
+                Event(time.time(), name, "--", note=f"upstream refused: {errno.errorcode.get(code)}")
+            )
+            sock.close()
+            upstream.close()
+            return
+        pair = _Pair(name, _Side(sock, "->"), _Side(upstream, "<-", connected=False))
+        for side in (pair.client, pair.server):
+            self._sides[side.sock.fileno()] = (pair, side)
+        self._poll.register(sock.fileno(), poller.READ)
+        self._poll.register(upstream.fileno(), poller.WRITE)
+        host, port = addr[:2]
+        self.on_event(Event(time.time(), name, "--", note=f"{host}:{port} connected"))
+
+    def _service(self, pair: _Pair, side: _Side, mask: int) -> None:
+        other = pair.other(side)
+        try:
+            if not side.connected:
+                code = side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    host, port = self.upstream
+                    raise OSError(code, f"upstream {host}:{port}: {os.strerror(code)}")
+                side.connected = True
+            if mask & (poller.READ | poller.ERROR) and not side.eof and len(other.out) < _HIGH_WATER:
+                data = side.sock.recv(limits.RECV_SIZE)
+                if data:
+                    other.out += data
+                    self._watch(pair, side, data)
+                else:
+                    side.eof = True
+                    self._watch(pair, side, b"")
+            for target in (side, other):
+                if target.out and target.connected:
+                    with contextlib.suppress(BlockingIOError):
+                        del target.out[: target.sock.send(target.out)]
+                source = pair.other(target)
+                if source.eof and not target.out and not target.shut and target.connected:
+                    target.shut = True  # pass the half-close on, once all is forwarded
+                    target.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._close(pair, f"closed: {exc.strerror or exc}")
+            return
+        if pair.client.shut and pair.server.shut:
+            self._close(pair, "closed")
+            return
+        for target in (side, other):
+            self._interest(pair, target)
+
+    def _interest(self, pair: _Pair, side: _Side) -> None:
+        other = pair.other(side)
+        events = 0
+        if not side.connected or side.out:
+            events |= poller.WRITE
+        if side.connected and not side.eof and len(other.out) < _HIGH_WATER:
+            events |= poller.READ
+        # Registered with something always: a side with nothing to do waits for errors.
+        self._poll.modify(side.sock.fileno(), events or poller.READ)
+
+    def _watch(self, pair: _Pair, side: _Side, data: bytes) -> None:
+        decoder = side.decoder
+        if decoder is None:
+            return
+        now = time.time()
+        try:
+            messages = decoder.feed(data)
+        except ProtocolError as exc:
+            messages = []
+            error: ProtocolError | None = exc
+        else:
+            error = decoder.error
+        for message in messages:
+            self.on_event(Event(now, pair.name, side.direction, message=message))
+        if error is not None:
+            side.decoder = None  # the framing is lost: forward the rest undecoded
+            self.on_event(
+                Event(now, pair.name, side.direction, error=error, note="forwarding the rest undecoded")
+            )
+
+    def _close(self, pair: _Pair, why: str) -> None:
+        for side in (pair.client, pair.server):
+            self._sides.pop(side.sock.fileno(), None)
+            self._poll.forget(side.sock.fileno())
+            side.sock.close()
+        self.on_event(Event(time.time(), pair.name, "--", note=why))

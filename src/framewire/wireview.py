@@ -1,0 +1,79 @@
+"""How the wire tools show a message: for people, and as JSON lines.
+
+Shared by ``framewire proxy`` and ``framewire decode``: the header as JSON,
+the content as pretty JSON, as text, or as a hex/ASCII preview with its
+length, and the same as one JSON object per message for logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Any
+
+import orjson
+
+from framewire.errors import ProtocolError
+from framewire.message import Message
+
+__all__ = ["hexdump", "message_lines", "message_record", "timestamp"]
+
+PREVIEW_BYTES = 64
+
+
+def timestamp(when: float) -> str:
+    """Wall-clock time with microseconds, as a log line shows it."""
+    return datetime.datetime.fromtimestamp(when).strftime("%H:%M:%S.%f")
+
+
+def hexdump(data: bytes, limit: int = PREVIEW_BYTES) -> list[str]:
+    """``hexdump -C``-style lines for the first ``limit`` bytes."""
+    lines = []
+    for offset in range(0, min(len(data), limit), 16):
+        chunk = data[offset : offset + 16]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{offset:08x}  {hexes:<47}  |{text}|")
+    if len(data) > limit:
+        lines.append(f"... {len(data) - limit} more bytes")
+    return lines
+
+
+def _content_lines(message: Message) -> list[str]:
+    if message.is_text:
+        try:
+            if message.is_json:
+                return orjson.dumps(message.json(), option=orjson.OPT_INDENT_2).decode().splitlines()
+            return message.text().splitlines() or [""]
+        except ProtocolError as exc:
+            return [f"(content does not decode: {exc})", *hexdump(message.content)]
+    return [f"({message.content_length} bytes)", *hexdump(message.content)]
+
+
+def message_lines(when: float, connection: str, direction: str, message: Message) -> list[str]:
+    """A message for a person: a heading line, the header, the content, indented."""
+    header = orjson.dumps(message.header).decode()
+    lines = [f"{timestamp(when)} {connection} {direction} {header}"]
+    lines += [f"    {line}" for line in _content_lines(message)]
+    return lines
+
+
+def message_record(when: float, connection: str, direction: str, message: Message) -> dict[str, Any]:
+    """A message as one JSON-ready object (content as JSON, text, or base64)."""
+    record: dict[str, Any] = {
+        "time": when,
+        "connection": connection,
+        "direction": direction,
+        "header": message.header,
+    }
+    try:
+        if message.is_json:
+            record["json"] = message.json()
+        elif message.is_text:
+            record["text"] = message.text()
+        else:
+            record["base64"] = base64.b64encode(message.content).decode()
+    except ProtocolError as exc:
+        record["base64"] = base64.b64encode(message.content).decode()
+        record["content_error"] = exc.code
+    return record

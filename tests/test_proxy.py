@@ -1,0 +1,73 @@
+"""framewire proxy: bytes pass unchanged, every message is shown, bad streams too."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from conftest import connect, read_messages, read_until_closed, running
+from framewire import Decoder, Message, encode, encode_many
+from framewire.app import search_app
+
+
+def start_proxy(spawn: Any, upstream: int, *extra: str) -> tuple[Any, int]:
+    proxy = spawn("proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}", *extra)
+    return proxy, int(proxy.wait_for(r"proxy on 127\.0\.0\.1:(\d+)").group(1))
+
+
+def test_messages_shown_both_ways_and_logged(spawn: Any, tmp_path: Path) -> None:
+    log = tmp_path / "wire.jsonl"
+    with running(search_app()) as server:
+        proxy, port = start_proxy(spawn, server.port, "--log", str(log))
+        with connect(port) as sock:
+            sock.sendall(encode(Message.from_json({"action": "search", "value": "\N{DOG FACE}"})))
+            (answer,) = read_messages(sock, 1)
+        assert answer.json()["result"].startswith("\N{DOG FACE}")
+        proxy.wait_for(r"#1 -- closed", stream="stdout")
+        code, stdout, _ = proxy.stop()
+    assert code == 0
+    assert '#1 -> {"byteorder"' in stdout and '"value": "\N{DOG FACE}"' in stdout
+    assert '#1 <- {"byteorder"' in stdout
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    messages = [r for r in records if "header" in r]
+    assert [r["direction"] for r in messages] == ["->", "<-"]
+    assert messages[0]["json"] == {"action": "search", "value": "\N{DOG FACE}"}
+    assert messages[1]["json"]["result"].startswith("\N{DOG FACE}")
+
+
+def test_bytes_pass_unchanged_pipelined_and_half_closed(spawn: Any) -> None:
+    with running() as server:  # echo
+        _proxy, port = start_proxy(spawn, server.port, "--quiet")
+        requests = [Message.from_bytes(os.urandom(i * 37 % 5000)) for i in range(200)]
+        with connect(port) as sock:
+            sock.sendall(encode_many(requests))
+            sock.shutdown(socket.SHUT_WR)
+            data = read_until_closed(sock)
+        decoder = Decoder()
+        assert [m.content for m in decoder.feed(data)] == [m.content for m in requests]
+        decoder.feed(b"")
+
+
+def test_malformed_stream_is_shown_and_still_forwarded(spawn: Any) -> None:
+    with running(search_app()) as server:
+        proxy, port = start_proxy(spawn, server.port)
+        with connect(port) as sock:
+            sock.sendall(struct.pack(">H", 1) + b"{")
+            (answer,) = Decoder().feed(read_until_closed(sock))
+        assert answer.json()["error"]["code"] == "bad-header-length"  # the server saw the bytes
+        proxy.wait_for(r"#1 -> protocol error: bad-header-length", stream="stdout")
+        proxy.wait_for(r"#1 <- .*\"status\":\"error\"", stream="stdout")
+
+
+def test_upstream_refused(spawn: Any) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        proxy, port = start_proxy(spawn, placeholder.getsockname()[1])
+        with connect(port) as sock:
+            sock.sendall(encode(Message.from_bytes(b"x")))
+            assert read_until_closed(sock) == b""
+        proxy.wait_for(r"#1 -- closed: .*refused", stream="stdout")
