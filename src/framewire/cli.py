@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from framewire import __version__, limits, loadgen, multiclient, rawecho, wireview
+from framewire import __version__, capture, limits, loadgen, multiclient, rawecho, wireview
 from framewire import ping as ping_module
 from framewire import proxy as proxy_module
 from framewire import sockets as sockets_module
@@ -555,22 +555,11 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
     target = _address(upstream, None)
     sink = log_file.open("a", encoding="utf-8") if log_file is not None else None
 
-    def show(event: proxy_module.Event) -> None:
-        if event.message is not None:
-            lines = wireview.message_lines(event.time, event.connection, event.direction, event.message)
-            record = wireview.message_record(event.time, event.connection, event.direction, event.message)
-        elif event.error is not None:
-            lines = [f"{wireview.timestamp(event.time)} {event.connection} {event.direction} "
-                     f"protocol error: {event.error} ({event.note})"]  # fmt: skip
-            record = {"time": event.time, "connection": event.connection, "direction": event.direction,
-                      "error": {"code": event.error.code, "message": event.error.message}}  # fmt: skip
-        else:
-            lines = [f"{wireview.timestamp(event.time)} {event.connection} -- {event.note}"]
-            record = {"time": event.time, "connection": event.connection, "event": event.note}
+    def show(event: wireview.Event) -> None:
         if not quiet:
-            click.echo("\n".join(lines))
+            click.echo("\n".join(wireview.event_lines(event)))
         if sink is not None:
-            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.write(json.dumps(wireview.event_record(event), ensure_ascii=False) + "\n")
             sink.flush()
 
     try:
@@ -587,6 +576,38 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
     finally:
         if sink is not None:
             sink.close()
+
+
+@main.command("decode")
+@click.argument("capture_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+              help="The framewire server's TCP port in the capture.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead.")
+def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
+    """Every framewire message in a packet capture (pcap or pcapng).
+
+    Reassembles each TCP connection on PORT (segments in sequence order,
+    retransmissions dropped, out-of-order segments held until the gap
+    fills) and prints the messages as the proxy does.
+
+    \b
+    Example:
+      tshark -i lo -f "tcp port 65432" -w wire.pcapng      (or tcpdump -i lo -w wire.pcap port 65432)
+      framewire decode wire.pcapng --port 65432
+    """
+    found = 0
+    try:
+        with capture_file.open("rb") as handle:
+            for event in capture.read_capture(handle, port):
+                found += event.message is not None
+                if as_json:
+                    click.echo(json.dumps(wireview.event_record(event), ensure_ascii=False))
+                else:
+                    click.echo("\n".join(wireview.event_lines(event)))
+    except capture.CaptureError as exc:
+        raise _fail(f"{capture_file}: {exc}") from None
+    if not as_json:
+        click.echo(f"{found} messages on port {port}")
 
 
 @main.command("sockets")

@@ -21,26 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from framewire import limits, poller
-from framewire.errors import ProtocolError
-from framewire.message import Message
 from framewire.protocol import Decoder
+from framewire.wireview import Event, watch
 
 __all__ = ["Event", "Proxy"]
 
 log = logging.getLogger("framewire.proxy")
 _HIGH_WATER = 1024 * 1024  # stop reading a side while this much waits for the other
-
-
-@dataclass
-class Event:
-    """Something the proxy saw: a message, a protocol error, or a connection event."""
-
-    time: float
-    connection: str
-    direction: str  # "->" client to server, "<-" server to client, "--" connection events
-    message: Message | None = None
-    error: ProtocolError | None = None
-    note: str = ""
 
 
 @dataclass(eq=False)
@@ -188,24 +175,13 @@ class Proxy:
         self._poll.modify(side.sock.fileno(), events or poller.READ)
 
     def _watch(self, pair: _Pair, side: _Side, data: bytes) -> None:
-        decoder = side.decoder
-        if decoder is None:
-            return
-        now = time.time()
-        try:
-            messages = decoder.feed(data)
-        except ProtocolError as exc:
-            messages = []
-            error: ProtocolError | None = exc
-        else:
-            error = decoder.error
-        for message in messages:
-            self.on_event(Event(now, pair.name, side.direction, message=message))
-        if error is not None:
-            side.decoder = None  # the framing is lost: forward the rest undecoded
-            self.on_event(
-                Event(now, pair.name, side.direction, error=error, note="forwarding the rest undecoded")
-            )
+        if side.decoder is None:
+            return  # the framing was lost: the rest is forwarded undecoded
+        events, lost = watch(side.decoder, data, time.time(), pair.name, side.direction)
+        if lost:
+            side.decoder = None
+        for event in events:
+            self.on_event(event)
 
     def _close(self, pair: _Pair, why: str) -> None:
         for side in (pair.client, pair.server):

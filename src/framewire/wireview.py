@@ -9,16 +9,39 @@ from __future__ import annotations
 
 import base64
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from framewire.errors import ProtocolError
 from framewire.message import Message
+from framewire.protocol import Decoder
 
-__all__ = ["hexdump", "message_lines", "message_record", "timestamp"]
+__all__ = [
+    "Event",
+    "event_lines",
+    "event_record",
+    "hexdump",
+    "message_lines",
+    "message_record",
+    "timestamp",
+    "watch",
+]
 
 PREVIEW_BYTES = 64
+
+
+@dataclass
+class Event:
+    """Something seen on the wire: a message, a protocol error, or a connection note."""
+
+    time: float
+    connection: str
+    direction: str  # "->" client to server, "<-" server to client, "--" connection events
+    message: Message | None = None
+    error: ProtocolError | None = None
+    note: str = ""
 
 
 def timestamp(when: float) -> str:
@@ -77,3 +100,50 @@ def message_record(when: float, connection: str, direction: str, message: Messag
         record["base64"] = base64.b64encode(message.content).decode()
         record["content_error"] = exc.code
     return record
+
+
+def event_lines(event: Event) -> list[str]:
+    """An event for a person."""
+    if event.message is not None:
+        return message_lines(event.time, event.connection, event.direction, event.message)
+    stamp = timestamp(event.time) if event.time else "end"
+    if event.error is not None:
+        return [f"{stamp} {event.connection} {event.direction} protocol error: {event.error} ({event.note})"]
+    return [f"{stamp} {event.connection} {event.direction} {event.note}"]
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """An event as one JSON-ready object."""
+    if event.message is not None:
+        return message_record(event.time, event.connection, event.direction, event.message)
+    record: dict[str, Any] = {
+        "time": event.time,
+        "connection": event.connection,
+        "direction": event.direction,
+    }
+    if event.error is not None:
+        record["error"] = {"code": event.error.code, "message": event.error.message}
+    if event.note:
+        record["note"] = event.note
+    return record
+
+
+def watch(
+    decoder: Decoder, data: bytes, when: float, connection: str, direction: str
+) -> tuple[list[Event], bool]:
+    """Feed a watcher's decoder; return the events and whether the framing is lost.
+
+    After a protocol error a watcher cannot find the next message boundary:
+    it reports the error and stops decoding that direction.
+    """
+    error: ProtocolError | None
+    try:
+        messages = decoder.feed(data)
+    except ProtocolError as exc:
+        messages, error = [], exc
+    else:
+        error = decoder.error
+    events = [Event(when, connection, direction, message=m) for m in messages]
+    if error is not None:
+        events.append(Event(when, connection, direction, error=error, note="the rest is not decoded"))
+    return events, error is not None
