@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -46,6 +46,14 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
 	$(BIN)/python benchmarks/compare.py --core .venv/core-bench.json
+
+# The Wireshark dissector checked for real: installs tshark from the system's
+# packages when it is missing, captures loopback traffic, dissects it.
+test-wire: $(STAMP)
+	@command -v tshark >/dev/null 2>&1 || { \
+	  echo "installing tshark from the system's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
+	FRAMEWIRE_REQUIRE_TSHARK=1 $(BIN)/pytest -m wire tests/test_wireshark.py
 
 # 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
 soak: $(STAMP)

@@ -15,7 +15,10 @@ from conftest import read_messages, run_cli
 from framewire import Message, __version__, encode
 from framewire.client import Client
 
-COMMANDS = ["echo-server", "echo-client", "multiconn-server", "multiconn-client", "serve", "request", "demo"]
+COMMANDS = [
+    "echo-server", "echo-client", "multiconn-server", "multiconn-client", "serve", "request", "demo",
+    "bench", "ping", "sockets", "proxy", "decode", "wireshark",
+]  # fmt: skip
 
 
 @pytest.fixture

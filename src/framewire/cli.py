@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -608,6 +609,46 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
         raise _fail(f"{capture_file}: {exc}") from None
     if not as_json:
         click.echo(f"{found} messages on port {port}")
+
+
+def _lua_source() -> str:
+    return importlib.resources.files("framewire").joinpath("wireshark/framewire.lua").read_text("utf-8")
+
+
+@main.command("wireshark")
+@click.option("--install", is_flag=True, help="Copy the dissector to your Wireshark plugins folder.")
+@click.option("--print", "print_it", is_flag=True, help="Print the dissector (Lua) to stdout.")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Plugins folder for --install [default: ~/.local/lib/wireshark/plugins].")  # fmt: skip
+def wireshark_command(install: bool, print_it: bool, folder: Path | None) -> None:
+    """The Wireshark dissector for framewire (Lua), to install or print.
+
+    It registers on TCP port 65432 (more ports in Preferences > Protocols >
+    FRAMEWIRE), reassembles messages across TCP segments, and shows each
+    header field as a filterable field: framewire.content_type,
+    framewire.content_length, framewire.content_encoding, framewire.byteorder,
+    framewire.status, framewire.header_length, framewire.content.
+
+    \b
+    Example:
+      framewire wireshark --install
+      tshark -r wire.pcapng -Y framewire -T fields -e framewire.content_type -e framewire.content_length
+      tshark -X lua_script:framewire.lua -o framewire.ports:7000 -r wire.pcapng -Y framewire
+    """
+    if install == print_it:
+        raise click.UsageError("give one of --install or --print")
+    source = _lua_source()
+    if print_it:
+        click.echo(source, nl=False)
+        return
+    target_dir = folder or Path.home() / ".local" / "lib" / "wireshark" / "plugins"
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / "framewire.lua"
+        target.write_text(source, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot install into {target_dir}: {describe(exc)}") from None
+    click.echo(f"installed {target}; restart Wireshark (or run tshark) to load it")
 
 
 @main.command("sockets")

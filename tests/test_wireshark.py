@@ -1,0 +1,173 @@
+"""The Wireshark dissector, for real: tshark captures loopback traffic of a
+real exchange, then dissects it with framewire.lua.
+
+The capture tests need tshark and the right to capture on lo (root here).
+The suite skips them when tshark is missing; ``make test-wire`` installs it
+and sets FRAMEWIRE_REQUIRE_TSHARK=1, which turns a skip into a failure. The
+same capture is then read by ``framewire decode``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import connect, read_messages, run_cli, running
+from framewire import Message, encode_many
+from framewire.app import search_app
+from framewire.capture import CaptureError, read_capture
+
+LUA = Path(__file__).resolve().parent.parent / "src" / "framewire" / "wireshark" / "framewire.lua"
+
+
+def test_print_and_install(tmp_path: Path) -> None:
+    printed = run_cli("wireshark", "--print")
+    assert printed.returncode == 0
+    assert printed.stdout == LUA.read_text()
+    assert "dissect_tcp_pdus" in printed.stdout
+    installed = run_cli("wireshark", "--install", "--dir", str(tmp_path / "plugins"))
+    assert installed.returncode == 0, installed.stderr
+    assert (tmp_path / "plugins" / "framewire.lua").read_text() == LUA.read_text()
+    assert run_cli("wireshark").returncode == 2  # neither option: a usage error
+
+
+def tshark_or_skip() -> str:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        if os.environ.get("FRAMEWIRE_REQUIRE_TSHARK"):
+            pytest.fail("tshark is required here (make test-wire installs it)")
+        pytest.skip("tshark is not installed (make test-wire installs it)")
+    return tshark
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, list[Message]]]:
+    """A capture of one server's traffic: what was sent, and where."""
+    tshark = tshark_or_skip()
+    path = tmp_path_factory.mktemp("wire") / "wire.pcapng"
+    with running(search_app()) as server:
+        proc = subprocess.Popen(
+            [tshark, "-i", "lo", "-f", f"tcp port {server.port}", "-w", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "File:" not in seen:  # dumpcap has opened the file: the capture runs
+            line = proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                proc.kill()
+                if os.environ.get("FRAMEWIRE_REQUIRE_TSHARK"):
+                    pytest.fail(f"tshark could not capture on lo: {seen}")
+                pytest.skip(f"tshark could not capture on lo: {seen}")
+            seen += line
+        sent = exchange(server.port)
+        wait_until_captured(path, server.port)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    yield path, server.port, sent
+
+
+def wait_until_captured(path: Path, port: int, timeout: float = 30.0) -> None:
+    """Wait until the file holds the last exchange's answer: stopping tshark
+    earlier loses the packets still in its buffers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with path.open("rb") as handle:
+                last = {"result": "No match for 'end'."}
+                if any(e.message is not None and e.message.is_json and e.message.json() == last
+                       for e in read_capture(handle, port)):  # fmt: skip
+                    return
+        except (CaptureError, OSError):
+            pass  # not written yet, or cut mid-packet
+        time.sleep(0.1)
+    pytest.fail("tshark never wrote the end of the exchange")
+
+
+def exchange(port: int) -> list[Message]:
+    """A single request, a big one split across segments, five in one segment."""
+    single = Message.from_json({"action": "search", "value": "morpheus"})
+    big = Message.from_bytes(bytes(range(256)) * 1200, content_type="binary/custom-client-binary-type")
+    several = [Message.from_json({"action": "search", "value": "ring"})] * 5
+    with connect(port) as sock:
+        for batch in ([single], [big], several):
+            sock.sendall(encode_many(batch))
+            read_messages(sock, len(batch))
+        # Traffic after what is checked, so that tshark has surely seen it all.
+        sock.sendall(encode_many([Message.from_json({"action": "search", "value": "end"})]))
+        read_messages(sock, 1)
+    return [single, big, *several]
+
+
+def dissect(tshark: str, path: Path, port: int, *fields: str) -> list[list[str]]:
+    """One row per message (a frame with several messages gives several rows)."""
+    args = [tshark, "-X", f"lua_script:{LUA}", "-o", f"framewire.ports:{port}", "-r", str(path),
+            "-Y", "framewire", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]  # fmt: skip
+    for field in fields:
+        args += ["-e", field]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    rows: list[list[str]] = []
+    for line in result.stdout.strip().splitlines():
+        columns = [column.split("|") for column in line.split("\t")]
+        rows += [list(values) for values in zip(*columns, strict=True)]
+    return rows
+
+
+@pytest.mark.wire
+def test_every_message_is_dissected_with_its_fields(capture: tuple[Path, int, list[Message]]) -> None:
+    path, port, sent = capture
+    rows = dissect(tshark_or_skip(), path, port, "framewire.content_type", "framewire.content_length",
+                   "framewire.content_encoding", "framewire.byteorder")  # fmt: skip
+    requests = [row for row in rows if row[0] in ("text/json", "binary/custom-client-binary-type")]
+    # Requests and answers alternate per batch; pick the requests by their sizes and types.
+    sent_rows = [[m.content_type, str(m.content_length), m.content_encoding, m.byteorder] for m in sent]
+    for row in sent_rows:
+        assert row in requests
+    big = [row for row in rows if row[1] == str(256 * 1200)]
+    assert len(big) == 1  # reassembled from several segments into one message
+    assert sum(row == sent_rows[2] for row in rows) == 5  # five messages out of one segment
+    answers = [row for row in rows if row[0] == "binary/custom-server-binary-type"]
+    assert answers == [["binary/custom-server-binary-type", "37", "binary", sent[0].byteorder]]
+
+
+@pytest.mark.wire
+def test_split_and_coalesced_segments_are_seen(capture: tuple[Path, int, list[Message]]) -> None:
+    path, port, _ = capture
+    tshark = tshark_or_skip()
+    # The big message needed more than one segment, and some frame carries five messages.
+    per_frame = subprocess.run(
+        [tshark, "-X", f"lua_script:{LUA}", "-o", f"framewire.ports:{port}", "-r", str(path),
+         "-Y", "framewire", "-T", "fields", "-e", "frame.number", "-e", "framewire.content_length"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    counts = [len(line.split("\t")[1].split(",")) for line in per_frame.strip().splitlines()]
+    assert max(counts) >= 5
+    reassembled = subprocess.run(
+        [tshark, "-X", f"lua_script:{LUA}", "-o", f"framewire.ports:{port}", "-r", str(path),
+         "-Y", f"framewire.content_length == {256 * 1200}", "-T", "fields", "-e", "tcp.reassembled.length"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert reassembled, "the big message was not reassembled across segments"
+
+
+@pytest.mark.wire
+def test_decode_reads_the_same_capture(capture: tuple[Path, int, list[Message]]) -> None:
+    path, port, sent = capture
+    result = run_cli("decode", str(path), "--port", str(port), "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    records: list[dict[str, Any]] = [json.loads(line) for line in result.stdout.splitlines()]
+    to_server = [r for r in records if r.get("direction") == "->" and "header" in r]
+    assert [r["header"] for r in to_server[: len(sent)]] == [m.header for m in sent]
