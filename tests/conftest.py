@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from framewire import Decoder, Message
+from framewire import Decoder, Message, encode_many
 from framewire.app import Handler, echo
 from framewire.server import Server
 
@@ -58,6 +58,18 @@ def read_until_closed(sock: socket.socket) -> bytes:
     while data := sock.recv(65536):
         chunks.append(data)
     return b"".join(chunks)
+
+
+def half_closed_exchange(port: int, requests: list[Message]) -> list[Message]:
+    """Send ``requests`` pipelined, half-close, read every answer until the close."""
+    with connect(port) as sock:
+        sock.sendall(encode_many(requests))
+        sock.shutdown(socket.SHUT_WR)
+        data = read_until_closed(sock)
+    decoder = Decoder()
+    answers = decoder.feed(data)
+    decoder.feed(b"")  # nothing cut short
+    return answers
 
 
 def framewire_cmd(*args: str) -> list[str]:

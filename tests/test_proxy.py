@@ -9,8 +9,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from conftest import connect, read_messages, read_until_closed, running
-from framewire import Decoder, Message, encode, encode_many
+from conftest import connect, half_closed_exchange, read_messages, read_until_closed, running
+from framewire import Decoder, Message, encode
 from framewire.app import search_app
 
 
@@ -43,13 +43,8 @@ def test_bytes_pass_unchanged_pipelined_and_half_closed(spawn: Any) -> None:
     with running() as server:  # echo
         _proxy, port = start_proxy(spawn, server.port, "--quiet")
         requests = [Message.from_bytes(os.urandom(i * 37 % 5000)) for i in range(200)]
-        with connect(port) as sock:
-            sock.sendall(encode_many(requests))
-            sock.shutdown(socket.SHUT_WR)
-            data = read_until_closed(sock)
-        decoder = Decoder()
-        assert [m.content for m in decoder.feed(data)] == [m.content for m in requests]
-        decoder.feed(b"")
+        answers = half_closed_exchange(port, requests)
+        assert [m.content for m in answers] == [m.content for m in requests]
 
 
 def test_malformed_stream_is_shown_and_still_forwarded(spawn: Any) -> None:

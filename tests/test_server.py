@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 
-from conftest import connect, read_messages, read_until_closed, running
+from conftest import connect, half_closed_exchange, read_messages, read_until_closed, running
 from framewire import BadContent, Decoder, Message, encode, encode_many
 from framewire.app import echo, search_app
 from framewire.server import Server
@@ -76,13 +76,8 @@ def test_request_split_into_single_bytes_with_pauses(echo_server: Server) -> Non
 
 def test_half_close_still_gets_every_response(echo_server: Server) -> None:
     requests = [Message.from_bytes(b"x" * i) for i in range(1, 30)]
-    with connect(echo_server.port) as sock:
-        sock.sendall(encode_many(requests))
-        sock.shutdown(socket.SHUT_WR)
-        data = read_until_closed(sock)
-    decoder = Decoder()
-    assert [m.content for m in decoder.feed(data)] == [m.content for m in requests]
-    decoder.feed(b"")
+    answers = half_closed_exchange(echo_server.port, requests)
+    assert [m.content for m in answers] == [m.content for m in requests]
 
 
 def test_large_content_round_trip(echo_server: Server) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["connect", "describe", "translated"]
+__all__ = ["accept", "connect", "describe", "translated"]
 
 
 @contextlib.contextmanager
@@ -48,3 +50,17 @@ def connect(host: str, port: int, timeout: float | None) -> socket.socket:
 def describe(exc: OSError) -> str:
     """One line for a person about a socket error."""
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def accept(listener: socket.socket, log: logging.Logger) -> tuple[socket.socket, Any] | None:
+    """One pending connection from a non-blocking listener, made non-blocking,
+    or None when there is none or accept failed (logged)."""
+    try:
+        sock, addr = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exc:
+        log.warning("accept failed: %s", exc)
+        return None
+    sock.setblocking(False)
+    return sock, addr

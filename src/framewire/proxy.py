@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from framewire import limits, poller
+from framewire.netio import accept
 from framewire.protocol import Decoder
 from framewire.wireview import Event, watch
 
@@ -103,22 +104,16 @@ class Proxy:
             self._wake_w.close()
 
     def _accept(self) -> None:
-        try:
-            sock, addr = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = accept(self.listener, log)
+        if accepted is None:
             return
-        except OSError as exc:
-            log.warning("accept failed: %s", exc)
-            return
-        sock.setblocking(False)
+        sock, addr = accepted
         upstream = socket.socket(socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET)
         upstream.setblocking(False)
         code = upstream.connect_ex(self.upstream)
         name = f"#{next(self._ids)}"
         if code not in (0, errno.EINPROGRESS):
-            self.on_event(
-                Event(time.time(), name, "--", note=f"upstream refused: {errno.errorcode.get(code)}")
-            )
+            self.on_event(Event(time.time(), name, "--", note=f"closed: upstream: {os.strerror(code)}"))
             sock.close()
             upstream.close()
             return

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from framewire.netio import connect, translated
+from framewire.netio import accept, connect, translated
 
 __all__ = ["MulticonnEchoServer", "echo_client", "echo_server_once"]
 
@@ -115,14 +115,10 @@ class MulticonnEchoServer:
                 self._wake_w.close()
 
     def _accept(self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]) -> None:
-        try:
-            sock, addr = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = accept(self.listener, log)
+        if accepted is None:
             return
-        except OSError as exc:
-            log.warning("accept failed: %s", exc)
-            return
-        sock.setblocking(False)
+        sock, addr = accepted
         peer = peers[sock] = _Peer(sock, f"{addr[0]}:{addr[1]}")
         selector.register(sock, selectors.EVENT_READ, peer)
         log.info("accepted connection from %s", peer.name)
