@@ -45,7 +45,11 @@ def _codec_names() -> frozenset[str]:
     return frozenset(names)
 
 
-@functools.lru_cache(maxsize=256)
+# No codec Python ships has a longer name; longer ones are refused before the
+# cache, which would otherwise hold up to 256 names of up to 64 KiB each.
+_MAX_CODEC_NAME = 64
+
+
 def text_codec(name: str) -> codecs.CodecInfo | None:
     """The text codec called ``name``, or None if Python has no such text codec.
 
@@ -54,6 +58,11 @@ def text_codec(name: str) -> codecs.CodecInfo | None:
     forever, so a peer sending endless made-up names would grow memory.
     Byte-to-byte codecs (``zlib``, ``base64``, ``rot13``...) are refused.
     """
+    return None if len(name) > _MAX_CODEC_NAME else _text_codec(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _text_codec(name: str) -> codecs.CodecInfo | None:
     norm = encodings.normalize_encoding(name.lower())
     known = _codec_names()
     if norm not in known and norm.replace(".", "_") not in known:
