@@ -141,3 +141,14 @@ def test_concurrent_client_reports_refused_connections() -> None:
             "127.0.0.1", placeholder.getsockname()[1], [b"x"], connections=3, timeout=5
         )
     assert all(r.error for r in reports)
+
+
+def test_request_many_keeps_the_answers_that_came_before_a_close() -> None:
+    def answer_two_then_close(conn: socket.socket) -> None:
+        requests = read_messages(conn, 5)  # all of them: unread bytes would make the close a reset
+        conn.sendall(b"".join(encode(m) for m in requests[:2]))
+
+    with fake_server(answer_two_then_close) as port, Client("127.0.0.1", port) as client:
+        with pytest.raises(ConnectionClosed) as info:
+            client.request_many([Message.from_bytes(b"%d" % i) for i in range(5)])
+    assert [m.content for m in info.value.responses] == [b"0", b"1"]

@@ -9,9 +9,11 @@ same capture is then read by ``framewire decode``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,6 +39,18 @@ def test_print_and_install(tmp_path: Path) -> None:
     assert installed.returncode == 0, installed.stderr
     assert (tmp_path / "plugins" / "framewire.lua").read_text() == LUA.read_text()
     assert run_cli("wireshark").returncode == 2  # neither option: a usage error
+
+
+# A header the way Python's json.dumps writes it by default: non-ASCII as \\u
+# escapes, a surrogate pair for the emoji.
+ESCAPED_TYPE = "binary/\N{LATIN SMALL LETTER E WITH ACUTE}t\N{LATIN SMALL LETTER E WITH ACUTE} \N{DOG FACE}"
+ESCAPED = Message.from_bytes(b"x", content_type=ESCAPED_TYPE)
+
+
+def escaped_frame() -> bytes:
+    raw = json.dumps(ESCAPED.header).encode("ascii")  # ensure_ascii, as json.dumps does by default
+    assert b"\\ud83d\\udc36" in raw
+    return struct.pack(">H", len(raw)) + raw + ESCAPED.content
 
 
 def tshark_or_skip() -> str:
@@ -104,10 +118,12 @@ def exchange(port: int) -> list[Message]:
         for batch in ([single], [big], several):
             sock.sendall(encode_many(batch))
             read_messages(sock, len(batch))
+        sock.sendall(escaped_frame())
+        read_messages(sock, 1)
         # Traffic after what is checked, so that tshark has surely seen it all.
         sock.sendall(encode_many([Message.from_json({"action": "search", "value": "end"})]))
         read_messages(sock, 1)
-    return [single, big, *several]
+    return [single, big, *several, ESCAPED]
 
 
 def dissect(tshark: str, path: Path, port: int, *fields: str) -> list[list[str]]:
@@ -129,16 +145,20 @@ def test_every_message_is_dissected_with_its_fields(capture: tuple[Path, int, li
     path, port, sent = capture
     rows = dissect(tshark_or_skip(), path, port, "framewire.content_type", "framewire.content_length",
                    "framewire.content_encoding", "framewire.byteorder")  # fmt: skip
-    requests = [row for row in rows if row[0] in ("text/json", "binary/custom-client-binary-type")]
-    # Requests and answers alternate per batch; pick the requests by their sizes and types.
     sent_rows = [[m.content_type, str(m.content_length), m.content_encoding, m.byteorder] for m in sent]
     for row in sent_rows:
-        assert row in requests
+        assert row in rows
     big = [row for row in rows if row[1] == str(256 * 1200)]
     assert len(big) == 1  # reassembled from several segments into one message
     assert sum(row == sent_rows[2] for row in rows) == 5  # five messages out of one segment
     answers = [row for row in rows if row[0] == "binary/custom-server-binary-type"]
-    assert answers == [["binary/custom-server-binary-type", "37", "binary", sent[0].byteorder]]
+    assert len(answers) == 2 and answers[0] == [
+        "binary/custom-server-binary-type",
+        "37",
+        "binary",
+        sent[0].byteorder,
+    ]
+    assert [ESCAPED_TYPE, "1", "binary", sent[0].byteorder] in rows  # \\u escapes read as UTF-8
 
 
 @pytest.mark.wire
@@ -166,8 +186,6 @@ def test_decode_reads_the_same_capture(capture: tuple[Path, int, list[Message]])
     path, port, sent = capture
     result = run_cli("decode", str(path), "--port", str(port), "--json")
     assert result.returncode == 0, result.stderr
-    import json
-
     records: list[dict[str, Any]] = [json.loads(line) for line in result.stdout.splitlines()]
     to_server = [r for r in records if r.get("direction") == "->" and "header" in r]
     assert [r["header"] for r in to_server[: len(sent)]] == [m.header for m in sent]

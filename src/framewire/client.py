@@ -158,7 +158,11 @@ class Client:
                                 data = sock.recv(limits.RECV_SIZE)
                             except BlockingIOError:
                                 continue
-                            responses += self._feed(data)
+                            try:
+                                responses += self._feed(data)
+                            except ConnectionClosed as exc:
+                                exc.responses = responses[:count]  # what came before the close
+                                raise
             finally:
                 if self._sock is sock:  # still open: back to blocking with a timeout
                     sock.settimeout(self.timeout)

@@ -9,6 +9,8 @@ error the connection must be closed; after a content error (``bad-encoding``,
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProtocolError(Exception):
     """A violation of the wire protocol, with the spec's error ``code``."""
@@ -151,4 +153,12 @@ class ErrorResponse(Exception):
 
 
 class ConnectionClosed(ConnectionError):
-    """The peer closed the connection before the expected message arrived."""
+    """The peer closed the connection before the expected message arrived.
+
+    ``responses`` holds what did arrive before the close, in order (from
+    ``Client.request_many``: the answers to the first requests).
+    """
+
+    def __init__(self, *args: object, responses: list[Any] | None = None) -> None:
+        super().__init__(*args)
+        self.responses: list[Any] = responses or []

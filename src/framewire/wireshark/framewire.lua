@@ -37,6 +37,20 @@ local function skip_ws(s, i)
     return s:find("[^ \t\r\n]", i) or (#s + 1)
 end
 
+-- A code point as UTF-8 (Lua 5.2 has no utf8 library).
+local function utf8_char(code)
+    if code < 0x80 then return string.char(code) end
+    if code < 0x800 then
+        return string.char(0xC0 + math.floor(code / 0x40), 0x80 + code % 0x40)
+    end
+    if code < 0x10000 then
+        return string.char(0xE0 + math.floor(code / 0x1000), 0x80 + math.floor(code / 0x40) % 0x40,
+            0x80 + code % 0x40)
+    end
+    return string.char(0xF0 + math.floor(code / 0x40000), 0x80 + math.floor(code / 0x1000) % 0x40,
+        0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
+end
+
 local function read_string(s, i)
     -- s:sub(i, i) == '"'
     local out, j = {}, i + 1
@@ -50,8 +64,15 @@ local function read_string(s, i)
             if e == "u" then
                 local code = tonumber(s:sub(j + 2, j + 5), 16)
                 if not code then return nil end
-                if code < 128 then out[#out + 1] = string.char(code) else out[#out + 1] = "?" end
                 j = j + 6
+                if code >= 0xD800 and code <= 0xDBFF and s:sub(j, j + 1) == "\\u" then
+                    local low = tonumber(s:sub(j + 2, j + 5), 16)
+                    if low and low >= 0xDC00 and low <= 0xDFFF then
+                        code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
+                        j = j + 6
+                    end
+                end
+                out[#out + 1] = utf8_char(code)
             else
                 out[#out + 1] = map[e] or e
                 j = j + 2
