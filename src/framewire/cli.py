@@ -328,12 +328,17 @@ def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: A
         raise _bind_error(exc, host, port) from None
     bound_host, bound_port = server.address
 
+    # A request to try, for the applications whose requests we know.
+    hint = {
+        "search": "search morpheus",
+        "echo": "--text hello",
+    }.get(app_spec)
+
     def ready() -> None:
-        click.echo(
-            f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop). Try:\n"
-            f"  framewire request {bound_host} {bound_port} search morpheus",
-            err=True,
-        )
+        banner = f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop)."
+        if hint is not None:
+            banner += f" Try:\n  framewire request {bound_host} {bound_port} {hint}"
+        click.echo(banner, err=True)
 
     server.serve_forever(handle_signals=True, on_ready=ready)
 
