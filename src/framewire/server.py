@@ -486,30 +486,12 @@ class Server:
             error = decoder.error
         if requests:
             self._answer(conn, requests)
-            out = conn.out
-            if error is None and len(out) == 2 and data and not decoder._pending and not conn.closing:
-                # The common exchange: one whole request in, its one answer out,
-                # nothing partial: send it here, without the general bookkeeping.
-                answer = b"".join(out)
-                try:
-                    sent = conn.sock.send(answer)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self._lost(conn, exc)
-                    return
-                if sent == len(answer):
-                    out.clear()
-                    conn.out_size = 0
-                    conn.marks.clear()
-                    conn.sent += sent
-                    conn.message_started = None
-                    if conn.events != _READ:
-                        self._flush(conn, now)  # restores read interest
-                    return
-                out[:] = [memoryview(answer)[sent:]] if sent else [answer]
-                conn.out_size = len(answer) - sent
-                conn.sent += sent
+            if error is None and data and not decoder._pending:
+                # The common exchange: whole requests in, nothing partial, so no
+                # deadline to track: straight to sending.
+                conn.message_started = None
+                self._flush(conn, now)
+                return
         if error is not None:
             log.info("protocol error from %s: %s", conn.name, error)
             self._queue(conn, Message.for_error(error))
