@@ -196,6 +196,16 @@ def test_messages_before_an_error_are_returned_then_the_error_raised() -> None:
         decoder.feed(b"")
 
 
+def test_feed_checked_returns_the_error_beside_the_messages() -> None:
+    good = encode_many([Message.from_bytes(b"a"), Message.from_bytes(b"b")])
+    decoder = Decoder()
+    messages, error = decoder.feed_checked(good + struct.pack(">H", 0))
+    assert [m.content for m in messages] == [b"a", b"b"]
+    assert isinstance(error, BadHeaderLength) and error is decoder.error
+    assert decoder.feed_checked(b"more") == ([], error)  # failed for good, still not raised
+    assert Decoder().feed_checked(good) == (Decoder().feed(good), None)
+
+
 def test_states_are_named_and_followed() -> None:
     data = encode(Message.from_bytes(b"abc"))
     decoder = Decoder()

@@ -208,11 +208,8 @@ class Decoder:
                 and size <= self._max_header_size
                 and header.content_length <= self._max_content_length
             ):
-                message = _new_message(Message)
-                message._header = header
-                message._content = data[2 + size :]
                 self.messages_decoded += 1
-                return [message]
+                return [_wire_message(header, data[2 + size :])]
         out: list[Message] = []
         append = out.append
         if self._pending:
@@ -226,10 +223,7 @@ class Decoder:
                 header = self._header
                 assert header is not None
                 content, buf = _join_exact(self._pending, header.content_length)
-                message = _new_message(Message)
-                message._header = header
-                message._content = content
-                append(message)
+                append(_wire_message(header, content))
                 self._state = _LENGTH
                 self._pending = []
                 self._pending_size = 0
@@ -318,6 +312,18 @@ class Decoder:
         self.messages_decoded += len(out)
         return out
 
+    def feed_checked(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[Message], ProtocolError | None]:
+        """:meth:`feed`, with the protocol error returned, not raised, beside the
+        messages that came before it: for I/O layers that answer those
+        messages and then report the error."""
+        try:
+            messages = self.feed(data)
+        except ProtocolError as exc:
+            return [], exc
+        return messages, self._error
+
     def fail(self, error: ProtocolError) -> None:
         """Fail this decoder with ``error`` (e.g. a ``timeout`` found by the I/O layer)."""
         self._fail(error)
@@ -339,6 +345,15 @@ class Decoder:
             raise error
         self._state = State.CLOSED
         return []
+
+
+def _wire_message(header: _Header, content: bytes) -> Message:
+    # The decoder's constructor: the header is already validated and shared.
+    # (The per-message loop in feed() does the same inline, to save the call.)
+    message = _new_message(Message)
+    message._header = header
+    message._content = content
+    return message
 
 
 def _join_exact(chunks: list[bytes], size: int) -> tuple[bytes, bytes]:

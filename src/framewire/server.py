@@ -36,7 +36,7 @@ from framewire.errors import (
     ServerBusy,
 )
 from framewire.message import Message
-from framewire.ping import PING_KEY, probe_reply
+from framewire.ping import is_probe, probe_reply
 from framewire.protocol import Decoder
 from framewire.timers import TimerWheel
 
@@ -477,13 +477,7 @@ class Server:
             return
         conn.last_active = now
         decoder = conn.decoder
-        error: ProtocolError | None
-        try:
-            requests = decoder.feed(data)
-        except ProtocolError as exc:
-            requests, error = [], exc
-        else:
-            error = decoder.error
+        requests, error = decoder.feed_checked(data)
         if requests:
             self._answer(conn, requests)
             if error is None and data and not decoder._pending:
@@ -519,8 +513,7 @@ class Server:
         for request in requests:
             try:
                 # Pings are answered by the server itself, whatever the application.
-                extensions = request._header.extensions
-                response = probe_reply(request) if extensions and PING_KEY in extensions else handler(request)
+                response = probe_reply(request) if is_probe(request) else handler(request)
             except ProtocolError as exc:
                 # bad-content and the like, raised while reading the request;
                 # a framing code cannot come from a well-framed request.

@@ -136,13 +136,7 @@ def watch(
     After a protocol error a watcher cannot find the next message boundary:
     it reports the error and stops decoding that direction.
     """
-    error: ProtocolError | None
-    try:
-        messages = decoder.feed(data)
-    except ProtocolError as exc:
-        messages, error = [], exc
-    else:
-        error = decoder.error
+    messages, error = decoder.feed_checked(data)
     events = [Event(when, connection, direction, message=m) for m in messages]
     if error is not None:
         events.append(Event(when, connection, direction, error=error, note="the rest is not decoded"))
