@@ -59,11 +59,16 @@ test-wire: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_SECONDS)
 
-# Coverage-guided fuzzing of the decoder (atheris is installed on first use).
+# Coverage-guided fuzzing (atheris is installed on first use): the decoder,
+# the response path and the tools' printing, FUZZ_SECONDS each.
+FUZZ_TARGETS := decoder response tools
 fuzz: $(STAMP)
 	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install --quiet atheris
-	mkdir -p fuzz/corpus-work
-	$(BIN)/python fuzz/fuzz_decoder.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus-work fuzz/corpus
+	@for target in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus-work/$$target; \
+	  echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus-work/$$target fuzz/corpus || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

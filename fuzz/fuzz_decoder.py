@@ -11,8 +11,6 @@ suite checks the same property with hypothesis (tests/test_protocol.py).
 
 from __future__ import annotations
 
-import sys
-
 from framewire import Decoder, Message, ProtocolError
 
 LIMIT = 1 << 16  # small content limit, so that large lengths are exercised too
@@ -51,13 +49,7 @@ def test_one_input(raw: bytes) -> None:
     check_split_invariance(provider.ConsumeBytes(provider.remaining_bytes()), cuts)
 
 
-def main() -> None:
-    import atheris  # noqa: PLC0415
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from fuzzing import run
+
+    run(test_one_input)

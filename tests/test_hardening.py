@@ -93,7 +93,12 @@ FRAMING_CASES = [
     pytest.param(frame(header(content_length=1.5)), "bad-header-value", id="length-fraction"),
     pytest.param(frame(header(content_length="12")), "bad-header-value", id="length-string"),
     pytest.param(frame(header(content_length=True)), "bad-header-value", id="length-bool"),
-    pytest.param(frame(header(content_length=10**30)), "bad-header-value", id="length-10e30"),
+    pytest.param(frame(header(content_length=10**30)), "content-too-large", id="length-10e30"),
+    pytest.param(frame(header(content_length=2**64)), "content-too-large", id="length-2e64"),
+    pytest.param(frame(header(content_length=10**400)), "content-too-large", id="length-400-digits"),
+    pytest.param(
+        frame(b'{"content-length": 1' + b"0" * 5000 + b"}"), "content-too-large", id="length-5001-digits"
+    ),
     pytest.param(frame(header(byteorder="middle")), "bad-header-value", id="byteorder-middle"),
     pytest.param(frame(header(content_type="")), "bad-header-value", id="empty-type"),
     pytest.param(frame(header(content_length=2001)), "content-too-large", id="content-over-limit"),

@@ -189,3 +189,86 @@ def test_decode_reads_the_same_capture(capture: tuple[Path, int, list[Message]])
     records: list[dict[str, Any]] = [json.loads(line) for line in result.stdout.splitlines()]
     to_server = [r for r in records if r.get("direction") == "->" and "header" in r]
     assert [r["header"] for r in to_server[: len(sent)]] == [m.header for m in sent]
+
+
+# Headers the dissector must judge exactly as the server's decoder does:
+# valid ones, and each way a header can be refused.
+HEADER_CASES = [
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":3}',
+    b' { "content-length" : 0 , "content-type":"t\\u00e9/x","content-encoding":"b","byteorder":"little"} ',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0,"x":[1,{"y":null}]}',
+    b'{"byteorder":"big","content-type":"a\\u-1ab","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0x3}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0x1p4}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":03}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":1e3}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":-1}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":18446744073709551616}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":"3"}',
+    b'{"byteorder":"big","content-type":null,"content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":{},"content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"middle","content-type":"a/b","content-encoding":"binary","content-length":0}',
+    b'{"content-type":"a/b","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"a\\ud800","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"a\\x","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"a\x01","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"\xc3\x28","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"\xed\xa0\x80","content-encoding":"binary","content-length":0}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0,"x":[1,,2]}',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0} x',
+    b'{"byteorder":"big","content-type":"a/b","content-encoding":"binary","content-length":0,"n":NaN}',
+    b"[1, 2]",
+    b"{}",
+]
+
+
+def server_verdict(raw: bytes) -> str:
+    from framewire.errors import ProtocolError
+    from framewire.protocol import Decoder
+
+    try:
+        Decoder(max_content_length=1 << 40).feed(struct.pack(">H", len(raw)) + raw)
+    except ProtocolError as exc:
+        return exc.code
+    return "ok"
+
+
+def synthetic_capture(path: Path, port: int, payloads: list[bytes]) -> None:
+    """One TCP stream per payload, each in one segment, written with dpkt."""
+    import dpkt
+
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle, linktype=dpkt.pcap.DLT_RAW)
+        for i, payload in enumerate(payloads):
+            tcp = dpkt.tcp.TCP(
+                sport=40000 + i, dport=port, seq=1000, flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH
+            )
+            tcp.data = payload
+            ip = dpkt.ip.IP(
+                src=b"\x7f\x00\x00\x01", dst=b"\x7f\x00\x00\x01", p=dpkt.ip.IP_PROTO_TCP, data=tcp
+            )
+            ip.len = len(bytes(ip))
+            writer.writepkt(bytes(ip), ts=1.0 + i)
+
+
+@pytest.mark.wire
+def test_the_dissector_accepts_exactly_what_the_server_accepts(tmp_path: Path) -> None:
+    tshark = tshark_or_skip()
+    port = 47999
+    path = tmp_path / "headers.pcap"
+    synthetic_capture(path, port, [struct.pack(">H", len(raw)) + raw for raw in HEADER_CASES])
+    result = subprocess.run(
+        [tshark, "-X", f"lua_script:{LUA}", "-o", f"framewire.ports:{port}", "-r", str(path),
+         "-T", "fields", "-e", "tcp.srcport", "-e", "framewire.error", "-e", "_ws.expert"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "Lua" not in result.stderr, result.stderr
+    verdicts: dict[int, str] = {}
+    for line in result.stdout.splitlines():
+        sport, error, *_ = [*line.split("\t"), ""]
+        verdicts[int(sport) - 40000] = error.split(":", maxsplit=1)[0] if error else "ok"
+    got = [verdicts.get(i, "not dissected") for i in range(len(HEADER_CASES))]
+    expected = [server_verdict(raw) for raw in HEADER_CASES]
+    mismatches = [(raw, e, g) for raw, e, g in zip(HEADER_CASES, expected, got, strict=True) if e != g]
+    assert not mismatches, mismatches

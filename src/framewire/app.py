@@ -104,7 +104,12 @@ def search_app() -> App:
 
 
 def echo(request: Message) -> Message:
-    """The echo application: the request's content, type and encoding, back."""
+    """The echo application: the request's content, type and encoding, back.
+
+    A text request whose encoding is not a text codec gets ``bad-encoding``:
+    echoed, it would not be a valid message.
+    """
+    request.check_encoding()
     if request.byteorder == sys.byteorder and not request.extensions:
         # Messages are immutable, and this one is already exactly the answer.
         return request

@@ -13,6 +13,8 @@ mid-message; the protocol error is reported).
 
 from __future__ import annotations
 
+import heapq
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -34,11 +36,50 @@ class CaptureError(Exception):
     """The file is not a capture this reader understands."""
 
 
+class _Reader:
+    """The capture file, read no further than its end: a record whose length
+    field claims more than the file holds is noticed (and never allocated:
+    a file object asked for 4 GiB allocates 4 GiB before it reads)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        try:
+            self._size: int | None = os.fstat(handle.fileno()).st_size
+        except (AttributeError, OSError, ValueError):  # not a file: an in-memory buffer
+            start = handle.tell()
+            self._size = handle.seek(0, os.SEEK_END)
+            handle.seek(start)
+        #: (bytes a record claimed, bytes the file had left) of the first short read.
+        self.cut: tuple[int, int] | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or self._size is None:
+            return self._handle.read(size)
+        left = max(0, self._size - self._handle.tell())
+        data = self._handle.read(min(size, left))
+        # An empty read is the clean end of the file, between two records.
+        if data and len(data) < size and self.cut is None:
+            self.cut = (size, len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 @dataclass
 class _Direction:
     arrow: str
-    next_seq: int | None = None
+    #: Sequence number of stream offset 0 (None until the first segment).
+    base: int | None = None
+    #: Stream offset delivered to the decoder so far.
+    delivered: int = 0
+    #: Segments after a gap, by stream offset, with a heap of those offsets:
+    #: reassembly is O(n log n) in held segments, however they arrive.
     held: dict[int, bytes] = field(default_factory=dict)
+    heap: list[int] = field(default_factory=list)
     decoder: Decoder | None = field(default_factory=Decoder)
 
 
@@ -51,7 +92,7 @@ class _Stream:
     to_client: _Direction = field(default_factory=lambda: _Direction("<-"))
 
 
-def _open(handle: BinaryIO) -> Any:
+def _open(handle: _Reader) -> Any:
     magic = handle.read(4)
     handle.seek(0)
     try:
@@ -59,7 +100,19 @@ def _open(handle: BinaryIO) -> Any:
             return dpkt.pcapng.Reader(handle)
         return dpkt.pcap.Reader(handle)
     except (ValueError, dpkt.dpkt.Error) as exc:
-        raise CaptureError(f"not a pcap or pcapng capture ({exc})") from None
+        raise CaptureError(_damage(handle, exc, "not a pcap or pcapng capture")) from None
+
+
+def _damage(handle: _Reader, exc: Exception, what: str) -> str:
+    """Why the capture could not be read, in words."""
+    if handle.cut is not None:
+        claimed, left = handle.cut
+        return (
+            f"{what}: the file ends in the middle of a record "
+            f"(a record needs {claimed} bytes, {left} are left)"
+        )
+    reason = str(exc) or type(exc).__name__
+    return f"{what} ({reason})"
 
 
 def _ip_of(datalink: int, frame: bytes) -> Any:
@@ -83,8 +136,13 @@ def _address(ip: Any, raw: bytes) -> str:
 
 
 def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
-    """Every framewire message on TCP ``port`` in the capture, per connection, in order."""
-    reader = _open(handle)
+    """Every framewire message on TCP ``port`` in the capture, per connection, in order.
+
+    Raises :class:`CaptureError` for a file that is not a capture, and at the
+    end for one that was cut short (after the events of what it did hold).
+    """
+    source = _Reader(handle)
+    reader = _open(source)
     datalink = reader.datalink()
     streams: dict[tuple[tuple[str, int], tuple[str, int]], _Stream] = {}
     try:
@@ -107,7 +165,7 @@ def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
             direction = stream.to_server if to_server else stream.to_client
             yield from _segment(when, stream, direction, tcp)
     except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, struct.error) as exc:
-        raise CaptureError(f"the capture is damaged or cut short ({exc})") from None
+        raise CaptureError(_damage(source, exc, "the capture is damaged")) from None
     for stream in streams.values():
         for direction in (stream.to_server, stream.to_client):
             if direction.held and direction.decoder is not None:
@@ -117,6 +175,9 @@ def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
                     direction.arrow,
                     note=f"{len(direction.held)} segments after a gap the capture never filled: not decoded",
                 )
+    if source.cut is not None:
+        # dpkt hands over a last record cut short as if it were whole.
+        raise CaptureError(_damage(source, ValueError(), "the capture is cut short"))
 
 
 def _show(address: tuple[str, int]) -> str:
@@ -125,34 +186,39 @@ def _show(address: tuple[str, int]) -> str:
 
 
 def _segment(when: float, stream: _Stream, direction: _Direction, tcp: Any) -> Iterator[Event]:
-    seq = tcp.seq
     payload = bytes(tcp.data)
     if tcp.flags & dpkt.tcp.TH_SYN:
-        direction.next_seq = (seq + 1) & 0xFFFFFFFF
+        direction.base = (tcp.seq + 1) & 0xFFFFFFFF
+        direction.delivered = 0
         return
-    if direction.next_seq is None:
-        direction.next_seq = seq  # the start was not captured: begin here
+    if direction.base is None:
+        direction.base = tcp.seq  # the start was not captured: begin here
     if payload:
-        offset = (seq - direction.next_seq) & 0xFFFFFFFF
-        if offset >= 0x80000000:  # before what was delivered: a retransmission or overlap
-            skip = (direction.next_seq - seq) & 0xFFFFFFFF
-            payload = payload[skip:]
-            seq = direction.next_seq
+        # The segment's stream offset: its sequence number unwrapped to the
+        # offset nearest what was delivered (sequence numbers wrap at 2**32).
+        expected = (direction.base + direction.delivered) & 0xFFFFFFFF
+        delta = (tcp.seq - expected) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        offset = direction.delivered + delta
+        if offset < direction.delivered:  # a retransmission or overlap: keep what is new
+            payload = payload[direction.delivered - offset :]
+            offset = direction.delivered
         if payload:
-            current = direction.held.get(seq)
+            current = direction.held.get(offset)
+            if current is None:
+                heapq.heappush(direction.heap, offset)
             if current is None or len(payload) > len(current):
-                direction.held[seq] = payload
+                direction.held[offset] = payload
         data = []
-        while direction.next_seq in direction.held:
-            chunk = direction.held.pop(direction.next_seq)
-            data.append(chunk)
-            direction.next_seq = (direction.next_seq + len(chunk)) & 0xFFFFFFFF
-            # Drop held segments now wholly delivered; trim one that overlaps.
-            for start in [s for s in direction.held if (s - direction.next_seq) & 0xFFFFFFFF >= 0x80000000]:
-                rest = direction.held.pop(start)
-                cut = (direction.next_seq - start) & 0xFFFFFFFF
-                if cut < len(rest):
-                    direction.held[direction.next_seq] = rest[cut:]
+        heap, held = direction.heap, direction.held
+        while heap and heap[0] <= direction.delivered:
+            start = heapq.heappop(heap)
+            chunk = held.pop(start)
+            cut = direction.delivered - start  # the part already delivered
+            if cut < len(chunk):
+                data.append(chunk[cut:] if cut else chunk)
+                direction.delivered += len(chunk) - cut
         if data:
             yield from _decode(when, stream, direction, b"".join(data))
     if tcp.flags & dpkt.tcp.TH_FIN and not direction.held:

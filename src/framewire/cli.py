@@ -124,6 +124,12 @@ def main() -> None:
       framewire serve
       framewire request 127.0.0.1 65432 search morpheus
     """
+    # What a peer sent may hold text no terminal encoding can show (a lone
+    # surrogate from unicode_escape content): escaped, never a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 # -- the guide's raw-bytes programs ---------------------------------------------
@@ -371,10 +377,13 @@ def _build_request(action: str | None, value: str | None, json_text: str | None,
 def _show(response: Message) -> str:
     if response.is_json:
         body = response.json()
-        if isinstance(body, dict) and set(body) == {"result"}:
-            result = body["result"]
-            return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-        return json.dumps(body, ensure_ascii=False, indent=2)
+        try:
+            if isinstance(body, dict) and set(body) == {"result"}:
+                result = body["result"]
+                return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+            return json.dumps(body, ensure_ascii=False, indent=2)
+        except (RecursionError, ValueError):
+            return response.text()  # too deep to write back as JSON: as sent
     if response.is_text:
         return response.text()
     return repr(response.content)
@@ -425,7 +434,10 @@ def request(
     failed = 0
     for response in responses:
         if show_header:
-            click.echo(json.dumps(response.header, ensure_ascii=False))
+            try:
+                click.echo(json.dumps(response.header, ensure_ascii=False))
+            except (RecursionError, ValueError):  # too deep to write back: as sent
+                click.echo(response.wire_parts()[0][2:].decode("utf-8", "backslashreplace"))
         if response.is_error:
             failed += 1
             error = response.error()
@@ -559,13 +571,13 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
     """
     listen = _address(listen_at, "127.0.0.1")
     target = _address(upstream, None)
-    sink = log_file.open("a", encoding="utf-8") if log_file is not None else None
+    sink = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file is not None else None
 
     def show(event: wireview.Event) -> None:
         if not quiet:
             click.echo("\n".join(wireview.event_lines(event)))
         if sink is not None:
-            sink.write(json.dumps(wireview.event_record(event), ensure_ascii=False) + "\n")
+            sink.write(wireview.json_line(wireview.event_record(event)) + "\n")
             sink.flush()
 
     try:
@@ -607,7 +619,7 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
             for event in capture.read_capture(handle, port):
                 found += event.message is not None
                 if as_json:
-                    click.echo(json.dumps(wireview.event_record(event), ensure_ascii=False))
+                    click.echo(wireview.json_line(wireview.event_record(event)))
                 else:
                     click.echo("\n".join(wireview.event_lines(event)))
     except capture.CaptureError as exc:

@@ -41,8 +41,17 @@ GRACE = 10.0
 #: exact bytes: most peers repeat the same few headers.
 HEADER_CACHE_MAX_SIZE = 512
 
-#: How many distinct headers the parse cache holds before it starts over.
-HEADER_CACHE_ENTRIES = 1024
+#: Bytes the parse cache that a server shares among its connections may
+#: hold (keys, parsed headers and their extensions, counted); past it the
+#: cache starts over.
+HEADER_CACHE_BYTES = 4 * 1024 * 1024
+
+#: Bytes the parse cache of a decoder made without one (a client's) may hold.
+DECODER_CACHE_BYTES = 64 * 1024
+
+#: Bytes the server's cache of encoded response headers may hold (responses
+#: without extensions, by content type, encoding, byte order and length).
+RESPONSE_CACHE_BYTES = 1024 * 1024
 
 #: Bytes asked of the kernel per ``recv``. Not larger: CPython allocates the
 #: whole size for every call before shrinking it, and at 256 KiB that costs

@@ -11,6 +11,7 @@ import codecs
 import encodings
 import encodings.aliases
 import functools
+import json
 import pkgutil
 import sys
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any, Final
 import orjson
 
 from framewire.errors import BadContent, BadEncoding, ProtocolError, error_for_code
+from framewire.frozen import FrozenDict, freeze
 
 #: The four keys every header must carry.
 REQUIRED_KEYS: Final = ("byteorder", "content-type", "content-encoding", "content-length")
@@ -28,58 +30,98 @@ JSON_TYPES: Final = frozenset({"text/json", "application/json"})
 #: The header extension key that marks a response as an error or a success.
 STATUS_KEY: Final = "status"
 
+
+def is_text_type(content_type: str) -> bool:
+    """True for ``text/...`` content types and the JSON synonym ``application/json``."""
+    return content_type.startswith("text/") or content_type in JSON_TYPES
+
+
 _BYTEORDERS: Final = frozenset({"little", "big"})
 _UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
-_NO_EXTENSIONS: Final[Mapping[str, Any]] = MappingProxyType({})
-# Headers without extension keys, by (type, encoding, byteorder, length):
-# a server answering many requests of one shape encodes the header once.
-_HEADER_CACHE: dict[tuple[str, str, str, int], _Header] = {}
-_HEADER_CACHE_ENTRIES: Final = 4096
+_NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
+
+# Codecs whose decoding time is not linear in the input: punycode's decoder
+# is quadratic (a 200 KB content held a server for seconds), and idna runs
+# punycode on each label. Every other text codec Python ships decoded 400 KB
+# in at most 6.1x the time of 100 KB (docs/limits.md), i.e. linearly.
+_NONLINEAR_CODECS: Final = frozenset({"punycode", "idna"})
+# No codec Python ships has a longer name (the longest is 23 characters).
+_MAX_CODEC_NAME: Final = 64
 
 
 @functools.cache
-def _codec_names() -> frozenset[str]:
-    names = set(encodings.aliases.aliases)
-    names.update(encodings.aliases.aliases.values())
-    names.update(m.name for m in pkgutil.iter_modules(encodings.__path__))
-    return frozenset(names)
+def _codec_modules() -> tuple[frozenset[str], Mapping[str, str]]:
+    # A constant, computed once: the codec modules Python ships and its aliases.
+    modules = frozenset(m.name for m in pkgutil.iter_modules(encodings.__path__))
+    return modules, MappingProxyType(dict(encodings.aliases.aliases))
 
 
-# No codec Python ships has a longer name; longer ones are refused before the
-# cache, which would otherwise hold up to 256 names of up to 64 KiB each.
-_MAX_CODEC_NAME = 64
+def canonical_codec_name(name: str) -> str | None:
+    """The name of the codec module ``name`` stands for, normalised exactly
+    as Python's ``encodings`` package does, or None if Python ships no such
+    codec (or the name is not ASCII, or longer than any codec's)."""
+    if len(name) > _MAX_CODEC_NAME or not name.isascii() or not name.isprintable():
+        return None
+    # codecs.lookup() lower-cases and turns spaces into underscores, then
+    # encodings.search_function() applies normalize_encoding and the aliases.
+    norm = encodings.normalize_encoding(name.lower().replace(" ", "_"))
+    modules, aliases = _codec_modules()
+    module = aliases.get(norm) or aliases.get(norm.replace(".", "_")) or norm
+    return module if module in modules else None
 
 
 def text_codec(name: str) -> codecs.CodecInfo | None:
     """The text codec called ``name``, or None if Python has no such text codec.
 
-    Names are checked against the codecs shipped with Python before
-    ``codecs.lookup`` sees them: the lookup remembers every unknown name
-    forever, so a peer sending endless made-up names would grow memory.
-    Byte-to-byte codecs (``zlib``, ``base64``, ``rot13``...) are refused.
+    Only the canonical module name (one of a fixed set of about 120) ever
+    reaches ``codecs.lookup``: Python's codec registry remembers every name
+    it is asked for, so passing a peer's spelling through would let endless
+    variants (``utf!!8``, ``UTF--8``...) grow memory. Byte-to-byte codecs
+    (``zlib``, ``base64``, ``rot13``...) and codecs whose decoding is not
+    linear in the input (``punycode``, ``idna``) are refused.
     """
-    return None if len(name) > _MAX_CODEC_NAME else _text_codec(name)
-
-
-@functools.lru_cache(maxsize=256)
-def _text_codec(name: str) -> codecs.CodecInfo | None:
-    norm = encodings.normalize_encoding(name.lower())
-    known = _codec_names()
-    if norm not in known and norm.replace(".", "_") not in known:
+    module = canonical_codec_name(name)
+    if module is None or module in _NONLINEAR_CODECS:
         return None
     try:
-        info = codecs.lookup(name)
-    except (LookupError, ValueError, TypeError):
+        info = codecs.lookup(module)
+    except LookupError:
         return None
     if not getattr(info, "_is_text_encoding", True):
         return None
     return info
 
 
+def _dump_header(header: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(header)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits and nesting deeper than 254,
+        # both of which a header can hold (a peer's extension, read exactly,
+        # or a handler's). The standard library writes both; only nesting
+        # past Python's recursion limit is beyond it.
+        try:
+            return json.dumps(header, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UnencodableMessage(f"The header cannot be encoded as JSON: {exc}.") from None
+
+
+class UnencodableMessage(ValueError):
+    """A message that cannot be sent as a valid message of the protocol."""
+
+
 class _Header:
     """The header of one message: required fields, extensions, wire bytes."""
 
-    __slots__ = ("byteorder", "content_encoding", "content_length", "content_type", "extensions", "wire")
+    __slots__ = (
+        "byteorder",
+        "checked",
+        "content_encoding",
+        "content_length",
+        "content_type",
+        "extensions",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -97,6 +139,8 @@ class _Header:
         self.extensions = extensions
         #: The 2-byte length and the JSON header, as sent; made when first needed.
         self.wire = wire
+        #: True once :meth:`sendable` found this a valid message header.
+        self.checked = False
 
     def as_dict(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -109,14 +153,31 @@ class _Header:
         return header
 
     def encoded(self) -> bytes:
+        """The 2-byte length and the JSON header; raises :class:`UnencodableMessage`."""
         wire = self.wire
         if wire is None:
-            body = orjson.dumps(self.as_dict())
+            body = _dump_header(self.as_dict())
             if len(body) > 0xFFFF:
-                raise ValueError(
+                raise UnencodableMessage(
                     f"The header is {len(body)} bytes when encoded; the protocol allows at most 65535."
                 )
             wire = self.wire = len(body).to_bytes(2, "big") + body
+        return wire
+
+    def sendable(self) -> bytes:
+        """:meth:`encoded`, once the header is known to make a valid message:
+        it encodes, and a text content type carries a text encoding. Checked
+        once per header (headers are shared), so a server pays it once per
+        shape of response. Raises :class:`UnencodableMessage`."""
+        if self.checked:
+            return self.wire  # type: ignore[return-value]  # set by encoded()
+        wire = self.encoded()
+        if is_text_type(self.content_type) and text_codec(self.content_encoding) is None:
+            raise UnencodableMessage(
+                f"A {self.content_type[:60]} message needs a text encoding, "
+                f"not {self.content_encoding[:60]!r}."
+            )
+        self.checked = True
         return wire
 
 
@@ -127,25 +188,17 @@ def _make_header(
     content_length: int,
     extensions: Mapping[str, Any] | None,
 ) -> _Header:
-    if not extensions:
-        key = (content_type, content_encoding, byteorder, content_length)
-        header = _HEADER_CACHE.get(key)
-        if header is None:
-            # Checked once per distinct header, not once per message.
-            _check_fields(content_type, content_encoding, byteorder)
-            if len(_HEADER_CACHE) >= _HEADER_CACHE_ENTRIES:
-                _HEADER_CACHE.clear()
-            header = _HEADER_CACHE[key] = _Header(*key, _NO_EXTENSIONS)
-        return header
     _check_fields(content_type, content_encoding, byteorder)
+    if not extensions:
+        return _Header(content_type, content_encoding, byteorder, content_length, _NO_EXTENSIONS)
     for name in extensions:
         if not isinstance(name, str):
             raise TypeError(f"extension keys must be strings, not {name!r}")
         if name in REQUIRED_KEYS:
             raise ValueError(f"{name!r} is a required key, set from the arguments, not an extension")
-    return _Header(
-        content_type, content_encoding, byteorder, content_length, MappingProxyType(dict(extensions))
-    )
+    # A read-only copy all the way down: the caller's dict may change later,
+    # and the message must not.
+    return _Header(content_type, content_encoding, byteorder, content_length, freeze(extensions))
 
 
 def _check_fields(content_type: object, content_encoding: object, byteorder: object) -> None:
@@ -294,7 +347,7 @@ class Message:
     @property
     def is_text(self) -> bool:
         """True for ``text/...`` content types (JSON included)."""
-        return self._header.content_type.startswith("text/") or self.is_json
+        return is_text_type(self._header.content_type)
 
     @property
     def is_json(self) -> bool:
@@ -314,6 +367,17 @@ class Message:
 
     # -- content decoding -----------------------------------------------------
 
+    def check_encoding(self) -> None:
+        """Raise :class:`BadEncoding` if the content is text but its
+        ``content-encoding`` is not a text codec (see :func:`text_codec`)."""
+        header = self._header
+        if (
+            not header.checked
+            and is_text_type(header.content_type)
+            and text_codec(header.content_encoding) is None
+        ):
+            raise BadEncoding(f"{header.content_encoding[:60]!r} is not a text encoding.")
+
     def text(self) -> str:
         """The content decoded with its ``content-encoding``.
 
@@ -321,10 +385,12 @@ class Message:
         Python knows, :class:`BadContent` when the bytes do not decode.
         """
         encoding = self._header.content_encoding
-        if text_codec(encoding) is None:
+        info = text_codec(encoding)
+        if info is None:
             raise BadEncoding(f"{encoding[:60]!r} is not a text encoding.")
         try:
-            return self._content.decode(encoding)
+            # The codec's own name, never the peer's spelling (see text_codec).
+            return self._content.decode(info.name)
         except UnicodeError as exc:
             reason = getattr(exc, "reason", "undecodable bytes")
             raise BadContent(f"The content does not decode as {encoding[:60]}: {reason}.") from None

@@ -35,9 +35,15 @@ def is_probe(message: Message) -> bool:
 
 
 def probe_reply(probe: Message) -> Message:
-    """The server's answer to a probe: its content and sequence number back."""
-    return Message.from_bytes(
-        probe.content, content_type=probe.content_type, extensions={PING_KEY: probe.extensions[PING_KEY]}
+    """The server's answer to a probe: its content, type, encoding and
+    sequence number back (a valid message: a text probe whose encoding is
+    not a text codec gets ``bad-encoding``)."""
+    probe.check_encoding()
+    return Message(
+        probe.content,
+        probe.content_type,
+        probe.content_encoding,
+        extensions={PING_KEY: probe.extensions[PING_KEY]},
     )
 
 

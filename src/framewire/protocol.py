@@ -9,13 +9,15 @@ objects, whatever way the stream was split; :func:`encode` and
 from __future__ import annotations
 
 import enum
+import json
+import re
 from collections.abc import Iterable
-from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
 
 from framewire import limits
+from framewire.cache import BoundedCache, footprint
 from framewire.errors import (
     BadHeader,
     BadHeaderLength,
@@ -26,17 +28,68 @@ from framewire.errors import (
     MissingHeaderKey,
     ProtocolError,
 )
+from framewire.frozen import freeze
 from framewire.message import _BYTEORDERS, _NO_EXTENSIONS, REQUIRED_KEYS, Message, _Header
 
-__all__ = ["Decoder", "State", "encode", "encode_many", "parse_header"]
+__all__ = ["Decoder", "HeaderCache", "State", "encode", "encode_many", "parse_header"]
+
+#: Parsed and validated headers by their exact bytes, with a budget in bytes.
+#: A server makes one and shares it among its connections' decoders: the
+#: entries are immutable and independent of any decoder's limits (the
+#: content limit is checked after the look-up).
+HeaderCache = BoundedCache[bytes, _Header]
 
 _MIN_HEADER_SIZE: Final = 2  # the smallest JSON object, "{}"
 _REQUIRED: Final = frozenset(REQUIRED_KEYS)
 
-# Parsed and validated headers by their exact bytes. Shared by every decoder:
-# the entries are immutable and independent of any decoder's limits (the
-# content limit is checked after the look-up).
-_PARSED: dict[bytes, _Header] = {}
+# A run of 20 digits or more: an integer that may be beyond 64 bits, which
+# orjson would read as an inexact float (or refuse as infinite).
+_LONG_NUMBER: Final = re.compile(rb"\d{20}")
+
+
+# Python converts at most this many digits to an int (the conversion is
+# quadratic beyond: sys.get_int_max_str_digits); longer ones are too long.
+_MAX_DIGITS: Final = 4300
+
+
+class _TooLong:
+    """Stands for an integer of more than _MAX_DIGITS digits."""
+
+    def __init__(self, text: str) -> None:
+        self.negative = text.startswith("-")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_exact(data: bytes) -> Any:
+    """The header parsed with the standard library, which reads integers of
+    any size exactly; only for the rare header with a 20-digit number."""
+    too_long: list[_TooLong] = []
+
+    def parse_int(text: str) -> int | _TooLong:
+        if len(text) <= _MAX_DIGITS:
+            return int(text)
+        too_long.append(_TooLong(text))
+        return too_long[-1]
+
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_int=parse_int)
+        if not too_long:
+            # Refuse what orjson refuses on the usual path: a lone surrogate
+            # escape (\ud800) is valid JSON text but no Unicode string.
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        raise BadHeader("The header is not valid UTF-8 (or escapes a lone surrogate).") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadHeader(f"The header is not valid JSON ({exc}).") from None
+    if too_long:
+        length = obj.get("content-length") if isinstance(obj, dict) else None
+        if isinstance(length, _TooLong) and not length.negative:
+            raise ContentTooLarge(f"content-length has more than {_MAX_DIGITS} digits.")
+        raise BadHeaderValue(f"The header holds an integer of more than {_MAX_DIGITS} digits.")
+    return obj
 
 
 class State(enum.Enum):
@@ -68,8 +121,14 @@ def parse_header(data: bytes) -> _Header:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses invalid UTF-8, NaN/Infinity and deep nesting itself.
-        raise BadHeader(f"The header is not valid UTF-8 JSON ({exc.msg}).") from None
+        # orjson refuses invalid UTF-8, NaN/Infinity and deep nesting itself,
+        # and integers too large for a double.
+        if _LONG_NUMBER.search(data) is None:
+            raise BadHeader(f"The header is not valid UTF-8 JSON ({exc.msg}).") from None
+        obj = _loads_exact(data)
+    else:
+        if _LONG_NUMBER.search(data) is not None:
+            obj = _loads_exact(data)  # integers beyond 64 bits, kept exact
     if type(obj) is not dict:
         raise BadHeader(f"The header is a JSON {type(obj).__name__}, not an object.")
     missing = [key for key in REQUIRED_KEYS if key not in obj]
@@ -88,7 +147,8 @@ def parse_header(data: bytes) -> _Header:
     if byteorder not in _BYTEORDERS:
         raise BadHeaderValue(f"byteorder must be 'little' or 'big', not {_short(byteorder)}.")
     if len(obj) > 4:
-        extensions: Any = MappingProxyType({k: v for k, v in obj.items() if k not in _REQUIRED})
+        # Read-only all the way down: parsed headers are shared (see frozen.py).
+        extensions: Any = freeze({k: v for k, v in obj.items() if k not in _REQUIRED})
     else:
         extensions = _NO_EXTENSIONS
     return _Header(
@@ -126,6 +186,7 @@ class Decoder:
     """
 
     __slots__ = (
+        "_cache",
         "_error",
         "_header",
         "_header_size",
@@ -143,6 +204,7 @@ class Decoder:
         *,
         max_header_size: int = limits.MAX_HEADER_SIZE,
         max_content_length: int = limits.MAX_CONTENT_LENGTH,
+        cache: HeaderCache | None = None,
     ) -> None:
         if not _MIN_HEADER_SIZE <= max_header_size <= 0xFFFF:
             raise ValueError(f"max_header_size must be within 2..65535, not {max_header_size}")
@@ -150,6 +212,9 @@ class Decoder:
             raise ValueError(f"max_content_length must be >= 0, not {max_content_length}")
         self._max_header_size = max_header_size
         self._max_content_length = max_content_length
+        # A server passes one cache to all its decoders; alone, a decoder
+        # keeps a small one of its own.
+        self._cache: HeaderCache = HeaderCache(limits.DECODER_CACHE_BYTES) if cache is None else cache
         self._state = State.LENGTH
         self._error: ProtocolError | None = None
         # Bytes of the step not yet complete, kept as the chunks they came in:
@@ -201,7 +266,7 @@ class Decoder:
             # (a request/response exchange); anything else takes the loop below.
             end = len(data)
             size = (data[0] << 8) | data[1] if end >= 2 else 0
-            header = _PARSED.get(data[2 : 2 + size]) if size >= _MIN_HEADER_SIZE else None
+            header = self._cache.get(data[2 : 2 + size]) if size >= _MIN_HEADER_SIZE else None
             if (
                 header is not None
                 and 2 + size + header.content_length == end
@@ -241,7 +306,8 @@ class Decoder:
         state: State = self._state
         header = self._header
         need = 2
-        parsed = _PARSED
+        cache = self._cache
+        cached = cache.get
         # States as locals: this loop runs once per message and an enum
         # attribute look-up per test would cost a noticeable part of it.
         length_state, header_state, content_state = _LENGTH, _HEADER_STATE, _CONTENT
@@ -271,13 +337,11 @@ class Decoder:
                         break
                     raw = buf[pos : pos + size]
                     pos += size
-                    header = parsed.get(raw)
+                    header = cached(raw)
                     if header is None:
                         header = parse_header(raw)
                         if size <= limits.HEADER_CACHE_MAX_SIZE:
-                            if len(parsed) >= limits.HEADER_CACHE_ENTRIES:
-                                parsed.clear()
-                            parsed[raw] = header
+                            cache.put(raw, header, _cost(raw, header))
                     if header.content_length > self._max_content_length:
                         raise ContentTooLarge(
                             f"content-length is {header.content_length}; this receiver's limit is "
@@ -345,6 +409,15 @@ class Decoder:
             raise error
         self._state = State.CLOSED
         return []
+
+
+def _cost(raw: bytes, header: _Header) -> int:
+    # The key, the wire copy, the record and its strings; and the
+    # extensions' objects, which a short header can make many of ("[[[[").
+    cost = 2 * len(raw) + 512
+    if header.extensions:
+        cost += footprint(header.extensions)
+    return cost
 
 
 def _wire_message(header: _Header, content: bytes) -> Message:

@@ -40,6 +40,7 @@ class _Side:
     eof: bool = False  # this side sent FIN
     shut: bool = False  # we shut down writing to this side
     connected: bool = True
+    events: int = 0  # the poller interest registered; 0: not registered
 
 
 @dataclass(eq=False)
@@ -120,6 +121,8 @@ class Proxy:
         pair = _Pair(name, _Side(sock, "->"), _Side(upstream, "<-", connected=False))
         for side in (pair.client, pair.server):
             self._sides[side.sock.fileno()] = (pair, side)
+        pair.client.events = poller.READ
+        pair.server.events = poller.WRITE
         self._poll.register(sock.fileno(), poller.READ)
         self._poll.register(upstream.fileno(), poller.WRITE)
         host, port = addr[:2]
@@ -166,8 +169,19 @@ class Proxy:
             events |= poller.WRITE
         if side.connected and not side.eof and len(other.out) < _HIGH_WATER:
             events |= poller.READ
-        # Registered with something always: a side with nothing to do waits for errors.
-        self._poll.modify(side.sock.fileno(), events or poller.READ)
+        if events == side.events:
+            return
+        # A side with nothing to do is not registered at all: one at end of
+        # stream is always readable (and a closed one always hung up), so any
+        # registration would wake the loop for ever.
+        fd = side.sock.fileno()
+        if not events:
+            self._poll.unregister(fd)
+        elif not side.events:
+            self._poll.register(fd, events)
+        else:
+            self._poll.modify(fd, events)
+        side.events = events
 
     def _watch(self, pair: _Pair, side: _Side, data: bytes) -> None:
         if side.decoder is None:
@@ -181,6 +195,7 @@ class Proxy:
     def _close(self, pair: _Pair, why: str) -> None:
         for side in (pair.client, pair.server):
             self._sides.pop(side.sock.fileno(), None)
-            self._poll.forget(side.sock.fileno())
+            if side.events:
+                self._poll.forget(side.sock.fileno())
             side.sock.close()
         self.on_event(Event(time.time(), pair.name, "--", note=why))

@@ -29,15 +29,16 @@ from typing import Any, Final
 
 from framewire import limits, poller
 from framewire.app import Handler
+from framewire.cache import BoundedCache
 from framewire.errors import (
     HandlerError,
     MessageTimeout,
     ProtocolError,
     ServerBusy,
 )
-from framewire.message import Message
+from framewire.message import Message, _Header
 from framewire.ping import is_probe, probe_reply
-from framewire.protocol import Decoder
+from framewire.protocol import Decoder, HeaderCache
 from framewire.timers import TimerWheel
 
 __all__ = ["Server", "raise_descriptor_limit"]
@@ -196,6 +197,11 @@ class Server:
         self._busy_response = Message.for_error(
             ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
         ).encode()
+        # Shared by the connections' decoders: parsed headers by their bytes.
+        self._header_cache = HeaderCache(limits.HEADER_CACHE_BYTES)
+        self._response_cache: BoundedCache[tuple[str, str, str, int], bytes] = BoundedCache(
+            limits.RESPONSE_CACHE_BYTES
+        )
         self._accept_paused_until: float | None = None
         self._accept_backoff = _ACCEPT_BACKOFF[0]
         self._exhausted = False
@@ -342,10 +348,13 @@ class Server:
             for fd, mask in events:
                 conn = conns.get(fd)
                 if conn is not None:
-                    if mask & _READABLE and conn.events & _READ:
-                        self._on_readable(conn, now)
-                    if mask & _WRITABLE and conn.out and not conn.closed:
-                        self._flush(conn, now)
+                    try:
+                        if mask & _READABLE and conn.events & _READ:
+                            self._on_readable(conn, now)
+                        if mask & _WRITABLE and conn.out and not conn.closed:
+                            self._flush(conn, now)
+                    except Exception as exc:
+                        self._fault(conn, exc)
                 elif fd == listen_fd:
                     self._accept(now)
                 else:
@@ -370,8 +379,12 @@ class Server:
                         if not conn.out and not conn.decoder.in_message:
                             self._close(conn)
                 if not conns or self._force_stop or now >= draining_since + self.grace:
-                    if conns:
-                        log.warning("grace period over: closing %d connections", len(conns))
+                    if conns and self._force_stop:
+                        log.warning("stopping now, as asked again: closing %d connections", len(conns))
+                    elif conns:
+                        log.warning(
+                            "grace period of %g s over: closing %d connections", self.grace, len(conns)
+                        )
                     return
 
     def _drain_wake(self) -> None:
@@ -417,7 +430,11 @@ class Server:
                 sock,
                 fd,
                 addr,
-                Decoder(max_header_size=self.max_header_size, max_content_length=self.max_content_length),
+                Decoder(
+                    max_header_size=self.max_header_size,
+                    max_content_length=self.max_content_length,
+                    cache=self._header_cache,
+                ),
                 now,
             )
             self._conns[fd] = conn
@@ -428,7 +445,10 @@ class Server:
                 log.info("connection from %s opened (%d open)", conn.name, len(self._conns))
             # Clients send as soon as they are connected: the request is
             # usually here already, and reading it now saves a loop turn.
-            self._on_readable(conn, now)
+            try:
+                self._on_readable(conn, now)
+            except Exception as exc:
+                self._fault(conn, exc)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         try:
@@ -480,7 +500,7 @@ class Server:
         requests, error = decoder.feed_checked(data)
         if requests:
             self._answer(conn, requests)
-            if error is None and data and not decoder._pending:
+            if error is None and data and not decoder.in_message:
                 # The common exchange: whole requests in, nothing partial, so no
                 # deadline to track: straight to sending.
                 conn.message_started = None
@@ -505,49 +525,70 @@ class Server:
             self._flush(conn, now)
 
     def _answer(self, conn: _Connection, requests: list[Message]) -> None:
-        handler = self.handler
         out = conn.out
         marks = conn.marks
         queued = conn.queued
         debug = self._debug
         for request in requests:
-            try:
-                # Pings are answered by the server itself, whatever the application.
-                response = probe_reply(request) if is_probe(request) else handler(request)
-            except ProtocolError as exc:
-                # bad-content and the like, raised while reading the request;
-                # a framing code cannot come from a well-framed request.
-                if exc.framing:
-                    exc = HandlerError(f"The handler raised {exc.code} on a well-framed request.")
-                response = Message.for_error(exc)
-            except Exception as exc:
-                response = self._handler_failed(conn, f"raised {type(exc).__name__}", exc)
-            if response.__class__ is not Message and not isinstance(response, Message):
-                response = self._handler_failed(conn, f"returned {type(response).__name__}, not a Message")
-            try:
-                head = response._header.wire or response._header.encoded()
-            except ValueError as exc:
-                response = self._handler_failed(conn, "returned a message too large to encode", exc)
-                head = response._header.encoded()
-            content = response._content
+            head, content = self._respond(conn, request)
             out.append(head)
             out.append(content)
             queued += len(head) + len(content)
             marks.append(queued)
             if debug:
                 log.debug(
-                    "%s: %s %d bytes -> %s %d bytes",
+                    "%s: %s %d bytes -> %d bytes",
                     conn.name,
                     request.content_type,
                     request.content_length,
-                    response.content_type,
-                    response.content_length,
+                    len(head) + len(content),
                 )
         conn.out_size += queued - conn.queued
         conn.queued = queued
         self.requests_total += len(requests)
 
-    def _handler_failed(self, conn: _Connection, what: str, exc: Exception | None = None) -> Message:
+    def _respond(self, conn: _Connection, request: Message) -> tuple[bytes, bytes]:
+        """The bytes that answer ``request``: whatever the handler does (raises,
+        returns something else, returns a message that cannot be sent), the
+        answer is a valid message, an error response at worst."""
+        try:
+            # Pings are answered by the server itself, whatever the application.
+            response = probe_reply(request) if is_probe(request) else self.handler(request)
+        except ProtocolError as exc:
+            # bad-content and the like, raised while reading the request;
+            # a framing code cannot come from a well-framed request.
+            if exc.framing:
+                exc = HandlerError(f"The handler raised {exc.code} on a well-framed request.")
+            return Message.for_error(exc).wire_parts()
+        except Exception as exc:
+            response = self._handler_failed(conn, f"raised {type(exc).__name__}", exc)
+        if response.__class__ is not Message and not isinstance(response, Message):
+            response = self._handler_failed(conn, f"returned {type(response).__name__}, not a Message")
+        header = response._header
+        if header.checked:
+            return header.wire, response._content  # type: ignore[return-value]  # set once checked
+        try:
+            return self._sendable(header), response._content
+        except Exception as exc:
+            response = self._handler_failed(conn, f"returned a message that cannot be sent ({exc})")
+            return response.wire_parts()
+
+    def _sendable(self, header: _Header) -> bytes:
+        # Headers without extensions are cached by their fields: a handler
+        # building the same shape of response each time encodes it once.
+        if header.extensions:
+            return header.sendable()
+        key = (header.content_type, header.content_encoding, header.byteorder, header.content_length)
+        wire = self._response_cache.get(key)
+        if wire is None:
+            wire = header.sendable()
+            self._response_cache.put(key, wire, 2 * len(wire) + 256)
+        else:
+            header.wire = wire
+            header.checked = True
+        return wire
+
+    def _handler_failed(self, conn: _Connection, what: str, exc: BaseException | None = None) -> Message:
         log.error("handler %s on a request from %s", what, conn.name, exc_info=exc)
         return Message.for_error(HandlerError(f"The application's handler {what}."))
 
@@ -637,18 +678,31 @@ class Server:
         for conn in self._timers.pop_due(now):
             if conn.closed:
                 continue
-            if conn.message_started is not None and conn.decoder.in_message:
-                due = conn.message_started + self.message_timeout
-                if due <= now:
-                    self._timed_out(conn, now)
-                    continue
-            else:
-                due = conn.last_active + self.idle_timeout
-                if due <= now:
-                    log.info("connection from %s idle for %g s: closing", conn.name, self.idle_timeout)
-                    self._close(conn)
-                    continue
-            self._timers.schedule(conn, due)
+            try:
+                self._run_timer(conn, now)
+            except Exception as exc:
+                self._fault(conn, exc)
+
+    def _run_timer(self, conn: _Connection, now: float) -> None:
+        if conn.message_started is not None and conn.decoder.in_message:
+            due = conn.message_started + self.message_timeout
+            if due <= now:
+                self._timed_out(conn, now)
+                return
+        else:
+            due = conn.last_active + self.idle_timeout
+            if due <= now:
+                log.info("connection from %s idle for %g s: closing", conn.name, self.idle_timeout)
+                self._close(conn)
+                return
+        self._timers.schedule(conn, due)
+
+    def _fault(self, conn: _Connection, exc: Exception) -> None:
+        # The last line of defence: a fault of framewire's own while serving
+        # one connection closes that connection, never the server.
+        log.error("internal error while serving %s: closing that connection", conn.name, exc_info=exc)
+        with contextlib.suppress(Exception):
+            self._close(conn)
 
     def _timed_out(self, conn: _Connection, now: float) -> None:
         error = MessageTimeout(

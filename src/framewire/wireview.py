@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = [
     "event_lines",
     "event_record",
     "hexdump",
+    "json_line",
+    "json_text",
     "message_lines",
     "message_record",
     "timestamp",
@@ -62,11 +65,43 @@ def hexdump(data: bytes, limit: int = PREVIEW_BYTES) -> list[str]:
     return lines
 
 
+def json_text(value: Any, *, indent: bool = False) -> str:
+    """``value`` as JSON text, or raises ``ValueError``.
+
+    Whatever a decoder accepted: orjson writes at most 254 levels and 64-bit
+    integers, so deeper or larger values go to the standard library, which
+    writes them up to Python's recursion limit (about 1000 levels; a header
+    may nest 1024).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=False, indent=2 if indent else None, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not writable as JSON: {type(exc).__name__}") from None
+
+
+def _header_text(message: Message) -> str:
+    # The header exactly as it was on the wire: always printable, whatever it holds.
+    return message.wire_parts()[0][2:].decode("utf-8", "backslashreplace")
+
+
 def _content_lines(message: Message) -> list[str]:
     if message.is_text:
         try:
             if message.is_json:
-                return orjson.dumps(message.json(), option=orjson.OPT_INDENT_2).decode().splitlines()
+                value = message.json()
+                try:
+                    pretty = json_text(value, indent=True)
+                except ValueError:
+                    pretty = None
+                # Indenting deep nesting multiplies the size (1000 levels of
+                # "[" become megabytes): then the content is shown as sent.
+                if pretty is not None and len(pretty) <= 4 * message.content_length + 1024:
+                    return pretty.splitlines()
+                return message.text().splitlines() or [""]
             return message.text().splitlines() or [""]
         except ProtocolError as exc:
             return [f"(content does not decode: {exc})", *hexdump(message.content)]
@@ -75,23 +110,26 @@ def _content_lines(message: Message) -> list[str]:
 
 def message_lines(when: float, connection: str, direction: str, message: Message) -> list[str]:
     """A message for a person: a heading line, the header, the content, indented."""
-    header = orjson.dumps(message.header).decode()
-    lines = [f"{timestamp(when)} {connection} {direction} {header}"]
+    lines = [f"{timestamp(when)} {connection} {direction} {_header_text(message)}"]
     lines += [f"    {line}" for line in _content_lines(message)]
     return lines
 
 
 def message_record(when: float, connection: str, direction: str, message: Message) -> dict[str, Any]:
     """A message as one JSON-ready object (content as JSON, text, or base64)."""
+    header: Any = message.header
+    if not _writable(header):
+        header = _header_text(message)  # too deep to write back as JSON: as sent
     record: dict[str, Any] = {
         "time": when,
         "connection": connection,
         "direction": direction,
-        "header": message.header,
+        "header": header,
     }
     try:
-        if message.is_json:
-            record["json"] = message.json()
+        value = message.json() if message.is_json else None
+        if message.is_json and _writable(value):
+            record["json"] = value
         elif message.is_text:
             record["text"] = message.text()
         else:
@@ -110,6 +148,19 @@ def event_lines(event: Event) -> list[str]:
     if event.error is not None:
         return [f"{stamp} {event.connection} {event.direction} protocol error: {event.error} ({event.note})"]
     return [f"{stamp} {event.connection} {event.direction} {event.note}"]
+
+
+def _writable(value: Any) -> bool:
+    try:
+        json_text(value)
+    except ValueError:
+        return False
+    return True
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One record (from :func:`event_record`) as one line of JSON."""
+    return json_text(record)
 
 
 def event_record(event: Event) -> dict[str, Any]:

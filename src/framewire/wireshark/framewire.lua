@@ -32,7 +32,7 @@ local DEFAULT_PORTS = "65432"
 framewire.prefs.ports = Pref.range("TCP ports", DEFAULT_PORTS, "TCP ports carrying framewire", 65535)
 
 -- A small JSON reader: enough for a header object. Values that are objects
--- or arrays are kept as their raw text.
+-- or arrays (and null) are kept as tables holding their raw text.
 local function skip_ws(s, i)
     return s:find("[^ \t\r\n]", i) or (#s + 1)
 end
@@ -51,6 +51,18 @@ local function utf8_char(code)
         0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
 end
 
+-- The JSON grammar of RFC 8259, checked as strictly as the server's parser
+-- (orjson) checks it: the dissector accepts exactly the headers the server
+-- accepts, and marks the rest bad-header.
+local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+local MAX_DEPTH = 1024  -- orjson's limit
+
+local function hex4(s, j)
+    local digits = s:sub(j, j + 3)
+    if not digits:match("^%x%x%x%x$") then return nil end
+    return tonumber(digits, 16)
+end
+
 local function read_string(s, i)
     -- s:sub(i, i) == '"'
     local out, j = {}, i + 1
@@ -60,23 +72,26 @@ local function read_string(s, i)
             return table.concat(out), j + 1
         elseif c == "\\" then
             local e = s:sub(j + 1, j + 1)
-            local map = { b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
             if e == "u" then
-                local code = tonumber(s:sub(j + 2, j + 5), 16)
+                local code = hex4(s, j + 2)
                 if not code then return nil end
                 j = j + 6
-                if code >= 0xD800 and code <= 0xDBFF and s:sub(j, j + 1) == "\\u" then
-                    local low = tonumber(s:sub(j + 2, j + 5), 16)
-                    if low and low >= 0xDC00 and low <= 0xDFFF then
-                        code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
-                        j = j + 6
-                    end
+                if code >= 0xDC00 and code <= 0xDFFF then return nil end  -- a lone low surrogate
+                if code >= 0xD800 and code <= 0xDBFF then
+                    local low = s:sub(j, j + 1) == "\\u" and hex4(s, j + 2)
+                    if not low or low < 0xDC00 or low > 0xDFFF then return nil end  -- a lone high one
+                    code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
+                    j = j + 6
                 end
                 out[#out + 1] = utf8_char(code)
-            else
-                out[#out + 1] = map[e] or e
+            elseif ESCAPES[e] then
+                out[#out + 1] = ESCAPES[e]
                 j = j + 2
+            else
+                return nil
             end
+        elseif c:byte() < 0x20 then
+            return nil  -- control characters must be escaped
         else
             out[#out + 1] = c
             j = j + 1
@@ -85,48 +100,100 @@ local function read_string(s, i)
     return nil
 end
 
-local function skip_nested(s, i)
-    local depth, j = 0, i
-    while j <= #s do
-        local c = s:sub(j, j)
-        if c == '"' then
-            local _, after = read_string(s, j)
-            if not after then return nil end
-            j = after
+local read_value
+
+-- Strict UTF-8, as the server requires of a header: no overlong forms, no
+-- surrogates, nothing past U+10FFFF.
+local function valid_utf8(s)
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        if c < 0x80 then
+            i = i + 1
         else
-            if c == "{" or c == "[" then depth = depth + 1 end
-            if c == "}" or c == "]" then
-                depth = depth - 1
-                if depth == 0 then return s:sub(i, j), j + 1 end
+            local len, min
+            if c >= 0xC2 and c <= 0xDF then len, min = 2, 0x80
+            elseif c >= 0xE0 and c <= 0xEF then len, min = 3, 0x800
+            elseif c >= 0xF0 and c <= 0xF4 then len, min = 4, 0x10000
+            else return false end
+            if i + len - 1 > n then return false end
+            local code = c % (2 ^ (7 - len))
+            for k = 1, len - 1 do
+                local b = s:byte(i + k)
+                if b < 0x80 or b > 0xBF then return false end
+                code = code * 64 + (b - 0x80)
             end
-            j = j + 1
+            if code < min or code > 0x10FFFF or (code >= 0xD800 and code <= 0xDFFF) then return false end
+            i = i + len
         end
     end
-    return nil
+    return true
 end
 
-local function read_value(s, i)
+-- An array or object, checked through; its raw text is the value.
+local function read_nested(s, i, depth)
+    if depth > MAX_DEPTH then return nil end
+    local open = s:sub(i, i)
+    local close = open == "{" and "}" or "]"
+    local j = skip_ws(s, i + 1)
+    if s:sub(j, j) == close then return s:sub(i, j), j + 1 end
+    while true do
+        if open == "{" then
+            if s:sub(j, j) ~= '"' then return nil end
+            local _, after = read_string(s, j)
+            if not after then return nil end
+            j = skip_ws(s, after)
+            if s:sub(j, j) ~= ":" then return nil end
+            j = skip_ws(s, j + 1)
+        end
+        local _, after = read_value(s, j, depth + 1)
+        if not after then return nil end
+        j = skip_ws(s, after)
+        local c = s:sub(j, j)
+        if c == close then return s:sub(i, j), j + 1 end
+        if c ~= "," then return nil end
+        j = skip_ws(s, j + 1)
+    end
+end
+
+read_value = function(s, i, depth)
     local c = s:sub(i, i)
     if c == '"' then return read_string(s, i) end
-    if c == "{" or c == "[" then return skip_nested(s, i) end
-    local token = s:match("^[%w%.%+%-]+", i)
-    if not token then return nil end
-    if token == "true" then return true, i + 4 end
-    if token == "false" then return false, i + 5 end
-    if token == "null" then return "null", i + 4 end
+    if c == "{" or c == "[" then
+        local text, after = read_nested(s, i, depth or 1)
+        if not text then return nil end
+        return { text = text }, after
+    end
+    for word, value in pairs({ ["true"] = true, ["false"] = false, ["null"] = { text = "null" } }) do
+        if s:sub(i, i + #word - 1) == word then return value, i + #word end
+    end
+    -- A JSON number: no hex, no leading zeros, no bare point, no "inf" or "nan".
+    local int = s:match("^%-?0", i) or s:match("^%-?[1-9]%d*", i)
+    if not int then return nil end
+    local token = int .. (s:match("^%.%d+", i + #int) or "")
+    token = token .. (s:match("^[eE][%+%-]?%d+", i + #token) or "")
     local number = tonumber(token)
-    if number == nil then return nil end
+    if number == nil or number ~= number or number == math.huge or number == -math.huge then
+        if not token:find("[%.eE]") then return { huge = token }, i + #token end
+        return nil
+    end
     if token:find("[%.eE]") then return { fraction = token }, i + #token end
+    -- Past 2^53 a Lua number is no longer exact: larger than any content limit.
+    if number > 2 ^ 53 or number < -(2 ^ 53) then return { huge = token }, i + #token end
     return number, i + #token
 end
 
 -- Returns a table of key -> value (and the keys in order), or nil and a reason.
 local function parse_header(s)
+    if not valid_utf8(s) then return nil, "not valid UTF-8" end
     local i = skip_ws(s, 1)
     if s:sub(i, i) ~= "{" then return nil, "not a JSON object" end
     local header, order = {}, {}
     i = skip_ws(s, i + 1)
-    if s:sub(i, i) == "}" then return header, order end
+    if s:sub(i, i) == "}" then
+        if skip_ws(s, i + 1) <= #s then return nil, "bad JSON: text after the object" end
+        return header, order
+    end
     while true do
         if s:sub(i, i) ~= '"' then return nil, "bad JSON" end
         local key, after = read_string(s, i)
@@ -140,7 +207,10 @@ local function parse_header(s)
         header[key] = value  -- a key given twice keeps its last value
         i = skip_ws(s, next_i)
         local c = s:sub(i, i)
-        if c == "}" then return header, order end
+        if c == "}" then
+            if skip_ws(s, i + 1) <= #s then return nil, "bad JSON: text after the object" end
+            return header, order
+        end
         if c ~= "," then return nil, "bad JSON" end
         i = skip_ws(s, i + 1)
     end
@@ -158,7 +228,7 @@ local function get_message_length(tvb, pinfo, offset)
     if available < 2 then return 0 end
     local hlen = tvb(offset, 2):uint()
     if available < 2 + hlen then return 0 end
-    local header = parse_header(tvb(offset + 2, hlen):string())
+    local header = parse_header(tvb(offset + 2, hlen):raw())
     local length = header and content_length_of(header)
     if not length then return 2 + hlen end  -- a broken header: show it alone
     return 2 + hlen + length
@@ -176,7 +246,7 @@ local function dissect_message(tvb, pinfo, tree)
         subtree:add(f.error, tvb(0, 2), "bad-header-length")
         return tvb:len()
     end
-    local header, why = parse_header(text)
+    local header, why = parse_header(header_tvb:raw())
     if not header then
         subtree:add(f.error, header_tvb, "bad-header: " .. why)
         pinfo.cols.info:append(" [bad header]")
@@ -191,20 +261,42 @@ local function dissect_message(tvb, pinfo, tree)
     if length then fields:add(f.content_length, header_tvb, UInt64(length)) end
     if type(header.byteorder) == "string" then fields:add(f.byteorder, header_tvb, header.byteorder) end
     if type(header.status) == "string" then fields:add(f.status, header_tvb, header.status) end
-    local _, order = parse_header(text)
+    local _, order = parse_header(header_tvb:raw())
     for _, key in ipairs(order) do
         if key ~= "content-type" and key ~= "content-encoding" and key ~= "content-length"
             and key ~= "byteorder" then
             local value = header[key]
-            if type(value) == "table" then value = value.fraction end
+            if type(value) == "table" then value = value.fraction or value.huge or value.text end
             fields:add(f.extension, header_tvb, key .. " = " .. tostring(value))
         end
     end
     local info = string.format("%s %s", tostring(ctype), length and (length .. " bytes") or "?")
     if header.status == "error" then info = info .. " [error]" end
     pinfo.cols.info:append(" " .. info .. ";")
+    -- The server's checks, in its order: every required key present, then each value.
+    for _, key in ipairs({ "byteorder", "content-type", "content-encoding", "content-length" }) do
+        if header[key] == nil then
+            subtree:add(f.error, header_tvb, "missing-header-key: " .. key)
+            return tvb:len()
+        end
+    end
     if not length then
-        subtree:add(f.error, header_tvb, "bad-header-value: content-length")
+        local n = header["content-length"]
+        if type(n) == "table" and n.huge and n.huge:sub(1, 1) ~= "-" then
+            subtree:add(f.error, header_tvb, "content-too-large: content-length")
+        else
+            subtree:add(f.error, header_tvb, "bad-header-value: content-length")
+        end
+        return tvb:len()
+    end
+    for _, key in ipairs({ "content-type", "content-encoding" }) do
+        if type(header[key]) ~= "string" or header[key] == "" then
+            subtree:add(f.error, header_tvb, "bad-header-value: " .. key)
+            return tvb:len()
+        end
+    end
+    if header.byteorder ~= "little" and header.byteorder ~= "big" then
+        subtree:add(f.error, header_tvb, "bad-header-value: byteorder")
         return tvb:len()
     end
     if length > 0 and tvb:len() >= 2 + hlen + length then
