@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +243,22 @@ def test_multiconn_client_with_nothing_listening(free_port: int) -> None:
     assert result.returncode == 1
     assert "0 complete, 2 failed" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def loaded_after(statement: str) -> list[str]:
+    """The modules a fresh interpreter holds after ``statement``."""
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    args = [sys.executable, "-c", code]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True)
+    modules: list[str] = json.loads(result.stdout)
+    return modules
+
+
+def test_import_framewire_loads_only_the_core() -> None:
+    tools = ("click", "psutil", "dpkt")
+    assert [m for m in loaded_after("import framewire") if m.split(".")[0] in tools] == []
+    cli = loaded_after("import framewire.cli")
+    # The command line itself needs click; each command imports its tools when it runs.
+    assert [m for m in cli if m.split(".")[0] in ("psutil", "dpkt")] == []
+    for heavy in ("server", "client", "proxy", "capture", "sockets", "loadgen", "ping"):
+        assert f"framewire.{heavy}" not in cli

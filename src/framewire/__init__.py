@@ -8,10 +8,10 @@ is a 2-byte big-endian header length, a UTF-8 JSON header, then the content.
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from framewire.app import App, echo, search_app
-from framewire.client import Client
 from framewire.errors import (
     BadContent,
     BadEncoding,
@@ -31,9 +31,36 @@ from framewire.errors import (
     ServerBusy,
 )
 from framewire.message import Message
-from framewire.multiclient import ConnectionReport, echo_concurrently, request_concurrently
 from framewire.protocol import Decoder, State, encode, encode_many
-from framewire.server import Server
+
+if TYPE_CHECKING:
+    from framewire.app import App, echo, search_app
+    from framewire.client import Client
+    from framewire.multiclient import ConnectionReport, echo_concurrently, request_concurrently
+    from framewire.server import Server
+
+# `import framewire` loads the protocol core alone; the server, the clients
+# and the applications are imported when first used (PEP 562).
+_LAZY = {
+    "App": "framewire.app",
+    "echo": "framewire.app",
+    "search_app": "framewire.app",
+    "Client": "framewire.client",
+    "ConnectionReport": "framewire.multiclient",
+    "echo_concurrently": "framewire.multiclient",
+    "request_concurrently": "framewire.multiclient",
+    "Server": "framewire.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'framewire' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 try:
     __version__ = version("framewire")

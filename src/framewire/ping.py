@@ -19,32 +19,12 @@ from dataclasses import dataclass, field
 from framewire.errors import ConnectionClosed, ProtocolError
 from framewire.message import Message
 from framewire.netio import connect, translated
+from framewire.probe import PING_KEY, is_probe, probe_reply
 from framewire.protocol import Decoder
 
 __all__ = ["PING_KEY", "PingStats", "is_probe", "ping", "probe_reply", "rtt_text"]
 
-#: The header extension that marks a probe; its value is the sequence number.
-PING_KEY = "framewire-ping"
 PROBE_CONTENT_TYPE = "binary/framewire-ping"
-
-
-def is_probe(message: Message) -> bool:
-    """True for a ping probe (the server answers it without the application)."""
-    extensions = message.extensions
-    return bool(extensions) and PING_KEY in extensions
-
-
-def probe_reply(probe: Message) -> Message:
-    """The server's answer to a probe: its content, type, encoding and
-    sequence number back (a valid message: a text probe whose encoding is
-    not a text codec gets ``bad-encoding``)."""
-    probe.check_encoding()
-    return Message(
-        probe.content,
-        probe.content_type,
-        probe.content_encoding,
-        extensions={PING_KEY: probe.extensions[PING_KEY]},
-    )
 
 
 def rtt_text(ms: float) -> str:

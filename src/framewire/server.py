@@ -37,7 +37,7 @@ from framewire.errors import (
     ServerBusy,
 )
 from framewire.message import Message, _Header
-from framewire.ping import is_probe, probe_reply
+from framewire.probe import is_probe, probe_reply
 from framewire.protocol import Decoder, HeaderCache
 from framewire.timers import TimerWheel
 

@@ -1,0 +1,223 @@
+"""The application server and its client: serve, request."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from framewire import limits
+from framewire.cli.common import (
+    _bind_error,
+    _fail,
+    friendly_errors,
+    host_option,
+    log,
+    log_level_option,
+    main,
+    port_option,
+    setup_logging,
+)
+from framewire.message import Message
+
+
+def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--max-header-size", type=click.IntRange(2, 65535), default=limits.MAX_HEADER_SIZE,
+                     show_default=True, help="Largest JSON header, bytes."),
+        click.option("--max-content-length", type=click.IntRange(0), default=limits.MAX_CONTENT_LENGTH,
+                     show_default=True, help="Largest content, bytes."),
+        click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=limits.MESSAGE_TIMEOUT, show_default=True,
+                     help="Seconds from a message's first byte to its last."),
+        click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=limits.IDLE_TIMEOUT, show_default=True,
+                     help="Seconds a connection may sit idle."),
+        click.option("--max-connections", type=click.IntRange(1), default=limits.MAX_CONNECTIONS,
+                     show_default=True, help="Connections at once; more get server-busy."),
+        click.option("--high-water", type=click.IntRange(1), default=limits.HIGH_WATER, show_default=True,
+                     help="Unsent response bytes per connection before it stops being read."),
+        click.option("--max-in-flight", type=click.IntRange(1), default=limits.MAX_IN_FLIGHT,
+                     show_default=True, help="Unsent responses per connection before it stops being read."),
+        click.option("--grace", type=click.FloatRange(min=0), default=limits.GRACE, show_default=True,
+                     help="Seconds to answer in-flight requests on SIGTERM/SIGINT."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@host_option
+@port_option
+@click.option(
+    "--app",
+    "app_spec",
+    default="search",
+    show_default=True,
+    metavar="search|echo|MODULE:CALLABLE",
+    help="The application: the guide's search demo, echo, or your handler (a callable Message -> Message).",
+)
+@_limit_options
+@log_level_option
+@friendly_errors
+def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: Any) -> None:
+    """The application server: answers every request with its app.
+
+    Keep-alive and pipelining; clean shutdown on Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      framewire serve --port 65432 --app search
+      framewire request 127.0.0.1 65432 search morpheus     (from a second terminal)
+    """
+    from framewire.app import load_handler
+    from framewire.server import (
+        Server,
+        raise_descriptor_limit,
+    )
+
+    setup_logging(log_level)
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # MODULE:CALLABLE from the current folder, as python -m does
+    try:
+        handler = load_handler(app_spec)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    server = Server(handler, host, port, **limit_values)
+    # Each connection is a descriptor: make room for the connection limit.
+    wanted = server.max_connections + 64
+    have = raise_descriptor_limit(wanted)
+    if have < wanted:
+        log.warning(
+            "the descriptor limit is %d, below the %d that --max-connections %d needs; "
+            "past it, accepts pause until descriptors free up (raise it with ulimit -n)",
+            have,
+            wanted,
+            server.max_connections,
+        )
+    try:
+        server.bind()
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from None
+    bound_host, bound_port = server.address
+
+    # A request to try, for the applications whose requests we know.
+    hint = {
+        "search": "search morpheus",
+        "echo": "--text hello",
+    }.get(app_spec)
+
+    def ready() -> None:
+        banner = f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop)."
+        if hint is not None:
+            banner += f" Try:\n  framewire request {bound_host} {bound_port} {hint}"
+        click.echo(banner, err=True)
+
+    server.serve_forever(handle_signals=True, on_ready=ready)
+
+
+def _build_request(action: str | None, value: str | None, json_text: str | None, text: str | None,
+                   file: Path | None) -> Message:  # fmt: skip
+    chosen = [
+        name
+        for name, given in (("--json", json_text), ("--text", text), ("--file", file))
+        if given is not None
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"give only one of {', '.join(chosen)}")
+    if json_text is not None:
+        try:
+            return Message.from_json(json.loads(json_text))
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+    if text is not None:
+        return Message.from_text(text)
+    if file is not None:
+        return Message.from_bytes(file.read_bytes(), content_type="binary/custom-client-binary-type")
+    if action is None or value is None:
+        raise click.UsageError("give ACTION and VALUE, or one of --json, --text, --file")
+    if action == "search":
+        return Message.from_json({"action": "search", "value": value})
+    return Message.from_bytes((action + value).encode(), content_type="binary/custom-client-binary-type")
+
+
+def _show(response: Message) -> str:
+    if response.is_json:
+        body = response.json()
+        try:
+            if isinstance(body, dict) and set(body) == {"result"}:
+                result = body["result"]
+                return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+            return json.dumps(body, ensure_ascii=False, indent=2)
+        except (RecursionError, ValueError):
+            return response.text()  # too deep to write back as JSON: as sent
+    if response.is_text:
+        return response.text()
+    return repr(response.content)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("action", required=False)
+@click.argument("value", required=False)
+@click.option("--json", "json_text", metavar="JSON", help="Send this JSON as text/json content.")
+@click.option("--text", metavar="TEXT", help="Send this text as text/plain (utf-8) content.")
+@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Send this file's bytes as binary content.")  # fmt: skip
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True,
+              help="Send N copies pipelined on one connection.")  # fmt: skip
+@click.option("--show-header", is_flag=True, help="Print each response's header too.")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole exchange."
+)
+@friendly_errors
+def request(
+    host: str,
+    port: int,
+    action: str | None,
+    value: str | None,
+    json_text: str | None,
+    text: str | None,
+    file: Path | None,
+    count: int,
+    show_header: bool,
+    timeout: float,
+) -> None:
+    """The guide's application client: send a request, print the response.
+
+    `search VALUE` sends the text/json search request; any other ACTION sends
+    binary content ACTION+VALUE.
+
+    \b
+    Examples:
+      framewire request 127.0.0.1 65432 search morpheus
+      framewire request 127.0.0.1 65432 binary "some bytes"
+      framewire request 127.0.0.1 65432 --json '{"action": "search", "value": "ring"}' --show-header
+    """
+    from framewire.client import Client
+
+    message = _build_request(action, value, json_text, text, file)
+    with Client(host, port, timeout=timeout, check=False) as client:
+        responses = [client.request(message)] if count == 1 else client.request_many([message] * count)
+    failed = 0
+    for response in responses:
+        if show_header:
+            try:
+                click.echo(json.dumps(response.header, ensure_ascii=False))
+            except (RecursionError, ValueError):  # too deep to write back: as sent
+                click.echo(response.wire_parts()[0][2:].decode("utf-8", "backslashreplace"))
+        if response.is_error:
+            failed += 1
+            error = response.error()
+            assert error is not None
+            click.echo(f"error from the server: {error.code}: {error.message}", err=True)
+        else:
+            click.echo(_show(response))
+    if failed:
+        raise click.exceptions.Exit(1)
