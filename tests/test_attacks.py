@@ -499,7 +499,7 @@ def test_the_second_signal_says_what_it_does(spawn: Any) -> None:
         server.proc.send_signal(signal.SIGTERM)
         code, _, err = server.stop(None)
     assert code == 0
-    assert "stopping now, as asked again: closing 1 connections" in err
+    assert "stopping now: closing 1 connections" in err
     assert "grace period" not in err.split("answering in-flight requests")[1]
 
 

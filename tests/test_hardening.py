@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -363,3 +364,34 @@ def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any) -> None:
     code, _, err = server.stop()
     assert code == 0
     assert err.count("out of descriptors") == 1
+
+
+STUCK_APP = """
+import sys
+import time
+
+
+def app(request):
+    print("handler started", file=sys.stderr, flush=True)
+    time.sleep(60)  # a handler that never returns in time
+    return request
+"""
+
+
+@pytest.mark.parametrize("how", ["grace-ends", "second-signal"])
+def test_a_stuck_handler_cannot_keep_the_server_running(spawn: Any, tmp_path: Path, how: str) -> None:
+    (tmp_path / "stuckapp.py").write_text(STUCK_APP)
+    server = spawn("serve", "--port", "0", "--app", "stuckapp:app", "--grace", "1", cwd=str(tmp_path))
+    port = server.port()
+    with connect(port) as sock:
+        sock.sendall(encode(Message.from_bytes(b"never answered")))
+        server.wait_for("handler started")
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        if how == "second-signal":
+            server.proc.send_signal(signal.SIGINT)
+        code, _, err = server.stop(None, timeout=10)
+        took = time.monotonic() - started
+    assert code == 0, err
+    assert "stopping now: the handler for a request from 127.0.0.1" in err
+    assert took < (3.0 if how == "grace-ends" else 2.0), took

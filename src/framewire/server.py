@@ -77,6 +77,11 @@ def raise_descriptor_limit(wanted: int) -> int:
     return soft
 
 
+class _StopNow(BaseException):
+    """Raised in the main thread by the second signal (or the end of the
+    grace period) to stop even a handler that never returns."""
+
+
 class _Connection:
     """One client connection's state."""
 
@@ -189,6 +194,8 @@ class Server:
         self._timers: TimerWheel[_Connection] = TimerWheel()
         self._stop_requested = False
         self._force_stop = False
+        self._looping = False  # serving: a forced stop may unwind the loop
+        self._in_handler: _Connection | None = None  # whose handler call is under way
         self._signal_received: int | None = None
         self._debug = False
         self._thread: threading.Thread | None = None
@@ -300,10 +307,24 @@ class Server:
         try:
             if on_ready is not None:
                 on_ready()
+            self._looping = True
             self._loop(poll)
+        except _StopNow:
+            busy = self._in_handler
+            if busy is not None:
+                log.warning(
+                    "stopping now: the handler for a request from %s was still running; "
+                    "closing %d connections",
+                    busy.name,
+                    len(self._conns),
+                )
+            else:
+                log.warning("stopping now: closing %d connections", len(self._conns))
         finally:
+            self._looping = False
             for conn in list(self._conns.values()):
-                self._close(conn)
+                with contextlib.suppress(Exception):
+                    self._close(conn)
             poll.close()
             self._listener.close()
             self._wake_r.close()
@@ -316,8 +337,26 @@ class Server:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only flags and a wake-up here: logging from a signal handler can
         # re-enter a stream write the handler interrupted.
+        again = self._stop_requested
         self._signal_received = signum
         self.shutdown()
+        if not again:
+            # The loop ends the grace period itself, unless a handler holds
+            # it (stuck in a call that never returns): then this timer
+            # interrupts the main thread as a second signal would.
+            timer = threading.Timer(self.grace + 0.25, self._grace_over, args=(signum,))
+            timer.daemon = True
+            timer.start()
+        elif self._looping:
+            # The second signal stops at once, even inside a handler that
+            # never returns: the exception unwinds it and the loop.
+            raise _StopNow
+
+    def _grace_over(self, signum: int) -> None:
+        if self._looping:
+            # A real signal, to the main thread: it interrupts a blocking call
+            # there (time.sleep, a socket read), which interrupt_main cannot.
+            signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     # -- the loop -------------------------------------------------------------
 
@@ -553,8 +592,13 @@ class Server:
         answer is a valid message, an error response at worst."""
         try:
             # Pings are answered by the server itself, whatever the application.
-            response = probe_reply(request) if is_probe(request) else self.handler(request)
+            if is_probe(request):
+                response = probe_reply(request)
+            else:
+                self._in_handler = conn  # one store: a forced stop names it
+                response = self.handler(request)
         except ProtocolError as exc:
+            self._in_handler = None
             # bad-content and the like, raised while reading the request;
             # a framing code cannot come from a well-framed request.
             if exc.framing:
@@ -562,6 +606,7 @@ class Server:
             return Message.for_error(exc).wire_parts()
         except Exception as exc:
             response = self._handler_failed(conn, f"raised {type(exc).__name__}", exc)
+        self._in_handler = None
         if response.__class__ is not Message and not isinstance(response, Message):
             response = self._handler_failed(conn, f"returned {type(response).__name__}, not a Message")
         header = response._header
