@@ -14,7 +14,7 @@ import encodings
 import pkgutil
 import time
 
-from framewire.message import text_codec
+from framewire.core.message import text_codec
 
 
 def best_time(data: bytes, name: str, size: int) -> float | None:

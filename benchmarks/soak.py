@@ -19,7 +19,7 @@ import sys
 import psutil
 
 from framewire import Message
-from framewire.loadgen import Progress, run_load
+from framewire.tools.loadgen import Progress, run_load
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], int]:

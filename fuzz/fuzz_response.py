@@ -14,7 +14,7 @@ send). The test suite checks the same property with hypothesis
 from __future__ import annotations
 
 from framewire import Decoder, Message, ProtocolError
-from framewire.app import echo
+from framewire.server.app import echo
 
 
 def answer(request: Message) -> Message:

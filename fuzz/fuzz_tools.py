@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from framewire import Decoder
-from framewire.wireview import event_lines, event_record, json_line, watch
+from framewire.tools.wireview import event_lines, event_record, json_line, watch
 
 
 def check_printing(data: bytes) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from framewire import Decoder, Message, encode_many
-from framewire.app import Handler, echo
 from framewire.server import Server
+from framewire.server.app import Handler, echo
 
 
 @contextmanager

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 
 from conftest import connect, read_messages, read_until_closed, run_cli, running
 from framewire import Decoder, Message, encode, encode_many
-from framewire.app import echo
-from framewire.cache import BoundedCache, footprint
-from framewire.capture import read_capture
-from framewire.errors import BadEncoding
-from framewire.message import UnencodableMessage, text_codec
-from framewire.ping import PING_KEY, probe_reply
-from framewire.protocol import HeaderCache
+from framewire.core.cache import BoundedCache, footprint
+from framewire.core.decoder import HeaderCache
+from framewire.core.errors import BadEncoding
+from framewire.core.message import UnencodableMessage, text_codec
+from framewire.server.app import echo
+from framewire.tools.capture import read_capture
+from framewire.tools.ping import PING_KEY, probe_reply
 
 
 def frame(header: bytes, content: bytes = b"") -> bytes:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from framewire import Message, encode, encode_many
-from framewire.capture import CaptureError, read_capture
+from framewire.tools.capture import CaptureError, read_capture
 
 CLIENT, SERVER = ("10.0.0.1", 40000), ("10.0.0.2", 65432)
 

@@ -12,12 +12,12 @@ import pytest
 
 from conftest import read_messages, running
 from framewire import IncompleteMessage, Message, encode
-from framewire.app import search_app
 from framewire.client import Client
-from framewire.errors import ConnectionClosed, ErrorResponse
-from framewire.multiclient import echo_concurrently, request_concurrently
-from framewire.rawecho import MulticonnEchoServer, listen
+from framewire.client.concurrent import echo_concurrently, request_concurrently
+from framewire.core.errors import ConnectionClosed, ErrorResponse
 from framewire.server import Server
+from framewire.server.app import search_app
+from framewire.tools.rawecho import MulticonnEchoServer, listen
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import run_cli, running
-from framewire.app import SEARCH_TABLE, search_app
+from framewire.server.app import SEARCH_TABLE, search_app
 
 DOG = "\N{DOG FACE}"
 

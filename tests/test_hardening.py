@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from conftest import connect, read_messages, read_until_closed, running
 from framewire import Decoder, Message, encode, encode_many
-from framewire.app import echo, search_app
 from framewire.server import Server
+from framewire.server.app import echo, search_app
 
 
 def frame(header: bytes, content: bytes = b"") -> bytes:

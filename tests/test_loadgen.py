@@ -7,8 +7,8 @@ from typing import Any
 
 from conftest import run_cli, running
 from framewire import Message
-from framewire.loadgen import Histogram, run_load
 from framewire.server import Server
+from framewire.tools.loadgen import Histogram, run_load
 
 
 def test_bench_json_with_count(echo_server: Server) -> None:

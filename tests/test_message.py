@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from framewire import BadContent, BadEncoding, Message, ProtocolError
-from framewire.message import text_codec
+from framewire.core.message import text_codec
 
 
 def test_from_json_fills_the_required_keys() -> None:

@@ -8,8 +8,8 @@ import socket
 
 from conftest import run_cli, running
 from framewire import Message
-from framewire.app import search_app
-from framewire.ping import PING_KEY, PingStats, is_probe, probe_reply, rtt_text
+from framewire.server.app import search_app
+from framewire.tools.ping import PING_KEY, PingStats, is_probe, probe_reply, rtt_text
 from test_guide_compat import guide_server  # noqa: F401  (a fixture)
 
 REPLY = re.compile(r"^56 bytes from 127\.0\.0\.1:\d+: seq=(\d+) time=(\d+\.\d+|\d+) ms")

@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import connect, half_closed_exchange, read_messages, read_until_closed, running
 from framewire import Decoder, Message, encode
-from framewire.app import search_app
+from framewire.server.app import search_app
 
 
 def start_proxy(spawn: Any, upstream: int, *extra: str) -> tuple[Any, int]:

@@ -10,8 +10,8 @@ import time
 
 from conftest import connect, half_closed_exchange, read_messages, read_until_closed, running
 from framewire import BadContent, Decoder, Message, encode, encode_many
-from framewire.app import echo, search_app
 from framewire.server import Server
+from framewire.server.app import echo, search_app
 
 
 def test_reports_the_port_it_bound(echo_server: Server) -> None:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from conftest import run_cli
-from framewire.sockets import list_sockets
+from framewire.tools.sockets import list_sockets
 
 
 def wait_for_rows(port: int, predicate: Any, timeout: float = 10.0) -> list[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from framewire.timers import TimerWheel
+from framewire.io.timers import TimerWheel
 
 
 class Item:

@@ -24,10 +24,10 @@ import pytest
 
 from conftest import connect, read_messages, run_cli, running
 from framewire import Message, encode_many
-from framewire.app import search_app
-from framewire.capture import CaptureError, read_capture
+from framewire.server.app import search_app
+from framewire.tools.capture import CaptureError, read_capture
 
-LUA = Path(__file__).resolve().parent.parent / "src" / "framewire" / "wireshark" / "framewire.lua"
+LUA = Path(__file__).resolve().parent.parent / "src" / "framewire" / "tools" / "wireshark" / "framewire.lua"
 
 
 def test_print_and_install(tmp_path: Path) -> None:
@@ -224,8 +224,8 @@ HEADER_CASES = [
 
 
 def server_verdict(raw: bytes) -> str:
-    from framewire.errors import ProtocolError
-    from framewire.protocol import Decoder
+    from framewire.core.decoder import Decoder
+    from framewire.core.errors import ProtocolError
 
     try:
         Decoder(max_content_length=1 << 40).feed(struct.pack(">H", len(raw)) + raw)

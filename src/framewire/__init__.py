@@ -12,7 +12,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from framewire.errors import (
+from framewire.core.decoder import Decoder, State, encode, encode_many
+from framewire.core.errors import (
     BadContent,
     BadEncoding,
     BadHeader,
@@ -30,25 +31,24 @@ from framewire.errors import (
     ProtocolError,
     ServerBusy,
 )
-from framewire.message import Message
-from framewire.protocol import Decoder, State, encode, encode_many
+from framewire.core.message import Message
 
 if TYPE_CHECKING:
-    from framewire.app import App, echo, search_app
     from framewire.client import Client
-    from framewire.multiclient import ConnectionReport, echo_concurrently, request_concurrently
+    from framewire.client.concurrent import ConnectionReport, echo_concurrently, request_concurrently
     from framewire.server import Server
+    from framewire.server.app import App, echo, search_app
 
 # `import framewire` loads the protocol core alone; the server, the clients
 # and the applications are imported when first used (PEP 562).
 _LAZY = {
-    "App": "framewire.app",
-    "echo": "framewire.app",
-    "search_app": "framewire.app",
+    "App": "framewire.server.app",
+    "echo": "framewire.server.app",
+    "search_app": "framewire.server.app",
     "Client": "framewire.client",
-    "ConnectionReport": "framewire.multiclient",
-    "echo_concurrently": "framewire.multiclient",
-    "request_concurrently": "framewire.multiclient",
+    "ConnectionReport": "framewire.client.concurrent",
+    "echo_concurrently": "framewire.client.concurrent",
+    "request_concurrently": "framewire.client.concurrent",
     "Server": "framewire.server",
 }
 

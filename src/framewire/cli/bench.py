@@ -13,7 +13,7 @@ from framewire.cli.common import (
     friendly_errors,
     main,
 )
-from framewire.message import Message
+from framewire.core.message import Message
 
 
 @main.command()
@@ -65,7 +65,7 @@ def bench(
       framewire serve --app echo --port 65432 --log-level warning &
       framewire bench 127.0.0.1 65432 -c 16 -d 16 -s 64 -t 5 --check
     """
-    from framewire import loadgen
+    from framewire.tools import loadgen
 
     if search:
         message = Message.from_json({"action": "search", "value": "ring"})

@@ -17,8 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from framewire import __version__
-from framewire.errors import ErrorResponse, ProtocolError
-from framewire.netio import describe
+from framewire.core.errors import ErrorResponse, ProtocolError
+from framewire.io.netio import describe
 
 log = logging.getLogger("framewire.cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -55,7 +55,7 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 def listen_or_fail(host: str, port: int) -> socket.socket:
     """A listening socket, or one clear line when the port cannot be had."""
-    from framewire import rawecho
+    from framewire.tools import rawecho
 
     try:
         return rawecho.listen(host, port)

@@ -9,8 +9,8 @@ import click
 from framewire.cli.common import (
     main,
 )
-from framewire.message import Message
-from framewire.protocol import Decoder, encode_many
+from framewire.core.decoder import Decoder, encode_many
+from framewire.core.message import Message
 
 
 @main.command()

@@ -32,7 +32,7 @@ def echo_server(host: str, port: int) -> None:
     Example:
       framewire echo-server --port 65432
     """
-    from framewire import rawecho
+    from framewire.tools import rawecho
 
     listener = listen_or_fail(host, port)
     click.echo(f"Listening on {host}:{listener.getsockname()[1]} for one client", err=True)
@@ -52,7 +52,7 @@ def echo_client(host: str, port: int, timeout: float, text: str) -> None:
     Example:
       framewire echo-client --port 65432 "Hello, world"
     """
-    from framewire import rawecho
+    from framewire.tools import rawecho
 
     data = text.encode()
     echoed = rawecho.echo_client(host, port, data, timeout)
@@ -73,7 +73,7 @@ def multiconn_server(host: str, port: int, log_level: str) -> None:
     Example:
       framewire multiconn-server --port 65432
     """
-    from framewire import rawecho
+    from framewire.tools import rawecho
 
     setup_logging(log_level)
     server = rawecho.MulticonnEchoServer(listen_or_fail(host, port))
@@ -119,7 +119,7 @@ def multiconn_client(
     Example:
       framewire multiconn-client --port 65432 --connections 3 --messages "Message 1" "Message 2"
     """
-    from framewire import multiclient
+    from framewire.client import concurrent as multiclient
 
     texts = [*messages, *more] or ["Message 1 from client.", "Message 2 from client."]
     payloads = [t.encode() for t in texts]

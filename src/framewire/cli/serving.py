@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from framewire import limits
 from framewire.cli.common import (
     _bind_error,
     _fail,
@@ -22,7 +21,8 @@ from framewire.cli.common import (
     port_option,
     setup_logging,
 )
-from framewire.message import Message
+from framewire.core import limits
+from framewire.core.message import Message
 
 
 def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,11 +75,11 @@ def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: A
       framewire serve --port 65432 --app search
       framewire request 127.0.0.1 65432 search morpheus     (from a second terminal)
     """
-    from framewire.app import load_handler
     from framewire.server import (
         Server,
         raise_descriptor_limit,
     )
+    from framewire.server.app import load_handler
 
     setup_logging(log_level)
     if "" not in sys.path:

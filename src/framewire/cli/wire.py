@@ -16,7 +16,7 @@ from framewire.cli.common import (
     _fail,
     main,
 )
-from framewire.netio import describe
+from framewire.io.netio import describe
 
 
 def _address(text: str, default_host: str | None) -> tuple[str, int]:
@@ -49,8 +49,8 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
       framewire proxy --listen 7000 --upstream 127.0.0.1:65432 --log wire.jsonl
       framewire request 127.0.0.1 7000 search morpheus      (from a second terminal)
     """
-    from framewire import proxy as proxy_module
-    from framewire import wireview
+    from framewire.tools import proxy as proxy_module
+    from framewire.tools import wireview
 
     listen = _address(listen_at, "127.0.0.1")
     target = _address(upstream, None)
@@ -96,10 +96,7 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
       tshark -i lo -f "tcp port 65432" -w wire.pcapng      (or tcpdump -i lo -w wire.pcap port 65432)
       framewire decode wire.pcapng --port 65432
     """
-    from framewire import (
-        capture,
-        wireview,
-    )
+    from framewire.tools import capture, wireview
 
     found = 0
     try:
@@ -117,7 +114,7 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
 
 
 def _lua_source() -> str:
-    return importlib.resources.files("framewire").joinpath("wireshark/framewire.lua").read_text("utf-8")
+    return importlib.resources.files("framewire.tools").joinpath("wireshark/framewire.lua").read_text("utf-8")
 
 
 @main.command("wireshark")
@@ -171,7 +168,7 @@ def sockets_command(port: int | None) -> None:
     Example:
       framewire sockets --port 65432
     """
-    from framewire import sockets as sockets_module
+    from framewire.tools import sockets as sockets_module
 
     try:
         rows = sockets_module.list_sockets(port)
@@ -213,7 +210,7 @@ def ping_command(
       framewire ping 127.0.0.1 65432 -c 5 -i 0.2
       framewire ping 127.0.0.1 22 --connect -c 3
     """
-    from framewire import ping as ping_module
+    from framewire.tools import ping as ping_module
 
     target = f"{host}:{port}"
     what = "TCP connect to" if connect_only else f"{size} bytes of content to"

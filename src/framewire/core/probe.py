@@ -2,12 +2,12 @@
 are probes, and the reply the server itself gives them.
 
 Part of the core (no I/O): the server needs it on every request, and must
-not import the ping *client* (``framewire.ping``) to get it.
+not import the ping *client* (``framewire.tools.ping``) to get it.
 """
 
 from __future__ import annotations
 
-from framewire.message import Message
+from framewire.core.message import Message
 
 __all__ = ["PING_KEY", "is_probe", "probe_reply"]
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from framewire.errors import BadContent
-from framewire.message import Message
+from framewire.core.errors import BadContent
+from framewire.core.message import Message
 
 #: What a server calls for each request.
 Handler: TypeAlias = Callable[[Message], Message]

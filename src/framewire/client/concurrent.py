@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from framewire import limits
-from framewire.errors import ConnectionClosed, ProtocolError
-from framewire.message import Message
-from framewire.protocol import Decoder, encode_many
+from framewire.core import limits
+from framewire.core.decoder import Decoder, encode_many
+from framewire.core.errors import ConnectionClosed, ProtocolError
+from framewire.core.message import Message
 
 __all__ = ["ConnectionReport", "echo_concurrently", "request_concurrently"]
 

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from framewire.protocol import Decoder
-from framewire.wireview import Event, watch
+from framewire.core.decoder import Decoder
+from framewire.tools.wireview import Event, watch
 
 __all__ = ["CaptureError", "read_capture"]
 

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from framewire.errors import ConnectionClosed, ProtocolError
-from framewire.message import Message
-from framewire.netio import connect, translated
-from framewire.probe import PING_KEY, is_probe, probe_reply
-from framewire.protocol import Decoder
+from framewire.core.decoder import Decoder
+from framewire.core.errors import ConnectionClosed, ProtocolError
+from framewire.core.message import Message
+from framewire.core.probe import PING_KEY, is_probe, probe_reply
+from framewire.io.netio import connect, translated
 
 __all__ = ["PING_KEY", "PingStats", "is_probe", "ping", "probe_reply", "rtt_text"]
 

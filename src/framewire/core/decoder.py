@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import orjson
 
-from framewire import limits
-from framewire.cache import BoundedCache, footprint
-from framewire.errors import (
+from framewire.core import limits
+from framewire.core.cache import BoundedCache, footprint
+from framewire.core.errors import (
     BadHeader,
     BadHeaderLength,
     BadHeaderValue,
@@ -28,8 +28,8 @@ from framewire.errors import (
     MissingHeaderKey,
     ProtocolError,
 )
-from framewire.frozen import freeze
-from framewire.message import _BYTEORDERS, _NO_EXTENSIONS, REQUIRED_KEYS, Message, _Header
+from framewire.core.frozen import freeze
+from framewire.core.message import _BYTEORDERS, _NO_EXTENSIONS, REQUIRED_KEYS, Message, _Header
 
 __all__ = ["Decoder", "HeaderCache", "State", "encode", "encode_many", "parse_header"]
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from framewire import limits
-from framewire.errors import ProtocolError
-from framewire.message import Message
-from framewire.protocol import Decoder
+from framewire.core import limits
+from framewire.core.decoder import Decoder
+from framewire.core.errors import ProtocolError
+from framewire.core.message import Message
 
 __all__ = ["LoadResult", "Progress", "run_load"]
 

@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import orjson
 
-from framewire.errors import BadContent, BadEncoding, ProtocolError, error_for_code
-from framewire.frozen import FrozenDict, freeze
+from framewire.core.errors import BadContent, BadEncoding, ProtocolError, error_for_code
+from framewire.core.frozen import FrozenDict, freeze
 
 #: The four keys every header must carry.
 REQUIRED_KEYS: Final = ("byteorder", "content-type", "content-encoding", "content-length")

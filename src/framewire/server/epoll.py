@@ -27,19 +27,20 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Final
 
-from framewire import limits, poller
-from framewire.app import Handler
-from framewire.cache import BoundedCache
-from framewire.errors import (
+from framewire.core import limits
+from framewire.core.cache import BoundedCache
+from framewire.core.decoder import Decoder, HeaderCache
+from framewire.core.errors import (
     HandlerError,
     MessageTimeout,
     ProtocolError,
     ServerBusy,
 )
-from framewire.message import Message, _Header
-from framewire.probe import is_probe, probe_reply
-from framewire.protocol import Decoder, HeaderCache
-from framewire.timers import TimerWheel
+from framewire.core.message import Message, _Header
+from framewire.core.probe import is_probe, probe_reply
+from framewire.io import poller
+from framewire.io.timers import TimerWheel
+from framewire.server.app import Handler
 
 __all__ = ["Server", "raise_descriptor_limit"]
 
@@ -134,12 +135,12 @@ class _Connection:
 class Server:
     """A framed-message server for one handler (``Message -> Message``).
 
-    >>> from framewire.app import echo
+    >>> from framewire.server.app import echo
     >>> with Server(echo, port=0) as server:   # serves in a background thread
     ...     port = server.port
 
     or ``server.serve_forever()`` to serve in the calling thread. Every limit
-    is an argument, with the defaults of :mod:`framewire.limits`.
+    is an argument, with the defaults of :mod:`framewire.core.limits`.
     """
 
     def __init__(

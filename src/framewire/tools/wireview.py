@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from framewire.errors import ProtocolError
-from framewire.message import Message
-from framewire.protocol import Decoder
+from framewire.core.decoder import Decoder
+from framewire.core.errors import ProtocolError
+from framewire.core.message import Message
 
 __all__ = [
     "Event",

@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from framewire import limits, poller
-from framewire.netio import accept
-from framewire.protocol import Decoder
-from framewire.wireview import Event, watch
+from framewire.core import limits
+from framewire.core.decoder import Decoder
+from framewire.io import poller
+from framewire.io.netio import accept
+from framewire.tools.wireview import Event, watch
 
 __all__ = ["Event", "Proxy"]
 
-log = logging.getLogger("framewire.proxy")
+log = logging.getLogger("framewire.tools.proxy")
 _HIGH_WATER = 1024 * 1024  # stop reading a side while this much waits for the other
 
 

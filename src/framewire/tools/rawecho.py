@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from framewire.netio import accept, connect, translated
+from framewire.io.netio import accept, connect, translated
 
 __all__ = ["MulticonnEchoServer", "echo_client", "echo_server_once"]
 
-log = logging.getLogger("framewire.rawecho")
+log = logging.getLogger("framewire.tools.rawecho")
 _CHUNK = 64 * 1024
 
 

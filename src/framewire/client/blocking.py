@@ -19,11 +19,11 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
-from framewire import limits
-from framewire.errors import ConnectionClosed, ErrorResponse, ProtocolError
-from framewire.message import Message
-from framewire.netio import connect, translated
-from framewire.protocol import Decoder, encode_many
+from framewire.core import limits
+from framewire.core.decoder import Decoder, encode_many
+from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
+from framewire.core.message import Message
+from framewire.io.netio import connect, translated
 
 __all__ = ["Client"]
 
