@@ -238,7 +238,7 @@ def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tu
         try:
             sent += sock.send(stream[sent : sent + 65536])
         except BlockingIOError:
-            if conn.paused:
+            if conn.engine.flow.paused:
                 return conn, stream, sent
             select.select([], [sock], [], 0.05)  # the server is still catching up
         assert sent < len(stream), "the server never stopped reading"
@@ -264,7 +264,7 @@ def test_a_peer_that_never_reads_costs_bounded_memory() -> None:
     with running(echo, high_water=high_water) as server, connect(server.port, timeout=20) as sock:
         conn, stream, sent = fill_until_paused(server, sock, request)
         # Bounded: the high-water mark plus the answers to one read's requests.
-        assert conn.out_size <= high_water + 300 * 1024
+        assert conn.engine.out.size <= high_water + 300 * 1024
         answers = finish_and_read(sock, request, stream, sent)
     assert all(m.content == b"z" * 16384 for m in answers)
 
@@ -274,7 +274,7 @@ def test_max_in_flight_pauses_reading() -> None:
     with running(echo, max_in_flight=4) as server, connect(server.port, timeout=20) as sock:
         conn, stream, sent = fill_until_paused(server, sock, request)
         # Paused by count, long before the high-water mark.
-        assert len(conn.marks) >= 4 and conn.out_size < 1024 * 1024
+        assert conn.engine.owed >= 4 and conn.engine.out.size < 1024 * 1024
         answers = finish_and_read(sock, request, stream, sent)
     assert all(m.content == b"q" * 2000 for m in answers)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,33 +22,24 @@ from framewire.cli.common import (
     port_option,
     setup_logging,
 )
-from framewire.core import limits
 from framewire.core.message import Message
 
 
 def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option("--max-header-size", type=click.IntRange(2, 65535), default=limits.MAX_HEADER_SIZE,
-                     show_default=True, help="Largest JSON header, bytes."),
-        click.option("--max-content-length", type=click.IntRange(0), default=limits.MAX_CONTENT_LENGTH,
-                     show_default=True, help="Largest content, bytes."),
-        click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
-                     default=limits.MESSAGE_TIMEOUT, show_default=True,
-                     help="Seconds from a message's first byte to its last."),
-        click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
-                     default=limits.IDLE_TIMEOUT, show_default=True,
-                     help="Seconds a connection may sit idle."),
-        click.option("--max-connections", type=click.IntRange(1), default=limits.MAX_CONNECTIONS,
-                     show_default=True, help="Connections at once; more get server-busy."),
-        click.option("--high-water", type=click.IntRange(1), default=limits.HIGH_WATER, show_default=True,
-                     help="Unsent response bytes per connection before it stops being read."),
-        click.option("--max-in-flight", type=click.IntRange(1), default=limits.MAX_IN_FLIGHT,
-                     show_default=True, help="Unsent responses per connection before it stops being read."),
-        click.option("--grace", type=click.FloatRange(min=0), default=limits.GRACE, show_default=True,
-                     help="Seconds to answer in-flight requests on SIGTERM/SIGINT."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        fn = option(fn)
+    """One option per server setting, generated from ServerConfig's declarations."""
+    from framewire.server.config import settings
+
+    for name, kind, default, setting in reversed(settings()):
+        high = None if setting.maximum == math.inf else setting.maximum
+        if kind is int:
+            low = int(setting.minimum) + (1 if setting.above_minimum else 0)
+            option_type: click.IntRange | click.FloatRange = click.IntRange(
+                low, None if high is None else int(high)
+            )
+        else:
+            option_type = click.FloatRange(setting.minimum, high, min_open=setting.above_minimum)
+        option = "--" + name.replace("_", "-")
+        fn = click.option(option, type=option_type, default=default, show_default=True, help=setting.help)(fn)
     return fn
 
 

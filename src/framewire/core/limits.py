@@ -58,3 +58,12 @@ RESPONSE_CACHE_BYTES = 1024 * 1024
 #: more than the system call itself (measured: 26 us against 4 us per
 #: 64-byte message).
 RECV_SIZE = 64 * 1024
+
+#: Requests waiting for (or running in) a handler on the thread pool or the
+#: event loop, across the server; beyond it a request is answered with
+#: ``server-busy`` at once and its connection stays open.
+MAX_QUEUED = 1024
+
+#: Sync handlers run inline, on the server's own thread, by default (the
+#: fastest); a positive number runs them on a pool of that many threads.
+THREADS = 0

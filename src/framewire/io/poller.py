@@ -12,11 +12,13 @@ Never ``select()``: it stops at 1024 descriptors.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import selectors
+import socket
 from typing import Final
 
-__all__ = ["ERROR", "READ", "WRITE", "Poller"]
+__all__ = ["ERROR", "READ", "WRITE", "Poller", "Waker"]
 
 #: Interest and readiness bits (epoll's values, translated elsewhere).
 READ: Final = 0x001
@@ -66,7 +68,16 @@ class _SelectorPoller:
         self._selector.register(fd, self._mask(events))
 
     def modify(self, fd: int, events: int) -> None:
-        self._selector.modify(fd, self._mask(events))
+        # selectors cannot hold a descriptor with no interest (epoll can):
+        # such a descriptor leaves the selector until it has interest again.
+        registered = fd in self._selector.get_map()
+        if not events:
+            if registered:
+                self._selector.unregister(fd)
+        elif registered:
+            self._selector.modify(fd, self._mask(events))
+        else:
+            self._selector.register(fd, self._mask(events))
 
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
@@ -92,3 +103,38 @@ class _SelectorPoller:
 Poller: type[_EpollPoller] | type[_SelectorPoller] = (
     _EpollPoller if hasattr(select, "epoll") else _SelectorPoller
 )
+
+
+class Waker:
+    """A way to wake a poller from another thread or a signal handler: a
+    socket pair whose read end the poller watches."""
+
+    __slots__ = ("_r", "_w")
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+
+    def fileno(self) -> int:
+        """The descriptor to register for reading."""
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        """Wake the poller (safe from any thread and from a signal handler)."""
+        # A full or closed socket means a wake-up is pending anyway.
+        with contextlib.suppress(OSError):
+            self._w.send(b"\0")
+
+    def drain(self) -> None:
+        """Empty the wake-up bytes (on the poller's thread)."""
+        try:
+            while self._r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close both ends."""
+        self._r.close()
+        self._w.close()

@@ -9,19 +9,22 @@ binary requests to one more; :func:`search_app` is the guide's demo and
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from framewire.core.errors import BadContent
 from framewire.core.message import Message
 
-#: What a server calls for each request.
-Handler: TypeAlias = Callable[[Message], Message]
-#: An action function: the request's ``value`` in, the ``result`` out.
+#: What a server calls for each request: a Message back, or an awaitable of
+#: one (``async def`` handlers run on the server's event loop).
+Handler: TypeAlias = Callable[[Message], "Message | Awaitable[Message]"]
+#: An action function: the request's ``value`` in, the ``result`` out (or an
+#: awaitable of it: ``async def`` actions).
 Action: TypeAlias = Callable[[Any], Any]
 #: A handler of binary requests: the request in, the response (or its bytes) out.
-BinaryHandler: TypeAlias = Callable[[Message], "Message | bytes"]
+BinaryHandler: TypeAlias = Callable[[Message], Any]
 
 
 class App:
@@ -34,7 +37,9 @@ class App:
 
     A JSON request ``{"action": "search", "value": "ring"}`` is answered with
     ``{"result": "found ring"}``; an action function may also return a
-    :class:`Message` to answer with it as it is. An unknown action is
+    :class:`Message` to answer with it as it is. Actions may be ``async def``
+    functions: the server awaits them on its event loop, and the
+    connection's other answers stay in order. An unknown action is
     answered the guide's way, ``{"result": "Error: invalid action 'A'."}``.
     """
 
@@ -58,7 +63,7 @@ class App:
         self._binary = fn
         return fn
 
-    def __call__(self, request: Message) -> Message:
+    def __call__(self, request: Message) -> Message | Awaitable[Message]:
         if request.is_json:
             body = request.json()
             if not isinstance(body, dict) or "action" not in body:
@@ -68,14 +73,30 @@ class App:
             if fn is None:
                 return Message.from_json({"result": f"Error: invalid action {action!r}."})
             result = fn(body.get("value"))
-            return result if isinstance(result, Message) else Message.from_json({"result": result})
+            if inspect.isawaitable(result):
+                return self._later(result, self._json_answer)
+            return self._json_answer(result)
         if request.is_text or self._binary is None:
             kinds = "text/json" + (" or binary" if self._binary is not None else "")
             raise BadContent(f"This application takes {kinds} requests, not {request.content_type}.")
         answer = self._binary(request)
+        if inspect.isawaitable(answer):
+            return self._later(answer, self._binary_answer)
+        return self._binary_answer(answer)
+
+    @staticmethod
+    def _json_answer(result: Any) -> Message:
+        return result if isinstance(result, Message) else Message.from_json({"result": result})
+
+    def _binary_answer(self, answer: Any) -> Message:
         if isinstance(answer, Message):
             return answer
         return Message.from_bytes(answer, content_type=self.binary_content_type)
+
+    @staticmethod
+    async def _later(awaitable: Awaitable[Any], finish: Callable[[Any], Message]) -> Message:
+        # An async action: the server runs this on its event loop.
+        return finish(await awaitable)
 
 
 #: The guide's demo table: each answer ends in an emoji.
@@ -109,8 +130,10 @@ def echo(request: Message) -> Message:
     A text request whose encoding is not a text codec gets ``bad-encoding``:
     echoed, it would not be a valid message.
     """
-    request.check_encoding()
-    if request.byteorder == sys.byteorder and not request.extensions:
+    header = request._header
+    if not header.checked:
+        request.check_encoding()
+    if header.byteorder == sys.byteorder and not header.extensions:
         # Messages are immutable, and this one is already exactly the answer.
         return request
     return Message(request.content, request.content_type, request.content_encoding)

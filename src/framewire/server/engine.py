@@ -1,0 +1,410 @@
+"""The connection engine: one server connection's whole policy, with no I/O.
+
+The h11 idea one level up. A :class:`ServerConnection` is driven by calls,
+each given the time (``now``) by its driver, and answers with state the
+driver acts on; it never touches a socket, a clock or a thread:
+
+- :meth:`~ServerConnection.receive` bytes from the peer (``b""`` at end of
+  stream): requests are decoded and answered through the ``call`` the
+  driver passes, in order; protocol errors are answered and close;
+- :meth:`~ServerConnection.fulfil` an answer that came later (a thread-pool
+  or async handler): answers still go out in request order;
+- :meth:`~ServerConnection.sent` reports bytes the socket took;
+- :meth:`~ServerConnection.timer` when :attr:`~ServerConnection.deadline`
+  has come: the message deadline and the idle timeout;
+- :meth:`~ServerConnection.drain` when the server is stopping.
+
+The driver sends what :attr:`~ServerConnection.out` holds, reads while
+:meth:`~ServerConnection.reading` says so, and closes when
+:attr:`~ServerConnection.finished` is true. Every rule (ordering,
+backpressure with hysteresis, the in-flight limit, deadlines, draining,
+which error code for what) lives here and is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from framewire.core.cache import BoundedCache
+from framewire.core.decoder import Decoder, HeaderCache
+from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError
+from framewire.core.message import Message, _Header
+from framewire.core.probe import PING_KEY, probe_reply
+from framewire.io.sendqueue import SendQueue
+from framewire.server.config import ServerConfig
+
+__all__ = ["LATER", "Adopt", "Call", "FlowControl", "ResponseCache", "ServerConnection", "Slot"]
+
+log = logging.getLogger("framewire.server")
+
+#: Encoded response headers (without extensions) by their fields; a server
+#: shares one among its connections.
+ResponseCache = BoundedCache[tuple[str, str, str, int], bytes]
+
+
+#: :meth:`ServerConnection.interest` bits: read from the peer, write to it,
+#: or close the connection.
+READ: Final = 1
+WRITE: Final = 4
+CLOSE: Final = -1
+
+
+class Slot:
+    """An answer owed to the peer, in request order; filled when it is ready."""
+
+    __slots__ = ("content", "head", "ready")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.content = b""
+        self.ready = False
+
+
+class _Later:
+    """The type of :data:`LATER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: What a ``Call`` returns when it has reserved a slot
+#: (:meth:`ServerConnection.reserve`) to fill later.
+LATER: Final = _Later()
+
+#: How a connection's requests are answered (:attr:`ServerConnection.call`):
+#: the response now (whatever the handler returned: a non-Message is
+#: answered with handler-error), or :data:`LATER`. It may raise, as a
+#: handler does.
+Call = Callable[[Message], object]
+#: What a connection does with a result that is not a Message
+#: (:attr:`ServerConnection.adopt`): an awaitable is run elsewhere and
+#: becomes :data:`LATER`; anything else is returned as it is.
+Adopt = Callable[["ServerConnection", Message, object], object]
+
+
+class FlowControl:
+    """Backpressure with hysteresis: stop reading a connection when its
+    queued answers pass the high-water mark in bytes (or too many answers
+    are owed), and read again only once they are below the low-water mark,
+    so a connection does not flap between the two at every send."""
+
+    __slots__ = ("high", "low", "max_owed", "paused")
+
+    def __init__(self, high: int, low: int, max_owed: int) -> None:
+        self.high = high
+        self.low = low
+        self.max_owed = max_owed
+        self.paused = False
+
+    def update(self, queued: int, owed: int) -> bool:
+        """Whether reading is paused, given the bytes queued and answers owed."""
+        limit = self.low if self.paused else self.high
+        self.paused = queued > limit or owed >= self.max_owed
+        return self.paused
+
+
+def _no_handler(request: Message) -> object:
+    raise RuntimeError("this connection has no handler (ServerConnection.call)")
+
+
+class ServerConnection:
+    """The sans-I/O state of one server connection (see the module's text)."""
+
+    __slots__ = (
+        "_config",
+        "_responses",
+        "_waiting",
+        "adopt",
+        "call",
+        "closing",
+        "decoder",
+        "draining",
+        "driver",
+        "flow",
+        "last_active",
+        "lost",
+        "message_started",
+        "out",
+        "peer",
+        "requests",
+    )
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        now: float,
+        peer: str = "-",
+        *,
+        call: Call | None = None,
+        adopt: Adopt | None = None,
+        headers: HeaderCache | None = None,
+        responses: ResponseCache | None = None,
+    ) -> None:
+        self._config = config
+        #: Answers a request (the handler itself when it runs inline).
+        self.call: Call = call if call is not None else _no_handler
+        #: Takes a result that is not a Message (e.g. runs an awaitable).
+        self.adopt = adopt
+        self.peer = peer
+        self.decoder = Decoder(
+            max_header_size=config.max_header_size,
+            max_content_length=config.max_content_length,
+            cache=headers,
+        )
+        self._responses: ResponseCache = responses if responses is not None else BoundedCache(64 * 1024)
+        #: Answers ready to send.
+        self.out = SendQueue()
+        # Answers owed but not yet in ``out``: the first is not ready, and
+        # answers after it wait for it, whatever finished first.
+        self._waiting: collections.deque[Slot] = collections.deque()
+        self.flow = FlowControl(config.high_water, config.low_water, config.max_in_flight)
+        #: Answer what is owed, then close (an error, or the peer half-closed).
+        self.closing = False
+        #: The server is stopping: close once nothing is owed or half-received.
+        self.draining = False
+        #: The connection is gone (the driver saw it reset): drop late answers.
+        self.lost = False
+        self.last_active = now
+        #: When the message being received began (None between messages).
+        self.message_started: float | None = None
+        #: Requests received so far.
+        self.requests = 0
+        #: The driver's own object for this connection (its socket record).
+        self.driver: object = None
+
+    # -- what the driver reads ------------------------------------------------
+
+    @property
+    def owed(self) -> int:
+        """Answers owed to the peer: queued unsent, and not yet ready."""
+        return self.out.responses + len(self._waiting)
+
+    @property
+    def waiting(self) -> int:
+        """Answers owed that a handler has not produced yet."""
+        return sum(not slot.ready for slot in self._waiting)
+
+    def reading(self) -> bool:
+        """Whether the driver should read from the peer now."""
+        if self.closing or self.lost:
+            return False
+        return not self.flow.update(self.out.size, self.out.responses + len(self._waiting))
+
+    def interest(self) -> int:
+        """What the driver should do next, in one call: :data:`CLOSE`, or the
+        poller interest (:data:`READ` and/or :data:`WRITE`)."""
+        out = self.out
+        if not out.size and not self._waiting:
+            # The common case: everything answered and sent.
+            if self.lost or self.closing or (self.draining and not self.decoder.in_message):
+                return CLOSE
+            self.flow.paused = False
+            return READ
+        if self.lost:
+            return CLOSE
+        wanted = WRITE if out.size else 0
+        if not self.closing and not self.flow.update(out.size, len(out.marks) + len(self._waiting)):
+            wanted |= READ
+        return wanted
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be sent: the driver closes the connection."""
+        if self.lost:
+            return True
+        if self.out or self._waiting:
+            return False
+        return self.closing or (self.draining and not self.decoder.in_message)
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`timer` has work to do at the earliest (None: never)."""
+        if self.message_started is not None and self.decoder.in_message:
+            return self.message_started + self._config.message_timeout
+        if self._waiting and not self.out:
+            return None  # a handler is working for this peer: not idle
+        return self.last_active + self._config.idle_timeout
+
+    # -- events ----------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
+        self.last_active = now
+        decoder = self.decoder
+        requests, error = decoder.feed_checked(data)
+        if requests:
+            self._answer(requests)
+        if error is not None:
+            log.info("protocol error from %s: %s", self.peer, error)
+            self._owe(*Message.for_error(error).wire_parts())
+            self.closing = True
+            self.message_started = None
+        elif not data:
+            self.closing = True  # every answer still goes out, then close
+        elif decoder.in_message:
+            # A new message began in this read (or the first one did): its
+            # deadline runs from now. Whole messages before it restart it.
+            if requests or self.message_started is None:
+                self.message_started = now
+        else:
+            self.message_started = None
+
+    def reserve(self) -> Slot:
+        """A place for an answer that comes later, after those owed before it."""
+        slot = Slot()
+        self._waiting.append(slot)
+        return slot
+
+    def fulfil(self, slot: Slot, result: Message | BaseException, now: float) -> None:
+        """The answer for ``slot`` came (or the handler raised ``result``)."""
+        if self.lost:
+            return  # the peer is gone: the answer is dropped without noise
+        if isinstance(result, BaseException):
+            slot.head, slot.content = self._failed(result)
+        else:
+            slot.head, slot.content = self._wire(result)
+        slot.ready = True
+        self.last_active = now
+        waiting = self._waiting
+        out = self.out
+        while waiting and waiting[0].ready:
+            first = waiting.popleft()
+            out.append(first.head, first.content)
+
+    def sent(self, count: int, now: float) -> None:
+        """The socket took ``count`` bytes of :attr:`out`."""
+        if count:
+            self.out.consume(count)
+            self.last_active = now
+
+    def timer(self, now: float) -> None:
+        """Act on the deadlines that have come: a message not complete in
+        time gets ``timeout`` and the connection closes; an idle one closes."""
+        if self.message_started is not None and self.decoder.in_message:
+            if self.message_started + self._config.message_timeout <= now:
+                error = MessageTimeout(
+                    f"The message was not complete {self._config.message_timeout:g} s after its first byte."
+                )
+                log.info("connection from %s: %s", self.peer, error)
+                self.decoder.fail(error)
+                self.message_started = None
+                self._owe(*Message.for_error(error).wire_parts())
+                self.closing = True
+                self.last_active = now  # the idle timeout ends it if the peer never reads this
+            return
+        deadline = self.deadline
+        if deadline is not None and deadline <= now:
+            log.info("connection from %s idle for %g s: closing", self.peer, self._config.idle_timeout)
+            self.out.clear()
+            self.lost = True
+
+    def drain(self) -> None:
+        """The server is stopping: finish what is owed, then close."""
+        self.draining = True
+
+    def connection_lost(self) -> None:
+        """The driver lost the socket: nothing more is sent, late answers are dropped."""
+        self.lost = True
+        self.out.clear()
+        self._waiting.clear()
+
+    # -- answering -------------------------------------------------------------
+
+    def _answer(self, requests: list[Message]) -> None:
+        # The hot path of the server: one pass per request, the send queue's
+        # fields kept in locals and written back once.
+        out = self.out
+        parts = out.parts
+        marks = out.marks
+        queued = start = out.queued
+        waiting = self._waiting
+        call = self.call
+        adopt = self.adopt
+        for request in requests:
+            extensions = request._header.extensions
+            try:
+                if extensions and PING_KEY in extensions:
+                    # Probes are answered by the server itself, whatever the application.
+                    response: object = probe_reply(request)
+                else:
+                    response = call(request)
+                    if response.__class__ is not Message and adopt is not None and response is not LATER:
+                        response = adopt(self, request, response)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt, SystemExit, a forced stop: not the peer's
+                head, content = self._failed(exc)
+            else:
+                if response is LATER:
+                    continue  # a slot is reserved; the answer comes later
+                if response.__class__ is Message and response._header.checked:
+                    head = response._header.wire  # type: ignore[assignment]  # set once checked
+                    content = response._content
+                else:
+                    head, content = self._wire(response)
+            if waiting:
+                slot = Slot()
+                slot.head, slot.content, slot.ready = head, content, True
+                waiting.append(slot)
+            else:
+                parts.append(head)
+                parts.append(content)
+                queued += len(head) + len(content)
+                marks.append(queued)
+        out.size += queued - start
+        out.queued = queued
+        self.requests += len(requests)
+
+    def _owe(self, head: bytes, content: bytes) -> None:
+        # An answer of the server's own (an error), after everything owed.
+        if self._waiting:
+            slot = Slot()
+            slot.head, slot.content, slot.ready = head, content, True
+            self._waiting.append(slot)
+        else:
+            self.out.append(head, content)
+
+    def _failed(self, exc: BaseException) -> tuple[bytes, bytes]:
+        if isinstance(exc, ProtocolError):
+            # bad-content and the like, raised while reading the request
+            # (Message.json()); a framing code cannot come from a handler.
+            if exc.framing:
+                exc = HandlerError(f"The handler raised {exc.code} on a well-framed request.")
+            return Message.for_error(exc).wire_parts()
+        return self._handler_failed(f"raised {type(exc).__name__}", exc)
+
+    def _handler_failed(self, what: str, exc: BaseException | None = None) -> tuple[bytes, bytes]:
+        log.error("handler %s on a request from %s", what, self.peer, exc_info=exc)
+        return Message.for_error(HandlerError(f"The application's handler {what}.")).wire_parts()
+
+    def _wire(self, response: object) -> tuple[bytes, bytes]:
+        """The bytes of a valid message for ``response``, an error response at worst."""
+        if response.__class__ is not Message and not isinstance(response, Message):
+            return self._handler_failed(f"returned {type(response).__name__}, not a Message")
+        header = response._header
+        if header.checked:
+            return header.wire, response._content  # type: ignore[return-value]  # set once checked
+        try:
+            return self._sendable(header), response._content
+        except Exception as exc:
+            return self._handler_failed(f"returned a message that cannot be sent ({exc})")
+
+    def _sendable(self, header: _Header) -> bytes:
+        # Headers without extensions are cached by their fields: a handler
+        # building the same shape of response each time encodes it once.
+        if header.extensions:
+            return header.sendable()
+        key = (header.content_type, header.content_encoding, header.byteorder, header.content_length)
+        wire = self._responses.get(key)
+        if wire is None:
+            wire = header.sendable()
+            self._responses.put(key, wire, 2 * len(wire) + 256)
+        else:
+            header.wire = wire
+            header.checked = True
+        return wire

@@ -1,0 +1,196 @@
+"""Running the application's handler: inline, on threads, or on an event loop.
+
+A handler is any callable ``Message -> Message``; it may also return an
+awaitable (``async def`` handlers, :class:`~framewire.server.app.App`
+actions written with ``async def``), which runs on an asyncio event loop of
+the server's own. With ``threads=0`` (the default, and the fastest) sync
+handlers run inline on the server's thread; with ``threads=N`` they run on
+a pool of N threads, so a handler that waits (a database, a device) holds
+only its own connection's answers, never the other connections.
+
+Answers that come later are posted back to the driver's thread (a queue
+and a wake-up): the connection engine puts them in request order. Work
+waiting for a handler is bounded server-wide (``max_queued``); beyond it a
+request is answered with ``server-busy`` at once.
+
+The pool's threads and the loop's thread are daemon threads: a handler stuck
+for ever cannot keep the process alive once the server has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from framewire.core.errors import ServerBusy
+from framewire.core.message import Message
+from framewire.server.engine import LATER, ServerConnection, Slot
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("framewire.server")
+
+Completion = tuple[ServerConnection, Slot, "Message | BaseException"]
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class Dispatcher:
+    """Calls the handler for a driver's connections (:meth:`bind` each)."""
+
+    def __init__(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        threads: int,
+        max_queued: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self.handler = handler
+        self.threads = threads
+        self.max_queued = max_queued
+        self._wake = wake
+        self._done: collections.deque[Completion] = collections.deque()
+        #: Requests handed to the pool or the loop and not yet answered.
+        self.outstanding = 0
+        # Work under way, for the log of a forced stop: slot -> (peer, since).
+        self._running: dict[Slot, tuple[str, float]] = {}
+        self._jobs: queue.SimpleQueue[tuple[ServerConnection, Slot, Message] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()  # workers may need the loop at once
+        self._busy = Message.for_error(
+            ServerBusy(f"The server has {max_queued} requests waiting for a handler; try again later.")
+        )
+
+    # -- the driver's side ------------------------------------------------------
+
+    def bind(self, conn: ServerConnection) -> None:
+        """Give ``conn`` its way of answering: the handler itself when it runs
+        inline (no call layer on the hot path), else the thread pool."""
+        if self.threads:
+            conn.call = functools.partial(self._submit, conn)
+            conn.adopt = None
+        else:
+            conn.call = self.handler
+            conn.adopt = self._adopt
+
+    def _submit(self, conn: ServerConnection, request: Message) -> object:
+        # Threads: the request waits for a worker; its slot keeps its place.
+        if self.outstanding >= self.max_queued:
+            return self._busy
+        slot = conn.reserve()
+        self._started(conn, slot)
+        if len(self._workers) < self.threads:
+            self._add_worker()
+        self._jobs.put((conn, slot, request))
+        return LATER
+
+    def _adopt(self, conn: ServerConnection, request: Message, result: object) -> object:
+        # An inline handler returned something else than a Message: an
+        # awaitable runs on the event loop; anything else is for the engine
+        # to refuse.
+        if not inspect.isawaitable(result):
+            return result
+        return self._schedule(conn, result)
+
+    def completed(self) -> list[Completion]:
+        """The answers that came since the last call (on the driver's thread)."""
+        done: list[Completion] = []
+        while self._done:
+            conn, slot, result = self._done.popleft()
+            self.outstanding -= 1
+            self._running.pop(slot, None)
+            done.append((conn, slot, result))
+        return done
+
+    def still_running(self, now: float) -> list[str]:
+        """Who the handlers still at work serve, and for how long."""
+        return [f"{peer} ({now - since:.1f} s)" for peer, since in self._running.values()]
+
+    def close(self) -> None:
+        """Stop the workers and the loop (work still running is abandoned)."""
+        for _ in self._workers:
+            self._jobs.put(None)
+        with self._loop_lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # -- work that answers later ---------------------------------------------------
+
+    def _started(self, conn: ServerConnection, slot: Slot) -> None:
+        self.outstanding += 1
+        self._running[slot] = (conn.peer, time.monotonic())
+
+    def _schedule(self, conn: ServerConnection, awaitable: Awaitable[Any]) -> object:
+        # An awaitable from an inline handler, on the driver's thread.
+        if self.outstanding >= self.max_queued:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never awaited, on purpose: no warning
+            return self._busy
+        slot = conn.reserve()
+        self._started(conn, slot)
+        self._on_loop(conn, slot, awaitable)
+        return LATER
+
+    def _on_loop(self, conn: ServerConnection, slot: Slot, awaitable: Awaitable[Any]) -> None:
+        loop = self._event_loop()
+        coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+
+        def done(_: Any) -> None:
+            try:
+                result: Message | BaseException = future.result()
+            except BaseException as exc:
+                result = exc
+            self._post(conn, slot, result)
+
+        future.add_done_callback(done)
+
+    def _post(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        # From a worker or the loop's thread: deque.append is atomic.
+        self._done.append((conn, slot, result))
+        self._wake()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="framewire-handlers-loop", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def _add_worker(self) -> None:
+        number = len(self._workers) + 1
+        worker = threading.Thread(target=self._work, name=f"framewire-handler-{number}", daemon=True)
+        self._workers.append(worker)
+        worker.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            conn, slot, request = job
+            try:
+                result = self.handler(request)
+            except BaseException as exc:
+                self._post(conn, slot, exc)
+                continue
+            if result.__class__ is not Message and inspect.isawaitable(result):
+                self._on_loop(conn, slot, result)
+            else:
+                self._post(conn, slot, result)

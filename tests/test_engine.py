@@ -1,0 +1,279 @@
+"""The connection engine, sans I/O: every policy with a fake clock, no
+sockets and no sleeps. Time is whatever ``now`` the test says it is."""
+
+from __future__ import annotations
+
+import functools
+import struct
+from typing import Any
+
+import pytest
+
+from framewire import Decoder, Message, encode, encode_many
+from framewire.core.errors import BadContent, BadHeader
+from framewire.core.probe import PING_KEY
+from framewire.server.config import ServerConfig
+from framewire.server.engine import LATER, FlowControl, ServerConnection, Slot
+
+
+def engine(**settings: Any) -> ServerConnection:
+    return ServerConnection(ServerConfig(**settings), now=0.0, peer="test")
+
+
+def echo_call(conn: ServerConnection, request: Message) -> object:
+    return Message.from_bytes(request.content)
+
+
+class Later:
+    """A call that answers nothing now: every request gets a slot to fill."""
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[Slot, Message]] = []
+
+    def __call__(self, conn: ServerConnection, request: Message) -> object:
+        self.slots.append((conn.reserve(), request))
+        return LATER
+
+
+def feed(conn: ServerConnection, data: bytes, now: float, call: Any) -> None:
+    """``data`` from the peer at ``now``, answered by ``call(conn, request)``."""
+    conn.call = functools.partial(call, conn)
+    conn.receive(data, now)
+
+
+def sent_messages(conn: ServerConnection, now: float = 0.0) -> list[Message]:
+    """Everything the engine queued, as the peer would decode it."""
+    data = b"".join(bytes(p) for p in conn.out.parts)
+    conn.sent(conn.out.size, now)
+    return Decoder().feed(data)
+
+
+def codes(messages: list[Message]) -> list[str | None]:
+    return [m.json()["error"]["code"] if m.is_error else None for m in messages]
+
+
+def req(content: bytes) -> bytes:
+    return encode(Message.from_bytes(content))
+
+
+# -- ordering ------------------------------------------------------------------------
+
+
+def test_answers_go_out_in_request_order_whatever_finishes_first() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, encode_many([Message.from_bytes(b"%d" % i) for i in range(4)]), 0.0, later)
+    assert not conn.out and conn.owed == 4
+    (s0, _), (s1, _), (s2, _), (s3, _) = later.slots
+    conn.fulfil(s2, Message.from_bytes(b"two"), 1.0)
+    conn.fulfil(s1, Message.from_bytes(b"one"), 1.0)
+    assert not conn.out  # the first is not ready: nothing may go before it
+    conn.fulfil(s0, Message.from_bytes(b"zero"), 2.0)
+    assert [m.content for m in sent_messages(conn)] == [b"zero", b"one", b"two"]
+    conn.fulfil(s3, RuntimeError("boom"), 3.0)
+    assert codes(sent_messages(conn)) == ["handler-error"]
+
+
+def test_an_inline_answer_after_a_pending_one_waits_for_it() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"slow"), 0.0, later)
+    feed(conn, req(b"fast"), 0.0, echo_call)
+    assert not conn.out
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"slow!"), 0.5)
+    assert [m.content for m in sent_messages(conn)] == [b"slow!", b"fast"]
+
+
+def test_a_probe_is_answered_by_the_engine_in_its_place() -> None:
+    conn = engine()
+    later = Later()
+    probe = Message.from_bytes(b"p", extensions={PING_KEY: 1})
+    feed(conn, encode_many([Message.from_bytes(b"app"), probe]), 0.0, later)
+    assert len(later.slots) == 1  # the application never saw the probe
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"app!"), 0.1)
+    first, second = sent_messages(conn)
+    assert first.content == b"app!" and second.get(PING_KEY) == 1
+
+
+def test_a_framing_error_is_answered_after_the_answers_owed() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"a") + struct.pack(">H", 1) + b"{", 0.0, later)
+    assert conn.closing and not conn.out
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 0.1)
+    assert codes(sent_messages(conn)) == [None, "bad-header-length"]
+    assert conn.finished
+
+
+# -- what a handler may do ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [
+        (RuntimeError("boom"), "handler-error"),
+        (BadContent("not json"), "bad-content"),
+        (BadHeader("a framing code from a handler"), "handler-error"),
+        ("not a message", "handler-error"),
+        (None, "handler-error"),
+        (Message(b"x", "text/plain", "zlib"), "handler-error"),
+        (Message.from_bytes(b"", extensions={"big": "x" * 70000}), "handler-error"),
+    ],
+)
+def test_whatever_the_handler_does_the_answer_is_a_valid_message(outcome: object, code: str) -> None:
+    def call(conn: ServerConnection, request: Message) -> object:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    conn = engine()
+    feed(conn, req(b"x"), 0.0, call)
+    assert codes(sent_messages(conn)) == [code]
+    assert not conn.closing  # content errors keep the connection
+    # The same outcome arriving later (a thread, a coroutine) is answered the same way.
+    later = Later()
+    feed(conn, req(b"y"), 1.0, later)
+    conn.fulfil(later.slots[0][0], outcome, 1.0)  # type: ignore[arg-type]  # whatever a handler returns
+    assert codes(sent_messages(conn)) == [code]
+
+
+# -- backpressure -----------------------------------------------------------------------------
+
+
+def test_flow_control_has_hysteresis() -> None:
+    flow = FlowControl(high=1000, low=500, max_owed=100)
+    assert not flow.update(1000, 1)  # at the mark: still reading
+    assert flow.update(1001, 1)  # above it: paused
+    assert flow.update(800, 1)  # between the marks: stays paused
+    assert flow.update(501, 1)
+    assert not flow.update(500, 1)  # at the low-water mark: reading again
+    assert not flow.update(800, 1)  # and between the marks it stays reading
+    assert flow.update(0, 100)  # too many answers owed pauses whatever the bytes
+
+
+def test_a_peer_that_does_not_read_its_answers_is_not_read() -> None:
+    conn = engine(high_water=10_000)
+    big = req(b"z" * 3000)
+    for _ in range(3):
+        feed(conn, big, 0.0, echo_call)
+        assert conn.reading()
+    feed(conn, big, 0.0, echo_call)  # 4 answers of ~3 KB: above 10 KB
+    assert not conn.reading()
+    conn.sent(conn.out.size - 6000, 1.0)  # below high water, above low water (5000)
+    assert not conn.reading()
+    conn.sent(conn.out.size - 5000, 1.0)
+    assert conn.reading()
+
+
+def test_answers_owed_to_handlers_count_toward_the_in_flight_limit() -> None:
+    conn = engine(max_in_flight=3)
+    later = Later()
+    feed(conn, encode_many([Message.from_bytes(b"x")] * 2), 0.0, later)
+    assert conn.reading()
+    feed(conn, req(b"x"), 0.0, later)
+    assert not conn.reading()
+    for slot, _ in later.slots:
+        conn.fulfil(slot, Message.from_bytes(b"done"), 1.0)
+    sent_messages(conn)
+    assert conn.reading()
+
+
+# -- time ------------------------------------------------------------------------------------------
+
+
+def test_the_message_deadline_is_absolute_from_the_first_byte() -> None:
+    conn = engine(message_timeout=30)
+    whole = req(b"abcdef")
+    for i in range(len(whole) - 1):
+        feed(conn, whole[i : i + 1], float(i), echo_call)  # one byte a second
+    assert conn.deadline == 30.0
+    conn.timer(29.9)
+    assert not conn.closing
+    conn.timer(30.0)
+    assert conn.closing and codes(sent_messages(conn)) == ["timeout"]
+
+
+@pytest.mark.parametrize(
+    "tail", [b"\x00", struct.pack(">H", 80), req(b"abc")[:-1]], ids=["1-byte", "length", "header"]
+)
+def test_the_deadline_starts_after_whole_requests_whatever_the_read_ended_on(tail: bytes) -> None:
+    conn = engine(message_timeout=5)
+    feed(conn, req(b"one") + tail, 100.0, echo_call)
+    assert conn.deadline == 105.0
+    sent_messages(conn)
+    conn.timer(105.0)
+    assert codes(sent_messages(conn)) == ["timeout"]
+
+
+def test_complete_requests_restart_the_deadline_of_a_healthy_pipelined_stream() -> None:
+    conn = engine(message_timeout=5)
+    stream = encode_many([Message.from_bytes(b"m" * 100)] * 50)
+    step = 170  # reads that end mid-message every time, one every 4 s
+    for i, start in enumerate(range(0, len(stream), step)):
+        feed(conn, stream[start : start + step], 4.0 * i, echo_call)
+        conn.timer(4.0 * i)
+        assert not conn.closing, i
+    assert len(sent_messages(conn)) == 50
+
+
+def test_idle_closes_without_an_answer_but_not_while_a_handler_works() -> None:
+    conn = engine(idle_timeout=10)
+    feed(conn, req(b"a"), 0.0, echo_call)
+    sent_messages(conn, 0.0)
+    assert conn.deadline == 10.0
+    later = Later()
+    feed(conn, req(b"slow"), 5.0, later)
+    assert conn.deadline is None  # the peer is waiting for us: not idle
+    conn.timer(100.0)
+    assert not conn.finished
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"done"), 100.0)
+    sent_messages(conn, 100.0)
+    assert conn.deadline == 110.0
+    conn.timer(110.0)
+    assert conn.finished and not conn.out
+
+
+# -- ends ---------------------------------------------------------------------------------------------
+
+
+def test_half_close_answers_everything_then_finishes() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"a"), 0.0, later)
+    feed(conn, b"", 0.0, later)
+    assert conn.closing and not conn.finished
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 1.0)
+    assert not conn.finished  # still to send
+    sent_messages(conn)
+    assert conn.finished
+
+
+def test_end_of_stream_mid_message_is_incomplete_message() -> None:
+    conn = engine()
+    feed(conn, req(b"abc")[:-1], 0.0, echo_call)
+    feed(conn, b"", 0.0, echo_call)
+    assert codes(sent_messages(conn)) == ["incomplete-message"]
+    assert conn.finished
+
+
+def test_draining_waits_for_what_is_owed_and_half_received() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"a") + req(b"b")[:5], 0.0, later)
+    conn.drain()
+    assert not conn.finished  # an answer owed and a message half-received
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 1.0)
+    sent_messages(conn)
+    assert not conn.finished
+    feed(conn, req(b"b")[5:], 1.0, echo_call)
+    sent_messages(conn)
+    assert conn.finished
+
+
+def test_a_late_answer_for_a_lost_connection_is_dropped() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"a"), 0.0, later)
+    conn.connection_lost()
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"late"), 1.0)
+    assert not conn.out and conn.finished
