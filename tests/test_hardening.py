@@ -341,14 +341,30 @@ def test_sigterm_under_load_answers_in_flight_requests(spawn: Any) -> None:
     assert code == 0, err
 
 
-def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any) -> None:
+@pytest.mark.parametrize("command", ["serve", "proxy", "multiconn-server"])
+def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any, command: str) -> None:
+    # Every loop that accepts shares one acceptor, and so its back-off.
     limit = 48
 
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    server = spawn("serve", "--port", "0", "--app", "echo", preexec=low_limit)
-    port = server.port()
+    with running() as upstream:
+        args = {
+            "serve": ["serve", "--port", "0", "--app", "echo"],
+            "proxy": ["proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream.port}", "-q"],
+            "multiconn-server": ["multiconn-server", "--port", "0"],
+        }[command]
+        server = spawn(*args, preexec=low_limit)
+        port = server.port()
+        episodes = exhaust_and_recover(server, port, limit)
+    # Logged once per episode, not once per retry. The proxy needs two
+    # descriptors a client: while the dead clients queued during the
+    # exhaustion are paired and closed, its upstream side may run out again.
+    assert episodes == 1 if command != "proxy" else 1 <= episodes <= 3
+
+
+def exhaust_and_recover(server: Any, port: int, limit: int) -> int:
     socks = [connect(port) for _ in range(limit + 20)]  # the kernel queues what the server cannot accept
     server.wait_for("out of descriptors")
     process = psutil.Process(server.proc.pid)
@@ -363,7 +379,7 @@ def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any) -> None:
         assert read_messages(sock, 1)[0].content == b"back"
     code, _, err = server.stop()
     assert code == 0
-    assert err.count("out of descriptors") == 1
+    return int(err.count("out of descriptors"))
 
 
 STUCK_APP = """

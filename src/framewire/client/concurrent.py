@@ -20,6 +20,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message
+from framewire.io.netio import dial, resolve
 
 __all__ = ["ConnectionReport", "echo_concurrently", "request_concurrently"]
 
@@ -70,17 +71,14 @@ def _run(
     on_event: Callable[[str], None] | None,
 ) -> list[ConnectionReport]:
     say = on_event or (lambda _line: None)
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    address = family[4]
+    family, address = resolve(host, port)
     deadline = time.monotonic() + timeout
     conns: list[_Conn] = []
     with selectors.DefaultSelector() as selector:
         for number in range(1, connections + 1):
-            conn = _Conn(socket.socket(family[0], socket.SOCK_STREAM), number, payload, expected, framed)
-            conn.sock.setblocking(False)
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             say(f"Starting connection {number} to {host}:{port}")
-            code = conn.sock.connect_ex(address)
+            sock, code = dial(family, address)
+            conn = _Conn(sock, number, payload, expected, framed)
             if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
                 _fail(conn, selector, f"connect failed: {errno.errorcode.get(code, code)}", register=False)
             else:

@@ -27,7 +27,15 @@ _PER_TURN: Final = 128  # accepts per loop turn: the open connections get their 
 class Acceptor:
     """The listening socket of a loop, with back-off on exhaustion."""
 
-    __slots__ = ("_backoff", "_exhausted", "_listening", "_log", "_poll", "listener", "paused_until")
+    __slots__ = (
+        "_backoff",
+        "_exhausted",
+        "_listening",
+        "_log",
+        "_poll",
+        "listener",
+        "paused_until",
+    )
 
     def __init__(self, listener: socket.socket, poll: Any, log: logging.Logger) -> None:
         listener.setblocking(False)
@@ -57,36 +65,46 @@ class Acceptor:
             self._listening = False
         self.paused_until = None
 
-    def accept(self, now: float) -> list[tuple[int, Any]]:
-        """The pending connections, as (descriptor, address), up to a batch."""
+    def accept(self, now: float, limit: int = _PER_TURN) -> list[tuple[int, Any]]:
+        """The pending connections, as (descriptor, address), up to ``limit``."""
         # socket._accept gives the descriptor without socket.accept()'s
         # family/type enum conversions, a noticeable cost per connection.
         accept = self.listener._accept  # type: ignore[attr-defined]
         accepted: list[tuple[int, Any]] = []
-        exhausted = False
-        for _ in range(_PER_TURN):
+        for _ in range(limit):
             try:
                 accepted.append(accept())
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if exc.errno in _EXHAUSTED:
-                    exhausted = True
                     self._pause(exc, now)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     self._log.warning("accept failed: %s", exc)
                 break
-        if accepted and self._exhausted and not exhausted:
+        return accepted
+
+    def established(self) -> None:
+        """A connection is set up in full (for the proxy: its upstream side
+        too): an exhaustion episode is over, unless accepting is paused again."""
+        if self._exhausted and self.paused_until is None:
             self._exhausted = False
             self._backoff = _BACKOFF[0]
             self._log.warning("descriptors available again: accepting")
-        return accepted
 
     def tick(self, now: float) -> None:
         """Resume accepting when a back-off pause is over."""
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
             self.listen()
+
+    def exhausted(self, exc: OSError, now: float) -> bool:
+        """Back off if ``exc`` (from making a socket for an accepted
+        connection, e.g. the proxy's upstream side) is exhaustion; True if so."""
+        if exc.errno not in _EXHAUSTED:
+            return False
+        self._pause(exc, now)
+        return True
 
     def _pause(self, exc: OSError, now: float) -> None:
         if self._listening:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["accept", "connect", "describe", "translated"]
+__all__ = ["connect", "describe", "dial", "resolve", "translated"]
 
 
 @contextlib.contextmanager
@@ -52,15 +52,28 @@ def describe(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-def accept(listener: socket.socket, log: logging.Logger) -> tuple[socket.socket, Any] | None:
-    """One pending connection from a non-blocking listener, made non-blocking,
-    or None when there is none or accept failed (logged)."""
+def resolve(host: str, port: int) -> tuple[int, Any]:
+    """The address family and socket address for ``host:port`` (the first the
+    resolver gives), or ``OSError`` naming the host."""
     try:
-        sock, addr = listener.accept()
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError as exc:
-        log.warning("accept failed: %s", exc)
-        return None
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+    return family, address
+
+
+def dial(family: int, address: Any, *, linger_reset: bool = False) -> tuple[socket.socket, int]:
+    """A non-blocking TCP socket (TCP_NODELAY) whose connect has started, and
+    the errno of that start: 0 or EINPROGRESS mean under way (wait for it to
+    be writable, then read SO_ERROR); anything else failed at once and the
+    socket is closed. ``linger_reset`` closes with a reset, so that a client
+    making many short connections leaves no ports in TIME_WAIT."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
-    return sock, addr
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if linger_reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    code = sock.connect_ex(address)
+    if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        sock.close()
+    return sock, code

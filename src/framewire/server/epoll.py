@@ -411,7 +411,10 @@ class Server:
         family = listener.family
         register = self._poller.register
         config = self.config
-        for fd, addr in acceptor.accept(now):
+        accepted = acceptor.accept(now)
+        if accepted:
+            acceptor.established()
+        for fd, addr in accepted:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             if len(self._conns) >= config.max_connections:
                 self._refuse_busy(sock)

@@ -14,7 +14,6 @@ import errno
 import math
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder
 from framewire.core.errors import ProtocolError
 from framewire.core.message import Message
+from framewire.io.netio import dial, resolve
 
 __all__ = ["LoadResult", "Progress", "run_load"]
 
@@ -161,7 +161,7 @@ def run_load(
     hist = Histogram()
     stats = {"requests": 0, "responses": 0, "errors": 0, "mismatches": 0, "sent": 0, "received": 0}
     samples: list[str] = []
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    family, address = resolve(host, port)
     selector = selectors.DefaultSelector()
     conns: list[_Conn] = []
 
@@ -196,16 +196,10 @@ def run_load(
             selector.modify(conn.sock, events, conn)
 
     def open_connection() -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if oneshot:  # close with a reset, so that ports do not pile up in TIME_WAIT
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        code = sock.connect_ex(address)
-        if code not in (0, errno.EINPROGRESS):
+        sock, code = dial(family, address, linger_reset=oneshot)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             stats["errors"] += 1
             samples.append(f"connect: {errno.errorcode.get(code, code)}")
-            sock.close()
             return
         conn = _Conn(sock)
         conns.append(conn)

@@ -19,11 +19,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from framewire.core import limits
 from framewire.core.decoder import Decoder
 from framewire.io import poller
-from framewire.io.netio import accept
+from framewire.io.acceptor import Acceptor
+from framewire.io.netio import dial, resolve
 from framewire.tools.wireview import Event, watch
 
 __all__ = ["Event", "Proxy"]
@@ -66,12 +68,12 @@ class Proxy:
         self.upstream = upstream
         self.on_event = on_event
         self.listener = socket.create_server(listen)
-        self.listener.setblocking(False)
         self._poll = poller.Poller()
+        self._acceptor = Acceptor(self.listener, self._poll, log)
         self._sides: dict[int, tuple[_Pair, _Side]] = {}
         self._ids = itertools.count(1)
         self._stop = False
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._waker = poller.Waker()
 
     @property
     def port(self) -> int:
@@ -82,43 +84,58 @@ class Proxy:
     def shutdown(self) -> None:
         """Stop (from any thread or a signal handler)."""
         self._stop = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def serve_forever(self) -> None:
         """Forward until :meth:`shutdown`."""
-        self._poll.register(self.listener.fileno(), poller.READ)
-        self._poll.register(self._wake_r.fileno(), poller.READ)
+        self._acceptor.listen()
+        self._poll.register(self._waker.fileno(), poller.READ)
+        listen_fd = self._acceptor.fileno()
         try:
             while not self._stop:
-                for fd, mask in self._poll.poll(None):
-                    if fd == self.listener.fileno():
+                paused = self._acceptor.paused_until
+                timeout = None if paused is None else max(0.0, paused - time.monotonic())
+                for fd, mask in self._poll.poll(timeout):
+                    if fd == listen_fd:
                         self._accept()
                     elif fd in self._sides:
                         pair, side = self._sides[fd]
                         self._service(pair, side, mask)
+                    else:
+                        self._waker.drain()
+                self._acceptor.tick(time.monotonic())
         finally:
             for _, side in list(self._sides.values()):
                 side.sock.close()
             self._poll.close()
             self.listener.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _accept(self) -> None:
-        accepted = accept(self.listener, log)
-        if accepted is None:
-            return
-        sock, addr = accepted
-        upstream = socket.socket(socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET)
-        upstream.setblocking(False)
-        code = upstream.connect_ex(self.upstream)
+        # One at a time: each client needs a second descriptor for its
+        # upstream, and when there is none, accepting more would only fail.
+        for _ in range(128):
+            accepted = self._acceptor.accept(time.monotonic(), limit=1)
+            if not accepted:
+                return
+            fd, addr = accepted[0]
+            if not self._pair(socket.socket(self.listener.family, socket.SOCK_STREAM, 0, fd), addr):
+                return
+
+    def _pair(self, sock: socket.socket, addr: Any) -> bool:
+        sock.setblocking(False)
         name = f"#{next(self._ids)}"
-        if code not in (0, errno.EINPROGRESS):
+        try:
+            family, address = resolve(*self.upstream)
+            upstream, code = dial(family, address)
+        except OSError as exc:  # unresolvable, or out of descriptors for the upstream side
+            self.on_event(Event(time.time(), name, "--", note=f"closed: upstream: {exc.strerror or exc}"))
+            sock.close()
+            return not self._acceptor.exhausted(exc, time.monotonic())
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             self.on_event(Event(time.time(), name, "--", note=f"closed: upstream: {os.strerror(code)}"))
             sock.close()
-            upstream.close()
-            return
+            return True
         pair = _Pair(name, _Side(sock, "->"), _Side(upstream, "<-", connected=False))
         for side in (pair.client, pair.server):
             self._sides[side.sock.fileno()] = (pair, side)
@@ -127,7 +144,10 @@ class Proxy:
         self._poll.register(sock.fileno(), poller.READ)
         self._poll.register(upstream.fileno(), poller.WRITE)
         host, port = addr[:2]
-        self.on_event(Event(time.time(), name, "--", note=f"{host}:{port} connected"))
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.on_event(Event(time.time(), name, "--", note=f"{shown} connected"))
+        self._acceptor.established()
+        return True
 
     def _service(self, pair: _Pair, side: _Side, mask: int) -> None:
         other = pair.other(side)

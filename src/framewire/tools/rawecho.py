@@ -3,21 +3,22 @@
 :func:`echo_server_once` is the guide's first build: blocking, one client,
 echoing until that client closes. :func:`echo_client` sends a text and reads
 back as many bytes as it sent (one ``recv`` is not a message: TCP may split
-it). :class:`MulticonnEchoServer` echoes to many clients at once on
-``selectors``, never blocking on one of them.
+it). :class:`MulticonnEchoServer` echoes to many clients at once on one
+poller (the guide's ``selectors`` loop), never blocking on one of them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
-from framewire.io.netio import accept, connect, translated
+from framewire.io import poller
+from framewire.io.acceptor import Acceptor
+from framewire.io.netio import connect, translated
 
 __all__ = ["MulticonnEchoServer", "echo_client", "echo_server_once"]
 
@@ -69,22 +70,25 @@ class _Peer:
         self.name = name
         self.out = bytearray()
         self.eof = False
-        self.events = selectors.EVENT_READ
+        self.events = poller.READ
 
 
 class MulticonnEchoServer:
-    """Raw-bytes echo to any number of clients on one selector.
+    """Raw-bytes echo to any number of clients on one poller (the guide's
+    ``selectors`` loop; epoll on Linux).
 
     Each connection keeps its own output buffer; write readiness is asked for
     only while it holds bytes, and a client that does not read stops being
-    read once ``high_water`` bytes are waiting for it.
+    read once ``high_water`` bytes are waiting for it. Accepting backs off
+    when descriptors run out, as the application server does.
     """
 
     def __init__(self, listener: socket.socket, high_water: int = 1024 * 1024) -> None:
         self.listener = listener
         self.high_water = high_water
-        listener.setblocking(False)
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._poll = poller.Poller()
+        self._acceptor = Acceptor(listener, self._poll, log)
+        self._waker = poller.Waker()
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -96,39 +100,42 @@ class MulticonnEchoServer:
 
     def serve_forever(self) -> None:
         """Echo until :meth:`shutdown`."""
-        peers: dict[socket.socket, _Peer] = {}
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            try:
-                while not self._stop:
-                    for key, mask in selector.select():
-                        if key.fileobj is self.listener:
-                            self._accept(selector, peers)
-                        elif key.data is not None:
-                            self._service(selector, peers, key.data, mask)
-            finally:
-                for sock in peers:
-                    sock.close()
-                self.listener.close()
-                self._wake_r.close()
-                self._wake_w.close()
+        peers: dict[int, _Peer] = {}
+        self._acceptor.listen()
+        self._poll.register(self._waker.fileno(), poller.READ)
+        listen_fd = self._acceptor.fileno()
+        try:
+            while not self._stop:
+                paused = self._acceptor.paused_until
+                timeout = None if paused is None else max(0.0, paused - time.monotonic())
+                for fd, mask in self._poll.poll(timeout):
+                    if fd == listen_fd:
+                        self._accept(peers)
+                    elif fd in peers:
+                        self._service(peers, peers[fd], mask)
+                    else:
+                        self._waker.drain()
+                self._acceptor.tick(time.monotonic())
+        finally:
+            for peer in peers.values():
+                peer.sock.close()
+            self._poll.close()
+            self.listener.close()
+            self._waker.close()
 
-    def _accept(self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]) -> None:
-        accepted = accept(self.listener, log)
-        if accepted is None:
-            return
-        sock, addr = accepted
-        peer = peers[sock] = _Peer(sock, f"{addr[0]}:{addr[1]}")
-        selector.register(sock, selectors.EVENT_READ, peer)
-        log.info("accepted connection from %s", peer.name)
+    def _accept(self, peers: dict[int, _Peer]) -> None:
+        for fd, addr in self._acceptor.accept(time.monotonic()):
+            sock = socket.socket(self.listener.family, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            peer = peers[fd] = _Peer(sock, f"{addr[0]}:{addr[1]}")
+            self._poll.register(fd, poller.READ)
+            log.info("accepted connection from %s", peer.name)
+            self._acceptor.established()
 
-    def _service(
-        self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer], peer: _Peer, mask: int
-    ) -> None:
+    def _service(self, peers: dict[int, _Peer], peer: _Peer, mask: int) -> None:
         sock = peer.sock
         try:
-            if mask & selectors.EVENT_READ:
+            if mask & (poller.READ | poller.ERROR) and peer.events & poller.READ:
                 data = sock.recv(_CHUNK)
                 if data:
                     peer.out += data
@@ -142,25 +149,25 @@ class MulticonnEchoServer:
             log.info("connection to %s lost: %s", peer.name, exc)
             peer.eof, peer.out = True, bytearray()
         if peer.eof and not peer.out:
-            selector.unregister(sock)
-            del peers[sock]
+            fd = sock.fileno()
+            self._poll.forget(fd)
+            del peers[fd]
             sock.close()
             log.info("closed connection to %s", peer.name)
             return
-        events = selectors.EVENT_WRITE if peer.out else 0
+        events = poller.WRITE if peer.out else 0
         if not peer.eof and len(peer.out) < self.high_water:
-            events |= selectors.EVENT_READ
+            events |= poller.READ
         if peer.events != events:
             peer.events = events
-            selector.modify(sock, events, peer)
+            self._poll.modify(sock.fileno(), events)
 
     # -- embedding --------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop serving (from any thread)."""
         self._stop = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def __enter__(self) -> MulticonnEchoServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
