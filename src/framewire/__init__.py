@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from framewire.client import Client
     from framewire.client.concurrent import ConnectionReport, echo_concurrently, request_concurrently
     from framewire.server import Server
+    from framewire.server.config import ServerConfig
     from framewire.server.app import App, echo, search_app
 
 # `import framewire` loads the protocol core alone; the server, the clients
@@ -50,6 +51,7 @@ _LAZY = {
     "echo_concurrently": "framewire.client.concurrent",
     "request_concurrently": "framewire.client.concurrent",
     "Server": "framewire.server",
+    "ServerConfig": "framewire.server.config",
 }
 
 
@@ -90,6 +92,7 @@ __all__ = [
     "ProtocolError",
     "Server",
     "ServerBusy",
+    "ServerConfig",
     "State",
     "__version__",
     "echo",
