@@ -120,15 +120,12 @@ def pipelined_order(port: int, slow: str) -> list[str]:
 
 
 def measure(label: str, port: int, slow: str, count: int) -> None:
-    print(
-        f"{label}: fast sent 50 ms after {slow} 0.5 answered in {fast_beside_slow(port, slow) * 1000:.1f} ms"
-    )
-    print(
-        f"{label}: {count} connections x {slow} 0.3 all answered within {many_at_once(port, slow, count):.3f} s"
-    )
-    print(
-        f"{label}: pipelined [{slow} 0.3, fast, {slow} 0.1, fast] came back as {pipelined_order(port, slow)}"
-    )
+    fast = fast_beside_slow(port, slow) * 1000
+    print(f"{label}: fast sent 50 ms after {slow} 0.5 answered in {fast:.1f} ms")
+    took = many_at_once(port, slow, count)
+    print(f"{label}: {count} connections x {slow} 0.3 all answered within {took:.3f} s")
+    order = pipelined_order(port, slow)
+    print(f"{label}: pipelined [{slow} 0.3, fast, {slow} 0.1, fast] came back as {order}")
 
 
 def main() -> None:
