@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import selectors
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,13 +22,65 @@ from framewire import Decoder, Message, encode_many
 from framewire.server import Server
 from framewire.server.app import Handler, echo
 
+# The driver the servers of a test run on: tests of modules marked with the
+# ``driver`` fixture run once per driver (the same test, not a copy).
+DRIVER = ["epoll"]
+
+
+@pytest.fixture(params=["epoll", "asyncio"])
+def driver(request: pytest.FixtureRequest) -> Iterator[str]:
+    DRIVER[0] = request.param
+    try:
+        yield request.param
+    finally:
+        DRIVER[0] = "epoll"
+
 
 @contextmanager
-def running(handler: Handler = echo, **options: Any) -> Iterator[Server]:
-    """A Server on 127.0.0.1, a free port, serving in a background thread."""
+def running(handler: Handler = echo, **options: Any) -> Iterator[Any]:
+    """A server on 127.0.0.1, a free port, serving in a background thread,
+    on the driver of the test (epoll unless the test runs per driver)."""
+    if DRIVER[0] == "asyncio":
+        with running_aio(handler, **options) as server:
+            yield server
+        return
     server = Server(handler, "127.0.0.1", 0, **options)
     with server:
         yield server
+
+
+@contextmanager
+def running_aio(handler: Handler = echo, **options: Any) -> Iterator[Any]:
+    """framewire.aio's server, on an event loop in a background thread."""
+    from framewire import aio
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-aio-loop", daemon=True)
+    thread.start()
+    try:
+        server = asyncio.run_coroutine_threadsafe(
+            aio.start_server(handler, "127.0.0.1", 0, **options), loop
+        ).result(10)
+        try:
+            yield server
+        finally:
+
+            async def stop() -> None:
+                server.close()
+                await server.wait_closed()
+
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(server.config.grace + 10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        assert not thread.is_alive(), "the test's event loop did not stop"
+        loop.close()
+
+
+def engines(server: Any) -> list[Any]:
+    """The connection engines of a server, whatever its driver."""
+    conns = server._conns.values() if isinstance(server._conns, dict) else server._conns
+    return [conn.engine for conn in list(conns)]
 
 
 @pytest.fixture
@@ -86,6 +140,8 @@ class Spawned:
     """A command running in the background, with its stderr read as it comes."""
 
     def __init__(self, *args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None) -> None:
+        if args and args[0] == "serve" and DRIVER[0] != "epoll" and "--loop" not in args:
+            args = (*args, "--loop", DRIVER[0])  # the same test, on the test's driver
         # preexec only sets a resource limit in the child, before exec.
         self.proc = subprocess.Popen(
             framewire_cmd(*args),

@@ -33,6 +33,9 @@ from framewire.server.app import echo
 from framewire.tools.capture import read_capture
 from framewire.tools.ping import PING_KEY, probe_reply
 
+# Every test here runs on both drivers: the epoll server and framewire.aio.
+pytestmark = pytest.mark.usefixtures("driver")
+
 
 def frame(header: bytes, content: bytes = b"") -> bytes:
     return struct.pack(">H", len(header)) + header + content
@@ -126,21 +129,23 @@ def test_a_handler_returning_a_128_bit_extension_is_answered_exactly() -> None:
     assert answer.get("n") == 2**70 and answer.get("m") == -(2**100)
 
 
-def test_the_last_line_of_defence_closes_only_the_connection_concerned(caplog: Any) -> None:
+def test_the_last_line_of_defence_closes_only_the_connection_concerned(caplog: Any, monkeypatch: Any) -> None:
+    from framewire.server.engine import ServerConnection
+
+    original = ServerConnection.receive
+    faults: list[int] = []
+
+    def faulty(self: ServerConnection, data: bytes, now: float) -> None:
+        if b"boom" in data and not faults:  # framewire's own fault, once
+            faults.append(1)
+            raise RuntimeError("a fault of framewire's own")
+        original(self, data, now)
+
     with running() as server:
-        original = server._on_readable
-        calls: list[int] = []
-
-        def faulty(conn: Any, now: float) -> None:
-            if not calls:  # framewire's own fault, once, on the first connection read
-                calls.append(1)
-                raise RuntimeError("a fault of framewire's own")
-            original(conn, now)
-
         with connect(server.port) as good:
             good.sendall(encode(Message.from_bytes(b"first")))
             assert read_messages(good, 1)[0].content == b"first"
-            server._on_readable = faulty  # type: ignore[method-assign]
+            monkeypatch.setattr(ServerConnection, "receive", faulty)
             with connect(server.port) as bad, caplog.at_level(logging.ERROR, "framewire.server"):
                 bad.sendall(encode(Message.from_bytes(b"boom")))
                 # Closed with the request unread: a reset is a close too.
@@ -148,7 +153,7 @@ def test_the_last_line_of_defence_closes_only_the_connection_concerned(caplog: A
                     assert read_until_closed(bad) == b""
             good.sendall(encode(Message.from_bytes(b"still")))
             assert read_messages(good, 1)[0].content == b"still"
-    assert "internal error while serving" in caplog.text
+    assert faults and "internal error while serving" in caplog.text
 
 
 # -- 2. the message deadline follows the decoder's state -----------------------------

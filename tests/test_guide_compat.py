@@ -25,6 +25,9 @@ from framewire.server.app import SEARCH_TABLE, search_app
 
 DOG = "\N{DOG FACE}"
 
+# Every test here runs on both drivers: the epoll server and framewire.aio.
+pytestmark = pytest.mark.usefixtures("driver")
+
 
 def json_encode(obj: Any, encoding: str) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode(encoding)

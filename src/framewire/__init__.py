@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from framewire.client import Client
     from framewire.client.concurrent import ConnectionReport, echo_concurrently, request_concurrently
     from framewire.server import Server
-    from framewire.server.config import ServerConfig
     from framewire.server.app import App, echo, search_app
+    from framewire.server.config import ServerConfig
 
 # `import framewire` loads the protocol core alone; the server, the clients
 # and the applications are imported when first used (PEP 562).

@@ -54,24 +54,32 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     metavar="search|echo|MODULE:CALLABLE",
     help="The application: the guide's search demo, echo, or your handler (a callable Message -> Message).",
 )
+@click.option(
+    "--loop",
+    "loop_kind",
+    type=click.Choice(["epoll", "asyncio", "uvloop"]),
+    default="epoll",
+    show_default=True,
+    help="The driver: framewire's own epoll loop (selectors where there is no epoll), asyncio, or "
+    "asyncio on uvloop (pip install uvloop).",
+)
 @_limit_options
 @log_level_option
 @friendly_errors
-def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: Any) -> None:
+def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, **limit_values: Any) -> None:
     """The application server: answers every request with its app.
 
-    Keep-alive and pipelining; clean shutdown on Ctrl-C or SIGTERM.
+    Keep-alive and pipelining; handlers inline, on --threads N, or async def;
+    clean shutdown on Ctrl-C or SIGTERM.
 
     \b
     Example:
       framewire serve --port 65432 --app search
       framewire request 127.0.0.1 65432 search morpheus     (from a second terminal)
     """
-    from framewire.server import (
-        Server,
-        raise_descriptor_limit,
-    )
+    from framewire.server import raise_descriptor_limit
     from framewire.server.app import load_handler
+    from framewire.server.config import ServerConfig
 
     setup_logging(log_level)
     if "" not in sys.path:
@@ -80,9 +88,14 @@ def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: A
         handler = load_handler(app_spec)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
-    server = Server(handler, host, port, **limit_values)
+    if loop_kind == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise _fail("--loop uvloop needs uvloop: pip install uvloop", 2) from None
+    config = ServerConfig(**limit_values)
     # Each connection is a descriptor: make room for the connection limit.
-    wanted = server.max_connections + 64
+    wanted = config.max_connections + 64
     have = raise_descriptor_limit(wanted)
     if have < wanted:
         log.warning(
@@ -90,27 +103,37 @@ def serve(host: str, port: int, app_spec: str, log_level: str, **limit_values: A
             "past it, accepts pause until descriptors free up (raise it with ulimit -n)",
             have,
             wanted,
-            server.max_connections,
+            config.max_connections,
         )
-    try:
-        server.bind()
-    except OSError as exc:
-        raise _bind_error(exc, host, port) from None
-    bound_host, bound_port = server.address
-
     # A request to try, for the applications whose requests we know.
     hint = {
         "search": "search morpheus",
         "echo": "--text hello",
     }.get(app_spec)
 
-    def ready() -> None:
+    def ready(bound_host: str, bound_port: int) -> None:
         banner = f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop)."
         if hint is not None:
             banner += f" Try:\n  framewire request {bound_host} {bound_port} {hint}"
         click.echo(banner, err=True)
 
-    server.serve_forever(handle_signals=True, on_ready=ready)
+    if loop_kind == "epoll":
+        from framewire.server import Server
+
+        server = Server(handler, host, port, config=config)
+        try:
+            server.bind()
+        except OSError as exc:
+            raise _bind_error(exc, host, port) from None
+        server.serve_forever(handle_signals=True, on_ready=lambda: ready(*server.address))
+        return
+    from framewire.server import aio
+
+    try:
+        aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop",
+                on_ready=lambda s: ready(*s.address))  # fmt: skip
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from None
 
 
 def _build_request(action: str | None, value: str | None, json_text: str | None, text: str | None,

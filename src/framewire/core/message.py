@@ -14,6 +14,7 @@ import functools
 import json
 import pkgutil
 import sys
+import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -40,6 +41,8 @@ _BYTEORDERS: Final = frozenset({"little", "big"})
 _UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
 _NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
 
+# Codecs that warn (DeprecationWarning) about invalid escapes in what they decode.
+_WARNING_CODECS: Final = frozenset({"unicode-escape", "raw-unicode-escape"})
 # Codecs whose decoding time is not linear in the input: punycode's decoder
 # is quadratic (a 200 KB content held a server for seconds), and idna runs
 # punycode on each label. Every other text codec Python ships decoded 400 KB
@@ -390,6 +393,11 @@ class Message:
             raise BadEncoding(f"{encoding[:60]!r} is not a text encoding.")
         try:
             # The codec's own name, never the peer's spelling (see text_codec).
+            if info.name in _WARNING_CODECS:
+                # unicode_escape warns about each invalid escape a peer sends.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    return self._content.decode(info.name)
             return self._content.decode(info.name)
         except UnicodeError as exc:
             reason = getattr(exc, "reason", "undecodable bytes")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["connect", "describe", "dial", "resolve", "translated"]
+__all__ = ["connect", "describe", "dial", "readable_now", "resolve", "translated"]
 
 
 @contextlib.contextmanager
@@ -77,3 +78,13 @@ def dial(family: int, address: Any, *, linger_reset: bool = False) -> tuple[sock
     if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
         sock.close()
     return sock, code
+
+
+def readable_now(fd: int) -> bool:
+    """Whether bytes (or the end of the stream) wait on ``fd`` unread: a
+    draining server reads them before it closes, rather than reset a peer
+    whose last requests are still in the kernel. (``poll``, not ``select``:
+    any descriptor number.)"""
+    probe = select.poll()
+    probe.register(fd, select.POLLIN)
+    return bool(probe.poll(0))

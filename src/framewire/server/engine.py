@@ -30,7 +30,7 @@ from typing import Final
 
 from framewire.core.cache import BoundedCache
 from framewire.core.decoder import Decoder, HeaderCache
-from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError
+from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError, ServerBusy
 from framewire.core.message import Message, _Header
 from framewire.core.probe import PING_KEY, probe_reply
 from framewire.io.sendqueue import SendQueue
@@ -106,6 +106,12 @@ class FlowControl:
         limit = self.low if self.paused else self.high
         self.paused = queued > limit or owed >= self.max_owed
         return self.paused
+
+
+def busy_response(max_connections: int) -> bytes:
+    """What a connection beyond the limit gets before it is closed."""
+    error = ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
+    return Message.for_error(error).encode()
 
 
 def _no_handler(request: Message) -> object:
@@ -211,6 +217,12 @@ class ServerConnection:
         if not self.closing and not self.flow.update(out.size, len(out.marks) + len(self._waiting)):
             wanted |= READ
         return wanted
+
+    @property
+    def idle_drained(self) -> bool:
+        """Closing only because the server is stopping and nothing is owed:
+        a driver that finds unread bytes waiting reads them first."""
+        return self.draining and not (self.closing or self.lost)
 
     @property
     def finished(self) -> bool:

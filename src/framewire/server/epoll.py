@@ -24,22 +24,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
-from framewire.core.errors import ServerBusy
-from framewire.core.message import Message
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
+from framewire.io.netio import readable_now
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
-from framewire.server.engine import ResponseCache, ServerConnection
+from framewire.server.engine import ResponseCache, ServerConnection, busy_response
 from framewire.server.handlers import Dispatcher
+from framewire.server.stopping import StopNow, Stopper, log_stop_now
 
 __all__ = ["Server", "raise_descriptor_limit"]
 
@@ -69,11 +69,6 @@ def raise_descriptor_limit(wanted: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     return soft
-
-
-class _StopNow(BaseException):
-    """Raised in the main thread by the second signal (or the end of the
-    grace period) to stop even a handler that never returns."""
 
 
 class _Socket:
@@ -147,16 +142,12 @@ class Server:
         self._stop_requested = False
         self._force_stop = False
         self._signal_received: int | None = None
-        self._looping = False  # serving: a forced stop may unwind the loop
+        self._stopper = Stopper(config.grace, self._on_signal)
         self._in_handler: _Socket | None = None  # whose inline handler call is under way
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
         self._finished = threading.Event()
-        self._busy_response = Message.for_error(
-            ServerBusy(
-                f"The server is at its limit of {config.max_connections} connections; try again later."
-            )
-        ).encode()
+        self._busy_response = busy_response(config.max_connections)
         self._requests_closed = 0
         self._connections_total = 0
 
@@ -258,10 +249,8 @@ class Server:
         """
         self.bind()
         assert self._listener is not None
-        previous: dict[int, Any] = {}
         if handle_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, self._on_signal)
+            self._stopper.install()
         poll = self._poller = poller.Poller()
         poll.register(self._waker.fileno(), _READ)
         self._acceptor = Acceptor(self._listener, poll, log)
@@ -270,24 +259,16 @@ class Server:
         try:
             if on_ready is not None:
                 on_ready()
-            self._looping = True
+            self._stopper.serving = True
             self._loop(poll)
-        except _StopNow:
+        except StopNow:
             now = time.monotonic()
             busy = self._dispatcher.still_running(now)
             if self._in_handler is not None:
                 busy.insert(0, self._in_handler.engine.peer)
-            if busy:
-                log.warning(
-                    "stopping now: the handler for a request from %s was still running; "
-                    "closing %d connections",
-                    ", ".join(busy),
-                    len(self._conns),
-                )
-            else:
-                log.warning("stopping now: closing %d connections", len(self._conns))
+            log_stop_now(log, busy, len(self._conns))
         finally:
-            self._looping = False
+            self._stopper.serving = False
             self._dispatcher.close()
             for conn in list(self._conns.values()):
                 with contextlib.suppress(Exception):
@@ -295,34 +276,16 @@ class Server:
             poll.close()
             self._listener.close()
             self._waker.close()
-            for number, old in previous.items():
-                signal.signal(number, old)
+            self._stopper.restore()
             self._finished.set()
             log.info("server stopped")
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Only flags and a wake-up here: logging from a signal handler can
-        # re-enter a stream write the handler interrupted.
-        again = self._stop_requested
+    def _on_signal(self, signum: int) -> None:
+        # The first signal (see stopping.py for the second): only flags and a
+        # wake-up here, since logging from a signal handler can re-enter a
+        # stream write the handler interrupted.
         self._signal_received = signum
         self.shutdown()
-        if not again:
-            # The loop ends the grace period itself, unless an inline handler
-            # holds it (stuck in a call that never returns): then this timer
-            # interrupts the main thread as a second signal would.
-            timer = threading.Timer(self.config.grace + 0.25, self._grace_over, args=(signum,))
-            timer.daemon = True
-            timer.start()
-        elif self._looping:
-            # The second signal stops at once, even inside a handler that
-            # never returns: the exception unwinds it and the loop.
-            raise _StopNow
-
-    def _grace_over(self, signum: int) -> None:
-        if self._looping:
-            # A real signal, to the main thread: it interrupts a blocking call
-            # there (time.sleep, a socket read), which interrupt_main cannot.
-            signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     # -- the loop -------------------------------------------------------------
 
@@ -525,6 +488,8 @@ class Server:
         if self._stop_requested:
             engine.drain()
         wanted = engine.interest()
+        if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
+            wanted = _READ  # the peer's last requests are still unread: read them first
         if wanted < 0:
             self._close(conn)
         elif wanted != conn.events:

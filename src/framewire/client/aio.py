@@ -1,0 +1,201 @@
+"""The asyncio client: one connection, any number of concurrent callers.
+
+Many tasks may call :meth:`AioClient.request` on one connection at once: each
+request is written at once (pipelined) and its caller waits for the answer
+in its place, since the server answers in request order. A caller that is
+cancelled or times out leaves its place in the queue: its answer, when it
+comes, is dropped, so no later caller ever gets an earlier call's answer. A
+connection lost mid-way fails every waiting call with the blocking
+client's errors (``ConnectionClosed``, ``IncompleteMessage``,
+``ConnectionResetError``); error responses raise :class:`ErrorResponse`
+(or are returned, with ``check=False``).
+
+The guide's server closes after one answer: a request after that close
+fails with ``ConnectionClosed`` (the client does not reconnect by itself);
+open a new connection for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Iterable
+from types import TracebackType
+
+from framewire.core import limits
+from framewire.core.decoder import Decoder, encode_many
+from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
+from framewire.core.message import Message
+from framewire.io.netio import translated
+
+__all__ = ["AioClient", "connect"]
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: AioClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client._received(data)
+
+    def eof_received(self) -> bool:
+        self.client._received(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost(exc)
+
+
+class AioClient:
+    """A connection to a framewire (or guide-written) server, for asyncio."""
+
+    def __init__(
+        self,
+        timeout: float | None,
+        check: bool,
+        max_header_size: int = limits.MAX_HEADER_SIZE,
+        max_content_length: int = limits.MAX_CONTENT_LENGTH,
+    ) -> None:
+        self.timeout = timeout
+        self.check = check
+        self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
+        # One future per request sent and not yet answered, in order.
+        self._waiting: collections.deque[asyncio.Future[Message]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._failure: BaseException | None = None
+        self.where = ""
+
+    # -- the protocol's side ----------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except IncompleteMessage as exc:
+            self._fail(exc)
+            return
+        except ProtocolError as exc:
+            self._fail(exc)
+            if self._transport is not None:
+                self._transport.close()  # the stream cannot be trusted after this
+            return
+        waiting = self._waiting
+        for message in messages:
+            while waiting and waiting[0].done():
+                waiting.popleft()  # a caller that gave up: its answer is dropped
+            if not waiting:
+                self._fail(ProtocolError("The server sent an answer nobody asked for."))
+                return
+            waiting.popleft().set_result(message)
+        if not data:
+            self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
+
+    def _lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._fail(ConnectionResetError(f"{self.where} reset the connection ({exc})"))
+        else:
+            self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(self._failure)
+
+    # -- the caller's side --------------------------------------------------------------
+
+    async def request(self, message: Message, *, timeout: float | None = -1.0) -> Message:
+        """Send ``message``; return its answer (raises as the module says).
+
+        ``timeout``: seconds for this call (default: the client's).
+        """
+        (future,) = self._send([message])
+        return await self._answer(future, self.timeout if timeout == -1.0 else timeout)
+
+    async def request_many(
+        self, messages: Iterable[Message], *, timeout: float | None = -1.0
+    ) -> list[Message]:
+        """Send every message at once (pipelined); return the answers, in order.
+
+        ``timeout`` is a deadline for the whole call.
+        """
+        futures = self._send(list(messages))
+        limit = self.timeout if timeout == -1.0 else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return [await self._answer(future, None) for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()  # the answers not yet come are dropped when they do
+
+    def _send(self, messages: list[Message]) -> list[asyncio.Future[Message]]:
+        if self._failure is not None:
+            raise self._failure
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionClosed(f"{self.where}: the connection is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in messages]
+        self._waiting.extend(futures)
+        transport.write(encode_many(messages))
+        return futures
+
+    async def _answer(self, future: asyncio.Future[Message], timeout: float | None) -> Message:
+        try:
+            async with asyncio.timeout(timeout):
+                # shield: a timeout cancels the wait, not the place in line,
+                # which _received skips (and drops the answer) once done.
+                response = await asyncio.shield(future)
+        except TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer from {self.where} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if self.check and response.is_error:
+            error = response.error()
+            assert error is not None
+            raise ErrorResponse(error)
+        return response
+
+    async def close(self) -> None:
+        """Close the connection (answers still owed are dropped)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._fail(ConnectionClosed(f"{self.where}: the connection was closed by this client"))
+
+    async def __aenter__(self) -> AioClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+async def connect(
+    host: str = "127.0.0.1",
+    port: int = 65432,
+    *,
+    timeout: float | None = 10.0,
+    check: bool = True,
+    max_header_size: int = limits.MAX_HEADER_SIZE,
+    max_content_length: int = limits.MAX_CONTENT_LENGTH,
+) -> AioClient:
+    """Open a connection (``timeout`` also bounds the connect itself)."""
+    client = AioClient(timeout, check, max_header_size, max_content_length)
+    client.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    loop = asyncio.get_running_loop()
+    with translated(host, port, timeout):
+        async with asyncio.timeout(timeout):
+            transport, _ = await loop.create_connection(lambda: _Protocol(client), host, port)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        import socket  # noqa: PLC0415
+
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client._transport = transport
+    return client

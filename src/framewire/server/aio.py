@@ -1,0 +1,466 @@
+"""The asyncio driver: the same connection engine, driven by an event loop.
+
+Each connection is an :class:`asyncio.Protocol` around a
+:class:`~framewire.server.engine.ServerConnection`: bytes from
+``data_received`` go to the engine, what it queues goes to the transport,
+its deadlines become ``loop.call_at`` timers, and its backpressure pauses
+the transport's reading. So every limit, error code, deadline and
+backpressure rule is the epoll server's, by construction. ``async def``
+handlers run as tasks on the server's own loop; with ``threads`` > 0, sync
+handlers run on a pool and post their answers back with
+``call_soon_threadsafe``. It runs on uvloop when that is installed and
+asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, cast
+
+from framewire.core import limits
+from framewire.core.cache import BoundedCache
+from framewire.core.decoder import HeaderCache
+from framewire.core.message import Message
+from framewire.io.netio import readable_now
+from framewire.server.app import Handler
+from framewire.server.config import ServerConfig
+from framewire.server.engine import CLOSE, READ, ResponseCache, ServerConnection, Slot, busy_response
+from framewire.server.handlers import Dispatcher
+from framewire.server.stopping import StopNow, Stopper, log_stop_now
+
+__all__ = ["AioServer", "run", "start_server"]
+
+log = logging.getLogger("framewire.server")
+
+# Bytes the transport may hold before it asks us to stop writing: small, so
+# that what waits is counted by the engine against the high-water mark.
+_TRANSPORT_HIGH = 64 * 1024
+
+
+def _peer_name(addr: Any) -> str:
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(addr) or "-"
+
+
+class _LoopDispatcher(Dispatcher):
+    """The dispatcher of an event loop server: coroutines run on that loop,
+    answers from the pool come back with ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[..., None], **kwargs: Any) -> None:
+        super().__init__(wake=lambda: None, **kwargs)
+        self._server_loop = loop
+        self._deliver = deliver
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._server_loop
+
+    def _post(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
+
+    def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        self.outstanding -= 1
+        self._running.pop(slot, None)
+        self._deliver(conn, slot, result)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: the transport beside its engine."""
+
+    def __init__(self, server: AioServer) -> None:
+        self.server = server
+        self.engine: ServerConnection | None = None
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._reading = True
+        self._writing = True
+
+    # -- the transport's events ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        if len(server._conns) >= server.config.max_connections:
+            transport.write(server._busy_response)
+            transport.close()
+            log.warning("connection refused with server-busy: %d connections open", len(server._conns))
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)
+        now = server._loop.time()
+        engine = ServerConnection(
+            server.config,
+            now,
+            _peer_name(transport.get_extra_info("peername")),
+            headers=server._headers,
+            responses=server._responses,
+        )
+        engine.driver = self
+        server._dispatcher.bind(engine)
+        if _EXHAUSTED["episode"] and now > _EXHAUSTED["last"] + 1.5:
+            _EXHAUSTED["episode"] = False
+            log.warning("descriptors available again: accepting")
+        self.engine = engine
+        server._conns.add(self)
+        server.connections_total += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
+        self._schedule(engine.deadline)
+        if server._stopping:
+            engine.drain()
+
+    def data_received(self, data: bytes) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        try:
+            self.server._in_handler = self
+            engine.receive(data, self.server._loop.time())
+            self.server._in_handler = None
+            started = engine.message_started
+            if started is not None:
+                self._schedule(started + self.server.config.message_timeout)
+            self.flush()
+        except Exception as exc:
+            self.fault(exc)
+
+    def eof_received(self) -> bool:
+        if self.engine is not None:
+            try:
+                self.engine.receive(b"", self.server._loop.time())
+                self.flush()
+            except Exception as exc:
+                self.fault(exc)
+        return True  # keep the transport open: every answer still goes out
+
+    def fault(self, exc: Exception) -> None:
+        """The last line of defence: a fault of framewire's own while serving
+        this connection closes this connection, never the server."""
+        peer = self.engine.peer if self.engine is not None else "-"
+        log.error("internal error while serving %s: closing that connection", peer, exc_info=exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        self._writing = False
+
+    def resume_writing(self) -> None:
+        self._writing = True
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        engine = self.engine
+        if self._timer is not None:
+            self._timer.cancel()
+        if engine is None or self not in server._conns:
+            return
+        server._conns.discard(self)
+        if exc is not None:
+            log.info("connection from %s lost: %s", engine.peer, exc)
+        engine.connection_lost()
+        server._requests_closed += engine.requests
+        if log.isEnabledFor(logging.INFO):
+            log.info("connection from %s closed (%d open)", engine.peer, len(server._conns))
+        if server._stopping and not server._conns:
+            server._all_closed.set()
+
+    # -- driving the engine ---------------------------------------------------------
+
+    def flush(self) -> None:
+        engine = self.engine
+        transport = self.transport
+        if engine is None or transport is None or transport.is_closing():
+            return
+        now = self.server._loop.time()
+        out = engine.out
+        if out.size and self._writing:
+            size = out.size
+            transport.writelines(out.parts)
+            engine.sent(size, now)
+        if self.server._stopping:
+            engine.drain()
+        wanted = engine.interest()
+        if wanted == CLOSE and engine.idle_drained:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and readable_now(sock.fileno()):
+                wanted = READ  # the peer's last requests are still unread: read them first
+        if wanted == CLOSE:
+            transport.close()  # after what was written: the transport flushes it first
+            return
+        # Reading follows the engine's flow control alone: while the transport
+        # asks us to stop writing, answers wait in the engine's queue, which
+        # counts them against the high-water mark (as the epoll driver's does).
+        reading = bool(wanted & READ)
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+        deadline = engine.deadline
+        if deadline is not None and deadline < self._timer_at:
+            self._schedule(deadline)
+
+    def _schedule(self, when: float | None) -> None:
+        # Only ever earlier: a later deadline is found when this one fires.
+        if when is None or when >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.server._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        engine = self.engine
+        transport = self.transport
+        if engine is None or transport is None:
+            return
+        try:
+            engine.timer(self.server._loop.time())
+            if engine.lost:
+                transport.abort()  # idle: closed without an answer
+                return
+            self.flush()
+            self._schedule(engine.deadline)
+        except Exception as exc:
+            self.fault(exc)
+
+
+class AioServer:
+    """A framewire server on an asyncio event loop (:func:`start_server`)."""
+
+    def __init__(self, handler: Handler, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.handler = handler
+        self._loop = loop
+        self._conns: set[_Connection] = set()
+        self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
+        self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
+        self._dispatcher = _LoopDispatcher(
+            loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued
+        )
+        self._busy_response = busy_response(config.max_connections)
+        self._server: asyncio.base_events.Server | None = None
+        self._stopping = False
+        self._in_handler: _Connection | None = None  # whose inline handler call is under way
+        self._all_closed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._requests_closed = 0
+        #: Connections accepted since the start.
+        self.connections_total = 0
+
+    def _deliver(self, engine: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        engine.fulfil(slot, result, self._loop.time())
+        conn = engine.driver
+        if isinstance(conn, _Connection) and not engine.lost:
+            try:
+                conn.flush()
+            except Exception as exc:
+                conn.fault(exc)
+
+    # -- what users see ---------------------------------------------------------------
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) of the first listening socket."""
+        host, port = self.sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when 0 was asked)."""
+        return self.address[1]
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
+    @property
+    def requests_total(self) -> int:
+        """Requests received since the start."""
+        return self._requests_closed + sum(c.engine.requests for c in self._conns if c.engine is not None)
+
+    async def _listen(self, host: str, port: int, backlog: int) -> None:
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
+        )
+        log.info("listening on %s", _peer_name(self.address))
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` (or the task is cancelled)."""
+        await self._closed.wait()
+
+    def _signalled(self, signum: int) -> None:
+        log.info(
+            "%s received: answering in-flight requests (up to %g s; again to stop now)",
+            signal.Signals(signum).name,
+            self.config.grace,
+        )
+        self.close()
+
+    def close(self) -> None:
+        """Stop accepting; answer what is in flight (within ``grace``), then close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        log.info("no longer accepting; %d connections open", len(self._conns))
+        for conn in list(self._conns):
+            conn.flush()  # each closes once nothing is owed or half-received
+        if not self._conns:
+            self._all_closed.set()
+        self._loop.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_closed.wait(), self.config.grace)
+        self.abort()
+
+    def abort(self) -> None:
+        """Close every connection now."""
+        if self._conns:
+            log.warning(
+                "grace period of %g s over: closing %d connections", self.config.grace, len(self._conns)
+            )
+        for conn in list(self._conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+            conn.connection_lost(None)
+        self._dispatcher.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        await self._closed.wait()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> AioServer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 65432,
+    *,
+    config: ServerConfig | None = None,
+    backlog: int = 4096,
+    **settings: Any,
+) -> AioServer:
+    """Listen on ``host:port`` and serve ``handler`` on the running loop.
+
+    ``handler``: an ``async def (Message) -> Message``, a plain function, or
+    an :class:`~framewire.server.app.App`. Every setting of
+    :class:`~framewire.server.config.ServerConfig` is a keyword.
+    """
+    if config is None:
+        config = ServerConfig(**settings)
+    elif settings:
+        raise TypeError("give either config or settings, not both")
+    server = AioServer(handler, config, asyncio.get_running_loop())
+    await server._listen(host, port, backlog)
+    return server
+
+
+# The command line's loop only (run()): whether accepting is exhausted, and
+# when it last failed. asyncio retries a second after each failure; an
+# episode ends once a connection is made a whole retry after the last one.
+_EXHAUSTED = {"episode": False, "last": 0.0}
+
+
+def _exhaustion_once(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        _EXHAUSTED["last"] = loop.time()
+        if not _EXHAUSTED["episode"]:
+            _EXHAUSTED["episode"] = True
+            exc = context.get("exception")
+            log.error(
+                "accept failed (%s): out of descriptors or memory; retrying with a back-off of 1 s",
+                getattr(exc, "strerror", None) or exc,
+            )
+        return
+    loop.default_exception_handler(context)
+
+
+def run(
+    handler: Handler,
+    host: str,
+    port: int,
+    config: ServerConfig,
+    *,
+    use_uvloop: bool = False,
+    on_ready: Callable[[AioServer], None] | None = None,
+) -> None:
+    """Serve in this (main) thread until SIGINT/SIGTERM, the command line's
+    driver: the first signal drains within ``grace``; a second, or the end
+    of the grace period, stops at once even if a handler is stuck."""
+    holder: list[AioServer] = []
+
+    def drain(signum: int) -> None:
+        # In the signal handler: hand the work to the loop.
+        if holder:
+            server = holder[0]
+            server._loop.call_soon_threadsafe(server._signalled, signum)
+
+    stopper = Stopper(config.grace, drain)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        # Our own loop: asyncio's accept back-off on EMFILE (a pause of 1 s)
+        # logs a traceback at every retry; say it once per episode instead.
+        loop.set_exception_handler(_exhaustion_once)
+        server = await start_server(handler, host, port, config=config)
+        holder.append(server)
+        if on_ready is not None:
+            on_ready(server)
+        await server.wait_closed()
+
+    stopper.install()
+    stopper.serving = True
+    try:
+        if use_uvloop:
+            import uvloop  # noqa: PLC0415  (optional)
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except StopNow:
+        server = holder[0] if holder else None
+        busy = server._dispatcher.still_running(time.monotonic()) if server is not None else []
+        if server is not None and server._in_handler is not None and server._in_handler.engine is not None:
+            busy.insert(0, server._in_handler.engine.peer)
+        log_stop_now(log, busy, server.connections if server is not None else 0)
+    finally:
+        stopper.serving = False
+        stopper.restore()
+    log.info("server stopped")

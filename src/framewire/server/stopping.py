@@ -1,0 +1,78 @@
+"""How a server stops on SIGINT/SIGTERM, whatever its driver.
+
+The first signal asks the server to drain: stop accepting, answer what is
+in flight within the grace period. The second signal, or the end of the
+grace period, stops at once, even while an inline handler is stuck in a
+call that never returns (``time.sleep(60)``, a blocking read): the Python
+signal handler runs in the main thread between two bytecodes of that very
+call and raises :class:`StopNow`, which unwinds it and the loop. The end
+of the grace period sends the main thread a real signal (``pthread_kill``)
+for the same effect: ``_thread.interrupt_main`` cannot break a blocking call.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["StopNow", "Stopper", "log_stop_now"]
+
+
+class StopNow(SystemExit):
+    """Raised in the main thread to stop at once. A SystemExit, so that
+    neither a handler's ``except Exception`` nor asyncio's callback guard
+    swallows it."""
+
+
+class Stopper:
+    """The signal handlers of a serving loop in the main thread."""
+
+    def __init__(self, grace: float, drain: Callable[[int], None]) -> None:
+        self.grace = grace
+        self._drain = drain
+        self.signals = 0
+        #: True while the loop runs: only then may a stop unwind it.
+        self.serving = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM (main thread only)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self._drain(signum)
+            timer = threading.Timer(self.grace + 0.25, self._grace_over, args=(signum,))
+            timer.daemon = True
+            timer.start()
+        elif self.serving:
+            raise StopNow(0)
+
+    def _grace_over(self, signum: int) -> None:
+        # The loop ends the grace period itself, unless a handler holds it.
+        if self.serving:
+            signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+
+def log_stop_now(log: logging.Logger, busy: list[str], connections: int) -> None:
+    """The line a forced stop leaves: whose handlers were still running."""
+    if busy:
+        log.warning(
+            "stopping now: the handler for a request from %s was still running; closing %d connections",
+            ", ".join(busy),
+            connections,
+        )
+    else:
+        log.warning("stopping now: closing %d connections", connections)
