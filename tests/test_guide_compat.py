@@ -261,3 +261,26 @@ def test_pipelining_against_the_guide_server_says_it_closed(guide_server: int) -
     assert result.returncode == 1
     assert "closed the connection" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_aio_client_against_the_guide_server(guide_server: int) -> None:
+    # The guide's server answers one request, then closes: the next request
+    # on the same connection fails clearly (the client does not reconnect).
+    import asyncio
+
+    from framewire import Message, aio
+    from framewire.core.errors import ConnectionClosed
+
+    async def main() -> None:
+        client = await aio.connect("127.0.0.1", guide_server, timeout=10)
+        async with client:
+            answer = await client.request(Message.from_json({"action": "search", "value": "morpheus"}))
+            assert answer.json()["result"].startswith("Follow the white rabbit")
+            with pytest.raises(ConnectionClosed):
+                await client.request(Message.from_json({"action": "search", "value": "ring"}))
+        fresh = await aio.connect("127.0.0.1", guide_server, timeout=10)
+        async with fresh:
+            answer = await fresh.request(Message.from_json({"action": "search", "value": "morpheus"}))
+            assert answer.json()["result"].startswith("Follow the white rabbit")
+
+    asyncio.run(main())

@@ -81,12 +81,12 @@ class AioClient:
             return
         waiting = self._waiting
         for message in messages:
-            while waiting and waiting[0].done():
-                waiting.popleft()  # a caller that gave up: its answer is dropped
             if not waiting:
                 self._fail(ProtocolError("The server sent an answer nobody asked for."))
                 return
-            waiting.popleft().set_result(message)
+            future = waiting.popleft()  # this answer's place, in request order
+            if not future.done():  # done: its caller gave up, and the answer is dropped
+                future.set_result(message)
         if not data:
             self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
 
