@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import waiting
 from conftest import connect, read_messages, running
 from framewire import App, Client, Message, encode, encode_many
 from framewire.core.probe import PING_KEY
@@ -153,31 +154,8 @@ def test_a_client_that_leaves_before_its_answer_costs_nothing(caplog: Any) -> No
     assert "internal error" not in caplog.text and "Traceback" not in caplog.text
 
 
-APP_MODULE = """
-import asyncio
-import time
-
-from framewire import App
-
-app = App()
-
-
-@app.action("slow")
-def slow(value):
-    time.sleep(value)
-    return "slow"
-
-
-@app.action("aslow")
-async def aslow(value):
-    await asyncio.sleep(value)
-    return "aslow"
-
-
-@app.action("fast")
-def fast(value):
-    return "fast"
-"""
+# The same application module that benchmarks/waiting.py measures.
+APP_MODULE = waiting.APP
 
 
 @pytest.mark.parametrize("extra", [["--threads", "4"], []], ids=["threads", "inline"])

@@ -448,10 +448,28 @@ def encode(message: Message) -> bytes:
 
 
 def encode_many(messages: Iterable[Message]) -> bytes:
-    """Many messages, back to back, in one buffer (one copy of each content)."""
+    """Many messages, back to back, in one buffer (one copy of each content).
+
+    Headers without extensions are encoded once per shape within the call
+    (a local memo: the core keeps no state between calls), so a batch of
+    like messages costs one JSON dump, not one each.
+    """
     parts: list[bytes] = []
     append = parts.append
+    memo: dict[tuple[str, str, str, int], bytes] = {}
     for message in messages:
-        append(message._header.encoded())
+        header = message._header
+        wire = header.wire
+        if wire is None:
+            if header.extensions:
+                wire = header.encoded()
+            else:
+                key = (header.content_type, header.content_encoding, header.byteorder, header.content_length)
+                wire = memo.get(key)
+                if wire is None:
+                    wire = memo[key] = header.encoded()
+                else:
+                    header.wire = wire
+        append(wire)
         append(message._content)
     return b"".join(parts)
