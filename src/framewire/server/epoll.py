@@ -142,7 +142,7 @@ class Server:
         self._stop_requested = False
         self._force_stop = False
         self._signal_received: int | None = None
-        self._stopper = Stopper(config.grace, self._on_signal)
+        self._stopper = Stopper(config.grace, self._on_signal, self._stop_snapshot)
         self._in_handler: _Socket | None = None  # whose inline handler call is under way
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
@@ -262,11 +262,8 @@ class Server:
             self._stopper.serving = True
             self._loop(poll)
         except StopNow:
-            now = time.monotonic()
-            busy = self._dispatcher.still_running(now)
-            if self._in_handler is not None:
-                busy.insert(0, self._in_handler.engine.peer)
-            log_stop_now(log, busy, len(self._conns))
+            busy, connections = self._stopper.at_stop or self._stop_snapshot()
+            log_stop_now(log, busy, connections)
         finally:
             self._stopper.serving = False
             self._dispatcher.close()
@@ -279,6 +276,13 @@ class Server:
             self._stopper.restore()
             self._finished.set()
             log.info("server stopped")
+
+    def _stop_snapshot(self) -> tuple[list[str], int]:
+        # Taken when the forced stop is raised: who is at work, how many are open.
+        busy = self._dispatcher.still_running(time.monotonic())
+        if self._in_handler is not None:
+            busy.insert(0, self._in_handler.engine.peer)
+        return busy, len(self._conns)
 
     def _on_signal(self, signum: int) -> None:
         # The first signal (see stopping.py for the second): only flags and a
@@ -343,15 +347,16 @@ class Server:
                             signal.Signals(self._signal_received).name,
                             grace,
                         )
+                    # Connections the kernel completed before the stop are
+                    # taken in (closing the listener would reset them).
+                    self._accept(now)
                     acceptor.stop()
                     log.info("no longer accepting; %d connections open", len(conns))
                 turns_draining += 1
                 # Two turns first: what peers sent before the stop is read and answered.
                 if turns_draining >= 2:
                     for conn in list(conns.values()):
-                        conn.engine.drain()
-                        if conn.engine.finished:
-                            self._close(conn)
+                        self._flush(conn, now)  # drains: closes it once nothing is owed or unread
                 if not conns or self._force_stop or now >= draining_since + grace:
                     if conns and self._force_stop:
                         log.warning("stopping now, as asked again: closing %d connections", len(conns))

@@ -31,9 +31,19 @@ class StopNow(SystemExit):
 class Stopper:
     """The signal handlers of a serving loop in the main thread."""
 
-    def __init__(self, grace: float, drain: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        grace: float,
+        drain: Callable[[int], None],
+        snapshot: Callable[[], tuple[list[str], int]] | None = None,
+    ) -> None:
         self.grace = grace
         self._drain = drain
+        self._snapshot = snapshot
+        #: What ``snapshot`` said when the stop was forced: the peers whose
+        #: handlers were running, and the connections open. Taken then, since
+        #: unwinding (asyncio's, above all) closes connections on its way out.
+        self.at_stop: tuple[list[str], int] | None = None
         self.signals = 0
         #: True while the loop runs: only then may a stop unwind it.
         self.serving = False
@@ -58,11 +68,14 @@ class Stopper:
             timer.daemon = True
             timer.start()
         elif self.serving:
+            if self._snapshot is not None:
+                self.at_stop = self._snapshot()
             raise StopNow(0)
 
     def _grace_over(self, signum: int) -> None:
         # The loop ends the grace period itself, unless a handler holds it.
         if self.serving:
+            self.signals = max(self.signals, 1)  # the signal below then counts as the second
             signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
 
