@@ -88,3 +88,12 @@ def readable_now(fd: int) -> bool:
     probe = select.poll()
     probe.register(fd, select.POLLIN)
     return bool(probe.poll(0))
+
+
+def show_address(address: Any) -> str:
+    """A socket address as a person reads it: ``127.0.0.1:7000``,
+    ``[::1]:7000`` (IPv6 in brackets), a Unix path as itself."""
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) or "-"

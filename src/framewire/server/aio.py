@@ -29,7 +29,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import readable_now
+from framewire.io.netio import readable_now, show_address
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import CLOSE, READ, ResponseCache, ServerConnection, Slot, busy_response
@@ -43,13 +43,6 @@ log = logging.getLogger("framewire.server")
 # Bytes the transport may hold before it asks us to stop writing: small, so
 # that what waits is counted by the engine against the high-water mark.
 _TRANSPORT_HIGH = 64 * 1024
-
-
-def _peer_name(addr: Any) -> str:
-    if isinstance(addr, tuple):
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(addr) or "-"
 
 
 class _LoopReaders:
@@ -127,7 +120,7 @@ class _Connection(asyncio.BufferedProtocol):
         engine = ServerConnection(
             server.config,
             now,
-            _peer_name(transport.get_extra_info("peername")),
+            show_address(transport.get_extra_info("peername")),
             headers=server._headers,
             responses=server._responses,
         )
@@ -344,7 +337,7 @@ class AioServer:
         self._listener = listener
         self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)
         self._acceptor.listen()
-        log.info("listening on %s", _peer_name(self.address))
+        log.info("listening on %s", show_address(self.address))
 
     def _accept(self) -> None:
         acceptor = self._acceptor
@@ -459,10 +452,7 @@ async def start_server(
     an :class:`~framewire.server.app.App`. Every setting of
     :class:`~framewire.server.config.ServerConfig` is a keyword.
     """
-    if config is None:
-        config = ServerConfig(**settings)
-    elif settings:
-        raise TypeError("give either config or settings, not both")
+    config = ServerConfig.of(config, settings)
     server = AioServer(handler, config, asyncio.get_running_loop())
     await server._listen(host, port, backlog)
     return server

@@ -86,6 +86,15 @@ class ServerConfig:
                     allowed = f"within {setting.minimum:g}..{setting.maximum:g}"
                 raise ValueError(f"{item.name} must be {allowed}, not {value}")
 
+    @classmethod
+    def of(cls, config: ServerConfig | None, settings: dict[str, Any]) -> ServerConfig:
+        """``config``, or one made of ``settings`` (a server takes either)."""
+        if config is None:
+            return cls(**settings)
+        if settings:
+            raise TypeError("give either config or settings, not both")
+        return config
+
     @property
     def low_water(self) -> int:
         """Queued bytes below which a paused connection is read again (half the high-water mark)."""

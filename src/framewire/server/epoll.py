@@ -32,7 +32,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import readable_now
+from framewire.io.netio import readable_now, show_address
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
 from framewire.server.app import Handler
@@ -85,13 +85,6 @@ class _Socket:
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
 
 
-def _peer_name(addr: Any) -> str:
-    if isinstance(addr, tuple):
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(addr) or "-"
-
-
 class Server:
     """A framed-message server for one handler (``Message -> Message``).
 
@@ -114,10 +107,7 @@ class Server:
         backlog: int = 4096,
         **settings: Any,
     ) -> None:
-        if config is None:
-            config = ServerConfig(**settings)
-        elif settings:
-            raise TypeError("give either config or settings, not both")
+        config = ServerConfig.of(config, settings)
         if backlog <= 0:
             raise ValueError(f"backlog must be > 0, not {backlog}")
         self.config = config
@@ -295,7 +285,7 @@ class Server:
 
     def _loop(self, poll: Any) -> None:
         host, port = self.address
-        log.info("listening on %s", _peer_name((host, port)))
+        log.info("listening on %s", show_address((host, port)))
         wait = poll.poll
         conns = self._conns
         timers = self._timers
@@ -391,7 +381,7 @@ class Server:
             if not _NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = ServerConnection(
-                config, now, _peer_name(addr), headers=self._headers, responses=self._responses
+                config, now, show_address(addr), headers=self._headers, responses=self._responses
             )
             self._dispatcher.bind(engine)
             conn = engine.driver = _Socket(sock, fd, engine)

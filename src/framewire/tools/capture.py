@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import dpkt
 
 from framewire.core.decoder import Decoder
+from framewire.io.netio import show_address
 from framewire.tools.wireview import Event, watch
 
 __all__ = ["CaptureError", "read_capture"]
@@ -161,7 +162,7 @@ def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
             stream = streams.get((client, server))
             if stream is None:
                 stream = streams[(client, server)] = _Stream(f"#{len(streams) + 1}", client, server)
-                yield Event(when, stream.name, "--", note=f"{_show(client)} -> {_show(server)}")
+                yield Event(when, stream.name, "--", note=f"{show_address(client)} -> {show_address(server)}")
             direction = stream.to_server if to_server else stream.to_client
             yield from _segment(when, stream, direction, tcp)
     except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, struct.error) as exc:
@@ -178,11 +179,6 @@ def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
     if source.cut is not None:
         # dpkt hands over a last record cut short as if it were whole.
         raise CaptureError(_damage(source, ValueError(), "the capture is cut short"))
-
-
-def _show(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _segment(when: float, stream: _Stream, direction: _Direction, tcp: Any) -> Iterator[Event]:

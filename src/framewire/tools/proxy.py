@@ -25,7 +25,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import dial, resolve
+from framewire.io.netio import dial, resolve, show_address
 from framewire.tools.wireview import Event, watch
 
 __all__ = ["Event", "Proxy"]
@@ -143,9 +143,7 @@ class Proxy:
         pair.server.events = poller.WRITE
         self._poll.register(sock.fileno(), poller.READ)
         self._poll.register(upstream.fileno(), poller.WRITE)
-        host, port = addr[:2]
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.on_event(Event(time.time(), name, "--", note=f"{shown} connected"))
+        self.on_event(Event(time.time(), name, "--", note=f"{show_address(addr)} connected"))
         self._acceptor.established()
         return True
 
