@@ -264,3 +264,27 @@ def test_import_framewire_loads_only_the_core() -> None:
                   "tools.sockets", "tools.loadgen", "tools.ping"):  # fmt: skip
         assert f"framewire.{heavy}" not in cli
     assert "asyncio" not in cli
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
+def test_ipv6_serve_request_ping_proxy_bench(spawn: Any) -> None:
+    server = spawn("serve", "--host", "::1", "--port", "0", "--app", "echo")
+    port = server.wait_for(r"on \[::1\]:(\d+)").group(1)
+    answer = run_cli("request", "::1", port, "--text", "over IPv6")
+    assert answer.returncode == 0 and answer.stdout.strip() == "over IPv6", answer.stderr
+    pinged = run_cli("ping", "::1", port, "-c", "1")
+    assert pinged.returncode == 0 and f"[::1]:{port}" in pinged.stdout
+    proxy = spawn("proxy", "--listen", "[::1]:0", "--upstream", f"[::1]:{port}", "-q")
+    proxied = proxy.wait_for(r"proxy on \[::1\]:(\d+) -> \[::1\]:" + port).group(1)
+    through = run_cli("request", "::1", proxied, "--text", "through the proxy")
+    assert through.returncode == 0 and through.stdout.strip() == "through the proxy", through.stderr
+    loaded = run_cli("bench", "::1", port, "-c", "2", "-d", "2", "-n", "200", "--check", "-q")
+    assert loaded.returncode == 0, loaded.stderr

@@ -17,6 +17,7 @@ from framewire.cli.common import (
     port_option,
     setup_logging,
 )
+from framewire.io.netio import show_address
 
 
 @main.command("echo-server")
@@ -35,7 +36,7 @@ def echo_server(host: str, port: int) -> None:
     from framewire.tools import rawecho
 
     listener = listen_or_fail(host, port)
-    click.echo(f"Listening on {host}:{listener.getsockname()[1]} for one client", err=True)
+    click.echo(f"Listening on {show_address((host, listener.getsockname()[1]))} for one client", err=True)
     rawecho.echo_server_once(listener, on_event=lambda line: click.echo(line, err=True))
 
 
@@ -84,7 +85,7 @@ def multiconn_server(host: str, port: int, log_level: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     # Announced only now, so that whoever waits for it can stop us cleanly.
-    click.echo(f"Echoing on {host}:{server.port} (Ctrl-C to stop)", err=True)
+    click.echo(f"Echoing on {show_address((host, server.port))} (Ctrl-C to stop)", err=True)
     server.serve_forever()
 
 

@@ -23,6 +23,7 @@ from framewire.cli.common import (
     setup_logging,
 )
 from framewire.core.message import Message
+from framewire.io.netio import show_address
 
 
 def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,7 +113,8 @@ def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, *
     }.get(app_spec)
 
     def ready(bound_host: str, bound_port: int) -> None:
-        banner = f"framewire: serving the {app_spec} app on {bound_host}:{bound_port} (Ctrl-C to stop)."
+        where = show_address((bound_host, bound_port))
+        banner = f"framewire: serving the {app_spec} app on {where} (Ctrl-C to stop)."
         if hint is not None:
             banner += f" Try:\n  framewire request {bound_host} {bound_port} {hint}"
         click.echo(banner, err=True)

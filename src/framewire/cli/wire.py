@@ -16,7 +16,7 @@ from framewire.cli.common import (
     _fail,
     main,
 )
-from framewire.io.netio import describe
+from framewire.io.netio import describe, show_address
 
 
 def _address(text: str, default_host: str | None) -> tuple[str, int]:
@@ -69,9 +69,8 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
         raise _bind_error(exc, listen[0], listen[1]) from None
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: proxy.shutdown())
-    click.echo(
-        f"framewire: proxy on {listen[0]}:{proxy.port} -> {target[0]}:{target[1]} (Ctrl-C to stop)", err=True
-    )
+    where = show_address((listen[0], proxy.port))
+    click.echo(f"framewire: proxy on {where} -> {show_address(target)} (Ctrl-C to stop)", err=True)
     try:
         proxy.serve_forever()
     finally:
@@ -212,7 +211,7 @@ def ping_command(
     """
     from framewire.tools import ping as ping_module
 
-    target = f"{host}:{port}"
+    target = show_address((host, port))
     what = "TCP connect to" if connect_only else f"{size} bytes of content to"
     click.echo(f"FRAMEWIRE PING {what} {target}")
     stats = ping_module.PingStats()

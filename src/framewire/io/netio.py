@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["connect", "describe", "dial", "readable_now", "resolve", "translated"]
+__all__ = ["connect", "describe", "dial", "listen", "readable_now", "resolve", "show_address", "translated"]
 
 
 @contextlib.contextmanager
@@ -97,3 +97,18 @@ def show_address(address: Any) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) or "-"
+
+
+def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (SO_REUSEADDR), whatever the
+    address family: ``127.0.0.1``, ``::1``, a host name, or ``::`` (both IPv6
+    and IPv4, where the system allows one socket to take both). Raises
+    ``OSError`` (``EADDRINUSE`` when the port is taken)."""
+    if host in ("::", "") and socket.has_dualstack_ipv6():
+        return socket.create_server((host or "::", port), family=socket.AF_INET6, backlog=backlog,
+                                    dualstack_ipv6=True)  # fmt: skip
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+    return socket.create_server((host, port), family=family, backlog=backlog)

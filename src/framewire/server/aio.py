@@ -29,7 +29,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import readable_now, show_address
+from framewire.io.netio import listen, readable_now, show_address
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import CLOSE, READ, ResponseCache, ServerConnection, Slot, busy_response
@@ -331,7 +331,7 @@ class AioServer:
         # (asyncio's own accept hands each to a task of its own, which a
         # stop would cancel, resetting connections whose requests came
         # before the signal).
-        listener = socket.create_server((host, port), backlog=backlog)
+        listener = listen(host, port, backlog)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = listener

@@ -32,7 +32,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import readable_now, show_address
+from framewire.io.netio import listen, readable_now, show_address
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
 from framewire.server.app import Handler
@@ -159,7 +159,7 @@ class Server:
         """
         if self._listener is not None:
             return
-        listener = socket.create_server((self.host, self.requested_port), backlog=self.backlog)
+        listener = listen(self.host, self.requested_port, self.backlog)
         listener.setblocking(False)
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

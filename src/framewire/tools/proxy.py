@@ -26,6 +26,7 @@ from framewire.core.decoder import Decoder
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import dial, resolve, show_address
+from framewire.io.netio import listen as listen_on
 from framewire.tools.wireview import Event, watch
 
 __all__ = ["Event", "Proxy"]
@@ -67,7 +68,7 @@ class Proxy:
     ) -> None:
         self.upstream = upstream
         self.on_event = on_event
-        self.listener = socket.create_server(listen)
+        self.listener = listen_on(*listen)
         self._poll = poller.Poller()
         self._acceptor = Acceptor(self.listener, self._poll, log)
         self._sides: dict[int, tuple[_Pair, _Side]] = {}

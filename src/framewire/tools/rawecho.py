@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from framewire.io import poller
+from framewire.io import netio, poller
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import connect, translated
 
@@ -28,7 +28,7 @@ _CHUNK = 64 * 1024
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket with SO_REUSEADDR (raises OSError, EADDRINUSE if taken)."""
-    return socket.create_server((host, port))
+    return netio.listen(host, port)
 
 
 def echo_server_once(listener: socket.socket, on_event: Callable[[str], None] | None = None) -> int:
@@ -127,7 +127,7 @@ class MulticonnEchoServer:
         for fd, addr in self._acceptor.accept(time.monotonic()):
             sock = socket.socket(self.listener.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
-            peer = peers[fd] = _Peer(sock, f"{addr[0]}:{addr[1]}")
+            peer = peers[fd] = _Peer(sock, netio.show_address(addr))
             self._poll.register(fd, poller.READ)
             log.info("accepted connection from %s", peer.name)
             self._acceptor.established()
