@@ -92,6 +92,11 @@ class Acceptor:
             self._backoff = _BACKOFF[0]
             self._log.warning("descriptors available again: accepting")
 
+    def wait(self, now: float) -> float | None:
+        """Seconds until a back-off pause ends (None: not paused), for a
+        loop's poll timeout."""
+        return None if self.paused_until is None else max(0.0, self.paused_until - now)
+
     def tick(self, now: float) -> None:
         """Resume accepting when a back-off pause is over."""
         if self.paused_until is not None and now >= self.paused_until:

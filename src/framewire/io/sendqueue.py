@@ -16,7 +16,7 @@ from typing import Final
 __all__ = ["IOV_MAX", "JOIN_BELOW", "SendQueue"]
 
 #: Below this many queued bytes, one joined buffer and ``send`` cost less
-#: than ``sendmsg`` with a vector of parts.
+#: than ``sendmsg`` with a vector of parts (the epoll driver's choice).
 JOIN_BELOW: Final = 64 * 1024
 #: Most parts one ``sendmsg`` call takes.
 IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
@@ -53,18 +53,6 @@ class SendQueue:
         self.size += size
         self.queued += size
         self.marks.append(self.queued)
-
-    def payload(self) -> bytes | memoryview | list[bytes | memoryview]:
-        """What to hand to the socket: one buffer for ``send`` when small, the
-        parts (at most IOV_MAX) for ``sendmsg`` when large."""
-        parts = self.parts
-        if self.size <= JOIN_BELOW:
-            if len(parts) == 1:
-                return parts[0]
-            data = b"".join(parts)
-            parts[:] = [data]  # keep the joined copy, should the send be partial
-            return data
-        return parts[:IOV_MAX]
 
     def consume(self, sent: int) -> None:
         """``sent`` bytes went out."""

@@ -146,9 +146,11 @@ class _Connection(asyncio.BufferedProtocol):
         if engine is None:
             return
         try:
-            self.server._in_handler = self
-            engine.receive(data, self.server._loop.time())
-            self.server._in_handler = None
+            self.server._in_handler = self  # named by a forced stop, should the handler hang
+            try:
+                engine.receive(data, self.server._loop.time())
+            finally:
+                self.server._in_handler = None
             started = engine.message_started
             if started is not None:
                 self._schedule(started + self.server.config.message_timeout)

@@ -190,11 +190,6 @@ class ServerConnection:
         """Answers owed to the peer: queued unsent, and not yet ready."""
         return self.out.responses + len(self._waiting)
 
-    @property
-    def waiting(self) -> int:
-        """Answers owed that a handler has not produced yet."""
-        return sum(not slot.ready for slot in self._waiting)
-
     def reading(self) -> bool:
         """Whether the driver should read from the peer now."""
         if self.closing or self.lost:

@@ -304,8 +304,8 @@ class Server:
             else:
                 due = timers.next_due()
                 timeout = None if due is None else max(0.0, due - now)
-            if acceptor.paused_until is not None:
-                pause = max(0.0, acceptor.paused_until - now)
+            pause = acceptor.wait(now)
+            if pause is not None:
                 timeout = pause if timeout is None else min(timeout, pause)
             events = wait(timeout)
             now = time.monotonic()
@@ -419,9 +419,11 @@ class Server:
             self._lost(conn, exc)
             return
         engine = conn.engine
-        self._in_handler = conn
-        engine.receive(data, now)
-        self._in_handler = None
+        self._in_handler = conn  # named by a forced stop, should the handler hang
+        try:
+            engine.receive(data, now)
+        finally:
+            self._in_handler = None
         deadline = engine.message_started
         if deadline is not None:
             # A message is under way: its deadline may be earlier than the

@@ -94,9 +94,7 @@ class Proxy:
         listen_fd = self._acceptor.fileno()
         try:
             while not self._stop:
-                paused = self._acceptor.paused_until
-                timeout = None if paused is None else max(0.0, paused - time.monotonic())
-                for fd, mask in self._poll.poll(timeout):
+                for fd, mask in self._poll.poll(self._acceptor.wait(time.monotonic())):
                     if fd == listen_fd:
                         self._accept()
                     elif fd in self._sides:
