@@ -191,10 +191,9 @@ class ServerConnection:
         return self.out.responses + len(self._waiting)
 
     def reading(self) -> bool:
-        """Whether the driver should read from the peer now."""
-        if self.closing or self.lost:
-            return False
-        return not self.flow.update(self.out.size, self.out.responses + len(self._waiting))
+        """Whether the driver should read from the peer now (see :meth:`interest`)."""
+        wanted = self.interest()
+        return wanted != CLOSE and bool(wanted & READ)
 
     def interest(self) -> int:
         """What the driver should do next, in one call: :data:`CLOSE`, or the
@@ -221,12 +220,8 @@ class ServerConnection:
 
     @property
     def finished(self) -> bool:
-        """Nothing more will be sent: the driver closes the connection."""
-        if self.lost:
-            return True
-        if self.out or self._waiting:
-            return False
-        return self.closing or (self.draining and not self.decoder.in_message)
+        """Nothing more will be sent: the driver closes the connection (see :meth:`interest`)."""
+        return self.interest() == CLOSE
 
     @property
     def deadline(self) -> float | None:
