@@ -8,6 +8,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import trustme
 
 from framewire import Decoder, Message, encode_many
 from framewire.server import Server
@@ -27,7 +29,8 @@ from framewire.server.app import Handler, echo
 DRIVER = ["epoll"]
 
 
-@pytest.fixture(params=["epoll", "asyncio"])
+# Module-scoped, so that a module's shared servers are made once per driver.
+@pytest.fixture(scope="module", params=["epoll", "asyncio"])
 def driver(request: pytest.FixtureRequest) -> Iterator[str]:
     DRIVER[0] = request.param
     try:
@@ -36,10 +39,74 @@ def driver(request: pytest.FixtureRequest) -> Iterator[str]:
         DRIVER[0] = "epoll"
 
 
+# The transport of a test's connections: tests marked with the
+# ``transport`` fixture run on plain TCP and on TLS (``running`` serves TLS,
+# ``connect`` speaks it), the same test, not a copy.
+TRANSPORT = ["tcp"]
+
+
+class Tls:
+    """A test CA (trustme), a server certificate for localhost, 127.0.0.1
+    and ::1, and contexts for both ends; one per test session."""
+
+    def __init__(self) -> None:
+        self.ca = trustme.CA()
+        self.server_cert = self.ca.issue_cert("localhost", "127.0.0.1", "::1")
+        self.client_cert = self.ca.issue_cert("client@example.com", common_name="alice")
+
+    def server(self, *, mutual: bool = False) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_cert.configure_cert(context)
+        if mutual:
+            self.ca.configure_trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def client(self, *, with_cert: bool = False) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        if with_cert:
+            self.client_cert.configure_cert(context)
+        return context
+
+
+_TLS: list[Tls] = []
+
+
+def tls() -> Tls:
+    """The session's test certificates."""
+    if not _TLS:
+        _TLS.append(Tls())
+    return _TLS[0]
+
+
+@pytest.fixture(scope="module", params=["tcp", "tls"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    TRANSPORT[0] = request.param
+    try:
+        yield request.param
+    finally:
+        TRANSPORT[0] = "tcp"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Commands run as subprocesses do not follow the transport: their TLS
+    # runs would repeat the TCP ones.
+    items[:] = [
+        item
+        for item in items
+        if not ("[tls" in item.name or "-tls" in item.name)
+        or "spawn" not in getattr(item, "fixturenames", ())
+    ]
+
+
 @contextmanager
 def running(handler: Handler = echo, **options: Any) -> Iterator[Any]:
     """A server on 127.0.0.1, a free port, serving in a background thread,
-    on the driver of the test (epoll unless the test runs per driver)."""
+    on the driver of the test (epoll unless the test runs per driver), over
+    TLS when the test's transport is (or with ``ssl_context``)."""
+    if TRANSPORT[0] == "tls" and "ssl_context" not in options:
+        options["ssl_context"] = tls().server()
     if DRIVER[0] == "asyncio":
         with running_aio(handler, **options) as server:
             yield server
@@ -54,12 +121,15 @@ def running_aio(handler: Handler = echo, **options: Any) -> Iterator[Any]:
     """framewire.aio's server, on an event loop in a background thread."""
     from framewire import aio
 
+    if "ssl_context" in options:
+        options["ssl"] = options.pop("ssl_context")
+
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-aio-loop", daemon=True)
     thread.start()
     try:
         server = asyncio.run_coroutine_threadsafe(
-            aio.start_server(handler, "127.0.0.1", 0, **options), loop
+            aio.start_server(handler, options.pop("host", "127.0.0.1"), 0, **options), loop
         ).result(10)
         try:
             yield server
@@ -90,8 +160,11 @@ def echo_server() -> Iterator[Server]:
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    """A connection to 127.0.0.1:port, TLS when the test's transport is."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if TRANSPORT[0] == "tls":
+        return tls().client().wrap_socket(sock, server_hostname="127.0.0.1")
     return sock
 
 
@@ -107,6 +180,14 @@ def read_messages(sock: socket.socket, count: int, decoder: Decoder | None = Non
     return out
 
 
+def shut_write(sock: socket.socket) -> None:
+    """Half-close. A Python TLS socket cannot: ``SSLSocket.shutdown`` drops
+    TLS and what follows is raw records; such tests are plain-TCP only."""
+    if isinstance(sock, ssl.SSLSocket):
+        pytest.skip("a Python TLS socket cannot half-close")
+    sock.shutdown(socket.SHUT_WR)
+
+
 def read_until_closed(sock: socket.socket) -> bytes:
     chunks = []
     while data := sock.recv(65536):
@@ -118,7 +199,7 @@ def half_closed_exchange(port: int, requests: list[Message]) -> list[Message]:
     """Send ``requests`` pipelined, half-close, read every answer until the close."""
     with connect(port) as sock:
         sock.sendall(encode_many(requests))
-        sock.shutdown(socket.SHUT_WR)
+        shut_write(sock)
         data = read_until_closed(sock)
     decoder = Decoder()
     answers = decoder.feed(data)

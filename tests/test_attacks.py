@@ -34,7 +34,7 @@ from framewire.tools.capture import read_capture
 from framewire.tools.ping import PING_KEY, probe_reply
 
 # Every test here runs on both drivers: the epoll server and framewire.aio.
-pytestmark = pytest.mark.usefixtures("driver")
+pytestmark = pytest.mark.usefixtures("driver", "transport")
 
 
 def frame(header: bytes, content: bytes = b"") -> bytes:

@@ -288,3 +288,94 @@ def test_ipv6_serve_request_ping_proxy_bench(spawn: Any) -> None:
     assert through.returncode == 0 and through.stdout.strip() == "through the proxy", through.stderr
     loaded = run_cli("bench", "::1", port, "-c", "2", "-d", "2", "-n", "200", "--check", "-q")
     assert loaded.returncode == 0, loaded.stderr
+
+
+@pytest.mark.usefixtures("driver")
+def test_unix_socket_serve_request_ping_proxy_bench(spawn: Any, tmp_path: Path) -> None:
+    path = tmp_path / "fw.sock"
+    server = spawn("serve", "--unix", str(path), "--unix-mode", "660", "--app", "echo")
+    server.wait_for(f"on unix:{path}")
+    assert path.stat().st_mode & 0o777 == 0o660
+    answer = run_cli("request", f"unix:{path}", "--text", "over a unix socket")
+    assert answer.returncode == 0 and answer.stdout.strip() == "over a unix socket", answer.stderr
+    pinged = run_cli("ping", f"unix:{path}", "-c", "1")
+    assert pinged.returncode == 0 and f"from unix:{path}: seq=1" in pinged.stdout, pinged.stdout
+    loaded = run_cli("bench", f"unix:{path}", "-c", "2", "-d", "2", "-n", "200", "--check", "-q")
+    assert loaded.returncode == 0, loaded.stderr
+    front = tmp_path / "proxy.sock"
+    proxy = spawn("proxy", "--listen", f"unix:{front}", "--upstream", f"unix:{path}", "-q")
+    proxy.wait_for(f"proxy on unix:{front} -> unix:{path}")
+    through = run_cli("request", f"unix:{front}", "--text", "through the proxy")
+    assert through.returncode == 0 and through.stdout.strip() == "through the proxy", through.stderr
+    second = run_cli("serve", "--unix", str(path), timeout=20)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"framewire: unix:{path} is in use by a running server: stop it or choose another --unix path"
+    )
+    code, _, _ = server.stop()
+    assert code == 0 and not path.exists()
+    gone = run_cli("request", f"unix:{path}", "--text", "anyone?")
+    assert gone.returncode == 1
+    assert gone.stderr == f"framewire: no socket at unix:{path}: is the server running?\n"
+
+
+def test_unix_address_usage_errors(tmp_path: Path) -> None:
+    missing_port = run_cli("request", "127.0.0.1", "--text", "x")
+    assert missing_port.returncode == 2
+    bad_mode = run_cli("serve", "--unix", str(tmp_path / "s"), "--unix-mode", "999")
+    assert bad_mode.returncode == 2 and "octal mode" in bad_mode.stderr
+    mode_alone = run_cli("serve", "--unix-mode", "600")
+    assert mode_alone.returncode == 2 and "--unix-mode goes with --unix" in mode_alone.stderr
+
+
+@pytest.mark.usefixtures("driver")
+def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    made = run_cli("certs", str(certs))
+    assert made.returncode == 0, made.stderr
+    names = ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
+    assert made.stdout.split() == [str(certs / name) for name in names]
+    assert (certs / "server-key.pem").stat().st_mode & 0o777 == 0o600
+    again = run_cli("certs", str(certs))
+    assert again.returncode == 1 and "--force" in again.stderr
+    ca, cert, key = (str(certs / n) for n in ("ca.pem", "client.pem", "client-key.pem"))
+    server = spawn("serve", "--port", "0", "--tls-cert", str(certs / "server.pem"),
+                   "--tls-key", str(certs / "server-key.pem"), "--tls-client-ca", ca)  # fmt: skip
+    port = server.wait_for(r"127\.0\.0\.1:(\d+) over TLS").group(1)
+    mutual = ("--tls-ca", ca, "--tls-cert", cert, "--tls-key", key)
+    answer = run_cli("request", "localhost", port, *mutual, "search", "ring")
+    assert answer.returncode == 0 and "Misty Mountains" in answer.stdout, answer.stderr
+    server.wait_for("opened, TLSv1.3, client certificate framewire-client")
+    pinged = run_cli("ping", "localhost", port, *mutual, "-c", "1")
+    assert pinged.returncode == 0, pinged.stderr
+    loaded = run_cli("bench", "localhost", port, *mutual, "--search", "-c", "2", "-d", "2", "-n", "100", "-q")
+    assert loaded.returncode == 0, loaded.stderr
+    failures = {
+        "no client certificate": (("--tls-ca", ca), "client certificate"),
+        "untrusted server": (("--tls",), "does not trust"),
+        "plaintext": ((), "if the server speaks TLS, add --tls"),
+        "wrong name": ((*mutual, "--tls-server-name", "example.com"), "not valid for this host name"),
+    }
+    for why, (options, expected) in failures.items():
+        failed = run_cli("request", "localhost", port, *options, "search", "ring")
+        assert failed.returncode == 1, why
+        assert failed.stderr.count("\n") == 1 and expected in failed.stderr, (why, failed.stderr)
+        assert "Traceback" not in failed.stderr
+    server.wait_for("TLS handshake failed: the client presented no certificate")
+    still = run_cli("request", "localhost", port, *mutual, "search", "ring")
+    assert still.returncode == 0, still.stderr
+    code, _, err = server.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_tls_option_errors(tmp_path: Path) -> None:
+    key_alone = run_cli("request", "127.0.0.1", "1", "--tls-key", "k.pem", "search", "x")
+    assert key_alone.returncode == 2 and "--tls-key goes with --tls-cert" in key_alone.stderr
+    missing = run_cli("serve", "--tls-cert", str(tmp_path / "nope.pem"))
+    assert missing.returncode == 2
+    assert (
+        missing.stderr == f"framewire: cannot read the server certificate or key: {tmp_path / 'nope.pem'}\n"
+    )
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    junk = run_cli("request", "127.0.0.1", "1", "--tls-ca", str(tmp_path / "junk.pem"), "search", "x")
+    assert junk.returncode == 2 and "does not load" in junk.stderr

@@ -277,3 +277,24 @@ def test_a_late_answer_for_a_lost_connection_is_dropped() -> None:
     conn.connection_lost()
     conn.fulfil(later.slots[0][0], Message.from_bytes(b"late"), 1.0)
     assert not conn.out and conn.finished
+
+
+def test_a_tls_handshake_must_end_within_the_message_deadline() -> None:
+    conn = ServerConnection(ServerConfig(message_timeout=2.0, idle_timeout=30.0), now=10.0, handshaking=True)
+    assert conn.deadline == 12.0  # from the accept, not from a first byte
+    conn.timer(11.9)
+    assert not conn.lost
+    conn.timer(12.0)
+    assert conn.lost and conn.finished and not conn.out  # closed without an answer: no channel yet
+
+
+def test_a_secured_connection_is_idle_from_the_handshake_and_knows_its_peer() -> None:
+    config = ServerConfig(message_timeout=2.0, idle_timeout=30.0)
+    conn = ServerConnection(config, 10.0, "p:1", handshaking=True)
+    conn.secured(11.0, "TLSv1.3", {"commonName": "alice"})
+    assert not conn.handshaking and conn.deadline == 41.0
+    conn.timer(12.5)  # the handshake deadline has passed, but the handshake is done
+    assert not conn.lost
+    peer = conn.peer_info()
+    assert (peer.address, peer.tls, peer.common_name) == ("p:1", "TLSv1.3", "alice")
+    assert engine().peer_info().tls is None and engine().peer_info().certificate is None

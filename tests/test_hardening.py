@@ -7,6 +7,7 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -19,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import connect, engines, read_messages, read_until_closed, running
+from conftest import connect, engines, read_messages, read_until_closed, running, shut_write
 from framewire import Decoder, Message, encode, encode_many
 from framewire.server import Server
 from framewire.server.app import echo, search_app
 
 # Every test here runs on both drivers: the epoll server and framewire.aio.
-pytestmark = pytest.mark.usefixtures("driver")
+pytestmark = pytest.mark.usefixtures("driver", "transport")
 
 
 def frame(header: bytes, content: bytes = b"") -> bytes:
@@ -111,7 +112,7 @@ FRAMING_CASES = [
 
 
 @pytest.fixture(scope="module")
-def strict_server() -> Any:
+def strict_server(driver: str, transport: str) -> Any:
     with running(search_app(), max_content_length=2000, message_timeout=1.0) as server:
         yield server
 
@@ -161,7 +162,7 @@ def test_truncated_message_then_half_close(strict_server: Server) -> None:
     for cut in (1, 2, 10, len(data) - 1):
         with connect(strict_server.port) as sock:
             sock.sendall(data[:cut])
-            sock.shutdown(socket.SHUT_WR)
+            shut_write(sock)
             (response,) = Decoder().feed(read_until_closed(sock))
         assert error_code(response) == "incomplete-message"
     still_serves(strict_server)
@@ -228,6 +229,9 @@ def test_server_busy_beyond_the_connection_limit() -> None:
             sock.close()
 
 
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
 def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tuple[Any, memoryview, int]:
     """Pipeline copies of ``request`` without reading until the server stops
     reading this connection. Returns its state, the stream and bytes sent."""
@@ -235,12 +239,12 @@ def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tu
     sock.setblocking(False)
     stream = memoryview(request * (64 * 1024 * 1024 // len(request)))
     sent = 0
-    wait_until(lambda: server.connections == 1)
+    wait_until(lambda: len(engines(server)) == 1)  # connected (and over TLS, secured)
     (engine,) = engines(server)
     while True:  # until the server stops reading and every buffer is full
         try:
             sent += sock.send(stream[sent : sent + 65536])
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             if engine.flow.paused:
                 return engine, stream, sent
             select.select([], [sock], [], 0.05)  # the server is still catching up
@@ -248,16 +252,33 @@ def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tu
 
 
 def finish_and_read(sock: socket.socket, request: bytes, stream: memoryview, sent: int) -> list[Message]:
-    """Complete the last, partly sent request and read every answer."""
-    total = -(-sent // len(request))
+    """Complete the last, partly sent request and read every answer, in one
+    thread (a TLS socket must not read and write from two at once)."""
+    # A TLS write that had to wait is retried with the same bytes first.
+    retry: memoryview | None = stream[sent : sent + 65536]
+    end: int | None = None
+    decoder = Decoder()
     answers: list[Message] = []
-    sock.setblocking(True)
-    sock.settimeout(20)
-    reader = threading.Thread(target=lambda: answers.extend(read_messages(sock, total)))
-    reader.start()
-    sock.sendall(stream[sent : total * len(request)])
-    reader.join(30)
-    assert len(answers) == total
+    deadline = time.monotonic() + 30
+    while end is None or len(answers) < -(-end // len(request)):
+        assert time.monotonic() < deadline, "the answers never all came"
+        chunk = retry if retry is not None else (stream[sent:end] if end is not None else None)
+        if chunk:
+            try:
+                sent += sock.send(chunk[:65536] if retry is None else chunk)
+                retry = None
+            except _WOULD_BLOCK:
+                pass
+        if retry is None and end is None:
+            end = -(-sent // len(request)) * len(request)
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        if pending or select.select([sock], [], [], 0.01)[0]:
+            try:
+                data = sock.recv(65536)
+            except _WOULD_BLOCK:
+                continue
+            assert data, "the server closed the connection"
+            answers += decoder.feed(data)
     return answers
 
 
@@ -320,7 +341,7 @@ def still_serves_echo(server: Server) -> None:
 def test_random_bytes_never_crash_the_server(strict_server: Server, junk: bytes) -> None:
     with connect(strict_server.port) as sock:
         sock.sendall(junk)
-        sock.shutdown(socket.SHUT_WR)
+        shut_write(sock)
         data = read_until_closed(sock)
     decoder = Decoder()
     for response in decoder.feed(data):  # whatever came back is well-formed

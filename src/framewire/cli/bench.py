@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
 from framewire.cli.common import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    PORT,
+    ClientCommand,
     friendly_errors,
     main,
+    server_address,
+    tls_client_options,
+    tls_for,
 )
 from framewire.core.message import Message
 
 
-@main.command()
+@main.command(cls=ClientCommand)
 @click.argument("host", default=DEFAULT_HOST)
-@click.argument("port", type=click.IntRange(1, 65535), default=DEFAULT_PORT)
+@click.argument("port", type=PORT, default=DEFAULT_PORT)
 @click.option("--connections", "-c", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--depth", "-d", type=click.IntRange(1), default=16, show_default=True,
               help="Requests kept in flight per connection (pipelining).")  # fmt: skip
@@ -38,6 +44,7 @@ from framewire.core.message import Message
               help="End the run after this long with no answer.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress line.")
+@tls_client_options
 @friendly_errors
 def bench(
     host: str,
@@ -53,6 +60,7 @@ def bench(
     timeout: float,
     as_json: bool,
     quiet: bool,
+    tls: tuple[Any, str | None] | None,
 ) -> None:
     """Load a server: throughput and latency percentiles.
 
@@ -64,9 +72,12 @@ def bench(
     Example:
       framewire serve --app echo --port 65432 --log-level warning &
       framewire bench 127.0.0.1 65432 -c 16 -d 16 -s 64 -t 5 --check
+      framewire bench unix:/tmp/framewire.sock -t 5
     """
     from framewire.tools import loadgen
 
+    host, port = server_address(host, port)
+    context, name = tls_for(host, tls)
     if search:
         message = Message.from_json({"action": "search", "value": "ring"})
     else:
@@ -86,6 +97,7 @@ def bench(
     result = loadgen.run_load(
         host, port, message, connections=connections, depth=depth, duration=duration, count=count,
         check=check, timeout=timeout, progress=show if live else None, oneshot=oneshot,
+        ssl_context=context, server_hostname=name,
     )  # fmt: skip
     if live:
         click.echo(err=True)

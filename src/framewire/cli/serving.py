@@ -12,6 +12,8 @@ from typing import Any
 import click
 
 from framewire.cli.common import (
+    PORT,
+    ClientCommand,
     _bind_error,
     _fail,
     friendly_errors,
@@ -19,8 +21,14 @@ from framewire.cli.common import (
     log,
     log_level_option,
     main,
+    plain_hint,
     port_option,
+    server_address,
     setup_logging,
+    tls_client_options,
+    tls_for,
+    tls_server_options,
+    unix_options,
 )
 from framewire.core.message import Message
 from framewire.io.netio import show_address
@@ -47,6 +55,7 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @main.command()
 @host_option
 @port_option
+@unix_options
 @click.option(
     "--app",
     "app_spec",
@@ -64,10 +73,21 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="The driver: framewire's own epoll loop (selectors where there is no epoll), asyncio, or "
     "asyncio on uvloop (pip install uvloop).",
 )
+@tls_server_options
 @_limit_options
 @log_level_option
 @friendly_errors
-def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, **limit_values: Any) -> None:
+def serve(
+    host: str,
+    port: int,
+    unix: str | None,
+    unix_mode: int | None,
+    app_spec: str,
+    loop_kind: str,
+    log_level: str,
+    ssl_context: Any,
+    **limit_values: Any,
+) -> None:
     """The application server: answers every request with its app.
 
     Keep-alive and pipelining; handlers inline, on --threads N, or async def;
@@ -77,12 +97,21 @@ def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, *
     Example:
       framewire serve --port 65432 --app search
       framewire request 127.0.0.1 65432 search morpheus     (from a second terminal)
+
+    \b
+    Where: --host 127.0.0.1 (default), --host ::1, --host :: (IPv6 and IPv4),
+    or --unix PATH. TLS: --tls-cert and --tls-key (framewire certs DIR makes
+    a development set), and --tls-client-ca for mutual TLS.
     """
     from framewire.server import raise_descriptor_limit
     from framewire.server.app import load_handler
     from framewire.server.config import ServerConfig
 
     setup_logging(log_level)
+    if unix is not None:
+        host = f"unix:{unix}"
+    elif unix_mode is not None:
+        raise _fail("--unix-mode goes with --unix", 2)
     if "" not in sys.path:
         sys.path.insert(0, "")  # MODULE:CALLABLE from the current folder, as python -m does
     try:
@@ -113,16 +142,19 @@ def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, *
     }.get(app_spec)
 
     def ready(bound_host: str, bound_port: int) -> None:
-        where = show_address((bound_host, bound_port))
-        banner = f"framewire: serving the {app_spec} app on {where} (Ctrl-C to stop)."
+        where = bound_host if unix is not None else show_address((bound_host, bound_port))
+        secure = " over TLS" if ssl_context is not None else ""
+        banner = f"framewire: serving the {app_spec} app on {where}{secure} (Ctrl-C to stop)."
         if hint is not None:
-            banner += f" Try:\n  framewire request {bound_host} {bound_port} {hint}"
+            target = bound_host if unix is not None else f"{bound_host} {bound_port}"
+            tls = " --tls-ca CA.pem" if ssl_context is not None else ""
+            banner += f" Try:\n  framewire request {target}{tls} {hint}"
         click.echo(banner, err=True)
 
     if loop_kind == "epoll":
         from framewire.server import Server
 
-        server = Server(handler, host, port, config=config)
+        server = Server(handler, host, port, config=config, ssl_context=ssl_context, unix_mode=unix_mode)
         try:
             server.bind()
         except OSError as exc:
@@ -132,8 +164,8 @@ def serve(host: str, port: int, app_spec: str, loop_kind: str, log_level: str, *
     from framewire.server import aio
 
     try:
-        aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop",
-                on_ready=lambda s: ready(*s.address))  # fmt: skip
+        aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop", ssl_context=ssl_context,
+                unix_mode=unix_mode, on_ready=lambda s: ready(*s.address))  # fmt: skip
     except OSError as exc:
         raise _bind_error(exc, host, port) from None
 
@@ -178,9 +210,9 @@ def _show(response: Message) -> str:
     return repr(response.content)
 
 
-@main.command()
+@main.command(cls=ClientCommand)
 @click.argument("host")
-@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("port", type=PORT)
 @click.argument("action", required=False)
 @click.argument("value", required=False)
 @click.option("--json", "json_text", metavar="JSON", help="Send this JSON as text/json content.")
@@ -193,6 +225,7 @@ def _show(response: Message) -> str:
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole exchange."
 )
+@tls_client_options
 @friendly_errors
 def request(
     host: str,
@@ -205,6 +238,7 @@ def request(
     count: int,
     show_header: bool,
     timeout: float,
+    tls: tuple[Any, str | None] | None,
 ) -> None:
     """The guide's application client: send a request, print the response.
 
@@ -216,11 +250,20 @@ def request(
       framewire request 127.0.0.1 65432 search morpheus
       framewire request 127.0.0.1 65432 binary "some bytes"
       framewire request 127.0.0.1 65432 --json '{"action": "search", "value": "ring"}' --show-header
+
+    \b
+    The server: HOST PORT (HOST a name, 127.0.0.1, ::1), or unix:PATH alone.
+    TLS: --tls, or --tls-ca CA.pem for a server whose CA is not the system's.
+      framewire request unix:/tmp/framewire.sock search ring
+      framewire request localhost 65432 --tls-ca certs/ca.pem search ring
     """
     from framewire.client import Client
 
+    host, port = server_address(host, port)
     message = _build_request(action, value, json_text, text, file)
-    with Client(host, port, timeout=timeout, check=False) as client:
+    context, name = tls_for(host, tls)
+    client = Client(host, port, timeout=timeout, check=False, ssl_context=context, server_hostname=name)
+    with plain_hint(tls), client:
         responses = [client.request(message)] if count == 1 else client.request_many([message] * count)
     failed = 0
     for response in responses:

@@ -7,32 +7,44 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from framewire.cli.common import (
     DEFAULT_PORT,
+    PORT,
+    ClientCommand,
     _bind_error,
     _fail,
     main,
+    server_address,
+    tls_client_options,
+    tls_for,
 )
-from framewire.io.netio import describe, show_address
+from framewire.io.netio import describe, unix_path, where
 
 
 def _address(text: str, default_host: str | None) -> tuple[str, int]:
+    # HOST:PORT, [IPV6]:PORT, PORT alone (with a default host), or unix:PATH.
+    if unix_path(text) is not None:
+        return text, 0
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "", text
     host = host.strip("[]") or (default_host or "")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        wanted = "[HOST:]PORT" if default_host else "HOST:PORT"
+        wanted = "[HOST:]PORT or unix:PATH" if default_host else "HOST:PORT or unix:PATH"
         raise click.BadParameter(f"{text!r} is not {wanted}")
     return host, int(port)
 
 
 @main.command("proxy")
-@click.option("--listen", "listen_at", required=True, metavar="[HOST:]PORT", help="Where clients connect.")
-@click.option("--upstream", required=True, metavar="HOST:PORT", help="The server to forward to.")
+@click.option("--listen", "listen_at", required=True, metavar="[HOST:]PORT",
+              help="Where clients connect: 7000, [::1]:7000, unix:PATH.")  # fmt: skip
+@click.option(
+    "--upstream", required=True, metavar="HOST:PORT", help="The server to forward to (or unix:PATH)."
+)
 @click.option("--log", "log_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Also write every message as a JSON line to this file.")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing (with --log).")
@@ -69,8 +81,9 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
         raise _bind_error(exc, listen[0], listen[1]) from None
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: proxy.shutdown())
-    where = show_address((listen[0], proxy.port))
-    click.echo(f"framewire: proxy on {where} -> {show_address(target)} (Ctrl-C to stop)", err=True)
+    click.echo(
+        f"framewire: proxy on {where(listen[0], proxy.port)} -> {where(*target)} (Ctrl-C to stop)", err=True
+    )
     try:
         proxy.serve_forever()
     finally:
@@ -181,9 +194,9 @@ def sockets_command(port: int | None) -> None:
         click.echo('(a "-" process belongs to another user: run as root to see it)', err=True)
 
 
-@main.command("ping")
+@main.command("ping", cls=ClientCommand)
 @click.argument("host")
-@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("port", type=PORT)
 @click.option("-c", "--count", type=click.IntRange(1), default=None, help="Stop after COUNT probes.")
 @click.option("-i", "--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds between probes.")  # fmt: skip
@@ -192,9 +205,18 @@ def sockets_command(port: int | None) -> None:
 @click.option(
     "-s", "--size", type=click.IntRange(0), default=56, show_default=True, help="Content bytes per probe."
 )
-@click.option("--connect", "connect_only", is_flag=True, help="Time the TCP connect alone (any server).")
+@click.option("--connect", "connect_only", is_flag=True,
+              help="Time the connect alone (with TLS, and its handshake): any server.")  # fmt: skip
+@tls_client_options
 def ping_command(
-    host: str, port: int, count: int | None, interval: float, timeout: float, size: int, connect_only: bool
+    host: str,
+    port: int,
+    count: int | None,
+    interval: float,
+    timeout: float,
+    size: int,
+    connect_only: bool,
+    tls: tuple[Any, str | None] | None,
 ) -> None:
     """Application-level ping: a real request per probe on one connection.
 
@@ -208,16 +230,31 @@ def ping_command(
     Example:
       framewire ping 127.0.0.1 65432 -c 5 -i 0.2
       framewire ping 127.0.0.1 22 --connect -c 3
+      framewire ping unix:/tmp/framewire.sock -c 3
     """
     from framewire.tools import ping as ping_module
 
-    target = show_address((host, port))
-    what = "TCP connect to" if connect_only else f"{size} bytes of content to"
+    host, port = server_address(host, port)
+    context, name = tls_for(host, tls)
+    target = where(host, port)
+    what = (
+        ("TLS" if context is not None else "TCP") + " connect to"
+        if connect_only
+        else f"{size} bytes of content to"
+    )
     click.echo(f"FRAMEWIRE PING {what} {target}")
     stats = ping_module.PingStats()
     try:
         for reply in ping_module.ping(
-            host, port, count=count, interval=interval, timeout=timeout, size=size, connect_only=connect_only
+            host,
+            port,
+            count=count,
+            interval=interval,
+            timeout=timeout,
+            size=size,
+            connect_only=connect_only,
+            ssl_context=context,
+            server_hostname=name,
         ):
             stats.transmitted += 1
             if reply.rtt_ms is None:

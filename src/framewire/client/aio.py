@@ -20,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl as ssl_module
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
 from framewire.core.message import Message
-from framewire.io.netio import translated
+from framewire.io.netio import plain_host, translated, unix_path, where
 
 __all__ = ["AioClient", "connect"]
 
@@ -183,14 +185,28 @@ async def connect(
     check: bool = True,
     max_header_size: int = limits.MAX_HEADER_SIZE,
     max_content_length: int = limits.MAX_CONTENT_LENGTH,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AioClient:
-    """Open a connection (``timeout`` also bounds the connect itself)."""
+    """Open a connection (``timeout`` also bounds the connect and the TLS
+    handshake). ``host`` may be ``"unix:PATH"``; ``ssl`` speaks TLS, the
+    server's certificate checked against ``server_hostname`` (the host by
+    default)."""
     client = AioClient(timeout, check, max_header_size, max_content_length)
-    client.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    client.where = where(host, port)
     loop = asyncio.get_running_loop()
+    path = unix_path(host)
+    if ssl is not None and server_hostname is None and path is None:
+        server_hostname = plain_host(host)
+    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "server_hostname": server_hostname}
     with translated(host, port, timeout):
         async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(lambda: _Protocol(client), host, port)
+            if path is not None:
+                transport, _ = await loop.create_unix_connection(lambda: _Protocol(client), path, **tls)
+            else:
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(client), plain_host(host), port, **tls
+                )
     sock = transport.get_extra_info("socket")
     if sock is not None:
         import socket  # noqa: PLC0415

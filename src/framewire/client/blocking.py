@@ -15,6 +15,7 @@ import collections
 import contextlib
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -23,9 +24,11 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message
-from framewire.io.netio import connect, translated
+from framewire.io.netio import connect, translated, where
 
 __all__ = ["Client"]
+
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Client:
@@ -37,6 +40,12 @@ class Client:
 
     ``check=True`` (the default) turns error responses into
     :class:`ErrorResponse`; with ``check=False`` they are returned as they are.
+
+    ``host`` is a name, an IPv4 or IPv6 address (a name with several
+    addresses is tried in each in turn), or ``"unix:PATH"`` (``port`` is then
+    ignored). ``ssl_context`` speaks TLS (see
+    :func:`framewire.io.tls.client_context`), checking the server's
+    certificate against ``server_hostname`` (the host by default).
     """
 
     def __init__(
@@ -48,9 +57,13 @@ class Client:
         check: bool = True,
         max_header_size: int = limits.MAX_HEADER_SIZE,
         max_content_length: int = limits.MAX_CONTENT_LENGTH,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
         self.timeout = timeout
         self.check = check
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
@@ -62,7 +75,7 @@ class Client:
     def connect(self) -> Client:
         """Open the connection (done by ``with`` and by the first request)."""
         if self._sock is None:
-            self._sock = connect(self.host, self.port, self.timeout)
+            self._sock = connect(self.host, self.port, self.timeout, self.ssl_context, self.server_hostname)
         return self
 
     def close(self) -> None:
@@ -149,14 +162,14 @@ class Client:
                             raise TimeoutError
                         mask = events[0][1]
                         if mask & selectors.EVENT_WRITE and sent < len(payload):
-                            with contextlib.suppress(BlockingIOError):
+                            with contextlib.suppress(*_WOULD_BLOCK):
                                 sent += sock.send(payload[sent:])
                             if sent == len(payload):
                                 selector.modify(sock, selectors.EVENT_READ)
                         if mask & selectors.EVENT_READ:
                             try:
-                                data = sock.recv(limits.RECV_SIZE)
-                            except BlockingIOError:
+                                data = self._recv_all(sock)
+                            except _WOULD_BLOCK:
                                 continue
                             try:
                                 responses += self._feed(data)
@@ -180,15 +193,35 @@ class Client:
             raise
         if not data:
             self.close()
-            raise ConnectionClosed(f"{self.host}:{self.port} closed the connection before answering")
+            text = f"{where(self.host, self.port)} closed the connection before answering"
+            if self.ssl_context is not None:
+                # TLS 1.3 ends the client's handshake before the server checks
+                # its certificate: a refusal comes as this close.
+                text += (
+                    " (a TLS server that requires a client certificate closes like this"
+                    " when it is missing or refused)"
+                )
+            raise ConnectionClosed(text)
         return messages
 
     def _next(self, deadline: float | None) -> Message:
         sock = self._connected()
         while not self._ready:
             sock.settimeout(self._remaining(deadline))
-            self._ready.extend(self._feed(sock.recv(limits.RECV_SIZE)))
+            self._ready.extend(self._feed(self._recv_all(sock)))
         return self._ready.popleft()
+
+    @staticmethod
+    def _recv_all(sock: socket.socket) -> bytes:
+        # A TLS socket may hold decrypted bytes beyond one read, which no
+        # readiness event announces: take them too.
+        data = sock.recv(limits.RECV_SIZE)
+        if isinstance(sock, ssl.SSLSocket):
+            more = sock.pending()
+            while more and data:
+                data += sock.recv(more)
+                more = sock.pending()
+        return data
 
     def _checked(self, message: Message) -> Message:
         if self.check and message.is_error:

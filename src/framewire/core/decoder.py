@@ -112,6 +112,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: The bytes a JSON object may begin with: JSON's whitespace, then ``{``.
+_HEADER_STARTS: Final = frozenset(b"{ \t\r\n")
+
+
+def _not_an_object(first: int, length: bytes) -> str:
+    text = f"The header must be a JSON object; it begins with byte 0x{first:02x}."
+    if length[:1] == b"\x16" and length[1:2] == b"\x03":
+        text += " (These are the first bytes of a TLS handshake: this port does not speak TLS.)"
+    return text
+
+
 def parse_header(data: bytes) -> _Header:
     """Parse and validate one JSON header (without its 2-byte length).
 
@@ -333,6 +344,11 @@ class Decoder:
                 if state is header_state:
                     size = self._header_size
                     if end - pos < size:
+                        if end > pos and buf[pos] not in _HEADER_STARTS:
+                            # Refused now rather than when the whole header
+                            # is in: a TLS ClientHello on a plain port would
+                            # otherwise wait for 5 KB that never come.
+                            raise BadHeader(_not_an_object(buf[pos], buf[pos - 2 : pos]))
                         need = size
                         break
                     raw = buf[pos : pos + size]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -29,7 +31,19 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import listen, readable_now, show_address
+from framewire.io.netio import (
+    describe,
+    listen,
+    listen_unix,
+    readable_now,
+    remove_unix,
+    show_address,
+    tls_problem,
+    unix_file,
+    unix_path,
+    unix_peer,
+)
+from framewire.io.tls import peer_certificate, tls_version
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import CLOSE, READ, ResponseCache, ServerConnection, Slot, busy_response
@@ -43,6 +57,8 @@ log = logging.getLogger("framewire.server")
 # Bytes the transport may hold before it asks us to stop writing: small, so
 # that what waits is counted by the engine against the high-water mark.
 _TRANSPORT_HIGH = 64 * 1024
+# Seconds a closing TLS connection waits for the peer's close_notify.
+_TLS_SHUTDOWN = 5.0
 
 
 class _LoopReaders:
@@ -91,8 +107,9 @@ class _Connection(asyncio.BufferedProtocol):
     fills it and hands it over in one go, so no two connections hold it).
     """
 
-    def __init__(self, server: AioServer) -> None:
+    def __init__(self, server: AioServer, peer: str) -> None:
         self.server = server
+        self.peer = peer
         self.engine: ServerConnection | None = None
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -118,19 +135,21 @@ class _Connection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)
         now = server._loop.time()
         engine = ServerConnection(
-            server.config,
-            now,
-            show_address(transport.get_extra_info("peername")),
-            headers=server._headers,
-            responses=server._responses,
+            server.config, now, self.peer, headers=server._headers, responses=server._responses
         )
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:  # the loop did the handshake before calling us
+            engine.secured(now, tls_version(tls), peer_certificate(tls))
         engine.driver = self
         server._dispatcher.bind(engine)
         self.engine = engine
         server._conns.add(self)
         server.connections_total += 1
         if log.isEnabledFor(logging.INFO):
-            log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
+            if tls is not None:
+                engine.log_secured(len(server._conns))
+            else:
+                log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
         self._schedule(engine.deadline)
         if server._stopping:
             engine.drain()
@@ -165,7 +184,10 @@ class _Connection(asyncio.BufferedProtocol):
                 self.flush()
             except Exception as exc:
                 self.fault(exc)
-        return True  # keep the transport open: every answer still goes out
+        # Keep the transport open: every answer still goes out. (Over TLS,
+        # asyncio cannot: it answers the peer's close_notify by closing,
+        # after what was written; answers not yet written are lost.)
+        return self.engine is None or not self.engine.tls
 
     def fault(self, exc: Exception) -> None:
         """The last line of defence: a fault of framewire's own while serving
@@ -265,8 +287,15 @@ class _Connection(asyncio.BufferedProtocol):
 class AioServer:
     """A framewire server on an asyncio event loop (:func:`start_server`)."""
 
-    def __init__(self, handler: Handler, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig,
+        loop: asyncio.AbstractEventLoop,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self.ssl_context = ssl_context
         self.handler = handler
         self._loop = loop
         self._conns: set[_Connection] = set()
@@ -279,6 +308,8 @@ class AioServer:
         )
         self._busy_response = busy_response(config.max_connections)
         self._listener: socket.socket | None = None
+        self._unix_file: tuple[str, int] | None = None
+        self._host = ""
         self._acceptor: Acceptor | None = None
         self._adopting = 0  # connections taken from the backlog at the stop, not yet made
         self._stopping = False
@@ -307,7 +338,9 @@ class AioServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) of the first listening socket."""
+        """The (host, port) listened on; ``("unix:PATH", 0)`` on a Unix socket."""
+        if self._unix_file is not None or unix_path(self._host) is not None:
+            return self._host, 0
         host, port = self.sockets[0].getsockname()[:2]
         return host, port
 
@@ -326,20 +359,28 @@ class AioServer:
         """Requests received since the start."""
         return self._requests_closed + sum(c.engine.requests for c in self._conns if c.engine is not None)
 
-    async def _listen(self, host: str, port: int, backlog: int) -> None:
+    async def _listen(self, host: str, port: int, backlog: int, unix_mode: int | None = None) -> None:
         # framewire accepts for itself, through the io Acceptor that every
         # loop shares: the same back-off on descriptor exhaustion, and the
         # server knows of every connection from the moment it is accepted
         # (asyncio's own accept hands each to a task of its own, which a
         # stop would cancel, resetting connections whose requests came
         # before the signal).
-        listener = listen(host, port, backlog)
-        if listener.family in (socket.AF_INET, socket.AF_INET6):
+        self._host = host
+        path = unix_path(host)
+        if path is not None:
+            listener = listen_unix(path, unix_mode, backlog)
+            self._unix_file = unix_file(listener)
+        else:
+            if unix_mode is not None:
+                raise ValueError("unix_mode is for a unix:PATH host")
+            listener = listen(host, port, backlog)
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = listener
         self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)
         self._acceptor.listen()
-        log.info("listening on %s", show_address(self.address))
+        where = host if path is not None else show_address(self.address)
+        log.info("listening on %s%s", where, " (TLS)" if self.ssl_context is not None else "")
 
     def _accept(self) -> None:
         acceptor = self._acceptor
@@ -349,12 +390,27 @@ class AioServer:
         accepted = acceptor.accept(self._loop.time())
         if accepted:
             acceptor.established()
-        for fd, _addr in accepted:
+        tls = self.ssl_context
+        for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
+            peer = unix_peer(sock, self._host) if listener.family == socket.AF_UNIX else show_address(addr)
             self._adopting += 1
-            task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: _Connection(self), sock))
-            task.add_done_callback(self._adopted)
+            factory = functools.partial(_Connection, self, peer)
+            if tls is None:
+                setup = self._loop.connect_accepted_socket(factory, sock)
+            else:
+                # The loop runs the handshake; it must end within the
+                # message deadline, as on the epoll driver.
+                setup = self._loop.connect_accepted_socket(
+                    factory,
+                    sock,
+                    ssl=tls,
+                    ssl_handshake_timeout=self.config.message_timeout,
+                    ssl_shutdown_timeout=_TLS_SHUTDOWN,
+                )
+            task = self._loop.create_task(setup)
+            task.add_done_callback(functools.partial(self._adopted, peer))
         if acceptor.paused_until is not None:
             self._loop.call_at(acceptor.paused_until, acceptor.tick, acceptor.paused_until)
 
@@ -365,10 +421,21 @@ class AioServer:
         if self._acceptor is not None and self._acceptor.paused_until is None:
             self._accept()
 
-    def _adopted(self, task: asyncio.Task[Any]) -> None:
+    def _adopted(self, peer: str, task: asyncio.Task[Any]) -> None:
         self._adopting -= 1
-        if not task.cancelled() and task.exception() is not None:
-            log.info("a connection could not be set up: %s", task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, ssl.SSLError):
+            log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
+        elif isinstance(exc, TimeoutError | ConnectionAbortedError) and self.ssl_context is not None:
+            log.info(
+                "connection from %s: TLS handshake not done %g s after the connection opened: closing",
+                peer,
+                self.config.message_timeout,
+            )
+        elif isinstance(exc, OSError):
+            log.info("connection from %s: %s", peer, describe(exc))
+        elif exc is not None:
+            log.info("connection from %s could not be set up: %s", peer, exc)
         self._check_all_closed()
 
     def _check_all_closed(self) -> None:
@@ -428,6 +495,8 @@ class AioServer:
         await self._closed.wait()
         if self._listener is not None:
             self._listener.close()
+            remove_unix(self._unix_file)
+            self._unix_file = None
 
     async def __aenter__(self) -> AioServer:
         return self
@@ -446,17 +515,21 @@ async def start_server(
     *,
     config: ServerConfig | None = None,
     backlog: int = 4096,
+    ssl: ssl.SSLContext | None = None,
+    unix_mode: int | None = None,
     **settings: Any,
 ) -> AioServer:
     """Listen on ``host:port`` and serve ``handler`` on the running loop.
 
     ``handler``: an ``async def (Message) -> Message``, a plain function, or
     an :class:`~framewire.server.app.App`. Every setting of
-    :class:`~framewire.server.config.ServerConfig` is a keyword.
+    :class:`~framewire.server.config.ServerConfig` is a keyword. ``host``
+    may be ``"unix:PATH"`` (with permission ``unix_mode``); ``ssl`` serves
+    TLS (see :func:`framewire.io.tls.server_context`).
     """
     config = ServerConfig.of(config, settings)
-    server = AioServer(handler, config, asyncio.get_running_loop())
-    await server._listen(host, port, backlog)
+    server = AioServer(handler, config, asyncio.get_running_loop(), ssl)
+    await server._listen(host, port, backlog, unix_mode)
     return server
 
 
@@ -466,6 +539,8 @@ def run(
     port: int,
     config: ServerConfig,
     *,
+    ssl_context: ssl.SSLContext | None = None,
+    unix_mode: int | None = None,
     use_uvloop: bool = False,
     on_ready: Callable[[AioServer], None] | None = None,
 ) -> None:
@@ -492,7 +567,7 @@ def run(
     stopper = Stopper(config.grace, drain, snapshot)
 
     async def main() -> None:
-        server = await start_server(handler, host, port, config=config)
+        server = await start_server(handler, host, port, config=config, ssl=ssl_context, unix_mode=unix_mode)
         holder.append(server)
         if on_ready is not None:
             on_ready(server)

@@ -1,6 +1,8 @@
 """Applications: what a server does with each request.
 
-A handler is any callable ``Message -> Message``. :class:`App` routes the
+A handler is any callable ``Message -> Message``; one with a second
+parameter is also given the :class:`~framewire.server.peer.Peer` (address,
+TLS client certificate). :class:`App` routes the
 guide's ``{"action": ..., "value": ...}`` JSON requests to functions and
 binary requests to one more; :func:`search_app` is the guide's demo and
 :func:`echo` the load-testing application of PROTOCOL.md.
@@ -16,15 +18,34 @@ from typing import Any, TypeAlias
 
 from framewire.core.errors import BadContent
 from framewire.core.message import Message
+from framewire.server.peer import Peer
 
 #: What a server calls for each request: a Message back, or an awaitable of
-#: one (``async def`` handlers run on the server's event loop).
-Handler: TypeAlias = Callable[[Message], "Message | Awaitable[Message]"]
+#: one (``async def`` handlers run on the server's event loop). A handler
+#: with a second parameter is called ``handler(request, peer)``.
+Reply: TypeAlias = "Message | Awaitable[Message]"
+Handler: TypeAlias = Callable[[Message], Reply] | Callable[[Message, Peer], Reply]
 #: An action function: the request's ``value`` in, the ``result`` out (or an
 #: awaitable of it: ``async def`` actions).
-Action: TypeAlias = Callable[[Any], Any]
+Action: TypeAlias = Callable[[Any], Any] | Callable[[Any, Peer], Any]
 #: A handler of binary requests: the request in, the response (or its bytes) out.
 BinaryHandler: TypeAlias = Callable[[Message], Any]
+
+
+def takes_peer(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has a second positional parameter (or ``*args``): it
+    is then called with the :class:`Peer` as well."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    positional = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
 
 
 class App:
@@ -37,7 +58,9 @@ class App:
 
     A JSON request ``{"action": "search", "value": "ring"}`` is answered with
     ``{"result": "found ring"}``; an action function may also return a
-    :class:`Message` to answer with it as it is. Actions may be ``async def``
+    :class:`Message` to answer with it as it is. An action with a second
+    parameter, ``def search(value, peer)``, is also given the
+    :class:`~framewire.server.peer.Peer`. Actions may be ``async def``
     functions: the server awaits them on its event loop, and the
     connection's other answers stay in order. An unknown action is
     answered the guide's way, ``{"result": "Error: invalid action 'A'."}``.
@@ -45,6 +68,7 @@ class App:
 
     def __init__(self) -> None:
         self._actions: dict[str, Action] = {}
+        self._with_peer: set[str] = set()
         self._binary: BinaryHandler | None = None
         #: Content type of responses built from the bytes a binary handler returns.
         self.binary_content_type = "binary/custom-server-binary-type"
@@ -54,6 +78,10 @@ class App:
 
         def register(fn: Action) -> Action:
             self._actions[name] = fn
+            if takes_peer(fn):
+                self._with_peer.add(name)
+            else:
+                self._with_peer.discard(name)
             return fn
 
         return register
@@ -63,7 +91,7 @@ class App:
         self._binary = fn
         return fn
 
-    def __call__(self, request: Message) -> Message | Awaitable[Message]:
+    def __call__(self, request: Message, peer: Peer | None = None) -> Message | Awaitable[Message]:
         if request.is_json:
             body = request.json()
             if not isinstance(body, dict) or "action" not in body:
@@ -72,7 +100,8 @@ class App:
             fn = self._actions.get(action) if isinstance(action, str) else None
             if fn is None:
                 return Message.from_json({"result": f"Error: invalid action {action!r}."})
-            result = fn(body.get("value"))
+            value = body.get("value")
+            result = fn(value, peer) if action in self._with_peer else fn(value)  # type: ignore[call-arg, arg-type]
             if inspect.isawaitable(result):
                 return self._later(result, self._json_answer)
             return self._json_answer(result)

@@ -12,7 +12,9 @@ driver acts on; it never touches a socket, a clock or a thread:
 - :meth:`~ServerConnection.sent` reports bytes the socket took;
 - :meth:`~ServerConnection.timer` when :attr:`~ServerConnection.deadline`
   has come: the message deadline and the idle timeout;
-- :meth:`~ServerConnection.drain` when the server is stopping.
+- :meth:`~ServerConnection.drain` when the server is stopping;
+- :meth:`~ServerConnection.secured` when a TLS handshake (which the driver
+  runs, from the moment of the accept, under the message deadline) is done.
 
 The driver sends what :attr:`~ServerConnection.out` holds, reads while
 :meth:`~ServerConnection.reading` says so, and closes when
@@ -35,6 +37,7 @@ from framewire.core.message import Message, _Header
 from framewire.core.probe import PING_KEY, probe_reply
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
+from framewire.server.peer import Peer
 
 __all__ = ["LATER", "Adopt", "Call", "FlowControl", "ResponseCache", "ServerConnection", "Slot"]
 
@@ -123,6 +126,7 @@ class ServerConnection:
 
     __slots__ = (
         "_config",
+        "_peer",
         "_responses",
         "_waiting",
         "adopt",
@@ -132,12 +136,14 @@ class ServerConnection:
         "draining",
         "driver",
         "flow",
+        "handshaking",
         "last_active",
         "lost",
         "message_started",
         "out",
         "peer",
         "requests",
+        "tls",
     )
 
     def __init__(
@@ -150,6 +156,7 @@ class ServerConnection:
         adopt: Adopt | None = None,
         headers: HeaderCache | None = None,
         responses: ResponseCache | None = None,
+        handshaking: bool = False,
     ) -> None:
         self._config = config
         #: Answers a request (the handler itself when it runs inline).
@@ -182,6 +189,14 @@ class ServerConnection:
         self.requests = 0
         #: The driver's own object for this connection (its socket record).
         self.driver: object = None
+        #: A TLS handshake is under way; it must end within the message
+        #: deadline, counted from the accept.
+        self.handshaking = handshaking
+        if handshaking:
+            self.message_started = now
+        #: What the TLS handshake agreed and verified (see :meth:`secured`).
+        self.tls: tuple[str | None, object] | None = None
+        self._peer: Peer | None = None
 
     # -- what the driver reads ------------------------------------------------
 
@@ -212,6 +227,25 @@ class ServerConnection:
             wanted |= READ
         return wanted
 
+    def peer_info(self) -> Peer:
+        """Who the peer is, as handlers that take a second argument see it."""
+        peer = self._peer
+        if peer is None:
+            version, certificate = self.tls if self.tls is not None else (None, None)
+            peer = self._peer = Peer(self.peer, version, certificate)  # type: ignore[arg-type]
+        return peer
+
+    def log_secured(self, open_now: int) -> None:
+        """The log line of a connection whose TLS handshake is done."""
+        peer = self.peer_info()
+        log.info(
+            "connection from %s opened, %s%s (%d open)",
+            self.peer,
+            peer.tls,
+            f", client certificate {peer.common_name or peer.certificate}" if peer.certificate else "",
+            open_now,
+        )
+
     @property
     def idle_drained(self) -> bool:
         """Closing only because the server is stopping and nothing is owed:
@@ -226,7 +260,7 @@ class ServerConnection:
     @property
     def deadline(self) -> float | None:
         """When :meth:`timer` has work to do at the earliest (None: never)."""
-        if self.message_started is not None and self.decoder.in_message:
+        if self.message_started is not None and (self.decoder.in_message or self.handshaking):
             return self.message_started + self._config.message_timeout
         if self._waiting and not self.out:
             return None  # a handler is working for this peer: not idle
@@ -255,6 +289,15 @@ class ServerConnection:
                 self.message_started = now
         else:
             self.message_started = None
+
+    def secured(self, now: float, version: str | None, certificate: object = None) -> None:
+        """The TLS handshake is done: ``version`` agreed, and the subject of
+        the client's verified ``certificate`` (None without one)."""
+        self.handshaking = False
+        self.message_started = None
+        self.last_active = now
+        self.tls = (version, certificate)
+        self._peer = None
 
     def reserve(self) -> Slot:
         """A place for an answer that comes later, after those owed before it."""
@@ -286,7 +329,19 @@ class ServerConnection:
 
     def timer(self, now: float) -> None:
         """Act on the deadlines that have come: a message not complete in
-        time gets ``timeout`` and the connection closes; an idle one closes."""
+        time gets ``timeout`` and the connection closes; an idle one closes;
+        so does one whose TLS handshake is not done within the message
+        deadline (without an answer: there is no channel to send it on)."""
+        if self.handshaking:
+            started = self.message_started
+            if started is not None and started + self._config.message_timeout <= now:
+                log.info(
+                    "connection from %s: TLS handshake not done %g s after the connection opened: closing",
+                    self.peer,
+                    self._config.message_timeout,
+                )
+                self.lost = True
+            return
         if self.message_started is not None and self.decoder.in_message:
             if self.message_started + self._config.message_timeout <= now:
                 error = MessageTimeout(

@@ -12,6 +12,11 @@ connections, moved only when a deadline moves earlier and checked when their
 slot comes, so a busy connection costs no timer work per message. Handlers
 that answer later (threads, async) post their answers back through a
 wake-up, and the engine keeps them in request order.
+
+With TLS, each accepted socket is wrapped at once and its handshake is
+driven by the same loop (never blocking it), under the message deadline;
+connections in their handshake are kept apart, so the loop's hot path pays
+nothing for them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,9 +38,21 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import listen, readable_now, show_address
+from framewire.io.netio import (
+    describe,
+    listen,
+    listen_unix,
+    readable_now,
+    remove_unix,
+    show_address,
+    tls_problem,
+    unix_file,
+    unix_path,
+    unix_peer,
+)
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
+from framewire.io.tls import peer_certificate
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ResponseCache, ServerConnection, busy_response
@@ -53,6 +71,9 @@ _ERROR: Final = poller.ERROR
 # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
 # setsockopt per connection saved.
 _NODELAY_INHERITED: Final = sys.platform.startswith("linux")
+# A read or write that cannot go on now: plain sockets raise the first two,
+# TLS sockets the last two (a record is incomplete, or a write is pending).
+_WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def raise_descriptor_limit(wanted: int) -> int:
@@ -74,14 +95,15 @@ def raise_descriptor_limit(wanted: int) -> int:
 class _Socket:
     """What the driver keeps per connection: the socket beside its engine."""
 
-    __slots__ = ("closed", "engine", "events", "fd", "sock", "timer_slot")
+    __slots__ = ("closed", "engine", "events", "fd", "sock", "timer_slot", "tls")
 
-    def __init__(self, sock: socket.socket, fd: int, engine: ServerConnection) -> None:
+    def __init__(self, sock: socket.socket, fd: int, engine: ServerConnection, tls: bool = False) -> None:
         self.sock = sock
         self.fd = fd
         self.engine = engine
         self.events = _READ
         self.closed = False
+        self.tls = tls
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
 
 
@@ -95,6 +117,13 @@ class Server:
     or ``server.serve_forever()`` to serve in the calling thread. Every limit
     is a keyword argument (see :class:`~framewire.server.config.ServerConfig`
     for each and its default), or pass a whole ``config``.
+
+    ``host`` is an IPv4 or IPv6 address or name (``"::"``: both, where the
+    system allows), or ``"unix:PATH"`` for a Unix domain socket, created
+    with permission ``unix_mode`` (e.g. ``0o660``) and removed at the end.
+    ``ssl_context`` (see :func:`framewire.io.tls.server_context`) serves TLS;
+    with mutual TLS the handler sees the client's verified certificate in
+    its :class:`~framewire.server.peer.Peer`.
     """
 
     def __init__(
@@ -105,11 +134,17 @@ class Server:
         *,
         config: ServerConfig | None = None,
         backlog: int = 4096,
+        ssl_context: ssl.SSLContext | None = None,
+        unix_mode: int | None = None,
         **settings: Any,
     ) -> None:
         config = ServerConfig.of(config, settings)
         if backlog <= 0:
             raise ValueError(f"backlog must be > 0, not {backlog}")
+        if unix_mode is not None and unix_path(host) is None:
+            raise ValueError("unix_mode is for a unix:PATH host")
+        self.ssl_context = ssl_context
+        self.unix_mode = unix_mode
         self.config = config
         self.handler = handler
         self.host = host
@@ -121,6 +156,8 @@ class Server:
         self._acceptor: Acceptor | None = None
         self._waker = poller.Waker()
         self._conns: dict[int, _Socket] = {}
+        self._handshakes: dict[int, _Socket] = {}  # TLS connections not yet secured
+        self._unix_file: tuple[str, int] | None = None
         self._timers: TimerWheel[_Socket] = TimerWheel()
         self._dispatcher = Dispatcher(
             handler, threads=config.threads, max_queued=config.max_queued, wake=self._waker.wake
@@ -159,16 +196,22 @@ class Server:
         """
         if self._listener is not None:
             return
-        listener = listen(self.host, self.requested_port, self.backlog)
-        listener.setblocking(False)
-        if listener.family in (socket.AF_INET, socket.AF_INET6):
+        path = unix_path(self.host)
+        if path is not None:
+            listener = listen_unix(path, self.unix_mode, self.backlog)
+            self._unix_file = unix_file(listener)
+            self._address = (self.host, 0)
+        else:
+            listener = listen(self.host, self.requested_port, self.backlog)
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._address = listener.getsockname()[:2]
+        listener.setblocking(False)
         self._listener = listener
-        self._address = listener.getsockname()[:2]
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the server listens on; the real port when 0 was asked."""
+        """The (host, port) the server listens on; the real port when 0 was
+        asked; ``("unix:PATH", 0)`` on a Unix socket."""
         if self._address is None:
             raise RuntimeError("the server is not bound yet: call start() or bind()")
         return self._address
@@ -180,8 +223,8 @@ class Server:
 
     @property
     def connections(self) -> int:
-        """Connections open now."""
-        return len(self._conns)
+        """Connections open now (with those in their TLS handshake)."""
+        return len(self._conns) + len(self._handshakes)
 
     @property
     def connections_total(self) -> int:
@@ -260,8 +303,12 @@ class Server:
             for conn in list(self._conns.values()):
                 with contextlib.suppress(Exception):
                     self._close(conn)
+            for conn in list(self._handshakes.values()):
+                with contextlib.suppress(Exception):
+                    self._close(conn)
             poll.close()
             self._listener.close()
+            remove_unix(self._unix_file)
             self._waker.close()
             self._stopper.restore()
             self._finished.set()
@@ -272,7 +319,7 @@ class Server:
         busy = self._dispatcher.still_running(time.monotonic())
         if self._in_handler is not None:
             busy.insert(0, self._in_handler.engine.peer)
-        return busy, len(self._conns)
+        return busy, self.connections
 
     def _on_signal(self, signum: int) -> None:
         # The first signal (see stopping.py for the second): only flags and a
@@ -285,7 +332,8 @@ class Server:
 
     def _loop(self, poll: Any) -> None:
         host, port = self.address
-        log.info("listening on %s", show_address((host, port)))
+        where = host if port == 0 and unix_path(host) is not None else show_address((host, port))
+        log.info("listening on %s%s", where, " (TLS)" if self.ssl_context is not None else "")
         wait = poll.poll
         conns = self._conns
         timers = self._timers
@@ -326,6 +374,13 @@ class Server:
                 elif fd == waker_fd:
                     self._waker.drain()
                     self._completions(now)
+                else:
+                    conn = self._handshakes.get(fd)
+                    if conn is not None:
+                        try:
+                            self._handshake(conn, now)
+                        except Exception as exc:
+                            self._fault(conn, exc)
             self._run_timers(now)
             acceptor.tick(now)
             if self._stop_requested:
@@ -341,6 +396,8 @@ class Server:
                     # taken in (closing the listener would reset them).
                     self._accept(now)
                     acceptor.stop()
+                    for conn in list(self._handshakes.values()):
+                        self._close(conn)  # not yet a channel: nothing is owed on it
                     log.info("no longer accepting; %d connections open", len(conns))
                 turns_draining += 1
                 # Two turns first: what peers sent before the stop is read and answered.
@@ -369,25 +426,51 @@ class Server:
         family = listener.family
         register = self._poller.register
         config = self.config
+        tls = self.ssl_context
         accepted = acceptor.accept(now)
         if accepted:
             acceptor.established()
         for fd, addr in accepted:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
-            if len(self._conns) >= config.max_connections:
+            if tls is None and len(self._conns) >= config.max_connections:
                 self._refuse_busy(sock)
                 continue
             sock.setblocking(False)
-            if not _NODELAY_INHERITED:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if family == socket.AF_UNIX:
+                peer = unix_peer(sock, self.host)
+            else:
+                peer = show_address(addr)
+                if not _NODELAY_INHERITED:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = ServerConnection(
-                config, now, show_address(addr), headers=self._headers, responses=self._responses
+                config,
+                now,
+                peer,
+                headers=self._headers,
+                responses=self._responses,
+                handshaking=tls is not None,
             )
             self._dispatcher.bind(engine)
+            self._connections_total += 1
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (OSError, ValueError) as exc:
+                    log.info("connection from %s: TLS could not start: %s", peer, exc)
+                    sock.close()
+                    continue
+                conn = engine.driver = _Socket(sock, fd, engine, tls=True)
+                self._handshakes[fd] = conn
+                register(fd, _READ)
+                self._timers.schedule(conn, now + config.message_timeout)
+                try:
+                    self._handshake(conn, now)
+                except Exception as exc:
+                    self._fault(conn, exc)
+                continue
             conn = engine.driver = _Socket(sock, fd, engine)
             self._conns[fd] = conn
             register(fd, _READ)
-            self._connections_total += 1
             self._timers.schedule(conn, now + config.idle_timeout)
             if log.isEnabledFor(logging.INFO):
                 log.info("connection from %s opened (%d open)", engine.peer, len(self._conns))
@@ -398,10 +481,52 @@ class Server:
             except Exception as exc:
                 self._fault(conn, exc)
 
+    def _handshake(self, conn: _Socket, now: float) -> None:
+        # One step of a TLS handshake, as far as the socket allows now.
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            wanted = _READ
+        except ssl.SSLWantWriteError:
+            wanted = _WRITE
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # refused certificate, not TLS at all, reset, closed
+            problem = tls_problem(exc, server=True) if isinstance(exc, ssl.SSLError) else describe(exc)
+            log.info("connection from %s: TLS handshake failed: %s", conn.engine.peer, problem)
+            self._close(conn)
+            return
+        else:
+            engine = conn.engine
+            del self._handshakes[conn.fd]
+            if len(self._conns) >= self.config.max_connections:
+                # Refused once secured: a TLS client can read server-busy only over TLS.
+                self._timers.cancel(conn)
+                self._poller.forget(conn.fd)
+                conn.closed = True
+                engine.connection_lost()
+                self._refuse_busy(sock)
+                return
+            self._conns[conn.fd] = conn
+            engine.secured(now, sock.version(), peer_certificate(sock))
+            self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
+            if log.isEnabledFor(logging.INFO):
+                engine.log_secured(self.connections)
+            if conn.events != _READ:
+                conn.events = _READ
+                self._poller.modify(conn.fd, _READ)
+            self._on_readable(conn, now)  # the first request may have come with the handshake
+            return
+        if wanted != conn.events:
+            conn.events = wanted
+            self._poller.modify(conn.fd, wanted)
+
     def _refuse_busy(self, sock: socket.socket) -> None:
         try:
             sock.setblocking(False)
-            sock.send(self._busy_response)
+            sock.send(self._busy_response)  # over TLS once secured (see _handshake)
         except OSError:
             pass
         finally:
@@ -411,9 +536,17 @@ class Server:
     # -- reading, answering, writing ----------------------------------------------
 
     def _on_readable(self, conn: _Socket, now: float) -> None:
+        sock = conn.sock
         try:
-            data = conn.sock.recv(limits.RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            data = sock.recv(limits.RECV_SIZE)
+            if conn.tls:
+                # What OpenSSL decrypted beyond this read is no longer in the
+                # kernel's buffer: no readiness event would announce it.
+                more = sock.pending()  # type: ignore[attr-defined]
+                while more:
+                    data += sock.recv(more)
+                    more = sock.pending()  # type: ignore[attr-defined]
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self._lost(conn, exc)
@@ -462,12 +595,12 @@ class Server:
             parts = out.parts
             data = None
             try:
-                if size <= JOIN_BELOW:
+                if size <= JOIN_BELOW or conn.tls:  # TLS sockets have no sendmsg
                     data = parts[0] if len(parts) == 1 else b"".join(parts)
                     sent = conn.sock.send(data)
                 else:
                     sent = conn.sock.sendmsg(parts[:IOV_MAX])
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 self._lost(conn, exc)
@@ -529,13 +662,19 @@ class Server:
         if conn.closed:
             return
         conn.closed = True
-        del self._conns[conn.fd]
+        if self._conns.pop(conn.fd, None) is None:
+            self._handshakes.pop(conn.fd, None)
         self._timers.cancel(conn)
         if self._poller is not None:
             self._poller.forget(conn.fd)
-        conn.sock.close()
         engine = conn.engine
+        if conn.tls and not engine.lost and not engine.handshaking:
+            # A TLS goodbye (close_notify), so the peer knows nothing was
+            # cut off; it is not waited for: one non-blocking try.
+            with contextlib.suppress(OSError, ValueError):
+                conn.sock.unwrap()  # type: ignore[attr-defined]
+        conn.sock.close()
         engine.connection_lost()
         self._requests_closed += engine.requests
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO) and not engine.handshaking:
             log.info("connection from %s closed (%d open)", engine.peer, len(self._conns))

@@ -1,6 +1,8 @@
 """Running the application's handler: inline, on threads, or on an event loop.
 
-A handler is any callable ``Message -> Message``; it may also return an
+A handler is any callable ``Message -> Message``, or ``(Message, Peer) ->
+Message`` when it has a second parameter (who sent the request: see
+:class:`~framewire.server.peer.Peer`); it may also return an
 awaitable (``async def`` handlers, :class:`~framewire.server.app.App`
 actions written with ``async def``), which runs on an asyncio event loop of
 the server's own. With ``threads=0`` (the default, and the fastest) sync
@@ -32,6 +34,7 @@ from typing import Any
 
 from framewire.core.errors import ServerBusy
 from framewire.core.message import Message
+from framewire.server.app import takes_peer
 from framewire.server.engine import LATER, ServerConnection, Slot
 
 __all__ = ["Dispatcher"]
@@ -50,13 +53,15 @@ class Dispatcher:
 
     def __init__(
         self,
-        handler: Callable[[Message], Any],
+        handler: Callable[..., Any],
         *,
         threads: int,
         max_queued: int,
         wake: Callable[[], None],
     ) -> None:
         self.handler = handler
+        # Decided once: a handler with a second parameter is given the peer.
+        self._with_peer = takes_peer(handler)
         self.threads = threads
         self.max_queued = max_queued
         self._wake = wake
@@ -81,9 +86,13 @@ class Dispatcher:
         if self.threads:
             conn.call = functools.partial(self._submit, conn)
             conn.adopt = None
+            return
+        conn.adopt = self._adopt
+        if self._with_peer:
+            handler = self.handler
+            conn.call = lambda request: handler(request, conn.peer_info())
         else:
             conn.call = self.handler
-            conn.adopt = self._adopt
 
     def _submit(self, conn: ServerConnection, request: Message) -> object:
         # Threads: the request waits for a worker; its slot keeps its place.
@@ -186,7 +195,7 @@ class Dispatcher:
                 return
             conn, slot, request = job
             try:
-                result = self.handler(request)
+                result = self.handler(request, conn.peer_info()) if self._with_peer else self.handler(request)
             except BaseException as exc:
                 self._post(conn, slot, exc)
                 continue

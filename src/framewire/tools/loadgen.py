@@ -14,6 +14,7 @@ import errno
 import math
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder
 from framewire.core.errors import ProtocolError
 from framewire.core.message import Message
-from framewire.io.netio import dial, resolve
+from framewire.io.netio import describe, dial, plain_host, resolve, tls_problem
 
 __all__ = ["LoadResult", "Progress", "run_load"]
 
@@ -116,12 +117,17 @@ class LoadResult:
         }
 
 
+# A read or write that cannot go on now (plain, then TLS).
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 class _Conn:
-    __slots__ = ("connected", "decoder", "pending", "sent_at", "sock")
+    __slots__ = ("connected", "decoder", "handshaking", "pending", "sent_at", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.connected = False
+        self.handshaking = False
         self.decoder = Decoder()
         self.sent_at: collections.deque[float] = collections.deque()
         self.pending = bytearray()  # bytes not yet taken by the kernel
@@ -141,13 +147,17 @@ def run_load(
     progress: Callable[[Progress], None] | None = None,
     progress_every: float = 1.0,
     oneshot: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> LoadResult:
     """Load ``host:port`` with copies of ``request``; stop after ``duration``
     seconds or ``count`` responses, whichever comes first.
 
     ``oneshot``: the guide's client pattern: each of the ``connections``
     slots connects, sends one request, reads one response, closes, and
-    starts over (``depth`` is 1).
+    starts over (``depth`` is 1). ``ssl_context``: every connection speaks
+    TLS (its handshake is part of the connection's setup, not of any
+    request's latency).
 
     ``check``: every response must carry the request's content (the echo
     app), else it counts as a mismatch. A connection that fails counts one
@@ -162,6 +172,9 @@ def run_load(
     stats = {"requests": 0, "responses": 0, "errors": 0, "mismatches": 0, "sent": 0, "received": 0}
     samples: list[str] = []
     family, address = resolve(host, port)
+    name = server_hostname
+    if ssl_context is not None and name is None and family != socket.AF_UNIX:
+        name = plain_host(host)
     selector = selectors.DefaultSelector()
     conns: list[_Conn] = []
 
@@ -187,7 +200,7 @@ def run_load(
         if conn.pending:
             try:
                 sent = conn.sock.send(conn.pending)
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 sent = 0
             del conn.pending[:sent]
             stats["sent"] += sent
@@ -231,11 +244,40 @@ def run_load(
                         fail(conn, f"connect: {errno.errorcode.get(code, code)}")
                         continue
                     conn.connected = True
+                    if ssl_context is None:
+                        send(conn, depth, now)
+                        continue
+                    conn.sock = ssl_context.wrap_socket(
+                        conn.sock, do_handshake_on_connect=False, server_hostname=name
+                    )
+                    conn.handshaking = True
+                if conn.handshaking:
+                    try:
+                        conn.sock.do_handshake()
+                    except ssl.SSLWantReadError:
+                        selector.modify(conn.sock, selectors.EVENT_READ, conn)
+                        continue
+                    except ssl.SSLWantWriteError:
+                        selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+                        continue
+                    except OSError as exc:
+                        why = tls_problem(exc) if isinstance(exc, ssl.SSLError) else describe(exc)
+                        fail(conn, f"TLS: {why}")
+                        continue
+                    conn.handshaking = False
                     send(conn, depth, now)
                     continue
                 try:
                     if mask & selectors.EVENT_READ:
-                        data = conn.sock.recv(limits.RECV_SIZE)
+                        try:
+                            data = conn.sock.recv(limits.RECV_SIZE)
+                            if ssl_context is not None:
+                                more = conn.sock.pending()
+                                while more and data:
+                                    data += conn.sock.recv(more)
+                                    more = conn.sock.pending()
+                        except _WOULD_BLOCK:
+                            continue
                         if not data:
                             fail(conn, "the server closed the connection")
                             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -86,11 +87,14 @@ def ping(
     size: int = 56,
     connect_only: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Iterator[Reply]:
-    """Probe ``host:port`` ``count`` times (forever if None), one reply each.
+    """Probe ``host:port`` (or ``unix:PATH``) ``count`` times (forever if
+    None), one reply each; over TLS with ``ssl_context``.
 
-    ``connect_only`` measures the TCP connect alone, which needs no
-    framewire on the other side. Raises ``ConnectionRefusedError`` (and the
+    ``connect_only`` measures the connect alone (with TLS: and the
+    handshake), which needs no framewire on the other side. Raises ``ConnectionRefusedError`` (and the
     other socket errors, translated) when the first connection fails.
     """
     sock: socket.socket | None = None
@@ -105,7 +109,7 @@ def ping(
             start = time.perf_counter()
             if connect_only:
                 try:
-                    connect(host, port, timeout).close()
+                    connect(host, port, timeout, ssl_context, server_hostname).close()
                 except TimeoutError:
                     yield Reply(seq, None, note="no connection in time")
                     continue
@@ -122,7 +126,7 @@ def ping(
             for _attempt in range(2):
                 fresh = sock is None
                 if sock is None:
-                    sock = connect(host, port, timeout)
+                    sock = connect(host, port, timeout, ssl_context, server_hostname)
                     decoder = Decoder()
                 try:
                     with translated(host, port, timeout):

@@ -25,7 +25,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
-from framewire.io.netio import dial, resolve, show_address
+from framewire.io.netio import dial, remove_unix, resolve, show_address, unix_file, where
 from framewire.io.netio import listen as listen_on
 from framewire.tools.wireview import Event, watch
 
@@ -78,8 +78,9 @@ class Proxy:
 
     @property
     def port(self) -> int:
-        """The port listened on."""
-        port: int = self.listener.getsockname()[1]
+        """The port listened on (0 on a Unix socket)."""
+        name = self.listener.getsockname()
+        port: int = name[1] if isinstance(name, tuple) else 0
         return port
 
     def shutdown(self) -> None:
@@ -107,7 +108,9 @@ class Proxy:
             for _, side in list(self._sides.values()):
                 side.sock.close()
             self._poll.close()
+            owned = unix_file(self.listener)
             self.listener.close()
+            remove_unix(owned)
             self._waker.close()
 
     def _accept(self) -> None:
@@ -152,8 +155,7 @@ class Proxy:
             if not side.connected:
                 code = side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
-                    host, port = self.upstream
-                    raise OSError(code, f"upstream {host}:{port}: {os.strerror(code)}")
+                    raise OSError(code, f"upstream {where(*self.upstream)}: {os.strerror(code)}")
                 side.connected = True
             if mask & (poller.READ | poller.ERROR) and not side.eof and len(other.out) < _HIGH_WATER:
                 data = side.sock.recv(limits.RECV_SIZE)

@@ -1,0 +1,159 @@
+"""A development certificate authority: TLS in two commands.
+
+``framewire certs DIR`` writes a CA and, signed by it, a server certificate
+(valid for ``localhost``, ``127.0.0.1`` and ``::1``, plus any names asked)
+and a client certificate for mutual TLS. Keys are ECDSA P-256 (small, and
+the fastest handshakes), written readable by their owner only. The CA's key
+is not kept: nothing more can be signed with it, which is what a throwaway
+development CA should be. For production, use certificates from your own CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["FILES", "Written", "write_certificates"]
+
+#: What :func:`write_certificates` writes, in this order.
+FILES = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Written:
+    """The files written, and what the server certificate is valid for."""
+
+    paths: tuple[Path, ...]
+    names: tuple[str, ...]
+    not_after: datetime.datetime
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "framewire development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_certificates(
+    folder: Path,
+    *,
+    names: Iterable[str] = (),
+    client_name: str = "framewire-client",
+    days: int = 365,
+    force: bool = False,
+    now: datetime.datetime | None = None,
+) -> Written:
+    """Write :data:`FILES` into ``folder`` (created if missing). Refuses
+    (``FileExistsError``) to replace existing files unless ``force``."""
+    if days < 1:
+        raise ValueError(f"days must be at least 1, not {days}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = tuple(folder / name for name in FILES)
+    present = [path.name for path in paths if path.exists()]
+    if present and not force:
+        raise FileExistsError(f"{folder} already has {', '.join(present)} (--force replaces them)")
+    start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)
+    end = start + datetime.timedelta(days=days)
+    all_names = tuple(dict.fromkeys([*DEFAULT_NAMES, *names]))
+
+    ca_key = _key()
+    ca_name = _name("framewire development CA")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        common_name: str, key: ec.EllipticCurvePrivateKey, usage: x509.ObjectIdentifier, alt: list[str]
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if alt:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_alt_name(name) for name in alt]), critical=False
+            )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    server_key, client_key = _key(), _key()
+    server = leaf(all_names[0], server_key, ExtendedKeyUsageOID.SERVER_AUTH, list(all_names))
+    client = leaf(client_name, client_key, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    contents = (
+        ca.public_bytes(serialization.Encoding.PEM),
+        server.public_bytes(serialization.Encoding.PEM),
+        _pem_key(server_key),
+        client.public_bytes(serialization.Encoding.PEM),
+        _pem_key(client_key),
+    )
+    for path, data in zip(paths, contents, strict=True):
+        secret = path.name.endswith("-key.pem")
+        # Keys are created readable by their owner only, never briefly wider.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if secret:
+            os.chmod(path, 0o600)  # an existing file (with --force) keeps its old mode otherwise
+    return Written(paths, all_names, end)
