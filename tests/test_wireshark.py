@@ -9,6 +9,7 @@ same capture is then read by ``framewire decode``.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -23,8 +24,8 @@ from typing import Any
 import pytest
 
 from conftest import connect, read_messages, run_cli, running
-from framewire import Message, encode_many
-from framewire.server.app import search_app
+from framewire import Client, Message, encode_many
+from framewire.server.app import echo, search_app
 from framewire.tools.capture import CaptureError, read_capture
 
 LUA = Path(__file__).resolve().parent.parent / "src" / "framewire" / "tools" / "wireshark" / "framewire.lua"
@@ -272,3 +273,76 @@ def test_the_dissector_accepts_exactly_what_the_server_accepts(tmp_path: Path) -
     expected = [server_verdict(raw) for raw in HEADER_CASES]
     mismatches = [(raw, e, g) for raw, e, g in zip(HEADER_CASES, expected, got, strict=True) if e != g]
     assert not mismatches, mismatches
+
+
+@pytest.fixture(scope="module")
+def tls_capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, list[Message]]]:
+    """A capture of a TLS exchange, and the key log its client wrote."""
+    from framewire.io.tls import client_context, server_context
+    from framewire.tools.certs import write_certificates
+
+    tshark = tshark_or_skip()
+    folder = tmp_path_factory.mktemp("tls-wire")
+    ca, cert, key = (str(p) for p in write_certificates(folder / "certs").paths[:3])
+    path, keylog = folder / "tls.pcapng", folder / "keys.log"
+    with running(echo, ssl_context=server_context(cert, key)) as server:
+        proc = subprocess.Popen(
+            [tshark, "-i", "lo", "-f", f"tcp port {server.port}", "-w", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        seen = ""
+        while "File:" not in seen:  # dumpcap has opened the file: the capture runs
+            line = proc.stderr.readline()
+            if not line:
+                proc.kill()
+                pytest.fail(f"tshark could not capture on lo: {seen}")
+            seen += line
+        os.environ["SSLKEYLOGFILE"] = str(keylog)  # read when the context is made
+        try:
+            context = client_context(ca)
+        finally:
+            del os.environ["SSLKEYLOGFILE"]
+        single = Message.from_text("inside TLS")
+        big = Message.from_bytes(bytes(range(256)) * 1200)
+        several = [Message.from_json({"n": i}) for i in range(5)]
+        with Client("localhost", server.port, ssl_context=context) as client:
+            client.request(single)
+            client.request(big)
+            client.request_many(several)
+        # Both FINs captured: the exchange is all in the file.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fins = subprocess.run(
+                [tshark, "-r", str(path), "-Y", "tcp.flags.fin == 1", "-T", "fields", "-e", "tcp.srcport"],
+                capture_output=True, text=True, timeout=60, check=False,
+            ).stdout.split()  # fmt: skip
+            if len(set(fins)) >= 2:
+                break
+            time.sleep(0.1)  # tshark writes when it writes: polled, with a deadline
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    yield path, keylog, server.port, [single, big, *several]
+
+
+@pytest.mark.wire
+def test_framewire_fields_inside_tls_with_the_key_log(
+    tls_capture: tuple[Path, Path, int, list[Message]],
+) -> None:
+    path, keylog, port, sent = tls_capture
+    assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()
+    args = [tshark_or_skip(), "-X", f"lua_script:{LUA}", "-o", f"framewire.tls_ports:{port}",
+            "-o", f"tls.keylog_file:{keylog}", "-r", str(path), "-Y", "framewire",
+            "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|",
+            "-e", "framewire.content_type", "-e", "framewire.content_length"]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = [
+        row
+        for line in out.strip().splitlines()
+        for row in zip(*(column.split("|") for column in line.split("\t")), strict=True)
+    ]
+    expected = [(m.content_type, str(m.content_length)) for m in sent] * 2  # each request, and its echo
+    assert collections.Counter(rows) == collections.Counter(expected), rows
+    # Without the keys, TLS shows and framewire does not.
+    blind = subprocess.run([*args[:5], *args[7:]], capture_output=True, text=True, timeout=60, check=True)
+    assert blind.stdout.strip() == ""

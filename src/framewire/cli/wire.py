@@ -143,11 +143,20 @@ def wireshark_command(install: bool, print_it: bool, folder: Path | None) -> Non
     framewire.content_length, framewire.content_encoding, framewire.byteorder,
     framewire.status, framewire.header_length, framewire.content.
 
+    Over TLS: list the port under "TLS ports" (framewire.tls_ports), and
+    give Wireshark the key log that a framewire client or server writes when
+    SSLKEYLOGFILE is set (tls.keylog_file): the framewire fields then show
+    inside the decrypted TLS.
+
     \b
     Example:
       framewire wireshark --install
       tshark -r wire.pcapng -Y framewire -T fields -e framewire.content_type -e framewire.content_length
       tshark -X lua_script:framewire.lua -o framewire.ports:7000 -r wire.pcapng -Y framewire
+    \b
+    Over TLS:
+      SSLKEYLOGFILE=keys.log framewire request localhost 7443 --tls-ca ca.pem search ring
+      tshark -o framewire.tls_ports:7443 -o tls.keylog_file:keys.log -r tls.pcapng -Y framewire
     """
     if install == print_it:
         raise click.UsageError("give one of --install or --print")

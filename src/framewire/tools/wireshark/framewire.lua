@@ -8,7 +8,10 @@
 --
 -- Install: framewire wireshark --install (or copy this file to your personal
 -- Lua plugins folder). Registered on TCP port 65432; other ports in
--- Preferences > Protocols > FRAMEWIRE, or "Decode As...".
+-- Preferences > Protocols > FRAMEWIRE, or "Decode As...". Over TLS: list the
+-- port under "TLS ports" (tshark: -o framewire.tls_ports:7443) and give
+-- Wireshark the key log file the client or server wrote when run with
+-- SSLKEYLOGFILE set (-o tls.keylog_file:keys.log).
 -- Filter fields: framewire.header_length, framewire.content_type,
 -- framewire.content_encoding, framewire.content_length, framewire.byteorder,
 -- framewire.status, framewire.header, framewire.content, framewire.error.
@@ -30,6 +33,7 @@ f.error = ProtoField.string("framewire.error", "Protocol error")
 
 local DEFAULT_PORTS = "65432"
 framewire.prefs.ports = Pref.range("TCP ports", DEFAULT_PORTS, "TCP ports carrying framewire", 65535)
+framewire.prefs.tls_ports = Pref.range("TLS ports", "", "TCP ports carrying framewire inside TLS", 65535)
 
 -- A small JSON reader: enough for a header object. Values that are objects
 -- or arrays (and null) are kept as tables holding their raw text.
@@ -319,19 +323,33 @@ function framewire.dissector(tvb, pinfo, tree)
     return tvb:len()
 end
 
+-- Plain ports: TCP carries framewire. TLS ports: TCP carries TLS (the
+-- "tls" dissector), and TLS's application data is framewire; Wireshark
+-- decrypts it with the key log a client or server wrote (SSLKEYLOGFILE),
+-- given as the tls.keylog_file preference.
 local registered = {}
+local function each_port(range, fn)
+    for lo, hi in tostring(range or ""):gmatch("(%d+)%-?(%d*)") do
+        local first, last = tonumber(lo), tonumber(hi ~= "" and hi or lo)
+        for port = first, last do fn(port) end
+    end
+end
+
 local function register_ports()
     local tcp_port = DissectorTable.get("tcp.port")
-    for _, port in ipairs(registered) do tcp_port:remove(port, framewire) end
+    local tls_port = DissectorTable.get("tls.port")
+    local tls = Dissector.get("tls")
+    for _, entry in ipairs(registered) do entry[1]:remove(entry[2], entry[3]) end
     registered = {}
-    local range = framewire.prefs.ports or DEFAULT_PORTS
-    for lo, hi in tostring(range):gmatch("(%d+)%-?(%d*)") do
-        local first, last = tonumber(lo), tonumber(hi ~= "" and hi or lo)
-        for port = first, last do
-            tcp_port:add(port, framewire)
-            registered[#registered + 1] = port
-        end
+    local function add(table_, port, dissector)
+        table_:add(port, dissector)
+        registered[#registered + 1] = {table_, port, dissector}
     end
+    each_port(framewire.prefs.ports or DEFAULT_PORTS, function(port) add(tcp_port, port, framewire) end)
+    each_port(framewire.prefs.tls_ports, function(port)
+        add(tcp_port, port, tls)
+        add(tls_port, port, framewire)
+    end)
 end
 
 function framewire.prefs_changed()
