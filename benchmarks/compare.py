@@ -5,6 +5,10 @@ loads it with the same client, ``framewire bench`` (pinned to CPU 1), in the
 same run, and writes a markdown table and a bar chart to docs/. Every run
 checks every answer against the echo application.
 
+Then the same over TLS (a development CA from ``framewire certs``), beside
+asyncio's own TLS: the client is ``framewire bench --tls-ca``, and its CPU
+share is reported, since over TLS a client works about as hard as a server.
+
     python benchmarks/compare.py [--seconds 3] [--out docs/performance.md]
 """
 
@@ -16,10 +20,12 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +49,29 @@ SCENARIOS = [
     Scenario("large 4x2, 1 MiB", ("-c", "4", "-d", "2", "-s", str(1024 * 1024))),
     Scenario("one request per connection, 16 at once", ("-c", "16", "-s", "64", "--oneshot"), oneshot=True),
 ]
+
+
+TLS_SCENARIOS = [
+    Scenario("TLS pipelined 16x16, 64 B", ("-c", "16", "-d", "16", "-s", "64")),
+    Scenario("TLS 1000 connections x1, 64 B", ("-c", "1000", "-d", "1", "-s", "64")),
+    Scenario("TLS large 4x2, 1 MiB", ("-c", "4", "-d", "2", "-s", str(1024 * 1024))),
+    Scenario("TLS one request per connection (full handshake), 16 at once",
+             ("-c", "16", "-s", "64", "--oneshot"), oneshot=True),
+]  # fmt: skip
+
+
+def tls_servers(cert: str, key: str) -> dict[str, list[str]]:
+    peers = HERE / "peers"
+    serve = [PY, "-m", "framewire", "serve", "--app", "echo", "--port", "{port}", "--tls-cert", cert,
+             "--tls-key", key]  # fmt: skip
+    found = {
+        "framewire": serve,
+        "framewire --loop asyncio": [*serve, "--loop", "asyncio"],
+        "asyncio Protocol": [PY, str(peers / "asyncio_protocol_server.py"), "{port}", "--tls", cert, key],
+    }
+    if importlib.util.find_spec("uvloop") is not None:
+        found["asyncio Protocol + uvloop"] = [*found["asyncio Protocol"], "--uvloop"]
+    return found
 
 
 def servers() -> dict[str, list[str]]:
@@ -89,11 +118,13 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # a separate process: nothing to wait on but its port
     raise RuntimeError("server never listened")
 
 
-def measure(command: list[str], scenario: Scenario, seconds: float) -> dict[str, object]:
+def measure(
+    command: list[str], scenario: Scenario, seconds: float, client: tuple[str, ...] = ()
+) -> dict[str, object]:
     port = free_port()
     server = subprocess.Popen(
         pinned(0, [part.replace("{port}", str(port)) for part in command]),
@@ -102,15 +133,21 @@ def measure(command: list[str], scenario: Scenario, seconds: float) -> dict[str,
     )
     try:
         wait_listening(port, server)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
         load = subprocess.run(
-            pinned(1, [PY, "-m", "framewire", "bench", "127.0.0.1", str(port), *scenario.args,
+            pinned(1, [PY, "-m", "framewire", "bench", "127.0.0.1", str(port), *scenario.args, *client,
                        "-t", str(seconds), "--check", "--json", "--quiet", "--timeout", "5"]),
             capture_output=True,
             text=True,
             timeout=seconds + 60,
             check=False,
         )  # fmt: skip
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         result: dict[str, object] = json.loads(load.stdout)
+        used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        result["client_cpu"] = round(used / wall, 2)  # the load client's share of a CPU
         return result
     finally:
         server.terminate()
@@ -160,6 +197,28 @@ def chart(rows: dict[str, dict[str, dict[str, object]]], path: Path) -> bool:
     return True
 
 
+def table(
+    rows: dict[str, dict[str, dict[str, object]]], names: list[str], client_cpu: bool = False
+) -> list[str]:
+    lines = ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for scenario, results in rows.items():
+        large = "MiB" in scenario
+        cells = []
+        for name in names:
+            r = results.get(name)
+            if not r:
+                cells.append("n/a")
+                continue
+            lat = r["latency_us"]
+            assert isinstance(lat, dict)
+            value = f"{r['mb_per_s']} MB/s" if large else f"{r['rps']:,.0f} msg/s"
+            errors = "" if not (r["errors"] or r["mismatches"]) else f" ({r['errors']} errors)"
+            cpu = f", client CPU {r['client_cpu']}" if client_cpu else ""
+            cells.append(f"{value}, p99 {lat['p99'] / 1000:.1f} ms{cpu}{errors}")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -167,23 +226,43 @@ def main() -> int:
     parser.add_argument("--core", type=Path, default=None, help="JSON from bench_core.py --json, to include")
     args = parser.parse_args()
     peers = servers()
+    rows = run_all(SCENARIOS, peers, args.seconds)
+    with tempfile.TemporaryDirectory() as folder:
+        from framewire.tools.certs import write_certificates  # noqa: PLC0415
+
+        ca, cert, key = (str(p) for p in write_certificates(Path(folder)).paths[:3])
+        tls_peers = tls_servers(cert, key)
+        tls_rows = run_all(TLS_SCENARIOS, tls_peers, args.seconds, ("--tls-ca", ca))
+    png = args.out.with_suffix(".png")
+    drew = chart(rows, png)
+    write_doc(args.out, rows, list(peers), png if drew else None, args.core, args.seconds,
+              (tls_rows, list(tls_peers)))  # fmt: skip
+    print(f"wrote {args.out}" + (f" and {png}" if drew else " (no chart: matplotlib is missing)"))
+    failed = any(
+        r and (r["errors"] or r["mismatches"])
+        for table in (rows, tls_rows)
+        for s in table.values()
+        for r in s.values()
+    )
+    return 1 if failed else 0
+
+
+def run_all(
+    scenarios: list[Scenario], peers: dict[str, list[str]], seconds: float, client: tuple[str, ...] = ()
+) -> dict[str, dict[str, dict[str, object]]]:
     rows: dict[str, dict[str, dict[str, object]]] = {}
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         rows[scenario.name] = {}
         for name, command in peers.items():
             if name == "guide's server" and not scenario.oneshot:
                 rows[scenario.name][name] = {}  # it closes after one answer
                 continue
-            result = measure(command, scenario, args.seconds)
+            result = measure(command, scenario, seconds, client)
             rows[scenario.name][name] = result
             print(f"{scenario.name:42} {name:28} {result['rps']:>10,.0f} msg/s {result['mb_per_s']:>8} MB/s "
-                  f"errors {result['errors']} mismatches {result['mismatches']}", flush=True)  # fmt: skip
-    png = args.out.with_suffix(".png")
-    drew = chart(rows, png)
-    write_doc(args.out, rows, list(peers), png if drew else None, args.core, args.seconds)
-    print(f"wrote {args.out}" + (f" and {png}" if drew else " (no chart: matplotlib is missing)"))
-    failed = any(r and (r["errors"] or r["mismatches"]) for s in rows.values() for r in s.values())
-    return 1 if failed else 0
+                  f"errors {result['errors']} mismatches {result['mismatches']} "
+                  f"client CPU {result['client_cpu']}", flush=True)  # fmt: skip
+    return rows
 
 
 def write_doc(
@@ -193,6 +272,7 @@ def write_doc(
     png: Path | None,
     core: Path | None,
     seconds: float,
+    tls: tuple[dict[str, dict[str, dict[str, object]]], list[str]] | None = None,
 ) -> None:
     today = datetime.date.today().isoformat()
     lines = [
@@ -211,26 +291,27 @@ def write_doc(
     ]
     if png is not None:
         lines += [f"![throughput]({png.name})", ""]
-    lines += ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for scenario, results in rows.items():
-        large = "MiB" in scenario
-        cells = []
-        for name in names:
-            r = results.get(name)
-            if not r:
-                cells.append("n/a")
-                continue
-            lat = r["latency_us"]
-            assert isinstance(lat, dict)
-            value = f"{r['mb_per_s']} MB/s" if large else f"{r['rps']:,.0f} msg/s"
-            errors = "" if not (r["errors"] or r["mismatches"]) else f" ({r['errors']} errors)"
-            cells.append(f"{value}, p99 {lat['p99'] / 1000:.1f} ms{errors}")
-        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    lines += table(rows, names)
     lines += [
         "",
         "n/a: the guide's server answers one request per connection, then closes.",
         "",
     ]
+    if tls is not None:
+        tls_rows, tls_names = tls
+        lines += [
+            "## Over TLS",
+            "",
+            "The same echo over TLS 1.3 (a development certificate from `framewire certs`),",
+            "beside asyncio's own TLS on the same `Protocol` server, loaded by",
+            "`framewire bench --tls-ca`. Over TLS a client works about as hard as the",
+            "server: `client CPU` is the load client's share of its CPU, and near 1.0 the",
+            "figure is the client's ceiling, not the server's (the one-request-per-connection",
+            "row, a full handshake each, is bound by it whatever the server).",
+            "",
+        ]
+        lines += table(tls_rows, tls_names, client_cpu=True)
+        lines.append("")
     if core is not None and core.exists():
         figures = json.loads(core.read_text())
         lines += [

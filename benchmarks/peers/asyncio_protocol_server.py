@@ -2,15 +2,17 @@
 
 One bytearray per connection; every complete request of a ``data_received``
 is answered, all answers of one read in one ``write``. ``--uvloop`` runs it
-on uvloop, the fastest way to run asyncio.
+on uvloop, the fastest way to run asyncio; ``--tls CERT KEY`` serves TLS
+(asyncio's own TLS, as a programmer would turn it on).
 
-    python asyncio_protocol_server.py PORT [--uvloop]
+    python asyncio_protocol_server.py PORT [--uvloop] [--tls CERT KEY]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import struct
 import sys
 from typing import cast
@@ -51,9 +53,9 @@ class Echo(asyncio.Protocol):
             self.transport.write(b"".join(answers))
 
 
-async def main(port: int) -> None:
+async def main(port: int, context: ssl.SSLContext | None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(Echo, "127.0.0.1", port, backlog=4096, ssl=context)
     async with server:
         await server.serve_forever()
 
@@ -63,4 +65,9 @@ if __name__ == "__main__":
         import uvloop
 
         uvloop.install()
-    asyncio.run(main(int(sys.argv[1])))
+    tls = None
+    if "--tls" in sys.argv:
+        at = sys.argv.index("--tls")
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sys.argv[at + 1], sys.argv[at + 2])
+    asyncio.run(main(int(sys.argv[1]), tls))

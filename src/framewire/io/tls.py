@@ -91,3 +91,49 @@ def tls_version(ssl_object: Any) -> str | None:
         return None
     version: str | None = ssl_object.version()
     return version
+
+
+# A TLS record carries at most 16 KiB: parts smaller than that are joined
+# (many small answers in few records), larger ones are written as they are
+# (a 1 MiB content is not copied to be sent).
+_SMALL = 16 * 1024
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def send_parts(sock: ssl.SSLSocket, parts: list[bytes | memoryview]) -> int:
+    """Write ``parts`` in order on a non-blocking TLS socket, as far as it
+    takes them; returns the bytes written (raises only for real errors).
+
+    A write that must wait is retried by the next call with the same bytes
+    first, as OpenSSL requires: what was not counted is where the next call
+    starts, and runs of small parts are joined the same way each time."""
+    sent = 0
+    run: list[bytes | memoryview] = []
+    run_size = 0
+    try:
+        for part in parts:
+            size = len(part)
+            if size < _SMALL and run_size < _SMALL:
+                run.append(part)
+                run_size += size
+                continue
+            if run:
+                chunk = run[0] if len(run) == 1 else b"".join(run)
+                written = sock.send(chunk)
+                sent += written
+                if written < len(chunk):
+                    return sent
+                run, run_size = [], 0
+            if size < _SMALL:
+                run.append(part)
+                run_size = size
+                continue
+            written = sock.send(part)
+            sent += written
+            if written < size:
+                return sent
+        if run:
+            sent += sock.send(run[0] if len(run) == 1 else b"".join(run))
+    except _WOULD_BLOCK:
+        pass
+    return sent

