@@ -31,7 +31,6 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
-from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.netio import (
     describe,
     listen,
@@ -44,6 +43,7 @@ from framewire.io.netio import (
     unix_path,
     unix_peer,
 )
+from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.tls import peer_certificate, tls_version
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
