@@ -74,6 +74,14 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "asyncio on uvloop (pip install uvloop).",
 )
 @tls_server_options
+@click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    help="Every connection begins with a PROXY protocol header (v1 or v2) naming the real client: "
+    "for servers behind HAProxy, nginx stream, Envoy, a cloud balancer.",
+)
+@click.option("--trusted-proxies", default="127.0.0.0/8,::1/128", show_default=True, metavar="CIDR[,CIDR...]",
+              help="Who may send PROXY headers; connections from elsewhere are closed.")  # fmt: skip
 @_limit_options
 @log_level_option
 @friendly_errors
@@ -86,6 +94,8 @@ def serve(
     loop_kind: str,
     log_level: str,
     ssl_context: Any,
+    proxy_protocol: bool,
+    trusted_proxies: str,
     **limit_values: Any,
 ) -> None:
     """The application server: answers every request with its app.
@@ -123,7 +133,18 @@ def serve(
             import uvloop  # noqa: F401
         except ImportError:
             raise _fail("--loop uvloop needs uvloop: pip install uvloop", 2) from None
-    config = ServerConfig(**limit_values)
+    try:
+        config = ServerConfig(
+            **limit_values,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=tuple(t for t in trusted_proxies.split(",") if t.strip()),
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if proxy_protocol and ssl_context is not None:
+        from framewire.server.engine import PROXY_AND_TLS
+
+        raise _fail(PROXY_AND_TLS, 2)
     # Each connection is a descriptor: make room for the connection limit.
     wanted = config.max_connections + 64
     have = raise_descriptor_limit(wanted)

@@ -67,3 +67,7 @@ MAX_QUEUED = 1024
 #: Sync handlers run inline, on the server's own thread, by default (the
 #: fastest); a positive number runs them on a pool of that many threads.
 THREADS = 0
+
+#: Bytes a connection may send before its PROXY protocol header is complete
+#: (with ``proxy_protocol``): a version 2 header with TLVs fits many times.
+PROXY_HEADER_MAX = 4096

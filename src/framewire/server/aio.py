@@ -47,7 +47,16 @@ from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.tls import peer_certificate, tls_version
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
-from framewire.server.engine import CLOSE, READ, ResponseCache, ServerConnection, Slot, busy_response
+from framewire.server.engine import (
+    CLOSE,
+    PROXY_AND_TLS,
+    READ,
+    ResponseCache,
+    ServerConnection,
+    Slot,
+    busy_response,
+    untrusted,
+)
 from framewire.server.handlers import Dispatcher
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
 
@@ -151,7 +160,7 @@ class _Connection(asyncio.BufferedProtocol):
         if log.isEnabledFor(logging.INFO):
             if tls is not None:
                 engine.log_secured(len(server._conns))
-            else:
+            elif not engine.awaiting_proxy:  # else: once the header names the peer
                 log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
         self._schedule(engine.deadline)
         if server._stopping:
@@ -302,6 +311,8 @@ class AioServer:
         loop: asyncio.AbstractEventLoop,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if ssl_context is not None and config.proxy_protocol:
+            raise ValueError(PROXY_AND_TLS)
         self.config = config
         self.ssl_context = ssl_context
         self.handler = handler
@@ -402,7 +413,14 @@ class AioServer:
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
-            peer = unix_peer(sock, self._host) if listener.family == socket.AF_UNIX else show_address(addr)
+            if listener.family == socket.AF_UNIX:
+                peer = unix_peer(sock, self._host)
+            else:
+                peer = show_address(addr)
+                if self.config.proxy_protocol and not self.config.trusts(addr[0]):
+                    untrusted(peer)
+                    sock.close()
+                    continue
             self._adopting += 1
             factory = functools.partial(_Connection, self, peer)
             if tls is None:

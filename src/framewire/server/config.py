@@ -11,6 +11,7 @@ drift apart.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +71,32 @@ class ServerConfig:
         minimum=1,
     )
 
+    #: Take the client's address from a PROXY protocol header (v1 or v2)
+    #: that every connection must begin with; only from ``trusted_proxies``.
+    proxy_protocol: bool = False
+    #: The balancers allowed to send PROXY headers: addresses or networks
+    #: (CIDR). A connection from anywhere else is closed, with a log line.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+
     def __post_init__(self) -> None:
+        if not isinstance(self.proxy_protocol, bool):
+            raise TypeError(f"proxy_protocol must be True or False, not {self.proxy_protocol!r}")
+        if isinstance(self.trusted_proxies, str) or not all(isinstance(t, str) for t in self.trusted_proxies):
+            raise TypeError("trusted_proxies must be a tuple of addresses or networks (CIDR)")
+        networks = []
+        for text in self.trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {text!r} is not an address or a network (CIDR)") from None
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        object.__setattr__(self, "_networks", tuple(networks))
         for item in dataclasses.fields(self):
+            if "setting" not in item.metadata:
+                continue
             setting: Setting = item.metadata["setting"]
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -95,6 +120,16 @@ class ServerConfig:
             raise TypeError("give either config or settings, not both")
         return config
 
+    def trusts(self, host: str) -> bool:
+        """Whether ``host`` (an IP address) may send a PROXY header."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack listener
+        return any(address in network for network in self._networks)
+
     @property
     def low_water(self) -> int:
         """Queued bytes below which a paused connection is read again (half the high-water mark)."""
@@ -106,4 +141,5 @@ def settings() -> list[tuple[str, type, Any, Setting]]:
     return [
         (item.name, int if item.type == "int" else float, item.default, item.metadata["setting"])
         for item in dataclasses.fields(ServerConfig)
+        if "setting" in item.metadata
     ]

@@ -30,16 +30,29 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
+from framewire.core import limits
 from framewire.core.cache import BoundedCache
 from framewire.core.decoder import Decoder, HeaderCache
 from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError, ServerBusy
 from framewire.core.message import Message, _Header
 from framewire.core.probe import PING_KEY, probe_reply
+from framewire.core.proxyheader import ProxyHeaderError
+from framewire.core.proxyheader import parse as parse_proxy_header
+from framewire.io.netio import show_address
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
 from framewire.server.peer import Peer
 
-__all__ = ["LATER", "Adopt", "Call", "FlowControl", "ResponseCache", "ServerConnection", "Slot"]
+__all__ = [
+    "LATER",
+    "PROXY_AND_TLS",
+    "Adopt",
+    "Call",
+    "FlowControl",
+    "ResponseCache",
+    "ServerConnection",
+    "Slot",
+]
 
 log = logging.getLogger("framewire.server")
 
@@ -111,6 +124,18 @@ class FlowControl:
         return self.paused
 
 
+#: Why a server refuses the PROXY protocol and TLS together.
+PROXY_AND_TLS: Final = (
+    "the PROXY protocol with TLS is not supported: let the balancer end TLS (or pass TLS through "
+    "without the PROXY protocol)"
+)
+
+
+def untrusted(peer: str) -> None:
+    """The log line of a connection refused for not coming from a trusted balancer."""
+    log.info("connection from %s: not a trusted proxy (see trusted_proxies): closing", peer)
+
+
 def busy_response(max_connections: int) -> bytes:
     """What a connection beyond the limit gets before it is closed."""
     error = ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
@@ -127,9 +152,11 @@ class ServerConnection:
     __slots__ = (
         "_config",
         "_peer",
+        "_proxy_bytes",
         "_responses",
         "_waiting",
         "adopt",
+        "awaiting_proxy",
         "call",
         "closing",
         "decoder",
@@ -197,6 +224,13 @@ class ServerConnection:
         #: What the TLS handshake agreed and verified (see :meth:`secured`).
         self.tls: tuple[str | None, object] | None = None
         self._peer: Peer | None = None
+        #: The connection must begin with a PROXY protocol header (from a
+        #: trusted balancer), which names the real peer; it too must come
+        #: within the message deadline.
+        self.awaiting_proxy = config.proxy_protocol
+        self._proxy_bytes = b""
+        if self.awaiting_proxy:
+            self.message_started = now
 
     # -- what the driver reads ------------------------------------------------
 
@@ -260,7 +294,9 @@ class ServerConnection:
     @property
     def deadline(self) -> float | None:
         """When :meth:`timer` has work to do at the earliest (None: never)."""
-        if self.message_started is not None and (self.decoder.in_message or self.handshaking):
+        if self.message_started is not None and (
+            self.decoder.in_message or self.handshaking or self.awaiting_proxy
+        ):
             return self.message_started + self._config.message_timeout
         if self._waiting and not self.out:
             return None  # a handler is working for this peer: not idle
@@ -271,6 +307,11 @@ class ServerConnection:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
         self.last_active = now
+        if self.awaiting_proxy:
+            rest = self._proxy_header(data)
+            if rest is None:
+                return
+            data = rest
         decoder = self.decoder
         requests, error = decoder.feed_checked(data)
         if requests:
@@ -298,6 +339,34 @@ class ServerConnection:
         self.last_active = now
         self.tls = (version, certificate)
         self._peer = None
+
+    def _proxy_header(self, data: bytes) -> bytes | None:
+        # The PROXY header first: None while it is incomplete (or failed:
+        # then the connection is lost, closed without an answer), else the
+        # bytes after it, which are the protocol's.
+        buffered = self._proxy_bytes + data
+        try:
+            header = parse_proxy_header(buffered, limits.PROXY_HEADER_MAX)
+        except ProxyHeaderError as exc:
+            log.info("connection from %s: %s: closing", self.peer, exc)
+            self.lost = True
+            return None
+        if header is None:
+            if not data:
+                log.info("connection from %s closed before its PROXY header: closing", self.peer)
+                self.lost = True
+            else:
+                self._proxy_bytes = buffered
+            return None
+        self.awaiting_proxy = False
+        self._proxy_bytes = b""
+        self.message_started = None
+        balancer = self.peer
+        if header.source is not None:
+            self.peer = show_address(header.source)
+            self._peer = None
+        log.info("connection from %s opened, through %s (PROXY v%d)", self.peer, balancer, header.version)
+        return buffered[header.size :] or None
 
     def reserve(self) -> Slot:
         """A place for an answer that comes later, after those owed before it."""
@@ -332,6 +401,16 @@ class ServerConnection:
         time gets ``timeout`` and the connection closes; an idle one closes;
         so does one whose TLS handshake is not done within the message
         deadline (without an answer: there is no channel to send it on)."""
+        if self.awaiting_proxy:
+            started = self.message_started
+            if started is not None and started + self._config.message_timeout <= now:
+                log.info(
+                    "connection from %s: no complete PROXY header %g s after the connection opened: closing",
+                    self.peer,
+                    self._config.message_timeout,
+                )
+                self.lost = True
+            return
         if self.handshaking:
             started = self.message_started
             if started is not None and started + self._config.message_timeout <= now:

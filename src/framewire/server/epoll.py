@@ -55,7 +55,7 @@ from framewire.io.timers import TimerWheel
 from framewire.io.tls import peer_certificate, send_parts
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
-from framewire.server.engine import ResponseCache, ServerConnection, busy_response
+from framewire.server.engine import PROXY_AND_TLS, ResponseCache, ServerConnection, busy_response, untrusted
 from framewire.server.handlers import Dispatcher
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
 
@@ -148,6 +148,8 @@ class Server:
             raise ValueError(f"backlog must be > 0, not {backlog}")
         if unix_mode is not None and unix_path(host) is None:
             raise ValueError("unix_mode is for a unix:PATH host")
+        if ssl_context is not None and config.proxy_protocol:
+            raise ValueError(PROXY_AND_TLS)
         self.ssl_context = ssl_context
         self.unix_mode = unix_mode
         self.config = config
@@ -445,6 +447,10 @@ class Server:
                 peer = unix_peer(sock, self.host)
             else:
                 peer = show_address(addr)
+                if config.proxy_protocol and not config.trusts(addr[0]):
+                    untrusted(peer)
+                    sock.close()
+                    continue
                 if not _NODELAY_INHERITED:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = ServerConnection(
@@ -476,8 +482,8 @@ class Server:
             conn = engine.driver = _Socket(sock, fd, engine)
             self._conns[fd] = conn
             register(fd, _READ)
-            self._timers.schedule(conn, now + config.idle_timeout)
-            if log.isEnabledFor(logging.INFO):
+            self._timers.schedule(conn, engine.deadline or now + config.idle_timeout)
+            if log.isEnabledFor(logging.INFO) and not engine.awaiting_proxy:  # else: when it names the peer
                 log.info("connection from %s opened (%d open)", engine.peer, len(self._conns))
             # Clients send as soon as they are connected: the request is
             # usually here already, and reading it now saves a loop turn.

@@ -6,15 +6,16 @@ grace period, stops at once, even while an inline handler is stuck in a
 call that never returns (``time.sleep(60)``, a blocking read): the Python
 signal handler runs in the main thread between two bytecodes of that very
 call and raises :class:`StopNow`, which unwinds it and the loop. The end
-of the grace period sends the main thread a real signal (``pthread_kill``)
-for the same effect: ``_thread.interrupt_main`` cannot break a blocking call.
+of the grace period is a real signal too (SIGALRM, from ``setitimer``), for
+the same effect: ``_thread.interrupt_main`` cannot break a blocking call,
+and a timer thread started from the signal handler could deadlock on a lock
+the interrupted code holds.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -53,9 +54,11 @@ class Stopper:
         """Handle SIGINT and SIGTERM (main thread only)."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
 
     def restore(self) -> None:
-        """Put the previous handlers back."""
+        """Put the previous handlers back (and forget a grace period under way)."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
@@ -64,19 +67,18 @@ class Stopper:
         self.signals += 1
         if self.signals == 1:
             self._drain(signum)
-            timer = threading.Timer(self.grace + 0.25, self._grace_over, args=(signum,))
-            timer.daemon = True
-            timer.start()
+            # The loop ends the grace period itself, unless a handler holds it.
+            signal.setitimer(signal.ITIMER_REAL, self.grace + 0.25)
         elif self.serving:
             if self._snapshot is not None:
                 self.at_stop = self._snapshot()
             raise StopNow(0)
 
-    def _grace_over(self, signum: int) -> None:
-        # The loop ends the grace period itself, unless a handler holds it.
+    def _grace_over(self, signum: int, frame: FrameType | None) -> None:
+        # SIGALRM: the grace period is over and the loop has not ended it.
         if self.serving:
-            self.signals = max(self.signals, 1)  # the signal below then counts as the second
-            signal.pthread_kill(threading.main_thread().ident or 0, signum)
+            self.signals = max(self.signals, 1)
+            self._on_signal(signum, frame)  # counts as the second signal
 
 
 def log_stop_now(log: logging.Logger, busy: list[str], connections: int) -> None:
