@@ -13,7 +13,7 @@ from framewire import Decoder, Message, encode, encode_many
 from framewire.core.errors import BadContent, BadHeader
 from framewire.core.probe import PING_KEY
 from framewire.server.config import ServerConfig
-from framewire.server.engine import LATER, FlowControl, ServerConnection, Slot
+from framewire.server.engine import LATER, READ, FlowControl, ServerConnection, Slot
 
 
 def engine(**settings: Any) -> ServerConnection:
@@ -298,3 +298,31 @@ def test_a_secured_connection_is_idle_from_the_handshake_and_knows_its_peer() ->
     peer = conn.peer_info()
     assert (peer.address, peer.tls, peer.common_name) == ("p:1", "TLSv1.3", "alice")
     assert engine().peer_info().tls is None and engine().peer_info().certificate is None
+
+
+def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request() -> None:
+    conn = engine()
+    conn.call = lambda request: request
+    conn.drain(10.0)
+    assert conn.interest() & READ and conn.deadline == 11.0  # a client that just connected
+    conn.receive(req(b"first"), 10.5)
+    assert [m.content for m in sent_messages(conn)] == [b"first"]
+    assert conn.finished  # answered, then closed
+
+    silent = engine()
+    silent.drain(10.0)
+    silent.drain(10.9)
+    assert not silent.finished
+    silent.drain(11.0)
+    assert silent.finished
+    timed = engine()
+    timed.drain(10.0)
+    timed.timer(11.0)
+    assert timed.finished
+
+    busy = engine()
+    busy.call = lambda request: request
+    busy.receive(req(b"one"), 0.0)
+    sent_messages(busy)
+    busy.drain(10.0)
+    assert busy.finished  # it had its requests: closed at once

@@ -267,10 +267,12 @@ def port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, with_pid: bool = False) -> None:
+    """Log lines on stderr; with the process id where several processes share it."""
+    pid = "[%(process)d] " if with_pid else ""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
 

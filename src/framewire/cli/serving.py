@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from framewire.cli.common import (
     unix_options,
 )
 from framewire.core.message import Message
-from framewire.io.netio import show_address
+from framewire.io.netio import describe, show_address
 
 
 def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,6 +76,17 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @tls_server_options
 @click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=None,
+    metavar="N",
+    help="Run N worker processes on the one port (0: one per core), supervised: a worker that "
+    "dies is replaced; SIGHUP replaces them one by one with the code reloaded.",
+)
+@click.option("--fd", "listen_fd", type=click.IntRange(0), default=None, metavar="N",
+              help="Serve the listening socket already open on descriptor N (systemd's LISTEN_FDS is "
+              "also understood) instead of binding --host/--port.")  # fmt: skip
+@click.option(
     "--proxy-protocol",
     is_flag=True,
     help="Every connection begins with a PROXY protocol header (v1 or v2) naming the real client: "
@@ -94,6 +106,8 @@ def serve(
     loop_kind: str,
     log_level: str,
     ssl_context: Any,
+    workers: int | None,
+    listen_fd: int | None,
     proxy_protocol: bool,
     trusted_proxies: str,
     **limit_values: Any,
@@ -117,7 +131,9 @@ def serve(
     from framewire.server.app import load_handler
     from framewire.server.config import ServerConfig
 
-    setup_logging(log_level)
+    if listen_fd is None:
+        listen_fd = _socket_activation()
+    setup_logging(log_level, with_pid=workers is not None or listen_fd is not None)
     if unix is not None:
         host = f"unix:{unix}"
     elif unix_mode is not None:
@@ -172,10 +188,35 @@ def serve(
             banner += f" Try:\n  framewire request {target}{tls} {hint}"
         click.echo(banner, err=True)
 
+    sock = None
+    if listen_fd is not None:
+        import signal
+
+        from framewire.io.netio import adopt_listener
+        from framewire.server.workers import notify_ready
+
+        try:
+            sock = adopt_listener(listen_fd)
+        except OSError as exc:
+            raise _fail(describe(exc), 2) from None
+        # A worker ignores the hang-up its terminal may send: reloading is
+        # the supervisor's, which replaces it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        announce = ready
+
+        def ready(bound_host: str, bound_port: int) -> None:
+            if not os.environ.get("FRAMEWIRE_READY_FD"):
+                announce(bound_host, bound_port)
+            notify_ready()
+
+    elif workers is not None:
+        _supervise(host, port, unix_mode, workers or os.cpu_count() or 1, config.grace, app_spec, ssl_context)
+        return
     if loop_kind == "epoll":
         from framewire.server import Server
 
-        server = Server(handler, host, port, config=config, ssl_context=ssl_context, unix_mode=unix_mode)
+        server = Server(handler, host, port, config=config, ssl_context=ssl_context, unix_mode=unix_mode,
+                        sock=sock)  # fmt: skip
         try:
             server.bind()
         except OSError as exc:
@@ -186,9 +227,41 @@ def serve(
 
     try:
         aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop", ssl_context=ssl_context,
-                unix_mode=unix_mode, on_ready=lambda s: ready(*s.address))  # fmt: skip
+                unix_mode=unix_mode, sock=sock, on_ready=lambda s: ready(*s.address))  # fmt: skip
     except OSError as exc:
         raise _bind_error(exc, host, port) from None
+
+
+def _socket_activation() -> int | None:
+    # systemd's socket activation: the first passed descriptor is 3.
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0") or 0) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return 3
+
+
+def _supervise(
+    host: str, port: int, unix_mode: int | None, count: int, grace: float, app_spec: str, ssl_context: Any
+) -> None:
+    from framewire.io.netio import listen, listen_unix, remove_unix, unix_file, unix_path, where
+    from framewire.server.workers import Supervisor, worker_command
+
+    path = unix_path(host)
+    try:
+        listener = listen_unix(path, unix_mode) if path is not None else listen(host, port)
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from None
+    owned = unix_file(listener)
+    bound = host if path is not None else where(listener.getsockname()[0], listener.getsockname()[1])
+    secure = " over TLS" if ssl_context is not None else ""
+    click.echo(f"framewire: serving the {app_spec} app on {bound}{secure} with {count} workers "
+               "(Ctrl-C to stop, SIGHUP to reload).", err=True)  # fmt: skip
+    try:
+        Supervisor(worker_command(sys.argv[1:]), listener, count, grace).run()
+    finally:
+        listener.close()
+        remove_unix(owned)
 
 
 def _build_request(action: str | None, value: str | None, json_text: str | None, text: str | None,

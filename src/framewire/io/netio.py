@@ -21,11 +21,13 @@ from typing import Any
 
 __all__ = [
     "UNIX",
+    "adopt_listener",
     "connect",
     "describe",
     "dial",
     "listen",
     "listen_unix",
+    "listener_host",
     "plain_host",
     "readable_now",
     "remove_unix",
@@ -328,3 +330,26 @@ def remove_unix(owned: tuple[str, int] | None) -> None:
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:
             os.unlink(path)
+
+
+def adopt_listener(fd: int) -> socket.socket:
+    """The listening socket open on descriptor ``fd`` (passed by a parent
+    process, or by systemd's socket activation), or ``OSError`` saying why
+    it cannot serve: not a socket, not a stream socket, not listening."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"descriptor {fd} is not an open socket ({exc.strerror})") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise OSError(errno.EINVAL, f"descriptor {fd} is not a listening stream socket")
+    return sock
+
+
+def listener_host(sock: socket.socket) -> str:
+    """How a listening socket's address reads as a host: ``unix:PATH`` or an IP."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"{UNIX}{name if isinstance(name, str) else name.decode('utf-8', 'replace')}"
+    host: str = name[0]
+    return host

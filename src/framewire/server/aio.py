@@ -35,6 +35,7 @@ from framewire.io.netio import (
     describe,
     listen,
     listen_unix,
+    listener_host,
     readable_now,
     remove_unix,
     show_address,
@@ -164,7 +165,7 @@ class _Connection(asyncio.BufferedProtocol):
                 log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
         self._schedule(engine.deadline)
         if server._stopping:
-            engine.drain()
+            engine.drain(self.server._loop.time())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server._buffer
@@ -251,7 +252,7 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.writelines(out.parts)
             engine.sent(size, now)
         if self.server._stopping:
-            engine.drain()
+            engine.drain(self.server._loop.time())
         wanted = engine.interest()
         if wanted == CLOSE and engine.idle_drained:
             sock = transport.get_extra_info("socket")
@@ -328,6 +329,7 @@ class AioServer:
         self._busy_response = busy_response(config.max_connections)
         self._listener: socket.socket | None = None
         self._unix_file: tuple[str, int] | None = None
+        self._shared = False  # the listener came from elsewhere and others may accept on it
         self._host = ""
         self._acceptor: Acceptor | None = None
         self._adopting = 0  # connections taken from the backlog at the stop, not yet made
@@ -378,16 +380,28 @@ class AioServer:
         """Requests received since the start."""
         return self._requests_closed + sum(c.engine.requests for c in self._conns if c.engine is not None)
 
-    async def _listen(self, host: str, port: int, backlog: int, unix_mode: int | None = None) -> None:
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        backlog: int,
+        unix_mode: int | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
         # framewire accepts for itself, through the io Acceptor that every
         # loop shares: the same back-off on descriptor exhaustion, and the
         # server knows of every connection from the moment it is accepted
         # (asyncio's own accept hands each to a task of its own, which a
         # stop would cancel, resetting connections whose requests came
         # before the signal).
+        if sock is not None:
+            host = listener_host(sock)
         self._host = host
         path = unix_path(host)
-        if path is not None:
+        if sock is not None:  # already listening: its file, if any, is its owner's to remove
+            listener = sock
+            self._shared = True
+        elif path is not None:
             listener = listen_unix(path, unix_mode, backlog)
             self._unix_file = unix_file(listener)
         else:
@@ -444,7 +458,8 @@ class AioServer:
         # Connections the kernel completed before the stop are the clients'
         # as much as any: closing the listener would reset them, and with
         # them requests sent before the signal. Take them in, then stop.
-        if self._acceptor is not None and self._acceptor.paused_until is None:
+        # A shared listener's queue (workers, systemd) is the other processes' to serve.
+        if self._acceptor is not None and self._acceptor.paused_until is None and not self._shared:
             self._accept()
 
     def _adopted(self, peer: str, task: asyncio.Task[Any]) -> None:
@@ -543,6 +558,7 @@ async def start_server(
     backlog: int = 4096,
     ssl: ssl.SSLContext | None = None,
     unix_mode: int | None = None,
+    sock: socket.socket | None = None,
     **settings: Any,
 ) -> AioServer:
     """Listen on ``host:port`` and serve ``handler`` on the running loop.
@@ -551,11 +567,12 @@ async def start_server(
     an :class:`~framewire.server.app.App`. Every setting of
     :class:`~framewire.server.config.ServerConfig` is a keyword. ``host``
     may be ``"unix:PATH"`` (with permission ``unix_mode``); ``ssl`` serves
-    TLS (see :func:`framewire.io.tls.server_context`).
+    TLS (see :func:`framewire.io.tls.server_context`). ``sock``: serve a
+    socket already listening instead of binding one.
     """
     config = ServerConfig.of(config, settings)
     server = AioServer(handler, config, asyncio.get_running_loop(), ssl)
-    await server._listen(host, port, backlog, unix_mode)
+    await server._listen(host, port, backlog, unix_mode, sock)
     return server
 
 
@@ -567,6 +584,7 @@ def run(
     *,
     ssl_context: ssl.SSLContext | None = None,
     unix_mode: int | None = None,
+    sock: socket.socket | None = None,
     use_uvloop: bool = False,
     on_ready: Callable[[AioServer], None] | None = None,
 ) -> None:
@@ -593,7 +611,9 @@ def run(
     stopper = Stopper(config.grace, drain, snapshot)
 
     async def main() -> None:
-        server = await start_server(handler, host, port, config=config, ssl=ssl_context, unix_mode=unix_mode)
+        server = await start_server(
+            handler, host, port, config=config, ssl=ssl_context, unix_mode=unix_mode, sock=sock
+        )
         holder.append(server)
         if on_ready is not None:
             on_ready(server)

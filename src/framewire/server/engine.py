@@ -61,6 +61,10 @@ log = logging.getLogger("framewire.server")
 ResponseCache = BoundedCache[tuple[str, str, str, int], bytes]
 
 
+#: Seconds a stopping server waits for the first request of a connection
+#: that has sent nothing yet (its client may have just connected).
+FIRST_REQUEST_WAIT: Final = 1.0
+
 #: :meth:`ServerConnection.interest` bits: read from the peer, write to it,
 #: or close the connection.
 READ: Final = 1
@@ -151,6 +155,7 @@ class ServerConnection:
 
     __slots__ = (
         "_config",
+        "_drain_at",
         "_peer",
         "_proxy_bytes",
         "_responses",
@@ -227,6 +232,7 @@ class ServerConnection:
         #: The connection must begin with a PROXY protocol header (from a
         #: trusted balancer), which names the real peer; it too must come
         #: within the message deadline.
+        self._drain_at: float | None = None  # see drain()
         self.awaiting_proxy = config.proxy_protocol
         self._proxy_bytes = b""
         if self.awaiting_proxy:
@@ -300,7 +306,8 @@ class ServerConnection:
             return self.message_started + self._config.message_timeout
         if self._waiting and not self.out:
             return None  # a handler is working for this peer: not idle
-        return self.last_active + self._config.idle_timeout
+        idle = self.last_active + self._config.idle_timeout
+        return idle if self._drain_at is None or self.draining else min(idle, self._drain_at)
 
     # -- events ----------------------------------------------------------------
 
@@ -316,6 +323,8 @@ class ServerConnection:
         requests, error = decoder.feed_checked(data)
         if requests:
             self._answer(requests)
+            if self._drain_at is not None:
+                self.draining = True  # the first request came: answered, then closed
         if error is not None:
             log.info("protocol error from %s: %s", self.peer, error)
             self._owe(*Message.for_error(error).wire_parts())
@@ -401,6 +410,8 @@ class ServerConnection:
         time gets ``timeout`` and the connection closes; an idle one closes;
         so does one whose TLS handshake is not done within the message
         deadline (without an answer: there is no channel to send it on)."""
+        if self._drain_at is not None and not self.draining and now >= self._drain_at:
+            self.draining = True  # the first request did not come while the server stopped
         if self.awaiting_proxy:
             started = self.message_started
             if started is not None and started + self._config.message_timeout <= now:
@@ -439,9 +450,20 @@ class ServerConnection:
             self.out.clear()
             self.lost = True
 
-    def drain(self) -> None:
-        """The server is stopping: finish what is owed, then close."""
-        self.draining = True
+    def drain(self, now: float | None = None) -> None:
+        """The server is stopping: finish what is owed, then close.
+
+        A connection that has sent nothing yet may be a client whose first
+        request is on its way: it is given until ``now`` + one second (or
+        the end of the grace period, if sooner) to send it, and answered."""
+        if self.draining:
+            return
+        if now is None or self.requests or self.out or self._waiting:
+            self.draining = True
+        elif self._drain_at is None:
+            self._drain_at = now + FIRST_REQUEST_WAIT
+        elif now >= self._drain_at:
+            self.draining = True
 
     def connection_lost(self) -> None:
         """The driver lost the socket: nothing more is sent, late answers are dropped."""

@@ -42,6 +42,7 @@ from framewire.io.netio import (
     describe,
     listen,
     listen_unix,
+    listener_host,
     readable_now,
     remove_unix,
     show_address,
@@ -126,6 +127,8 @@ class Server:
     ``host`` is an IPv4 or IPv6 address or name (``"::"``: both, where the
     system allows), or ``"unix:PATH"`` for a Unix domain socket, created
     with permission ``unix_mode`` (e.g. ``0o660``) and removed at the end.
+    ``sock``: serve a socket already listening (from a supervisor, or
+    systemd's socket activation) instead of binding one.
     ``ssl_context`` (see :func:`framewire.io.tls.server_context`) serves TLS;
     with mutual TLS the handler sees the client's verified certificate in
     its :class:`~framewire.server.peer.Peer`.
@@ -141,9 +144,12 @@ class Server:
         backlog: int = 4096,
         ssl_context: ssl.SSLContext | None = None,
         unix_mode: int | None = None,
+        sock: socket.socket | None = None,
         **settings: Any,
     ) -> None:
         config = ServerConfig.of(config, settings)
+        if sock is not None:
+            host = listener_host(sock)  # a socket already listening: host and port are its own
         if backlog <= 0:
             raise ValueError(f"backlog must be > 0, not {backlog}")
         if unix_mode is not None and unix_path(host) is None:
@@ -158,6 +164,7 @@ class Server:
         self.requested_port = port
         self.backlog = backlog
         self._listener: socket.socket | None = None
+        self._given = sock
         self._address: tuple[str, int] | None = None
         self._poller: Any = None
         self._acceptor: Acceptor | None = None
@@ -204,7 +211,10 @@ class Server:
         if self._listener is not None:
             return
         path = unix_path(self.host)
-        if path is not None:
+        if self._given is not None:  # its file, if any, is its owner's to remove
+            listener = self._given
+            self._address = (self.host, 0) if path is not None else listener.getsockname()[:2]
+        elif path is not None:
             listener = listen_unix(path, self.unix_mode, self.backlog)
             self._unix_file = unix_file(listener)
             self._address = (self.host, 0)
@@ -400,8 +410,11 @@ class Server:
                             grace,
                         )
                     # Connections the kernel completed before the stop are
-                    # taken in (closing the listener would reset them).
-                    self._accept(now)
+                    # taken in (closing the listener would reset them), unless
+                    # the listener is shared (workers, systemd): its queue is
+                    # then the other processes' to serve.
+                    if self._given is None:
+                        self._accept(now)
                     acceptor.stop()
                     for conn in list(self._handshakes.values()):
                         self._close(conn)  # not yet a channel: nothing is owed on it
@@ -663,7 +676,7 @@ class Server:
                     parts[:] = [data]  # keep the joined copy for the next try
                 engine.sent(sent, now)
         if self._stop_requested:
-            engine.drain()
+            engine.drain(now)
         wanted = engine.interest()
         if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
             wanted = _READ  # the peer's last requests are still unread: read them first

@@ -1,0 +1,166 @@
+"""serve --workers, --fd and socket activation, as an operator runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import framewire_cmd, run_cli
+from framewire import Client, Message
+from framewire.server.workers import worker_command
+
+
+def pids(text: str) -> dict[int, int]:
+    """Worker number -> pid, the latest start of each, from the supervisor's log."""
+    return {int(n): int(p) for n, p in re.findall(r"worker (\d+) started \(pid (\d+)\)", text)}
+
+
+def ask(port: int, text: str = "hello") -> str:
+    with Client("127.0.0.1", port, timeout=10) as client:
+        return client.request(Message.from_text(text)).text()
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_them_all(spawn: Any) -> None:
+    server = spawn("serve", "--app", "echo", "--port", "0", "--workers", "2")
+    port = int(server.wait_for(r"on 127\.0\.0\.1:(\d+) with 2 workers").group(1))
+    server.wait_for("2 workers serving")
+    assert ask(port) == "hello"
+    victim = pids(server.err.decode())[1]
+    os.kill(victim, signal.SIGKILL)
+    started = time.monotonic()
+    server.wait_for(rf"worker 1 \(pid {victim}\) was killed by SIGKILL: starting another")
+    server.wait_for(rf"worker 1 started \(pid (?!{victim})\d+\)", timeout=2)
+    assert time.monotonic() - started < 2
+    for _ in range(10):
+        assert ask(port) == "hello"
+    code, _, err = server.stop()
+    assert code == 0 and "all workers stopped" in err and "Traceback" not in err
+
+
+def wait_in_file(path: Path, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, path.read_text(errors="replace"))
+        if match:
+            return match
+        time.sleep(0.05)  # the log is a file another process writes: polled, with a deadline
+    raise AssertionError(f"{pattern!r} never appeared in {path}:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+def test_sighup_replaces_every_worker_under_load_without_an_error(tmp_path: Path) -> None:
+    # The log goes to a file: a pipe nobody reads during the load would fill
+    # and stop the workers.
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(framewire_cmd("serve", "--app", "echo", "--port", "0", "--workers", "2"),
+                                stderr=sink)  # fmt: skip
+    try:
+        port = int(wait_in_file(log, r"on 127\.0\.0\.1:(\d+) with 2 workers").group(1))
+        wait_in_file(log, "2 workers serving")
+        before = set(pids(log.read_text()).values())
+        errors: list[str] = []
+        done = [0]
+        stop = threading.Event()
+
+        def load() -> None:  # one request per connection, as the guide's client
+            while not stop.is_set():
+                try:
+                    assert ask(port, "x") == "x"
+                    done[0] += 1
+                except Exception as exc:
+                    errors.append(repr(exc))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while done[0] < 200 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the load threads count; nothing else to wait on
+            proc.send_signal(signal.SIGHUP)
+            wait_in_file(log, "SIGHUP: 2 workers replaced")
+            at_reload = done[0]
+            deadline = time.monotonic() + 10
+            while done[0] < at_reload + 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(20)
+        assert errors == []
+        assert done[0] > at_reload + 100
+        after = set(pids(log.read_text()).values())
+        assert not before & after  # every worker is a new process
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+
+
+def test_workers_on_a_unix_socket_remove_it_at_the_end(spawn: Any, tmp_path: Path) -> None:
+    path = tmp_path / "fw.sock"
+    server = spawn("serve", "--app", "echo", "--unix", str(path), "--workers", "2")
+    server.wait_for("2 workers serving")
+    answer = run_cli("request", f"unix:{path}", "--text", "hi")
+    assert answer.stdout.strip() == "hi", answer.stderr
+    code, _, _ = server.stop()
+    assert code == 0 and not path.exists()
+
+
+def test_serve_an_inherited_socket_and_systemd_s() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    serve = framewire_cmd("serve", "--app", "echo")
+    # As systemd starts a service: the socket on descriptor 3, LISTEN_PID its pid.
+    activate = (
+        f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        f"os.environ['LISTEN_FDS'] = '1'; os.execv(sys.executable, {serve!r})"
+    )
+    commands = {
+        "--fd": [*serve, "--fd", str(fd)],
+        "systemd": [sys.executable, "-c", activate],
+    }
+    for how, args in commands.items():
+        proc = subprocess.Popen(args, pass_fds=(fd,), stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            seen = ""
+            while "listening on" not in seen:
+                line = proc.stderr.readline()
+                assert line, seen
+                seen += line
+            assert f"127.0.0.1:{port}" in seen
+            assert ask(port, how) == how
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    listener.close()
+
+
+def test_fd_that_is_not_a_listening_socket_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("serve", "--fd", "0")  # stdin: not a socket
+    assert result.returncode == 2
+    assert result.stderr.startswith("framewire: descriptor 0 is not ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_the_worker_command_drops_what_the_supervisor_owns() -> None:
+    command = worker_command(["serve", "--workers", "2", "--port=7000", "--host", "::", "--app", "echo"])
+    assert command == [sys.executable, "-m", "framewire", "serve", "--app", "echo"]
+
+
+@pytest.mark.parametrize("argv", [["--workers", "-1"], ["--workers", "x"]])
+def test_bad_worker_counts(argv: list[str]) -> None:
+    assert run_cli("serve", *argv).returncode == 2
