@@ -257,6 +257,20 @@ def unix_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def host_port(text: str, default_host: str | None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``PORT`` alone (with a default host) or ``unix:PATH``."""
+    if unix_path(text) is not None:
+        return text, 0
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or (default_host or "")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        wanted = "[HOST:]PORT or unix:PATH" if default_host else "HOST:PORT or unix:PATH"
+        raise click.BadParameter(f"{text!r} is not {wanted}")
+    return host, int(port)
+
+
 def host_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to use.")(fn)
 

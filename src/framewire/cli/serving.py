@@ -19,6 +19,7 @@ from framewire.cli.common import (
     _fail,
     friendly_errors,
     host_option,
+    host_port,
     log,
     log_level_option,
     main,
@@ -87,6 +88,13 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Serve the listening socket already open on descriptor N (systemd's LISTEN_FDS is "
               "also understood) instead of binding --host/--port.")  # fmt: skip
 @click.option(
+    "--metrics",
+    "metrics_at",
+    default=None,
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics (text format) on this address (HOST defaults to 127.0.0.1).",
+)
+@click.option(
     "--proxy-protocol",
     is_flag=True,
     help="Every connection begins with a PROXY protocol header (v1 or v2) naming the real client: "
@@ -108,6 +116,7 @@ def serve(
     ssl_context: Any,
     workers: int | None,
     listen_fd: int | None,
+    metrics_at: str | None,
     proxy_protocol: bool,
     trusted_proxies: str,
     **limit_values: Any,
@@ -210,13 +219,15 @@ def serve(
             notify_ready()
 
     elif workers is not None:
-        _supervise(host, port, unix_mode, workers or os.cpu_count() or 1, config.grace, app_spec, ssl_context)
+        count = workers or os.cpu_count() or 1
+        _supervise(host, port, unix_mode, count, config.grace, app_spec, ssl_context, metrics_at)
         return
+    metrics = _metrics(handler, metrics_at, worker=listen_fd is not None)
     if loop_kind == "epoll":
         from framewire.server import Server
 
         server = Server(handler, host, port, config=config, ssl_context=ssl_context, unix_mode=unix_mode,
-                        sock=sock)  # fmt: skip
+                        sock=sock, metrics=metrics)  # fmt: skip
         try:
             server.bind()
         except OSError as exc:
@@ -227,7 +238,8 @@ def serve(
 
     try:
         aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop", ssl_context=ssl_context,
-                unix_mode=unix_mode, sock=sock, on_ready=lambda s: ready(*s.address))  # fmt: skip
+                unix_mode=unix_mode, sock=sock, metrics=metrics,
+                on_ready=lambda s: ready(*s.address))  # fmt: skip
     except OSError as exc:
         raise _bind_error(exc, host, port) from None
 
@@ -241,11 +253,63 @@ def _socket_activation() -> int | None:
     return 3
 
 
+def _metrics(handler: Any, metrics_at: str | None, *, worker: bool) -> Any:
+    # The server's metrics; served here, unless this is a worker whose
+    # supervisor serves the sum of all of them.
+    if metrics_at is None:
+        return None
+    from framewire.server.metrics import MULTIPROCESS_ENV, Metrics, serve_metrics
+
+    try:
+        where_ = host_port(metrics_at, "127.0.0.1")
+    except click.BadParameter as exc:
+        raise _fail(f"--metrics: {exc.message}", 2) from None
+    metrics = Metrics(handler)
+    if not (worker and os.environ.get(MULTIPROCESS_ENV)):
+        try:
+            bound = serve_metrics(where_)
+        except OSError as exc:
+            raise _bind_error(exc, where_[0], where_[1]) from None
+        log.info("metrics on http://%s/metrics", show_address(bound))
+    return metrics
+
+
 def _supervise(
-    host: str, port: int, unix_mode: int | None, count: int, grace: float, app_spec: str, ssl_context: Any
+    host: str,
+    port: int,
+    unix_mode: int | None,
+    count: int,
+    grace: float,
+    app_spec: str,
+    ssl_context: Any,
+    metrics_at: str | None,
 ) -> None:
+    import tempfile
+
     from framewire.io.netio import listen, listen_unix, remove_unix, unix_file, unix_path, where
     from framewire.server.workers import Supervisor, worker_command
+
+    folder = None
+    on_exit = None
+    if metrics_at is not None:
+        from framewire.server.metrics import MULTIPROCESS_ENV, serve_metrics
+
+        # Each worker writes its figures here; this process serves their sum.
+        folder = tempfile.TemporaryDirectory(prefix="framewire-metrics-")
+        os.environ[MULTIPROCESS_ENV] = folder.name
+        from prometheus_client import multiprocess
+
+        def on_exit(pid: int) -> None:
+            multiprocess.mark_process_dead(pid, folder.name)  # type: ignore[no-untyped-call]
+
+        try:
+            where_ = host_port(metrics_at, "127.0.0.1")
+            bound = serve_metrics(where_, folder.name)
+        except click.BadParameter as exc:
+            raise _fail(f"--metrics: {exc.message}", 2) from None
+        except OSError as exc:
+            raise _bind_error(exc, where_[0], where_[1]) from None
+        log.info("metrics of every worker on http://%s/metrics", show_address(bound))
 
     path = unix_path(host)
     try:
@@ -253,15 +317,17 @@ def _supervise(
     except OSError as exc:
         raise _bind_error(exc, host, port) from None
     owned = unix_file(listener)
-    bound = host if path is not None else where(listener.getsockname()[0], listener.getsockname()[1])
+    shown = host if path is not None else where(listener.getsockname()[0], listener.getsockname()[1])
     secure = " over TLS" if ssl_context is not None else ""
-    click.echo(f"framewire: serving the {app_spec} app on {bound}{secure} with {count} workers "
+    click.echo(f"framewire: serving the {app_spec} app on {shown}{secure} with {count} workers "
                "(Ctrl-C to stop, SIGHUP to reload).", err=True)  # fmt: skip
     try:
-        Supervisor(worker_command(sys.argv[1:]), listener, count, grace).run()
+        Supervisor(worker_command(sys.argv[1:]), listener, count, grace, on_exit=on_exit).run()
     finally:
         listener.close()
         remove_unix(owned)
+        if folder is not None:
+            folder.cleanup()
 
 
 def _build_request(action: str | None, value: str | None, json_text: str | None, text: str | None,

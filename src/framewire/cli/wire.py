@@ -17,26 +17,13 @@ from framewire.cli.common import (
     ClientCommand,
     _bind_error,
     _fail,
+    host_port,
     main,
     server_address,
     tls_client_options,
     tls_for,
 )
-from framewire.io.netio import describe, unix_path, where
-
-
-def _address(text: str, default_host: str | None) -> tuple[str, int]:
-    # HOST:PORT, [IPV6]:PORT, PORT alone (with a default host), or unix:PATH.
-    if unix_path(text) is not None:
-        return text, 0
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or (default_host or "")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        wanted = "[HOST:]PORT or unix:PATH" if default_host else "HOST:PORT or unix:PATH"
-        raise click.BadParameter(f"{text!r} is not {wanted}")
-    return host, int(port)
+from framewire.io.netio import describe, where
 
 
 @main.command("proxy")
@@ -64,8 +51,8 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
     from framewire.tools import proxy as proxy_module
     from framewire.tools import wireview
 
-    listen = _address(listen_at, "127.0.0.1")
-    target = _address(upstream, None)
+    listen = host_port(listen_at, "127.0.0.1")
+    target = host_port(upstream, None)
     sink = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file is not None else None
 
     def show(event: wireview.Event) -> None:

@@ -59,6 +59,7 @@ from framewire.server.engine import (
     untrusted,
 )
 from framewire.server.handlers import Dispatcher
+from framewire.server.metrics import Metrics
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
 
 __all__ = ["AioServer", "run", "start_server"]
@@ -104,7 +105,7 @@ class _LoopDispatcher(Dispatcher):
 
     def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
         self.outstanding -= 1
-        self._running.pop(slot, None)
+        self._finished(slot)
         self._deliver(conn, slot, result)
 
 
@@ -136,6 +137,8 @@ class _Connection(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = transport = cast(asyncio.Transport, transport)
         if len(server._conns) >= server.config.max_connections:
+            if server.metrics is not None:
+                server.metrics.error("server-busy")
             transport.write(server._busy_response)
             transport.close()
             log.warning("connection refused with server-busy: %d connections open", len(server._conns))
@@ -155,6 +158,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._tls = True
         engine.driver = self
         server._dispatcher.bind(engine)
+        if server.metrics is not None:
+            server.metrics.opened(engine)
         self.engine = engine
         server._conns.add(self)
         server.connections_total += 1
@@ -177,6 +182,8 @@ class _Connection(asyncio.BufferedProtocol):
         engine = self.engine
         if engine is None:
             return
+        if self.server.metrics is not None:
+            self.server.metrics.bytes_received.inc(len(data))
         try:
             self.server._in_handler = self  # named by a forced stop, should the handler hang
             try:
@@ -225,6 +232,8 @@ class _Connection(asyncio.BufferedProtocol):
         if engine is None or self not in server._conns:
             return
         server._conns.discard(self)
+        if server.metrics is not None:
+            server.metrics.closed(engine)
         if exc is not None:
             log.info("connection from %s lost: %s", engine.peer, exc)
         engine.connection_lost()
@@ -251,6 +260,8 @@ class _Connection(asyncio.BufferedProtocol):
             else:
                 transport.writelines(out.parts)
             engine.sent(size, now)
+            if self.server.metrics is not None:
+                self.server.metrics.bytes_sent.inc(size)
         if self.server._stopping:
             engine.drain(self.server._loop.time())
         wanted = engine.interest()
@@ -311,6 +322,7 @@ class AioServer:
         config: ServerConfig,
         loop: asyncio.AbstractEventLoop,
         ssl_context: ssl.SSLContext | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if ssl_context is not None and config.proxy_protocol:
             raise ValueError(PROXY_AND_TLS)
@@ -327,6 +339,9 @@ class AioServer:
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued
         )
         self._busy_response = busy_response(config.max_connections)
+        #: Prometheus metrics (:mod:`framewire.server.metrics`), when on.
+        self.metrics = metrics
+        self._dispatcher.metrics = metrics
         self._listener: socket.socket | None = None
         self._unix_file: tuple[str, int] | None = None
         self._shared = False  # the listener came from elsewhere and others may accept on it
@@ -559,6 +574,7 @@ async def start_server(
     ssl: ssl.SSLContext | None = None,
     unix_mode: int | None = None,
     sock: socket.socket | None = None,
+    metrics: Metrics | None = None,
     **settings: Any,
 ) -> AioServer:
     """Listen on ``host:port`` and serve ``handler`` on the running loop.
@@ -571,7 +587,7 @@ async def start_server(
     socket already listening instead of binding one.
     """
     config = ServerConfig.of(config, settings)
-    server = AioServer(handler, config, asyncio.get_running_loop(), ssl)
+    server = AioServer(handler, config, asyncio.get_running_loop(), ssl, metrics)
     await server._listen(host, port, backlog, unix_mode, sock)
     return server
 
@@ -585,6 +601,7 @@ def run(
     ssl_context: ssl.SSLContext | None = None,
     unix_mode: int | None = None,
     sock: socket.socket | None = None,
+    metrics: Metrics | None = None,
     use_uvloop: bool = False,
     on_ready: Callable[[AioServer], None] | None = None,
 ) -> None:
@@ -612,7 +629,14 @@ def run(
 
     async def main() -> None:
         server = await start_server(
-            handler, host, port, config=config, ssl=ssl_context, unix_mode=unix_mode, sock=sock
+            handler,
+            host,
+            port,
+            config=config,
+            ssl=ssl_context,
+            unix_mode=unix_mode,
+            sock=sock,
+            metrics=metrics,
         )
         holder.append(server)
         if on_ready is not None:

@@ -86,6 +86,10 @@ class App:
 
         return register
 
+    def action_names(self) -> list[str]:
+        """The actions registered (metrics label requests with them)."""
+        return list(self._actions)
+
     def binary(self, fn: BinaryHandler) -> BinaryHandler:
         """Decorator: answer requests whose content is not text."""
         self._binary = fn

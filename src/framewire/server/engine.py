@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
@@ -42,6 +42,9 @@ from framewire.io.netio import show_address
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
 from framewire.server.peer import Peer
+
+if TYPE_CHECKING:
+    from framewire.server.metrics import Metrics
 
 __all__ = [
     "LATER",
@@ -113,19 +116,24 @@ class FlowControl:
     are owed), and read again only once they are below the low-water mark,
     so a connection does not flap between the two at every send."""
 
-    __slots__ = ("high", "low", "max_owed", "paused")
+    __slots__ = ("high", "low", "max_owed", "paused", "watch")
 
     def __init__(self, high: int, low: int, max_owed: int) -> None:
         self.high = high
         self.low = low
         self.max_owed = max_owed
         self.paused = False
+        #: Called with +1 / -1 when reading pauses / resumes (metrics), if set.
+        self.watch: Callable[[int], None] | None = None
 
     def update(self, queued: int, owed: int) -> bool:
         """Whether reading is paused, given the bytes queued and answers owed."""
-        limit = self.low if self.paused else self.high
-        self.paused = queued > limit or owed >= self.max_owed
-        return self.paused
+        was = self.paused
+        limit = self.low if was else self.high
+        paused = self.paused = queued > limit or owed >= self.max_owed
+        if paused is not was and self.watch is not None:
+            self.watch(1 if paused else -1)
+        return paused
 
 
 #: Why a server refuses the PROXY protocol and TLS together.
@@ -172,6 +180,7 @@ class ServerConnection:
         "last_active",
         "lost",
         "message_started",
+        "metrics",
         "out",
         "peer",
         "requests",
@@ -221,6 +230,8 @@ class ServerConnection:
         self.requests = 0
         #: The driver's own object for this connection (its socket record).
         self.driver: object = None
+        #: The server's Metrics, when they are on (None: nothing is measured).
+        self.metrics: Metrics | None = None
         #: A TLS handshake is under way; it must end within the message
         #: deadline, counted from the accept.
         self.handshaking = handshaking
@@ -258,7 +269,8 @@ class ServerConnection:
             # The common case: everything answered and sent.
             if self.lost or self.closing or (self.draining and not self.decoder.in_message):
                 return CLOSE
-            self.flow.paused = False
+            if self.flow.paused:
+                self.flow.update(0, 0)  # resumes (and says so, to metrics)
             return READ
         if self.lost:
             return CLOSE
@@ -327,6 +339,8 @@ class ServerConnection:
                 self.draining = True  # the first request came: answered, then closed
         if error is not None:
             log.info("protocol error from %s: %s", self.peer, error)
+            if self.metrics is not None:
+                self.metrics.error(error.code)
             self._owe(*Message.for_error(error).wire_parts())
             self.closing = True
             self.message_started = None
@@ -438,6 +452,8 @@ class ServerConnection:
                     f"The message was not complete {self._config.message_timeout:g} s after its first byte."
                 )
                 log.info("connection from %s: %s", self.peer, error)
+                if self.metrics is not None:
+                    self.metrics.error(error.code)
                 self.decoder.fail(error)
                 self.message_started = None
                 self._owe(*Message.for_error(error).wire_parts())
@@ -483,6 +499,8 @@ class ServerConnection:
         waiting = self._waiting
         call = self.call
         adopt = self.adopt
+        if self.metrics is not None:
+            call = self.metrics.measured(call)  # counts each request, times its handler
         for request in requests:
             extensions = request._header.extensions
             try:
@@ -533,11 +551,15 @@ class ServerConnection:
             # (Message.json()); a framing code cannot come from a handler.
             if exc.framing:
                 exc = HandlerError(f"The handler raised {exc.code} on a well-framed request.")
+            if self.metrics is not None:
+                self.metrics.error(exc.code)
             return Message.for_error(exc).wire_parts()
         return self._handler_failed(f"raised {type(exc).__name__}", exc)
 
     def _handler_failed(self, what: str, exc: BaseException | None = None) -> tuple[bytes, bytes]:
         log.error("handler %s on a request from %s", what, self.peer, exc_info=exc)
+        if self.metrics is not None:
+            self.metrics.error(HandlerError.code)
         return Message.for_error(HandlerError(f"The application's handler {what}.")).wire_parts()
 
     def _wire(self, response: object) -> tuple[bytes, bytes]:

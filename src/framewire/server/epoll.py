@@ -58,6 +58,7 @@ from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import PROXY_AND_TLS, ResponseCache, ServerConnection, busy_response, untrusted
 from framewire.server.handlers import Dispatcher
+from framewire.server.metrics import Metrics
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
 
 __all__ = ["Server", "raise_descriptor_limit"]
@@ -145,6 +146,7 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         unix_mode: int | None = None,
         sock: socket.socket | None = None,
+        metrics: Metrics | None = None,
         **settings: Any,
     ) -> None:
         config = ServerConfig.of(config, settings)
@@ -176,6 +178,9 @@ class Server:
         self._dispatcher = Dispatcher(
             handler, threads=config.threads, max_queued=config.max_queued, wake=self._waker.wake
         )
+        #: Prometheus metrics (:mod:`framewire.server.metrics`), when on.
+        self.metrics = metrics
+        self._dispatcher.metrics = metrics
         # Shared by the connections' engines: parsed headers by their bytes,
         # encoded response headers by their fields.
         self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
@@ -476,6 +481,8 @@ class Server:
             )
             self._dispatcher.bind(engine)
             self._connections_total += 1
+            if self.metrics is not None:
+                self.metrics.opened(engine)
             if tls is not None:
                 try:
                     sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -551,6 +558,8 @@ class Server:
         try:
             sock.setblocking(False)
             sock.send(self._busy_response)  # over TLS once secured (see _handshake)
+            if self.metrics is not None:
+                self.metrics.error("server-busy")
         except OSError:
             pass
         finally:
@@ -571,6 +580,8 @@ class Server:
             self._lost(conn, exc)
             return
         engine = conn.engine
+        if self.metrics is not None:
+            self.metrics.bytes_received.inc(len(data))
         self._in_handler = conn  # named by a forced stop, should the handler hang
         try:
             engine.receive(data, now)
@@ -600,6 +611,8 @@ class Server:
                     return
                 engine.receive(data, now)
                 budget -= len(data)
+                if self.metrics is not None:
+                    self.metrics.bytes_received.inc(len(data))
                 if len(data) < _TLS_RECORD or engine.closing or engine.out.size > high_water:
                     # Less than a full record: a small exchange, most likely
                     # all there is (another read would only raise want-read;
@@ -665,6 +678,8 @@ class Server:
             except OSError as exc:
                 self._lost(conn, exc)
                 return
+            if self.metrics is not None:
+                self.metrics.bytes_sent.inc(sent)
             if sent == size:  # the common case: everything went at once
                 parts.clear()
                 out.size = 0
@@ -728,6 +743,8 @@ class Server:
         if self._poller is not None:
             self._poller.forget(conn.fd)
         engine = conn.engine
+        if self.metrics is not None:
+            self.metrics.closed(engine)
         if conn.tls and not engine.lost and not engine.handshaking:
             # A TLS goodbye (close_notify), so the peer knows nothing was
             # cut off; it is not waited for: one non-blocking try.

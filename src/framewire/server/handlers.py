@@ -74,6 +74,8 @@ class Dispatcher:
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()  # workers may need the loop at once
+        #: The server's Metrics, when they are on.
+        self.metrics: Any = None
         self._busy = Message.for_error(
             ServerBusy(f"The server has {max_queued} requests waiting for a handler; try again later.")
         )
@@ -97,6 +99,8 @@ class Dispatcher:
     def _submit(self, conn: ServerConnection, request: Message) -> object:
         # Threads: the request waits for a worker; its slot keeps its place.
         if self.outstanding >= self.max_queued:
+            if self.metrics is not None:
+                self.metrics.error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
         self._started(conn, slot)
@@ -119,9 +123,14 @@ class Dispatcher:
         while self._done:
             conn, slot, result = self._done.popleft()
             self.outstanding -= 1
-            self._running.pop(slot, None)
+            self._finished(slot)
             done.append((conn, slot, result))
         return done
+
+    def _finished(self, slot: Slot) -> None:
+        entry = self._running.pop(slot, None)
+        if entry is not None and self.metrics is not None:
+            self.metrics.observe(time.monotonic() - entry[1])
 
     def still_running(self, now: float) -> list[str]:
         """Who the handlers still at work serve, and for how long."""
@@ -146,6 +155,8 @@ class Dispatcher:
         if self.outstanding >= self.max_queued:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited, on purpose: no warning
+            if self.metrics is not None:
+                self.metrics.error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
         self._started(conn, slot)

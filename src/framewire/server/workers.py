@@ -77,13 +77,22 @@ def _is_ready(worker: _Worker) -> bool:
 class Supervisor:
     """Run ``count`` workers of ``command`` on ``listener`` (see the module)."""
 
-    def __init__(self, command: Sequence[str], listener: socket.socket, count: int, grace: float) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        listener: socket.socket,
+        count: int,
+        grace: float,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError(f"workers must be at least 1, not {count}")
         self.command = list(command)
         self.listener = listener
         self.count = count
         self.grace = grace
+        #: Called with the pid of every worker that ended (e.g. metrics clean-up).
+        self.on_exit = on_exit
         self._workers: dict[int, _Worker] = {}  # by pid
         self._failures: dict[int, int] = {}  # quick deaths in a row, by worker number
         self._restart_at: dict[int, float] = {}  # worker number -> when to start it again
@@ -127,6 +136,8 @@ class Supervisor:
             del self._workers[pid]
             if worker.ready_fd >= 0:
                 os.close(worker.ready_fd)
+            if self.on_exit is not None:
+                self.on_exit(pid)
             if worker.stopping:
                 continue
             why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
