@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -54,6 +54,14 @@ test-wire: $(STAMP)
 	  echo "installing tshark from the system's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
 	FRAMEWIRE_REQUIRE_TSHARK=1 $(BIN)/pytest -m wire tests/test_wireshark.py
+
+# HAProxy for real in front of three framewire servers (deploy/haproxy.cfg):
+# installs haproxy from the system's packages when it is missing.
+test-deploy: $(STAMP)
+	@command -v haproxy >/dev/null 2>&1 || { \
+	  echo "installing haproxy from the system's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
+	FRAMEWIRE_REQUIRE_HAPROXY=1 $(BIN)/pytest -m deploy tests/test_deploy.py
 
 # 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
 soak: $(STAMP)

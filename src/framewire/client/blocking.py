@@ -46,6 +46,7 @@ class Client:
     ignored). ``ssl_context`` speaks TLS (see
     :func:`framewire.io.tls.client_context`), checking the server's
     certificate against ``server_hostname`` (the host by default).
+    ``source_address``: the local ``(host, port)`` to connect from.
     """
 
     def __init__(
@@ -59,11 +60,13 @@ class Client:
         max_content_length: int = limits.MAX_CONTENT_LENGTH,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        source_address: tuple[str, int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
+        self.source_address = source_address
         self.timeout = timeout
         self.check = check
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
@@ -75,7 +78,14 @@ class Client:
     def connect(self) -> Client:
         """Open the connection (done by ``with`` and by the first request)."""
         if self._sock is None:
-            self._sock = connect(self.host, self.port, self.timeout, self.ssl_context, self.server_hostname)
+            self._sock = connect(
+                self.host,
+                self.port,
+                self.timeout,
+                self.ssl_context,
+                self.server_hostname,
+                self.source_address,
+            )
         return self
 
     def close(self) -> None:

@@ -157,12 +157,13 @@ def connect(
     timeout: float | None,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    source_address: tuple[str, int] | None = None,
 ) -> socket.socket:
     """A connected socket, errors translated: TCP (TCP_NODELAY; a host name
     with several addresses tries each in turn) or ``unix:PATH``; with
     ``ssl_context``, TLS, its handshake done within ``timeout`` and the
     server's certificate checked against ``server_hostname`` (the host by
-    default)."""
+    default). ``source_address``: the local (host, port) to connect from."""
     with translated(host, port, timeout):
         path = unix_path(host)
         if path is not None:
@@ -174,7 +175,9 @@ def connect(
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection((plain_host(host), port), timeout=timeout)
+            sock = socket.create_connection(
+                (plain_host(host), port), timeout=timeout, source_address=source_address
+            )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
             name = server_hostname or (None if path is not None else plain_host(host))

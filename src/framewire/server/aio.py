@@ -235,10 +235,11 @@ class _Connection(asyncio.BufferedProtocol):
         if server.metrics is not None:
             server.metrics.closed(engine)
         if exc is not None:
-            log.info("connection from %s lost: %s", engine.peer, exc)
+            level = logging.DEBUG if engine.quiet else logging.INFO  # health checks end with resets
+            log.log(level, "connection from %s lost: %s", engine.peer, exc)
         engine.connection_lost()
         server._requests_closed += engine.requests
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO) and not engine.quiet:
             log.info("connection from %s closed (%d open)", engine.peer, len(server._conns))
         server._check_all_closed()
 
@@ -345,6 +346,7 @@ class AioServer:
         self._listener: socket.socket | None = None
         self._unix_file: tuple[str, int] | None = None
         self._shared = False  # the listener came from elsewhere and others may accept on it
+        self._address: tuple[str, int] = ("", 0)
         self._host = ""
         self._acceptor: Acceptor | None = None
         self._adopting = 0  # connections taken from the backlog at the stop, not yet made
@@ -377,8 +379,7 @@ class AioServer:
         """The (host, port) listened on; ``("unix:PATH", 0)`` on a Unix socket."""
         if self._unix_file is not None or unix_path(self._host) is not None:
             return self._host, 0
-        host, port = self.sockets[0].getsockname()[:2]
-        return host, port
+        return self._address
 
     @property
     def port(self) -> int:
@@ -425,6 +426,8 @@ class AioServer:
             listener = listen(host, port, backlog)
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = listener
+        if listener.family != socket.AF_UNIX:
+            self._address = listener.getsockname()[:2]
         self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)
         self._acceptor.listen()
         where = host if path is not None else show_address(self.address)
@@ -518,6 +521,11 @@ class AioServer:
         self._take_backlog()
         if self._acceptor is not None:
             self._acceptor.stop()
+        if self._listener is not None:
+            # Closed now: a client connecting during the grace period is
+            # refused at once (a balancer sends it elsewhere) rather than
+            # left in a backlog the close would reset.
+            self._listener.close()
         log.info(
             "no longer accepting; %d connections open, %d more taken from the backlog",
             len(self._conns),

@@ -183,6 +183,7 @@ class ServerConnection:
         "metrics",
         "out",
         "peer",
+        "quiet",
         "requests",
         "tls",
     )
@@ -244,6 +245,8 @@ class ServerConnection:
         #: trusted balancer), which names the real peer; it too must come
         #: within the message deadline.
         self._drain_at: float | None = None  # see drain()
+        #: Not worth a log line when it closes (a balancer's health check).
+        self.quiet = False
         self.awaiting_proxy = config.proxy_protocol
         self._proxy_bytes = b""
         if self.awaiting_proxy:
@@ -388,7 +391,14 @@ class ServerConnection:
         if header.source is not None:
             self.peer = show_address(header.source)
             self._peer = None
-        log.info("connection from %s opened, through %s (PROXY v%d)", self.peer, balancer, header.version)
+            log.info("connection from %s opened, through %s (PROXY v%d)", self.peer, balancer, header.version)
+        else:
+            # The balancer's own connection (a health check every few hundred
+            # ms): logged at DEBUG, or it would drown the operator's log.
+            self.quiet = True
+            log.debug(
+                "connection from %s opened (PROXY v%d, no client: a health check)", balancer, header.version
+            )
         return buffered[header.size :] or None
 
     def reserve(self) -> Slot:

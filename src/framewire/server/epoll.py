@@ -421,6 +421,12 @@ class Server:
                     if self._given is None:
                         self._accept(now)
                     acceptor.stop()
+                    # Closed now, not at the end: a client (or a balancer)
+                    # connecting during the grace period is refused at once
+                    # and goes elsewhere, instead of waiting in a backlog that
+                    # the close would reset. (A shared listener stays open in
+                    # the other processes.)
+                    acceptor.listener.close()
                     for conn in list(self._handshakes.values()):
                         self._close(conn)  # not yet a channel: nothing is owed on it
                     log.info("no longer accepting; %d connections open", len(conns))
@@ -730,7 +736,8 @@ class Server:
             self._close(conn)
 
     def _lost(self, conn: _Socket, exc: OSError) -> None:
-        log.info("connection from %s lost: %s", conn.engine.peer, exc.strerror or exc)
+        level = logging.DEBUG if conn.engine.quiet else logging.INFO  # health checks end with resets
+        log.log(level, "connection from %s lost: %s", conn.engine.peer, exc.strerror or exc)
         self._close(conn)
 
     def _close(self, conn: _Socket) -> None:
@@ -753,5 +760,5 @@ class Server:
         conn.sock.close()
         engine.connection_lost()
         self._requests_closed += engine.requests
-        if log.isEnabledFor(logging.INFO) and not engine.handshaking:
+        if log.isEnabledFor(logging.INFO) and not (engine.handshaking or engine.quiet):
             log.info("connection from %s closed (%d open)", engine.peer, len(self._conns))
