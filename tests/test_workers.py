@@ -164,3 +164,26 @@ def test_the_worker_command_drops_what_the_supervisor_owns() -> None:
 @pytest.mark.parametrize("argv", [["--workers", "-1"], ["--workers", "x"]])
 def test_bad_worker_counts(argv: list[str]) -> None:
     assert run_cli("serve", *argv).returncode == 2
+
+
+def test_the_commands_in_deploy_files_are_valid() -> None:
+    # What the systemd unit and the Kubernetes manifest run must be options
+    # that exist: parsed by the command line itself (not run).
+    import shlex
+
+    from framewire.cli import main
+
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    service = (root / "framewire.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=\S+/framewire (.+)$", service, re.M)
+    manifest = (root / "kubernetes.yaml").read_text()
+    args = re.search(r'args: \[("framewire", )?(.+?)\]', manifest.replace("\n", " "), re.S)
+    assert args is not None
+    k8s = [part.strip().strip('"') for part in args.group(2).split(",")]
+    probes = re.findall(r'command: \["framewire", (.+?)\]', manifest)
+    for argv in [shlex.split(exec_start), k8s[1:] if k8s[0] == "framewire" else k8s,
+                 *([p.strip().strip('"') for p in probe.split(",")] for probe in probes)]:  # fmt: skip
+        context = main.make_context("framewire", list(argv), resilient_parsing=False)
+        command = main.get_command(context, argv[0])
+        assert command is not None, argv
+        command.make_context(argv[0], list(argv[1:]))  # raises on an unknown option or a bad value
