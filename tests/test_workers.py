@@ -187,3 +187,28 @@ def test_the_commands_in_deploy_files_are_valid() -> None:
         command = main.get_command(context, argv[0])
         assert command is not None, argv
         command.make_context(argv[0], list(argv[1:]))  # raises on an unknown option or a bad value
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Path) -> None:
+    # The supervisor alone, over a "worker" that exits at once with status 3.
+    script = tmp_path / "supervise.py"
+    script.write_text(
+        "import logging, socket, sys\n"
+        "from framewire.server.workers import Supervisor\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "listener = socket.create_server(('127.0.0.1', 0))\n"
+        "dying = [sys.executable, '-c', 'import sys; sys.exit(3)']\n"
+        "sys.exit(Supervisor(dying, listener, 1, grace=1).run())\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = ""
+    while "in 0.4 s (it keeps failing)" not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    delays = re.findall(r"exited with status 3: starting another(?: in ([\d.]+) s)?", seen)
+    assert delays[:4] == ["", "0.1", "0.2", "0.4"]

@@ -2,9 +2,10 @@
 
 Off by default (``--metrics [HOST:]PORT`` turns them on): when off, the
 connection engine's hot path does not change at all. When on, every
-request is counted under a label that is bounded whatever peers send: the
-App's action when it has one (an action it does not know counts as
-``other``), else the content type among the first 16 seen (then ``other``).
+request is counted under labels that are bounded whatever peers send:
+``action``, the App's action when it has one (an action it does not know
+counts as ``other``; empty for other handlers), and ``content_type``, among
+the first 16 seen (then ``other``).
 Error codes are those the server itself sends (a fixed set). Handler time
 is measured around the handler (for threaded and async handlers, from the
 request's arrival to its answer: the time a client waits for it).
@@ -46,7 +47,8 @@ class Metrics:
         )
         self.connections_total = Counter("framewire_connections", "Connections accepted.", registry=registry)
         self.requests = Counter(
-            "framewire_requests", "Requests received, by App action or content type.", ["kind"],
+            "framewire_requests", "Requests received, by App action (else empty) and content type.",
+            ["action", "content_type"],
             registry=registry,
         )  # fmt: skip
         self.errors = Counter(
@@ -71,30 +73,33 @@ class Metrics:
         actions = getattr(handler, "action_names", None)
         self._actions: frozenset[str] | None = frozenset(actions()) if callable(actions) else None
         self._types: dict[str, Any] = {}
-        self._by_kind: dict[str, Any] = {}
+        self._by_kind: dict[tuple[str, str], Any] = {}
         self._by_code: dict[str, Any] = {}
 
-    def kind(self, request: Message) -> str:
-        """The bounded label of a request."""
-        if self._actions is not None and request.is_json:
-            try:
-                body = request.json()
-            except Exception:
-                return "other"
-            action = body.get("action") if isinstance(body, dict) else None
-            return action if isinstance(action, str) and action in self._actions else "other"
+    def kind(self, request: Message) -> tuple[str, str]:
+        """The bounded labels of a request: its App action (``""`` for other
+        handlers and non-JSON requests) and its content type."""
         content_type = request.content_type
-        if content_type in self._types or len(self._types) < LABEL_LIMIT:
-            self._types[content_type] = True
-            return content_type
-        return "other"
+        if content_type not in self._types:
+            if len(self._types) >= LABEL_LIMIT:
+                content_type = "other"
+            else:
+                self._types[content_type] = True
+        if self._actions is None or not request.is_json:
+            return "", content_type
+        try:
+            body = request.json()
+        except Exception:
+            return "other", content_type
+        action = body.get("action") if isinstance(body, dict) else None
+        return (action if isinstance(action, str) and action in self._actions else "other"), content_type
 
     def request(self, request: Message) -> None:
         """A request arrived."""
         kind = self.kind(request)
         child = self._by_kind.get(kind)
         if child is None:
-            child = self._by_kind[kind] = self.requests.labels(kind)
+            child = self._by_kind[kind] = self.requests.labels(*kind)
         child.inc()
 
     def opened(self, engine: Any) -> None:
