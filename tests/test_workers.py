@@ -25,6 +25,17 @@ def pids(text: str) -> dict[int, int]:
     return {int(n): int(p) for n, p in re.findall(r"worker (\d+) started \(pid (\d+)\)", text)}
 
 
+def read_until(proc: subprocess.Popen[str], text: str) -> str:
+    """A process's stderr, line by line, until ``text`` (the test's timeout bounds it)."""
+    assert proc.stderr is not None
+    seen = ""
+    while text not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    return seen
+
+
 def ask(port: int, text: str = "hello") -> str:
     with Client("127.0.0.1", port, timeout=10) as client:
         return client.request(Message.from_text(text)).text()
@@ -134,12 +145,7 @@ def test_serve_an_inherited_socket_and_systemd_s() -> None:
     for how, args in commands.items():
         proc = subprocess.Popen(args, pass_fds=(fd,), stderr=subprocess.PIPE, text=True)
         try:
-            assert proc.stderr is not None
-            seen = ""
-            while "listening on" not in seen:
-                line = proc.stderr.readline()
-                assert line, seen
-                seen += line
+            seen = read_until(proc, "listening on")
             assert f"127.0.0.1:{port}" in seen
             assert ask(port, how) == how
         finally:
@@ -201,12 +207,7 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Pa
         "sys.exit(Supervisor(dying, listener, 1, grace=1).run())\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    seen = ""
-    while "in 0.4 s (it keeps failing)" not in seen:
-        line = proc.stderr.readline()
-        assert line, seen
-        seen += line
+    seen = read_until(proc, "in 0.4 s (it keeps failing)")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=20)
     assert proc.returncode == 0
