@@ -11,10 +11,10 @@ import os
 import time
 
 from framewire import Message
-from framewire.server.peer import Peer
+from framewire.server.peer import Context
 
 
-def whoami(request: Message, peer: Peer) -> Message:
+def whoami(request: Message, peer: Context) -> Message:
     try:
         delay = float(request.content or b"0")
     except ValueError:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from conftest import read_messages, running
-from framewire import IncompleteMessage, Message, encode
+from framewire import Failure, IncompleteMessage, Message, UnknownAction, encode
 from framewire.client import Client
 from framewire.client.concurrent import echo_concurrently, request_concurrently
 from framewire.core.errors import ConnectionClosed, ErrorResponse
 from framewire.server import Server
-from framewire.server.app import search_app
+from framewire.server.app import App, echo, search_app
 from framewire.tools.rawecho import MulticonnEchoServer, listen
 
 
@@ -119,13 +121,83 @@ def test_error_response_is_raised_with_its_code() -> None:
             assert unchecked.request(Message.from_text("plain text")).is_error
 
 
-def test_request_concurrently(echo_server: Server) -> None:
-    requests = [Message.from_bytes(b"r%d" % i) for i in range(30)]
-    reports = request_concurrently("127.0.0.1", echo_server.port, requests, connections=50)
-    assert len(reports) == 50
-    for report in reports:
-        assert report.error is None
-        assert [r.content for r in report.responses] == [r.content for r in requests]
+def test_request_concurrently_sends_each_request_once_and_answers_in_order() -> None:
+    seen: list[bytes] = []
+
+    def counting(request: Message) -> Message:
+        seen.append(request.content)
+        return Message.from_bytes(request.content)
+
+    with running(counting) as server:
+        requests = [Message.from_bytes(b"r%d" % i) for i in range(30)]
+        answers = request_concurrently("127.0.0.1", server.port, requests, connections=4)
+        assert [a.content for a in answers] == [r.content for r in requests]
+        assert sorted(seen) == sorted(r.content for r in requests)  # each handled once
+        few = request_concurrently("127.0.0.1", server.port, requests[:2], connections=50)
+        assert [a.content for a in few] == [b"r0", b"r1"]
+
+
+def test_one_rule_for_error_responses_in_every_call() -> None:
+    # Raised by default (with every response on the exception), returned with check=False.
+    requests = [
+        Message.from_bytes(b"ok"),
+        Message(b"bad", "text/plain", "zlib_codec"),
+        Message.from_bytes(b"2"),
+    ]
+    with running(echo) as server:
+        with Client("127.0.0.1", server.port) as client:
+            with pytest.raises(ErrorResponse) as caught:
+                client.request_many(requests)
+            assert caught.value.code == "bad-encoding"
+            assert [r.is_error for r in caught.value.responses] == [False, True, False]
+        with Client("127.0.0.1", server.port, check=False) as unchecked:
+            assert [r.is_error for r in unchecked.request_many(requests)] == [False, True, False]
+        with pytest.raises(ErrorResponse) as concurrently:
+            request_concurrently("127.0.0.1", server.port, requests, connections=2)
+        assert len(concurrently.value.responses) == 3
+        unchecked_answers = request_concurrently("127.0.0.1", server.port, requests, check=False)
+        assert [r.is_error for r in unchecked_answers] == [False, True, False]
+
+        async def aio_many() -> ErrorResponse:
+            from framewire import aio
+
+            async with await aio.connect("127.0.0.1", server.port) as client:
+                try:
+                    await client.request_many(requests)
+                except ErrorResponse as exc:
+                    return exc
+            raise AssertionError("no error raised")
+
+        assert len(asyncio.run(aio_many()).responses) == 3
+
+
+def test_app_unknown_action_and_failures_with_codes_of_their_own() -> None:
+    app = App()
+
+    @app.action("get")
+    def get(value: Any) -> Any:
+        raise Failure("not-found", f"There is no key {value!r}.")
+
+    @app.action("later")
+    async def later(value: Any) -> Any:
+        raise Failure("quota-exceeded", "Too many.")
+
+    with running(app) as server, Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ErrorResponse) as unknown:
+            client.request(Message.from_json({"action": "nosuch"}))
+        assert unknown.value.code == "unknown-action" and isinstance(unknown.value.error, UnknownAction)
+        assert "get" in unknown.value.message
+        with pytest.raises(ErrorResponse) as missing:
+            client.request(Message.from_json({"action": "get", "value": "a"}))
+        assert missing.value.code == "not-found" and isinstance(missing.value.error, Failure)
+        assert missing.value.message == "There is no key 'a'."
+        with pytest.raises(ErrorResponse) as quota:
+            client.request(Message.from_json({"action": "later"}))
+        assert quota.value.code == "quota-exceeded"
+        with pytest.raises(ErrorResponse):  # the connection is kept: it still answers
+            client.request(Message.from_json({"action": "get", "value": "b"}))
+    with pytest.raises(ValueError, match="lower-case letters"):
+        Failure("Not Found", "x")
 
 
 def test_echo_concurrently_against_the_raw_multiconn_server() -> None:

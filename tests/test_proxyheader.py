@@ -18,7 +18,7 @@ from framewire.core.proxyheader import V1_MAX, V2_SIGNATURE, ProxyHeader, ProxyH
 from framewire.server.app import echo
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ServerConnection
-from framewire.server.peer import Peer
+from framewire.server.peer import Context
 
 V1 = b"PROXY TCP4 198.51.100.7 203.0.113.1 40000 7000\r\n"
 V1_6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 7000\r\n"
@@ -139,7 +139,7 @@ def test_trusted_proxies() -> None:
 # -- over real sockets, both drivers ----------------------------------------------
 
 
-def whoami(request: Message, peer: Peer) -> Message:
+def whoami(request: Message, peer: Context) -> Message:
     return Message.from_text(peer.address)
 
 

@@ -20,13 +20,13 @@ from conftest import running, tls
 from framewire import Client, ConnectionClosed, Message
 from framewire.client.aio import connect as aio_connect
 from framewire.server.app import App, echo
-from framewire.server.peer import Peer
+from framewire.server.peer import Context
 from framewire.tools.certs import write_certificates
 
 pytestmark = pytest.mark.usefixtures("driver")
 
 
-def whoami(request: Message, peer: Peer) -> Message:
+def whoami(request: Message, peer: Context) -> Message:
     return Message.from_json(
         {"address": peer.address, "tls": peer.tls, "cn": peer.common_name, "subject": peer.certificate}
     )
@@ -65,7 +65,7 @@ def test_without_mutual_tls_the_handler_sees_no_certificate() -> None:
     app = App()
 
     @app.action("who")
-    def who(value: Any, peer: Peer) -> Any:
+    def who(value: Any, peer: Context) -> Any:
         return [peer.tls is not None, peer.certificate]
 
     @app.action("plain")

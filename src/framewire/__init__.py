@@ -23,6 +23,7 @@ from framewire.core.errors import (
     ContentError,
     ContentTooLarge,
     ErrorResponse,
+    Failure,
     HandlerError,
     HeaderTooLarge,
     IncompleteMessage,
@@ -30,6 +31,7 @@ from framewire.core.errors import (
     MissingHeaderKey,
     ProtocolError,
     ServerBusy,
+    UnknownAction,
 )
 from framewire.core.message import Message
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from framewire.server import Server
     from framewire.server.app import App, echo, search_app
     from framewire.server.config import ServerConfig
+    from framewire.server.peer import Context
 
 # `import framewire` loads the protocol core alone; the server, the clients
 # and the applications are imported when first used (PEP 562).
@@ -48,6 +51,7 @@ _LAZY = {
     "search_app": "framewire.server.app",
     "Client": "framewire.client",
     "ConnectionReport": "framewire.client.concurrent",
+    "Context": "framewire.server.peer",
     "echo_concurrently": "framewire.client.concurrent",
     "request_concurrently": "framewire.client.concurrent",
     "Server": "framewire.server",
@@ -81,8 +85,10 @@ __all__ = [
     "ConnectionReport",
     "ContentError",
     "ContentTooLarge",
+    "Context",
     "Decoder",
     "ErrorResponse",
+    "Failure",
     "HandlerError",
     "HeaderTooLarge",
     "IncompleteMessage",
@@ -94,6 +100,7 @@ __all__ = [
     "ServerBusy",
     "ServerConfig",
     "State",
+    "UnknownAction",
     "__version__",
     "echo",
     "echo_concurrently",

@@ -28,7 +28,7 @@ from typing import Any
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
-from framewire.core.message import Message
+from framewire.core.message import Message, raise_first_error
 from framewire.io.netio import plain_host, translated, unix_path, where
 
 __all__ = ["AioClient", "connect"]
@@ -121,13 +121,19 @@ class AioClient:
     ) -> list[Message]:
         """Send every message at once (pipelined); return the answers, in order.
 
-        ``timeout`` is a deadline for the whole call.
+        ``timeout`` is a deadline for the whole call. With ``check``, an
+        error response raises :class:`ErrorResponse` once every answer is in
+        (its ``responses`` holds them all, in order), as the blocking
+        client's ``request_many`` does.
         """
         futures = self._send(list(messages))
         limit = self.timeout if timeout == -1.0 else timeout
         try:
             async with asyncio.timeout(limit):
-                return [await self._answer(future, None) for future in futures]
+                answers = [await self._answer(future, None, check=False) for future in futures]
+            if self.check:
+                raise_first_error(answers)
+            return answers
         finally:
             for future in futures:
                 future.cancel()  # the answers not yet come are dropped when they do
@@ -144,7 +150,9 @@ class AioClient:
         transport.write(encode_many(messages))
         return futures
 
-    async def _answer(self, future: asyncio.Future[Message], timeout: float | None) -> Message:
+    async def _answer(
+        self, future: asyncio.Future[Message], timeout: float | None, *, check: bool = True
+    ) -> Message:
         try:
             async with asyncio.timeout(timeout):
                 # shield: a timeout cancels the wait, not the place in line,
@@ -156,7 +164,7 @@ class AioClient:
         except asyncio.CancelledError:
             future.cancel()
             raise
-        if self.check and response.is_error:
+        if check and self.check and response.is_error:
             error = response.error()
             assert error is not None
             raise ErrorResponse(error)

@@ -23,7 +23,7 @@ from types import TracebackType
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
-from framewire.core.message import Message
+from framewire.core.message import Message, raise_first_error
 from framewire.io.netio import connect, translated, where
 
 __all__ = ["Client"]
@@ -151,7 +151,9 @@ class Client:
 
         Sending and receiving interleave, so that any number of requests
         works even when the server stops reading until its answers are read.
-        Error responses are returned in place, not raised.
+        With ``check`` (as :meth:`request`), an error response raises
+        :class:`ErrorResponse`, whose ``responses`` holds every response in
+        order; with ``check=False`` error responses are returned in place.
         """
         payload = memoryview(encode_many(messages_list := list(messages)))
         count = len(messages_list)
@@ -191,7 +193,10 @@ class Client:
                     sock.settimeout(self.timeout)
         extra = responses[count:]
         self._ready.extend(extra)
-        return responses[:count]
+        answers = responses[:count]
+        if self.check:
+            raise_first_error(answers)
+        return answers
 
     # -- internals ------------------------------------------------------------
 

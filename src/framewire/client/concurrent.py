@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ProtocolError
-from framewire.core.message import Message
-from framewire.io.netio import dial, resolve
+from framewire.core.message import Message, raise_first_error
+from framewire.io.netio import dial, resolve, where
 
 __all__ = ["ConnectionReport", "echo_concurrently", "request_concurrently"]
 
@@ -62,9 +62,7 @@ class _Conn:
 def _run(
     host: str,
     port: int,
-    connections: int,
-    payload: bytes,
-    expected: int,
+    work: Sequence[tuple[bytes, int]],
     *,
     framed: bool,
     timeout: float,
@@ -75,7 +73,7 @@ def _run(
     deadline = time.monotonic() + timeout
     conns: list[_Conn] = []
     with selectors.DefaultSelector() as selector:
-        for number in range(1, connections + 1):
+        for number, (payload, expected) in enumerate(work, 1):
             say(f"Starting connection {number} to {host}:{port}")
             sock, code = dial(family, address)
             conn = _Conn(sock, number, payload, expected, framed)
@@ -154,20 +152,38 @@ def request_concurrently(
     *,
     connections: int = 2,
     timeout: float = 30.0,
+    check: bool = True,
     on_event: Callable[[str], None] | None = None,
-) -> list[ConnectionReport]:
-    """Open ``connections`` connections; each sends every request pipelined
-    and decodes its responses. One report per connection, in order."""
-    return _run(
+) -> list[Message]:
+    """Send ``requests`` over ``connections`` connections at once, each
+    request once (request i on connection i mod N, pipelined there), and
+    return the responses in request order.
+
+    A connection that fails raises ``ConnectionError`` naming it. With
+    ``check`` (the default) an error response raises :class:`ErrorResponse`
+    (its ``responses`` holds every response, in order), as
+    :meth:`Client.request_many <framewire.client.Client.request_many>` does;
+    ``check=False`` returns error responses in place.
+    """
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, not {connections}")
+    count = min(connections, len(requests))
+    shares = [list(requests[k::count]) for k in range(count)]
+    reports = _run(
         host,
         port,
-        connections,
-        encode_many(requests),
-        len(requests),
+        [(encode_many(share), len(share)) for share in shares],
         framed=True,
         timeout=timeout,
         on_event=on_event,
     )
+    for report in reports:
+        if report.error is not None:
+            raise ConnectionError(f"connection {report.id} to {where(host, port)}: {report.error}")
+    responses = [reports[i % count].responses[i // count] for i in range(len(requests))]
+    if check:
+        raise_first_error(responses)
+    return responses
 
 
 def echo_concurrently(
@@ -183,5 +199,5 @@ def echo_concurrently(
     reads until as many bytes came back as it sent."""
     payload = b"".join(messages)
     return _run(
-        host, port, connections, payload, len(payload), framed=False, timeout=timeout, on_event=on_event
+        host, port, [(payload, len(payload))] * connections, framed=False, timeout=timeout, on_event=on_event
     )

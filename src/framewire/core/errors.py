@@ -9,6 +9,7 @@ error the connection must be closed; after a content error (``bad-encoding``,
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -107,6 +108,33 @@ class HandlerError(ContentError):
     code = "handler-error"
 
 
+class UnknownAction(ContentError):
+    """An application of named actions got a request for one it does not have."""
+
+    code = "unknown-action"
+
+
+class Failure(ContentError):
+    """An application's own error, with a code of its own: raise it from a
+    handler (or an App action) to answer with that code, the connection kept.
+
+    >>> raise Failure("not-found", "There is no key 'a'.")      # doctest: +SKIP
+
+    The code is lower-case letters, digits and hyphens (``not-found``,
+    ``quota-exceeded``); the client raises it as an :class:`ErrorResponse`
+    whose ``code`` is that code.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        if not _CODE.fullmatch(code):
+            raise ValueError(f"an error code is lower-case letters, digits and hyphens, not {code!r}")
+        super().__init__(message)
+        self.code = code
+
+
+_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
 #: Every code of the hierarchy, mapped to its class.
 ERROR_CLASSES: dict[str, type[ProtocolError]] = {
     cls.code: cls
@@ -123,6 +151,7 @@ ERROR_CLASSES: dict[str, type[ProtocolError]] = {
         BadContent,
         ServerBusy,
         HandlerError,
+        UnknownAction,
     )
 }
 
@@ -131,8 +160,10 @@ def error_for_code(code: str, message: str) -> ProtocolError:
     """Build the exception for ``code`` (as read from an error response)."""
     cls = ERROR_CLASSES.get(code)
     if cls is None:
+        if _CODE.fullmatch(code):
+            return Failure(code, message)  # an application's own code
         err = ProtocolError(message)
-        err.code = code  # an unknown code, e.g. from a newer peer
+        err.code = code  # not a well-formed code
         return err
     return cls(message)
 
@@ -145,11 +176,14 @@ class ErrorResponse(Exception):
     ``error`` the matching :class:`ProtocolError`.
     """
 
-    def __init__(self, error: ProtocolError) -> None:
+    def __init__(self, error: ProtocolError, *, responses: list[Any] | None = None) -> None:
         super().__init__(f"the server answered with an error: {error.code}: {error.message}")
         self.error = error
         self.code = error.code
         self.message = error.message
+        #: From a call that sent several requests: every response, in order
+        #: (the error responses in their places).
+        self.responses: list[Any] = responses or []
 
 
 class ConnectionClosed(ConnectionError):

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-from framewire.core.errors import BadContent, BadEncoding, ProtocolError, error_for_code
+from framewire.core.errors import BadContent, BadEncoding, ErrorResponse, ProtocolError, error_for_code
 from framewire.core.frozen import FrozenDict, freeze
 
 #: The four keys every header must carry.
@@ -451,3 +451,13 @@ class Message:
         preview = self._content[:40]
         more = "..." if len(self._content) > 40 else ""
         return f"<Message {self._header.content_type} {self.content_length} bytes {preview!r}{more}>"
+
+
+def raise_first_error(responses: list[Message]) -> None:
+    """Raise :class:`ErrorResponse` for the first error response among
+    ``responses`` (all of them on the exception, in order); else nothing."""
+    for response in responses:
+        if response.is_error:
+            error = response.error()
+            assert error is not None
+            raise ErrorResponse(error, responses=responses)

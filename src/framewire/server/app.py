@@ -1,7 +1,7 @@
 """Applications: what a server does with each request.
 
 A handler is any callable ``Message -> Message``; one with a second
-parameter is also given the :class:`~framewire.server.peer.Peer` (address,
+parameter is also given a :class:`~framewire.server.peer.Context` (the peer's address,
 TLS client certificate). :class:`App` routes the
 guide's ``{"action": ..., "value": ...}`` JSON requests to functions and
 binary requests to one more; :func:`search_app` is the guide's demo and
@@ -16,25 +16,25 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
-from framewire.core.errors import BadContent
+from framewire.core.errors import BadContent, UnknownAction
 from framewire.core.message import Message
-from framewire.server.peer import Peer
+from framewire.server.peer import Context
 
 #: What a server calls for each request: a Message back, or an awaitable of
 #: one (``async def`` handlers run on the server's event loop). A handler
-#: with a second parameter is called ``handler(request, peer)``.
+#: with a second parameter is called ``handler(request, context)``.
 Reply: TypeAlias = "Message | Awaitable[Message]"
-Handler: TypeAlias = Callable[[Message], Reply] | Callable[[Message, Peer], Reply]
+Handler: TypeAlias = Callable[[Message], Reply] | Callable[[Message, Context], Reply]
 #: An action function: the request's ``value`` in, the ``result`` out (or an
 #: awaitable of it: ``async def`` actions).
-Action: TypeAlias = Callable[[Any], Any] | Callable[[Any, Peer], Any]
+Action: TypeAlias = Callable[[Any], Any] | Callable[[Any, Context], Any]
 #: A handler of binary requests: the request in, the response (or its bytes) out.
 BinaryHandler: TypeAlias = Callable[[Message], Any]
 
 
 def takes_peer(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` has a second positional parameter (or ``*args``): it
-    is then called with the :class:`Peer` as well."""
+    is then called with the :class:`Context` as well."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature
@@ -59,15 +59,24 @@ class App:
     A JSON request ``{"action": "search", "value": "ring"}`` is answered with
     ``{"result": "found ring"}``; an action function may also return a
     :class:`Message` to answer with it as it is. An action with a second
-    parameter, ``def search(value, peer)``, is also given the
-    :class:`~framewire.server.peer.Peer`. Actions may be ``async def``
+    parameter, ``def search(value, context)``, is also given the
+    :class:`~framewire.server.peer.Context` (the request, its extensions,
+    the peer's address and TLS certificate). Actions may be ``async def``
     functions: the server awaits them on its event loop, and the
-    connection's other answers stay in order. An unknown action is
-    answered the guide's way, ``{"result": "Error: invalid action 'A'."}``.
+    connection's other answers stay in order.
+
+    An unknown action is answered with the ``unknown-action`` error (the
+    guide's demo, ``App(guide_unknown_action=True)``, answers it as a
+    success, ``{"result": "Error: invalid action 'A'."}``). To fail with a
+    code of your own, raise :class:`~framewire.core.errors.Failure`:
+    ``raise Failure("not-found", "There is no key 'a'.")``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, guide_unknown_action: bool = False) -> None:
         self._actions: dict[str, Action] = {}
+        #: Answer an unknown action the guide's demo way (a success whose
+        #: result says so) instead of the ``unknown-action`` error.
+        self.guide_unknown_action = guide_unknown_action
         self._with_peer: set[str] = set()
         self._binary: BinaryHandler | None = None
         #: Content type of responses built from the bytes a binary handler returns.
@@ -95,7 +104,7 @@ class App:
         self._binary = fn
         return fn
 
-    def __call__(self, request: Message, peer: Peer | None = None) -> Message | Awaitable[Message]:
+    def __call__(self, request: Message, context: Context | None = None) -> Message | Awaitable[Message]:
         if request.is_json:
             body = request.json()
             if not isinstance(body, dict) or "action" not in body:
@@ -103,9 +112,12 @@ class App:
             action = body["action"]
             fn = self._actions.get(action) if isinstance(action, str) else None
             if fn is None:
-                return Message.from_json({"result": f"Error: invalid action {action!r}."})
+                if self.guide_unknown_action:
+                    return Message.from_json({"result": f"Error: invalid action {action!r}."})
+                known = ", ".join(sorted(self._actions)) or "none"
+                raise UnknownAction(f"There is no action {action!r} here (the actions: {known}).")
             value = body.get("value")
-            result = fn(value, peer) if action in self._with_peer else fn(value)  # type: ignore[call-arg, arg-type]
+            result = fn(value, context) if action in self._with_peer else fn(value)  # type: ignore[call-arg, arg-type]
             if inspect.isawaitable(result):
                 return self._later(result, self._json_answer)
             return self._json_answer(result)
@@ -142,7 +154,7 @@ SEARCH_TABLE = {
 
 def search_app() -> App:
     """The guide's demo application (PROTOCOL.md, "The guide's demo application")."""
-    app = App()
+    app = App(guide_unknown_action=True)
 
     @app.action("search")
     def search(value: Any) -> str:

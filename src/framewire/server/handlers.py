@@ -36,6 +36,7 @@ from framewire.core.errors import ServerBusy
 from framewire.core.message import Message
 from framewire.server.app import takes_peer
 from framewire.server.engine import LATER, ServerConnection, Slot
+from framewire.server.peer import Context
 
 __all__ = ["Dispatcher"]
 
@@ -92,7 +93,7 @@ class Dispatcher:
         conn.adopt = self._adopt
         if self._with_peer:
             handler = self.handler
-            conn.call = lambda request: handler(request, conn.peer_info())
+            conn.call = lambda request: handler(request, Context(request, conn.peer_info()))
         else:
             conn.call = self.handler
 
@@ -206,7 +207,11 @@ class Dispatcher:
                 return
             conn, slot, request = job
             try:
-                result = self.handler(request, conn.peer_info()) if self._with_peer else self.handler(request)
+                result = (
+                    self.handler(request, Context(request, conn.peer_info()))
+                    if self._with_peer
+                    else self.handler(request)
+                )
             except BaseException as exc:
                 self._post(conn, slot, exc)
                 continue
