@@ -313,9 +313,7 @@ def test_extensions_given_to_a_message_are_copied() -> None:
 
 def test_proxy_is_idle_after_the_upstream_closes_first(spawn: Any) -> None:
     upstream = socket.create_server(("127.0.0.1", 0))
-    proxy = spawn(
-        "proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream.getsockname()[1]}", "-q"
-    )
+    proxy = spawn("proxy", "127.0.0.1", str(upstream.getsockname()[1]), "--port", "0", "-q")
     port = int(proxy.wait_for(r"proxy on 127\.0\.0\.1:(\d+)").group(1))
     with connect(port) as client:
         upstream.settimeout(10)
@@ -364,7 +362,7 @@ def test_proxy_and_decode_show_every_nasty_message(spawn: Any, tmp_path: Path) -
 
     wire = encode_many(nasty_messages())
     with running() as server:  # echo: the nasty messages go both ways
-        proxy = spawn("proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{server.port}",
+        proxy = spawn("proxy", "127.0.0.1", str(server.port), "--port", "0",
                       "--log", str(tmp_path / "log.jsonl"))  # fmt: skip
         port = int(proxy.wait_for(r"proxy on 127\.0\.0\.1:(\d+)").group(1))
         with connect(port) as sock:

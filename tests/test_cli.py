@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -192,7 +193,7 @@ def test_echo_server_and_client(spawn: Any) -> None:
     server = spawn("echo-server", "--port", "0")
     port = str(server.port())
     text = "Hello, \N{DOG FACE}"
-    result = run_cli("echo-client", "--port", port, text)
+    result = run_cli("echo-client", "127.0.0.1", port, text)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"Received {text.encode()!r}"
     # The guide's first server serves one client, then exits by itself.
@@ -202,12 +203,12 @@ def test_echo_server_and_client(spawn: Any) -> None:
 
 def test_echo_client_default_text(spawn: Any) -> None:
     server = spawn("echo-server", "--port", "0")
-    result = run_cli("echo-client", "--port", str(server.port()))
+    result = run_cli("echo-client", "127.0.0.1", str(server.port()))
     assert result.stdout.strip() == "Received b'Hello, world'"
 
 
 def test_echo_client_with_nothing_listening(free_port: int) -> None:
-    result = run_cli("echo-client", "--port", str(free_port))
+    result = run_cli("echo-client", "127.0.0.1", str(free_port))
     assert result.returncode == 1 and "nothing is listening" in result.stderr
     no_traceback(result)
 
@@ -222,9 +223,7 @@ def test_raw_servers_on_a_port_in_use(command: str, taken_port: int) -> None:
 def test_multiconn_server_and_client(spawn: Any) -> None:
     server = spawn("multiconn-server", "--port", "0")
     port = str(server.port())
-    result = run_cli(
-        "multiconn-client", "--port", port, "--connections", "3", "--messages", "Message 1", "Message 2"
-    )
+    result = run_cli("multiconn-client", "127.0.0.1", port, "--connections", "3", "Message 1", "Message 2")
     assert result.returncode == 0, result.stderr
     assert "Starting connection 3" in result.stdout
     assert (
@@ -232,14 +231,14 @@ def test_multiconn_server_and_client(spawn: Any) -> None:
         .splitlines()[-1]
         .startswith("3 connections, 2 messages each: 54 bytes sent, 54 received, 3 complete, 0 failed")
     )
-    result = run_cli("multiconn-client", "--port", port, "-n", "100", "--quiet")
+    result = run_cli("multiconn-client", "127.0.0.1", port, "-c", "100", "--quiet")
     assert "100 complete, 0 failed" in result.stdout
     code, _, err = server.stop(signal.SIGINT)
     assert code == 0 and "Traceback" not in err
 
 
 def test_multiconn_client_with_nothing_listening(free_port: int) -> None:
-    result = run_cli("multiconn-client", "--port", str(free_port), "-q")
+    result = run_cli("multiconn-client", "127.0.0.1", str(free_port), "-q")
     assert result.returncode == 1
     assert "0 complete, 2 failed" in result.stdout
     assert "Traceback" not in result.stderr
@@ -280,9 +279,9 @@ def test_ipv6_serve_request_ping_proxy_bench(spawn: Any) -> None:
     port = server.wait_for(r"on \[::1\]:(\d+)").group(1)
     answer = run_cli("request", "::1", port, "--text", "over IPv6")
     assert answer.returncode == 0 and answer.stdout.strip() == "over IPv6", answer.stderr
-    pinged = run_cli("ping", "::1", port, "-c", "1")
+    pinged = run_cli("ping", "::1", port, "-n", "1")
     assert pinged.returncode == 0 and f"[::1]:{port}" in pinged.stdout
-    proxy = spawn("proxy", "--listen", "[::1]:0", "--upstream", f"[::1]:{port}", "-q")
+    proxy = spawn("proxy", "::1", port, "--host", "::1", "--port", "0", "-q")
     proxied = proxy.wait_for(r"proxy on \[::1\]:(\d+) -> \[::1\]:" + port).group(1)
     through = run_cli("request", "::1", proxied, "--text", "through the proxy")
     assert through.returncode == 0 and through.stdout.strip() == "through the proxy", through.stderr
@@ -298,12 +297,12 @@ def test_unix_socket_serve_request_ping_proxy_bench(spawn: Any, tmp_path: Path) 
     assert path.stat().st_mode & 0o777 == 0o660
     answer = run_cli("request", f"unix:{path}", "--text", "over a unix socket")
     assert answer.returncode == 0 and answer.stdout.strip() == "over a unix socket", answer.stderr
-    pinged = run_cli("ping", f"unix:{path}", "-c", "1")
+    pinged = run_cli("ping", f"unix:{path}", "-n", "1")
     assert pinged.returncode == 0 and f"from unix:{path}: seq=1" in pinged.stdout, pinged.stdout
     loaded = run_cli("bench", f"unix:{path}", "-c", "2", "-d", "2", "-n", "200", "--check", "-q")
     assert loaded.returncode == 0, loaded.stderr
     front = tmp_path / "proxy.sock"
-    proxy = spawn("proxy", "--listen", f"unix:{front}", "--upstream", f"unix:{path}", "-q")
+    proxy = spawn("proxy", f"unix:{path}", "--unix", str(front), "-q")
     proxy.wait_for(f"proxy on unix:{front} -> unix:{path}")
     through = run_cli("request", f"unix:{front}", "--text", "through the proxy")
     assert through.returncode == 0 and through.stdout.strip() == "through the proxy", through.stderr
@@ -346,7 +345,7 @@ def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path:
     answer = run_cli("request", "localhost", port, *mutual, "search", "ring")
     assert answer.returncode == 0 and "Misty Mountains" in answer.stdout, answer.stderr
     server.wait_for("opened, TLSv1.3, client certificate framewire-client")
-    pinged = run_cli("ping", "localhost", port, *mutual, "-c", "1")
+    pinged = run_cli("ping", "localhost", port, *mutual, "-n", "1")
     assert pinged.returncode == 0, pinged.stderr
     loaded = run_cli("bench", "localhost", port, *mutual, "--search", "-c", "2", "-d", "2", "-n", "100", "-q")
     assert loaded.returncode == 0, loaded.stderr
@@ -379,3 +378,34 @@ def test_tls_option_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate")
     junk = run_cli("request", "127.0.0.1", "1", "--tls-ca", str(tmp_path / "junk.pem"), "search", "x")
     assert junk.returncode == 2 and "does not load" in junk.stderr
+
+
+def test_call_runs_the_actions_of_a_user_s_app(spawn: Any) -> None:
+    tests = str(Path(__file__).resolve().parent)
+    server = spawn("serve", "--app", "kv_app:app", "--port", "0", cwd=tests)
+    port = str(server.port())
+    added = run_cli("call", "127.0.0.1", port, "add", "[1, 2]")
+    assert (added.returncode, added.stdout) == (0, "3\n"), added.stderr
+    assert run_cli("call", "127.0.0.1", port, "set", '["a", {"x": 1}]').stdout == "ok\n"
+    assert run_cli("call", "127.0.0.1", port, "get", "a").stdout == '{"x": 1}\n'  # "a" is not JSON: a string
+    missing = run_cli("call", "127.0.0.1", port, "get", "b")
+    assert missing.returncode == 1
+    assert missing.stderr == "framewire: get failed: not-found: There is no key 'b'.\n"
+    unknown = run_cli("call", "127.0.0.1", port, "nosuch")
+    assert (
+        unknown.returncode == 1 and "unknown-action" in unknown.stderr and "add, get, set" in unknown.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "command", ["request", "call", "ping", "bench", "echo-client", "multiconn-client", "proxy"]
+)
+def test_every_client_command_takes_the_server_as_host_port(command: str) -> None:
+    shown = run_cli(command, "--help")
+    assert shown.returncode == 0
+    usage = " ".join(shown.stdout.split("\n\n")[0].split())
+    assert re.match(rf"Usage: .*framewire {command} \[OPTIONS\] HOST PORT", usage), usage
+    options = shown.stdout
+    assert "-c, --connections" in options or " -c," not in options  # -c is connections, or nothing
+    assert "-n, --count" in options or " -n," not in options  # -n is a count, or nothing
+    assert "-W" not in options

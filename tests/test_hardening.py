@@ -376,7 +376,7 @@ def test_descriptor_exhaustion_backs_off_and_recovers(spawn: Any, command: str) 
     with running() as upstream:
         args = {
             "serve": ["serve", "--port", "0", "--app", "echo"],
-            "proxy": ["proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream.port}", "-q"],
+            "proxy": ["proxy", "127.0.0.1", str(upstream.port), "--port", "0", "-q"],
             "multiconn-server": ["multiconn-server", "--port", "0"],
         }[command]
         server = spawn(*args, preexec=low_limit)

@@ -26,7 +26,7 @@ def check_summary(lines: list[str], port: int, sent: int, received: int) -> None
 
 def test_ping_a_framewire_server() -> None:
     with running(search_app()) as server:
-        result = run_cli("ping", "127.0.0.1", str(server.port), "-c", "3", "-i", "0.01")
+        result = run_cli("ping", "127.0.0.1", str(server.port), "-n", "3", "-i", "0.01")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     replies = [REPLY.match(line) for line in lines[1:4]]
@@ -36,7 +36,7 @@ def test_ping_a_framewire_server() -> None:
 
 
 def test_ping_the_guides_server_reconnects(guide_server: int) -> None:  # noqa: F811
-    result = run_cli("ping", "127.0.0.1", str(guide_server), "-c", "3", "-i", "0.01")
+    result = run_cli("ping", "127.0.0.1", str(guide_server), "-n", "3", "-i", "0.01")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert sum("no probe support" in line for line in lines) == 3
@@ -46,7 +46,7 @@ def test_ping_the_guides_server_reconnects(guide_server: int) -> None:  # noqa: 
 def test_ping_with_nothing_listening() -> None:
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
-        result = run_cli("ping", "127.0.0.1", str(placeholder.getsockname()[1]), "-c", "2")
+        result = run_cli("ping", "127.0.0.1", str(placeholder.getsockname()[1]), "-n", "2")
     assert result.returncode == 2
     assert "nothing is listening" in result.stderr and "Traceback" not in result.stderr
 
@@ -54,7 +54,7 @@ def test_ping_with_nothing_listening() -> None:
 def test_ping_with_no_replies_exits_1() -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (in the backlog), never answers
         port = silent.getsockname()[1]
-        result = run_cli("ping", "127.0.0.1", str(port), "-c", "2", "-i", "0", "-W", "0.2")
+        result = run_cli("ping", "127.0.0.1", str(port), "-n", "2", "-i", "0", "--timeout", "0.2")
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert "seq=1 no reply (timeout)" in result.stdout
@@ -64,7 +64,7 @@ def test_ping_with_no_replies_exits_1() -> None:
 def test_ping_connect_only() -> None:
     with socket.create_server(("127.0.0.1", 0)) as plain:
         port = plain.getsockname()[1]
-        result = run_cli("ping", "127.0.0.1", str(port), "--connect", "-c", "2", "-i", "0")
+        result = run_cli("ping", "127.0.0.1", str(port), "--connect", "-n", "2", "-i", "0")
     assert result.returncode == 0, result.stderr
     assert re.search(r"connected to 127\.0\.0\.1:\d+: seq=2 time=", result.stdout)
 

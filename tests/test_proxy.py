@@ -15,7 +15,7 @@ from framewire.server.app import search_app
 
 
 def start_proxy(spawn: Any, upstream: int, *extra: str) -> tuple[Any, int]:
-    proxy = spawn("proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}", *extra)
+    proxy = spawn("proxy", "127.0.0.1", str(upstream), "--port", "0", *extra)
     return proxy, int(proxy.wait_for(r"proxy on 127\.0\.0\.1:(\d+)").group(1))
 
 

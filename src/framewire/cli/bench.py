@@ -9,8 +9,6 @@ from typing import Any
 import click
 
 from framewire.cli.common import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
     PORT,
     ClientCommand,
     friendly_errors,
@@ -23,8 +21,8 @@ from framewire.core.message import Message
 
 
 @main.command(cls=ClientCommand)
-@click.argument("host", default=DEFAULT_HOST)
-@click.argument("port", type=PORT, default=DEFAULT_PORT)
+@click.argument("host")
+@click.argument("port", type=PORT)
 @click.option("--connections", "-c", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--depth", "-d", type=click.IntRange(1), default=16, show_default=True,
               help="Requests kept in flight per connection (pipelining).")  # fmt: skip

@@ -8,6 +8,8 @@ import time
 import click
 
 from framewire.cli.common import (
+    PORT,
+    ClientCommand,
     _fail,
     friendly_errors,
     host_option,
@@ -15,6 +17,7 @@ from framewire.cli.common import (
     log_level_option,
     main,
     port_option,
+    server_address,
     setup_logging,
 )
 from framewire.io.netio import show_address
@@ -40,21 +43,22 @@ def echo_server(host: str, port: int) -> None:
     rawecho.echo_server_once(listener, on_event=lambda line: click.echo(line, err=True))
 
 
-@main.command("echo-client")
-@host_option
-@port_option
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the echo.")
+@main.command("echo-client", cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
 @click.argument("text", default="Hello, world")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the echo.")
 @friendly_errors
 def echo_client(host: str, port: int, timeout: float, text: str) -> None:
     """Send TEXT to an echo server and print what comes back.
 
     \b
     Example:
-      framewire echo-client --port 65432 "Hello, world"
+      framewire echo-client 127.0.0.1 65432 "Hello, world"
     """
     from framewire.tools import rawecho
 
+    host, port = server_address(host, port)
     data = text.encode()
     echoed = rawecho.echo_client(host, port, data, timeout)
     click.echo(f"Received {echoed!r}")
@@ -89,20 +93,28 @@ def multiconn_server(host: str, port: int, log_level: str) -> None:
     server.serve_forever()
 
 
-@main.command("multiconn-client")
-@host_option
-@port_option
-@click.option("--connections", "-n", type=click.IntRange(1, 100_000), default=2, show_default=True)
+@main.command("multiconn-client", cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
+@click.argument("more", nargs=-1, metavar="[MESSAGE]...")
+@click.option(
+    "--connections",
+    "-c",
+    type=click.IntRange(1, 100_000),
+    default=2,
+    show_default=True,
+    help="Connections to open at once.",
+)
 @click.option(
     "--messages",
     "messages",
     multiple=True,
-    metavar="TEXT...",
-    help="The messages each connection sends (one or more). Default: two short messages.",
+    metavar="TEXT",
+    help="A message each connection sends (repeatable; MESSAGE arguments do the same). "
+    "Default: two short messages.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the whole run.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary.")
-@click.argument("more", nargs=-1, metavar="")
 @friendly_errors
 def multiconn_client(
     host: str,
@@ -118,10 +130,11 @@ def multiconn_client(
 
     \b
     Example:
-      framewire multiconn-client --port 65432 --connections 3 --messages "Message 1" "Message 2"
+      framewire multiconn-client 127.0.0.1 65432 -c 3 "Message 1" "Message 2"
     """
     from framewire.client import concurrent as multiclient
 
+    host, port = server_address(host, port)
     texts = [*messages, *more] or ["Message 1 from client.", "Message 2 from client."]
     payloads = [t.encode() for t in texts]
     start = time.monotonic()

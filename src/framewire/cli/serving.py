@@ -379,7 +379,7 @@ def _show(response: Message) -> str:
 @click.option("--text", metavar="TEXT", help="Send this text as text/plain (utf-8) content.")
 @click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Send this file's bytes as binary content.")  # fmt: skip
-@click.option("--count", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--count", "-n", type=click.IntRange(1), default=1, show_default=True,
               help="Send N copies pipelined on one connection.")  # fmt: skip
 @click.option("--show-header", is_flag=True, help="Print each response's header too.")
 @click.option(
@@ -441,3 +441,49 @@ def request(
             click.echo(_show(response))
     if failed:
         raise click.exceptions.Exit(1)
+
+
+@main.command("call", cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
+@click.argument("action")
+@click.argument("value", required=False)
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+@tls_client_options
+@friendly_errors
+def call(host: str, port: int, action: str, value: str | None, timeout: float, tls: Any) -> None:
+    """Call an action of a JSON application: {"action": ACTION, "value": VALUE}.
+
+    VALUE is read as JSON when it is JSON ('[1, 2]', '3', 'true', '"007"'),
+    else sent as a string; without VALUE, the value is null. Prints the
+    result (JSON, unless it is a string). An error response prints its code
+    and message on stderr and exits 1.
+
+    \b
+    Examples:
+      framewire call 127.0.0.1 65432 add '[1, 2]'          (prints 3)
+      framewire call 127.0.0.1 65432 search ring
+      framewire call unix:/tmp/app.sock get mykey
+    """
+    from framewire.client import Client
+
+    host, port = server_address(host, port)
+    context, name = tls_for(host, tls)
+    parsed: Any = value
+    if value is not None:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value  # not JSON: a string
+    request = Message.from_json({"action": action, "value": parsed})
+    client = Client(host, port, timeout=timeout, check=False, ssl_context=context, server_hostname=name)
+    with plain_hint(tls), client:
+        response = client.request(request)
+    if response.is_error:
+        error = response.error()
+        assert error is not None
+        click.echo(f"framewire: {action} failed: {error.code}: {error.message}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(_show(response))

@@ -12,12 +12,12 @@ from typing import Any
 import click
 
 from framewire.cli.common import (
+    DEFAULT_HOST,
     DEFAULT_PORT,
     PORT,
     ClientCommand,
     _bind_error,
     _fail,
-    host_port,
     main,
     server_address,
     tls_client_options,
@@ -26,16 +26,37 @@ from framewire.cli.common import (
 from framewire.io.netio import describe, where
 
 
-@main.command("proxy")
-@click.option("--listen", "listen_at", required=True, metavar="[HOST:]PORT",
-              help="Where clients connect: 7000, [::1]:7000, unix:PATH.")  # fmt: skip
+@main.command("proxy", cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
 @click.option(
-    "--upstream", required=True, metavar="HOST:PORT", help="The server to forward to (or unix:PATH)."
+    "--host", "listen_host", default=DEFAULT_HOST, show_default=True, help="The address clients connect to."
 )
-@click.option("--log", "log_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Also write every message as a JSON line to this file.")  # fmt: skip
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing (with --log).")
-def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: bool) -> None:
+@click.option(
+    "--port",
+    "listen_port",
+    type=click.IntRange(0, 65535),
+    default=7000,
+    show_default=True,
+    help="The port clients connect to (0: any free one).",
+)
+@click.option("--unix", default=None, metavar="PATH", help="Listen on this Unix socket instead.")
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write every message as a JSON line to this file.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing (with --log).")  # fmt: skip
+def proxy_command(
+    host: str,
+    port: int,
+    listen_host: str,
+    listen_port: int,
+    unix: str | None,
+    log_file: Path | None,
+    quiet: bool,
+) -> None:
     """A transparent proxy that prints every message in both directions.
 
     Bytes pass unchanged. Each message is shown with its time, connection
@@ -43,16 +64,20 @@ def proxy_command(listen_at: str, upstream: str, log_file: Path | None, quiet: b
     JSON pretty, text as text, binary as a hex/ASCII preview. A malformed
     stream is reported and still forwarded.
 
+    The server to forward to is HOST PORT (or unix:PATH), as for every
+    client command; where clients connect is --host/--port (or --unix), as
+    for every server.
+
     \b
     Example:
-      framewire proxy --listen 7000 --upstream 127.0.0.1:65432 --log wire.jsonl
+      framewire proxy 127.0.0.1 65432 --port 7000 --log wire.jsonl
       framewire request 127.0.0.1 7000 search morpheus      (from a second terminal)
     """
     from framewire.tools import proxy as proxy_module
     from framewire.tools import wireview
 
-    listen = host_port(listen_at, "127.0.0.1")
-    target = host_port(upstream, None)
+    target = server_address(host, port)
+    listen = (f"unix:{unix}", 0) if unix is not None else (listen_host, listen_port)
     sink = log_file.open("a", encoding="utf-8", errors="backslashreplace") if log_file is not None else None
 
     def show(event: wireview.Event) -> None:
@@ -193,10 +218,10 @@ def sockets_command(port: int | None) -> None:
 @main.command("ping", cls=ClientCommand)
 @click.argument("host")
 @click.argument("port", type=PORT)
-@click.option("-c", "--count", type=click.IntRange(1), default=None, help="Stop after COUNT probes.")
+@click.option("-n", "--count", type=click.IntRange(1), default=None, help="Stop after COUNT probes.")
 @click.option("-i", "--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Seconds between probes.")  # fmt: skip
-@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Seconds to wait for each reply.")  # fmt: skip
 @click.option(
     "-s", "--size", type=click.IntRange(0), default=56, show_default=True, help="Content bytes per probe."
@@ -224,9 +249,9 @@ def ping_command(
 
     \b
     Example:
-      framewire ping 127.0.0.1 65432 -c 5 -i 0.2
-      framewire ping 127.0.0.1 22 --connect -c 3
-      framewire ping unix:/tmp/framewire.sock -c 3
+      framewire ping 127.0.0.1 65432 -n 5 -i 0.2
+      framewire ping 127.0.0.1 22 --connect -n 3
+      framewire ping unix:/tmp/framewire.sock -n 3
     """
     from framewire.tools import ping as ping_module
 
