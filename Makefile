@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-serve: $(STAMP)
+# Serving needs only framewire itself (the test tools are make test's).
+SERVE_STAMP := $(VENV)/.installed-serve
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)

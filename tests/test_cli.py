@@ -9,15 +9,18 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import read_messages, run_cli
+from conftest import framewire_cmd, read_messages, run_cli, running
 from framewire import Message, __version__, encode
 from framewire.client import Client
+from framewire.server.app import echo, search_app
 
 COMMANDS = [
     "echo-server", "echo-client", "multiconn-server", "multiconn-client", "serve", "request", "demo",
@@ -409,3 +412,96 @@ def test_every_client_command_takes_the_server_as_host_port(command: str) -> Non
     assert "-c, --connections" in options or " -c," not in options  # -c is connections, or nothing
     assert "-n, --count" in options or " -n," not in options  # -n is a count, or nothing
     assert "-W" not in options
+
+
+def test_failures_a_new_user_met_are_one_line(tmp_path: Path) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        closed = str(placeholder.getsockname()[1])
+    refused = run_cli("bench", "127.0.0.1", closed, "-n", "10", "-q")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == f"framewire: nothing is listening on 127.0.0.1:{closed} (connection refused)\n"
+    unresolved = run_cli("multiconn-client", "nosuchhost.invalid", "1", "-q")
+    assert unresolved.returncode != 0 and "'nosuchhost.invalid'" in unresolved.stderr
+    assert unresolved.stderr.count("\n") == 1
+    (tmp_path / "brokenapp.py").write_text("x = 1\nraise RuntimeError('boom')\n")
+    broken = subprocess.run(framewire_cmd("serve", "--app", "brokenapp:app", "--port", "0"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert broken.returncode == 2
+    assert (
+        broken.stderr.count("\n") == 1 and "RuntimeError: boom" in broken.stderr and "line 2" in broken.stderr
+    )
+    both = run_cli("request", "127.0.0.1", "1", "search", "x", "--json", "{}")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_an_http_server_is_named_as_such() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def answer_http() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_http)
+        thread.start()
+        result = run_cli("request", "127.0.0.1", str(port), "search", "x")
+        thread.join(10)
+    assert result.returncode == 1
+    assert "HTTP message: is this a framewire server?" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_bench_check_against_another_app_says_why(echo_server: Any) -> None:
+    with running(search_app()) as server:
+        result = run_cli("bench", "127.0.0.1", str(server.port), "-n", "50", "--check", "-q")
+    assert result.returncode == 1
+    assert "is the server running the echo app (framewire serve --app echo)?" in result.stderr
+
+
+def test_bench_ctrl_c_prints_the_summary_so_far(spawn: Any) -> None:
+    with running(echo) as server:
+        proc = subprocess.Popen(framewire_cmd("bench", "127.0.0.1", str(server.port), "-t", "30", "-q"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while server.requests_total < 1000:
+            assert time.monotonic() < deadline, "the load never came"
+            time.sleep(0.02)  # the server's counter, polled with a deadline
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert " responses in " in out and "errors 0" in out
+
+
+def test_request_raw_writes_the_content_bytes(echo_server: Any) -> None:
+    result = subprocess.run(
+        framewire_cmd("request", "127.0.0.1", str(echo_server.port), "--text", "caf\\u00e9", "--raw"),
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == b"caf\\u00e9"
+
+
+def test_decode_lists_the_ports_a_capture_does_have(tmp_path: Path) -> None:
+    import dpkt
+
+    path = tmp_path / "other.pcap"
+    with path.open("wb") as out:
+        writer = dpkt.pcap.Writer(out)
+        syn_ack = dpkt.tcp.TCP(sport=7000, dport=50000, flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)
+        ip = dpkt.ip.IP(
+            src=socket.inet_aton("127.0.0.1"), dst=socket.inet_aton("127.0.0.1"), p=6, data=syn_ack
+        )
+        writer.writepkt(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip).pack(), ts=1.0)
+    result = run_cli("decode", str(path))
+    assert result.returncode == 0
+    assert (
+        "no framewire message on port 65432" in result.stderr
+        and "7000 (1); give one with --port" in result.stderr
+    )
+
+
+def test_the_banner_of_a_wildcard_address_says_where_to_connect(spawn: Any) -> None:
+    server = spawn("serve", "--host", "0.0.0.0", "--port", "0")
+    line = server.wait_for(r"Try:\n  (.+)").group(1)
+    assert " request 127.0.0.1 " in line and "0.0.0.0" not in line

@@ -39,7 +39,7 @@ def test_print_and_install(tmp_path: Path) -> None:
     installed = run_cli("wireshark", "--install", "--dir", str(tmp_path / "plugins"))
     assert installed.returncode == 0, installed.stderr
     assert (tmp_path / "plugins" / "framewire.lua").read_text() == LUA.read_text()
-    assert run_cli("wireshark").returncode == 2  # neither option: a usage error
+    assert run_cli("wireshark").stdout == LUA.read_text()  # --print is the default
 
 
 # A header the way Python's json.dumps writes it by default: non-ASCII as \\u

@@ -11,6 +11,7 @@ import click
 from framewire.cli.common import (
     PORT,
     ClientCommand,
+    _fail,
     friendly_errors,
     main,
     server_address,
@@ -18,6 +19,7 @@ from framewire.cli.common import (
     tls_for,
 )
 from framewire.core.message import Message
+from framewire.io.netio import where
 
 
 @main.command(cls=ClientCommand)
@@ -99,6 +101,16 @@ def bench(
     )  # fmt: skip
     if live:
         click.echo(err=True)
+    samples = result.error_samples
+    if not result.responses and samples and all(s.startswith("connect:") for s in samples):
+        # Not one connection: one line, as every command says it.
+        refused = "ECONNREFUSED" in samples[0]
+        target = where(host, port)
+        raise _fail(
+            f"nothing is listening on {target} (connection refused)"
+            if refused
+            else f"cannot connect to {target}: {samples[0].removeprefix('connect: ')}"
+        )
     summary = result.summary()
     if as_json:
         click.echo(json.dumps(summary))
@@ -114,5 +126,13 @@ def bench(
         )
         for sample in summary["error_samples"]:
             click.echo(f"  error: {sample}", err=True)
+    if result.mismatches and not result.errors:
+        click.echo(
+            "framewire: --check expects every answer to echo its request: is the server running the "
+            "echo app (framewire serve --app echo)?",
+            err=True,
+        )
+    if result.interrupted:
+        raise click.exceptions.Exit(130)
     if result.errors or result.mismatches or not result.responses:
         raise click.exceptions.Exit(1)

@@ -192,9 +192,11 @@ def serve(
         secure = " over TLS" if ssl_context is not None else ""
         banner = f"framewire: serving the {app_spec} app on {where}{secure} (Ctrl-C to stop)."
         if hint is not None:
-            target = bound_host if unix is not None else f"{bound_host} {bound_port}"
+            # A wildcard is where one listens, not where one connects.
+            reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound_host, bound_host)
+            target = bound_host if unix is not None else f"{reach} {bound_port}"
             tls = " --tls-ca CA.pem" if ssl_context is not None else ""
-            banner += f" Try:\n  framewire request {target}{tls} {hint}"
+            banner += f" Try:\n  {_command_name()} request {target}{tls} {hint}"
         click.echo(banner, err=True)
 
     sock = None
@@ -242,6 +244,21 @@ def serve(
                 on_ready=lambda s: ready(*s.address))  # fmt: skip
     except OSError as exc:
         raise _bind_error(exc, host, port) from None
+
+
+def _command_name() -> str:
+    # The command as the person can type it: "framewire" when it is on the
+    # PATH, else the path of the one running (".venv/bin/framewire").
+    import shutil
+
+    running = sys.argv[0]
+    if os.path.basename(running) == "framewire":
+        found = shutil.which("framewire")
+        if found is not None and os.path.realpath(found) == os.path.realpath(running):
+            return "framewire"
+        relative = os.path.relpath(running)
+        return running if relative.startswith("..") else relative
+    return "framewire" if shutil.which("framewire") else f"{os.path.basename(sys.executable)} -m framewire"
 
 
 def _socket_activation() -> int | None:
@@ -339,6 +356,9 @@ def _build_request(action: str | None, value: str | None, json_text: str | None,
     ]
     if len(chosen) > 1:
         raise click.UsageError(f"give only one of {', '.join(chosen)}")
+    if chosen and action is not None:
+        given = " ".join(part for part in (action, value) if part is not None)
+        raise click.UsageError(f"give either ACTION VALUE ({given}) or {chosen[0]}, not both")
     if json_text is not None:
         try:
             return Message.from_json(json.loads(json_text))
@@ -382,6 +402,7 @@ def _show(response: Message) -> str:
 @click.option("--count", "-n", type=click.IntRange(1), default=1, show_default=True,
               help="Send N copies pipelined on one connection.")  # fmt: skip
 @click.option("--show-header", is_flag=True, help="Print each response's header too.")
+@click.option("--raw", is_flag=True, help="Write each response's content bytes to stdout, as they are.")
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole exchange."
 )
@@ -397,6 +418,7 @@ def request(
     file: Path | None,
     count: int,
     show_header: bool,
+    raw: bool,
     timeout: float,
     tls: tuple[Any, str | None] | None,
 ) -> None:
@@ -437,6 +459,9 @@ def request(
             error = response.error()
             assert error is not None
             click.echo(f"error from the server: {error.code}: {error.message}", err=True)
+        elif raw:
+            sys.stdout.buffer.write(response.content)
+            sys.stdout.buffer.flush()
         else:
             click.echo(_show(response))
     if failed:

@@ -135,6 +135,16 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
         raise _fail(f"{capture_file}: {exc}") from None
     if not as_json:
         click.echo(f"{found} messages on port {port}")
+    if not found:
+        with capture_file.open("rb") as handle:
+            ports = capture.server_ports(handle)
+        others = ", ".join(f"{p} ({n})" for p, n in ports[:8] if p != port)
+        hint = (
+            f"the capture's TCP servers: {others}; give one with --port"
+            if others
+            else "it has no TCP traffic"
+        )
+        click.echo(f"framewire: no framewire message on port {port} in {capture_file}: {hint}", err=True)
 
 
 def _lua_source() -> str:
@@ -143,7 +153,7 @@ def _lua_source() -> str:
 
 @main.command("wireshark")
 @click.option("--install", is_flag=True, help="Copy the dissector to your Wireshark plugins folder.")
-@click.option("--print", "print_it", is_flag=True, help="Print the dissector (Lua) to stdout.")
+@click.option("--print", "print_it", is_flag=True, help="Print the dissector (Lua) to stdout (the default).")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Plugins folder for --install [default: ~/.local/lib/wireshark/plugins].")  # fmt: skip
 def wireshark_command(install: bool, print_it: bool, folder: Path | None) -> None:
@@ -170,10 +180,10 @@ def wireshark_command(install: bool, print_it: bool, folder: Path | None) -> Non
       SSLKEYLOGFILE=keys.log framewire request localhost 7443 --tls-ca ca.pem search ring
       tshark -o framewire.tls_ports:7443 -o tls.keylog_file:keys.log -r tls.pcapng -Y framewire
     """
-    if install == print_it:
+    if install and print_it:
         raise click.UsageError("give one of --install or --print")
     source = _lua_source()
-    if print_it:
+    if not install:  # --print, the default
         click.echo(source, nl=False)
         return
     target_dir = folder or Path.home() / ".local" / "lib" / "wireshark" / "plugins"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -200,6 +201,12 @@ def load_handler(spec: str) -> Handler:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r} for --app: {exc}") from None
+    except Exception as exc:  # the module itself failed: say where, in one line
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        raise ValueError(
+            f"importing module {module_name!r} for --app failed: {type(exc).__name__}: {exc}{where}"
+        ) from None
     target: Any = module
     for part in attr.split("."):
         try:

@@ -13,6 +13,7 @@ mid-message; the protocol error is reported).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import os
 import socket
@@ -179,6 +180,33 @@ def read_capture(handle: BinaryIO, port: int = 65432) -> Iterator[Event]:
     if source.cut is not None:
         # dpkt hands over a last record cut short as if it were whole.
         raise CaptureError(_damage(source, ValueError(), "the capture is cut short"))
+
+
+def server_ports(handle: BinaryIO) -> list[tuple[int, int]]:
+    """The TCP ports that accepted connections in the capture (the port of
+    each SYN-ACK's sender), with how many, most first; for a capture with
+    no handshake, every port that carried data. Raises :class:`CaptureError`."""
+    source = _Reader(handle)
+    reader = _open(source)
+    datalink = reader.datalink()
+    accepted: collections.Counter[int] = collections.Counter()
+    carried: collections.Counter[int] = collections.Counter()
+    try:
+        for _when, frame in reader:
+            try:
+                ip = _ip_of(datalink, frame)
+            except (dpkt.dpkt.Error, struct.error, IndexError):
+                continue
+            tcp = getattr(ip, "data", None)
+            if not isinstance(tcp, dpkt.tcp.TCP):
+                continue
+            if tcp.flags & dpkt.tcp.TH_SYN and tcp.flags & dpkt.tcp.TH_ACK:
+                accepted[tcp.sport] += 1
+            elif tcp.data:
+                carried[min(tcp.sport, tcp.dport)] += 1
+    except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError, struct.error) as exc:
+        raise CaptureError(_damage(source, exc, "the capture is damaged")) from None
+    return (accepted or carried).most_common()
 
 
 def _segment(when: float, stream: _Stream, direction: _Direction, tcp: Any) -> Iterator[Event]:

@@ -87,6 +87,8 @@ class LoadResult:
     open_at_end: int
     latency: Histogram = field(repr=False)
     error_samples: list[str] = field(default_factory=list)
+    #: The run was cut short by Ctrl-C: the figures are those so far.
+    interrupted: bool = False
 
     @property
     def rate(self) -> float:
@@ -227,6 +229,7 @@ def run_load(
     next_progress = start + progress_every
     last_answer = start
     now = start
+    interrupted = False
     try:
         while conns:
             if now >= end or (count is not None and stats["responses"] >= count):
@@ -311,6 +314,9 @@ def run_load(
             if progress is not None and now >= next_progress:
                 next_progress = now + progress_every
                 progress(Progress(now - start, stats["responses"], stats["errors"], len(conns)))
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C: the figures so far are the result
+        now = time.monotonic()
     finally:
         open_at_end = len(conns)
         for conn in conns:
@@ -328,4 +334,5 @@ def run_load(
         open_at_end=open_at_end,
         latency=hist,
         error_samples=samples,
+        interrupted=interrupted,
     )
