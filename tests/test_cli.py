@@ -505,3 +505,20 @@ def test_the_banner_of_a_wildcard_address_says_where_to_connect(spawn: Any) -> N
     server = spawn("serve", "--host", "0.0.0.0", "--port", "0")
     line = server.wait_for(r"Try:\n  (.+)").group(1)
     assert " request 127.0.0.1 " in line and "0.0.0.0" not in line
+
+
+def test_the_banner_names_the_command_as_it_can_be_typed(tmp_path: Path) -> None:
+    # As after make serve: the console script run by its path, not on the PATH.
+    script = Path(sys.executable).parent / "framewire"
+    if not script.exists():
+        pytest.skip("no framewire console script beside this Python")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.Popen([str(script), "serve", "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline() + proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    command = banner.split("Try:\n  ", 1)[1].split(" request ", 1)[0]
+    assert command != "framewire" and Path(command).resolve() == script.resolve(), banner

@@ -19,6 +19,7 @@ from framewire.client.concurrent import echo_concurrently, request_concurrently
 from framewire.core.errors import ConnectionClosed, ErrorResponse
 from framewire.server import Server
 from framewire.server.app import App, echo, search_app
+from framewire.server.peer import Context
 from framewire.tools.rawecho import MulticonnEchoServer, listen
 
 
@@ -224,3 +225,25 @@ def test_request_many_keeps_the_answers_that_came_before_a_close() -> None:
         with pytest.raises(ConnectionClosed) as info:
             client.request_many([Message.from_bytes(b"%d" % i) for i in range(5)])
     assert [m.content for m in info.value.responses] == [b"0", b"1"]
+
+
+@pytest.mark.usefixtures("driver")
+def test_handlers_and_actions_get_a_context_with_extensions_and_peer() -> None:
+    app = App()
+
+    @app.action("trace")
+    def trace(value: Any, context: Context) -> Any:
+        return {"trace": context.extensions.get("trace-id"), "address": context.address, "tls": context.tls}
+
+    def raw(request: Message, context: Context) -> Message:
+        assert context.request is request
+        return Message.from_json({"trace": context.extensions.get("trace-id")})
+
+    request = Message.from_json({"action": "trace"}, extensions={"trace-id": "t-1"})
+    for handler in (app, raw):
+        with running(handler) as server, Client("127.0.0.1", server.port) as client:
+            body = client.request(request).json()
+            assert body.get("result", body)["trace"] == "t-1"
+            if handler is app:
+                assert body["result"]["address"].startswith("127.0.0.1:") and body["result"]["tls"] is None
+            assert server.connections == 1 and server.connections_total == 1 and server.requests_total == 1
