@@ -247,3 +247,30 @@ def test_handlers_and_actions_get_a_context_with_extensions_and_peer() -> None:
             if handler is app:
                 assert body["result"]["address"].startswith("127.0.0.1:") and body["result"]["tls"] is None
             assert server.connections == 1 and server.connections_total == 1 and server.requests_total == 1
+
+
+@pytest.mark.usefixtures("driver")
+def test_a_call_that_timed_out_never_hands_its_answer_to_the_next() -> None:
+    import time as clock
+
+    app = App()
+
+    @app.action("slow")
+    def slow(value: Any) -> Any:
+        clock.sleep(value)
+        return "slow"
+
+    @app.action("fast")
+    def fast(value: Any) -> Any:
+        return "fast"
+
+    with running(app, threads=2) as server, Client("127.0.0.1", server.port, timeout=0.2) as client:
+        with pytest.raises(TimeoutError):
+            client.request(Message.from_json({"action": "slow", "value": 0.5}))
+        client.timeout = 2
+        assert client.request(Message.from_json({"action": "fast"})).json() == {"result": "fast"}
+        client.timeout = 0.2
+        with pytest.raises(TimeoutError):
+            client.request_many([Message.from_json({"action": "slow", "value": 0.5})] * 2)
+        client.timeout = 2
+        assert client.request_many([Message.from_json({"action": "fast"})])[0].json() == {"result": "fast"}

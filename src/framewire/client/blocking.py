@@ -69,6 +69,7 @@ class Client:
         self.source_address = source_address
         self.timeout = timeout
         self.check = check
+        self._limits = (max_header_size, max_content_length)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
         self._ready: collections.deque[Message] = collections.deque()
         self._sock: socket.socket | None = None
@@ -89,10 +90,13 @@ class Client:
         return self
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the next request opens a new one)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        # Nothing of this connection may reach the next one's callers.
+        self._ready.clear()
+        self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
 
     def shutdown_write(self) -> None:
         """Half-close: tell the server no more requests will come."""
@@ -140,10 +144,17 @@ class Client:
         """Send ``message``, return its response."""
         deadline = self._deadline()
         sock = self._connected()
-        with translated(self.host, self.port, self.timeout):
-            sock.settimeout(self._remaining(deadline))
-            sock.sendall(message.encode())
-            response = self._next(deadline)
+        try:
+            with translated(self.host, self.port, self.timeout):
+                sock.settimeout(self._remaining(deadline))
+                sock.sendall(message.encode())
+                response = self._next(deadline)
+        except BaseException:
+            # A timeout, a reset, Ctrl-C: the answer may still come. The
+            # connection is closed, so that it can never be taken for the
+            # next call's (the next call connects again).
+            self.close()
+            raise
         return self._checked(response)
 
     def request_many(self, messages: Iterable[Message]) -> list[Message]:
@@ -160,6 +171,26 @@ class Client:
         deadline = self._deadline()
         sock = self._connected()
         responses: list[Message] = []
+        try:
+            self._exchange_many(sock, payload, count, deadline, responses)
+        except BaseException:
+            self.close()  # answers still owed must not reach a later call (see request)
+            raise
+        extra = responses[count:]
+        self._ready.extend(extra)
+        answers = responses[:count]
+        if self.check:
+            raise_first_error(answers)
+        return answers
+
+    def _exchange_many(
+        self,
+        sock: socket.socket,
+        payload: memoryview,
+        count: int,
+        deadline: float | None,
+        responses: list[Message],
+    ) -> None:
         with translated(self.host, self.port, self.timeout):
             while self._ready and len(responses) < count:
                 responses.append(self._ready.popleft())
@@ -191,12 +222,6 @@ class Client:
             finally:
                 if self._sock is sock:  # still open: back to blocking with a timeout
                     sock.settimeout(self.timeout)
-        extra = responses[count:]
-        self._ready.extend(extra)
-        answers = responses[:count]
-        if self.check:
-            raise_first_error(answers)
-        return answers
 
     # -- internals ------------------------------------------------------------
 
