@@ -274,3 +274,31 @@ def test_a_call_that_timed_out_never_hands_its_answer_to_the_next() -> None:
             client.request_many([Message.from_json({"action": "slow", "value": 0.5})] * 2)
         client.timeout = 2
         assert client.request_many([Message.from_json({"action": "fast"})])[0].json() == {"result": "fast"}
+
+
+def keepalive_of(sock: Any) -> tuple[int, int]:
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    )
+
+
+def accepted_socket(server: Any) -> Any:
+    from conftest import engines
+
+    (engine,) = engines(server)
+    driver = engine.driver
+    return driver.sock if hasattr(driver, "sock") else driver.transport.get_extra_info("socket")
+
+
+@pytest.mark.usefixtures("driver")
+def test_tcp_keepalive_is_on_for_accepted_and_client_sockets() -> None:
+    with running(echo, keepalive=45) as server, Client("127.0.0.1", server.port, keepalive=30) as client:
+        client.request(Message.from_bytes(b"x"))
+        assert client._sock is not None
+        assert keepalive_of(client._sock) == (1, 30)
+        assert keepalive_of(accepted_socket(server)) == (1, 45)
+    with running(echo, keepalive=0) as server, Client("127.0.0.1", server.port, keepalive=0) as client:
+        client.request(Message.from_bytes(b"x"))
+        assert client._sock is not None and keepalive_of(client._sock)[0] == 0
+        assert keepalive_of(accepted_socket(server))[0] == 0

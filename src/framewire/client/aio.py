@@ -29,7 +29,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.io.netio import plain_host, translated, unix_path, where
+from framewire.io.netio import plain_host, set_keepalive, translated, unix_path, where
 
 __all__ = ["AioClient", "connect"]
 
@@ -221,5 +221,6 @@ async def connect(
 
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock, limits.KEEPALIVE)
     client._transport = transport
     return client

@@ -47,6 +47,9 @@ class Client:
     :func:`framewire.io.tls.client_context`), checking the server's
     certificate against ``server_hostname`` (the host by default).
     ``source_address``: the local ``(host, port)`` to connect from.
+    ``keepalive``: seconds of silence before TCP keepalive probes check that
+    the server is still there (0: off); a half-open connection then fails
+    instead of hanging.
     """
 
     def __init__(
@@ -61,12 +64,14 @@ class Client:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         source_address: tuple[str, int] | None = None,
+        keepalive: float = limits.KEEPALIVE,
     ) -> None:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
         self.source_address = source_address
+        self.keepalive = keepalive
         self.timeout = timeout
         self.check = check
         self._limits = (max_header_size, max_content_length)
@@ -86,6 +91,7 @@ class Client:
                 self.ssl_context,
                 self.server_hostname,
                 self.source_address,
+                self.keepalive,
             )
         return self
 

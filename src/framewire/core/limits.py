@@ -71,3 +71,11 @@ THREADS = 0
 #: Bytes a connection may send before its PROXY protocol header is complete
 #: (with ``proxy_protocol``): a version 2 header with TLVs fits many times.
 PROXY_HEADER_MAX = 4096
+
+#: Seconds a connection may be silent before TCP keepalive probes check that
+#: its peer still exists (a half-open connection: the peer's host vanished
+#: without a FIN). Then a probe every KEEPALIVE_INTERVAL seconds, and after
+#: KEEPALIVE_PROBES unanswered, the kernel resets the connection. 0: off.
+KEEPALIVE = 60.0
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6

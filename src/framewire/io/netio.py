@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from framewire.core import limits
+
 __all__ = [
     "UNIX",
     "adopt_listener",
@@ -32,6 +34,7 @@ __all__ = [
     "readable_now",
     "remove_unix",
     "resolve",
+    "set_keepalive",
     "show_address",
     "tls_problem",
     "translated",
@@ -158,12 +161,14 @@ def connect(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     source_address: tuple[str, int] | None = None,
+    keepalive: float = limits.KEEPALIVE,
 ) -> socket.socket:
     """A connected socket, errors translated: TCP (TCP_NODELAY; a host name
     with several addresses tries each in turn) or ``unix:PATH``; with
     ``ssl_context``, TLS, its handshake done within ``timeout`` and the
     server's certificate checked against ``server_hostname`` (the host by
-    default). ``source_address``: the local (host, port) to connect from."""
+    default). ``source_address``: the local (host, port) to connect from;
+    ``keepalive``: seconds of silence before TCP keepalive probes (0: off)."""
     with translated(host, port, timeout):
         path = unix_path(host)
         if path is not None:
@@ -179,6 +184,7 @@ def connect(
                 (plain_host(host), port), timeout=timeout, source_address=source_address
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock, keepalive)
         if ssl_context is not None:
             name = server_hostname or (None if path is not None else plain_host(host))
             try:
@@ -356,3 +362,26 @@ def listener_host(sock: socket.socket) -> str:
         return f"{UNIX}{name if isinstance(name, str) else name.decode('utf-8', 'replace')}"
     host: str = name[0]
     return host
+
+
+def set_keepalive(sock: socket.socket, idle: float) -> None:
+    """TCP keepalive on ``sock`` (``idle`` seconds of silence, then a probe
+    every KEEPALIVE_INTERVAL s; reset after KEEPALIVE_PROBES unanswered),
+    where the system has the options; ``idle`` 0 turns it off. On a
+    listener, Linux hands the settings to every accepted socket: no cost per
+    connection."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    if idle <= 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", max(1, round(idle))),
+        ("TCP_KEEPINTVL", limits.KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", limits.KEEPALIVE_PROBES),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)

@@ -38,6 +38,7 @@ from framewire.io.netio import (
     listener_host,
     readable_now,
     remove_unix,
+    set_keepalive,
     show_address,
     tls_problem,
     unix_file,
@@ -426,6 +427,7 @@ class AioServer:
             listener = listen(host, port, backlog)
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener = listener
+        set_keepalive(listener, self.config.keepalive)  # accepted sockets inherit it
         if listener.family != socket.AF_UNIX:
             self._address = listener.getsockname()[:2]
         self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)

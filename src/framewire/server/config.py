@@ -50,6 +50,10 @@ class ServerConfig:
     idle_timeout: float = _setting(
         limits.IDLE_TIMEOUT, "Seconds a connection may sit idle.", above_minimum=True
     )
+    keepalive: float = _setting(
+        limits.KEEPALIVE,
+        "Seconds of silence before TCP keepalive probes check the peer still exists (0: off).",
+    )
     max_connections: int = _setting(
         limits.MAX_CONNECTIONS, "Connections at once; more get server-busy.", minimum=1
     )

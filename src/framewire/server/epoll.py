@@ -45,6 +45,7 @@ from framewire.io.netio import (
     listener_host,
     readable_now,
     remove_unix,
+    set_keepalive,
     show_address,
     tls_problem,
     unix_file,
@@ -228,6 +229,7 @@ class Server:
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._address = listener.getsockname()[:2]
         listener.setblocking(False)
+        set_keepalive(listener, self.config.keepalive)  # accepted sockets inherit it
         self._listener = listener
 
     @property
