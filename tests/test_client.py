@@ -16,7 +16,7 @@ from conftest import read_messages, running
 from framewire import Failure, IncompleteMessage, Message, UnknownAction, encode
 from framewire.client import Client
 from framewire.client.concurrent import echo_concurrently, request_concurrently
-from framewire.core.errors import ConnectionClosed, ErrorResponse
+from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.server import Server
 from framewire.server.app import App, echo, search_app
 from framewire.server.peer import Context
@@ -302,3 +302,55 @@ def test_tcp_keepalive_is_on_for_accepted_and_client_sockets() -> None:
         client.request(Message.from_bytes(b"x"))
         assert client._sock is not None and keepalive_of(client._sock)[0] == 0
         assert keepalive_of(accepted_socket(server))[0] == 0
+
+
+@pytest.mark.usefixtures("driver")
+@pytest.mark.parametrize("threads", [0, 2])
+def test_the_server_copies_request_ids_whatever_the_app_answers(threads: int) -> None:
+    app = App()
+
+    @app.action("ok")
+    def ok(value: Any) -> Any:
+        return value
+
+    @app.action("fails")
+    def fails(value: Any) -> Any:
+        raise Failure("not-found", "no")
+
+    @app.action("later")
+    async def later(value: Any) -> Any:
+        return value
+
+    with running(app, threads=threads) as server, Client("127.0.0.1", server.port, check=False) as client:
+        requests = [
+            Message.from_json({"action": name, "value": 1}, extensions={"framewire-id": ident})
+            for name, ident in (("ok", 7), ("fails", "abc"), ("later", 9), ("nosuch", 10))
+        ]
+        answers = client.request_many(requests)
+        assert [a.get("framewire-id") for a in answers] == [7, "abc", 9, 10]
+        assert [a.is_error for a in answers] == [False, True, False, True]
+        plain = client.request(Message.from_json({"action": "ok", "value": 2}))
+        assert plain.get("framewire-id") is None  # none asked, none added
+    with running(app) as server, Client("127.0.0.1", server.port, ids=True) as tagged_client:
+        assert tagged_client.request(Message.from_json({"action": "ok", "value": 3})).json() == {"result": 3}
+        assert len(tagged_client.request_many([Message.from_json({"action": "ok", "value": 4})] * 5)) == 5
+
+
+def test_a_client_with_ids_refuses_an_answer_out_of_step() -> None:
+    # A server that does not copy ids (not framewire): the answer carries none.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def answer_without_id() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                read_messages(conn, 1)
+                conn.sendall(Message.from_bytes(b"x").encode())
+                conn.recv(1)  # until the client closes
+
+        thread = threading.Thread(target=answer_without_id)
+        thread.start()
+        with Client("127.0.0.1", listener.getsockname()[1], ids=True) as client:
+            with pytest.raises(ProtocolError, match="out of step"):
+                client.request(Message.from_bytes(b"q"))
+            assert client._sock is None  # closed: nothing more is trusted on it
+        thread.join(10)

@@ -24,6 +24,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
+from framewire.core.probe import ID_KEY, tagged
 from framewire.io.netio import connect, translated, where
 
 __all__ = ["Client"]
@@ -49,7 +50,9 @@ class Client:
     ``source_address``: the local ``(host, port)`` to connect from.
     ``keepalive``: seconds of silence before TCP keepalive probes check that
     the server is still there (0: off); a half-open connection then fails
-    instead of hanging.
+    instead of hanging. ``ids``: each request carries a ``framewire-id``
+    extension and its answer must carry the same (a framewire server copies
+    it); a mismatch closes the connection and raises ``ProtocolError``.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Client:
         server_hostname: str | None = None,
         source_address: tuple[str, int] | None = None,
         keepalive: float = limits.KEEPALIVE,
+        ids: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -72,6 +76,9 @@ class Client:
         self.server_hostname = server_hostname
         self.source_address = source_address
         self.keepalive = keepalive
+        #: Tag each request with a framewire-id and check its answer carries it.
+        self.ids = ids
+        self._next_id = 0
         self.timeout = timeout
         self.check = check
         self._limits = (max_header_size, max_content_length)
@@ -150,11 +157,13 @@ class Client:
         """Send ``message``, return its response."""
         deadline = self._deadline()
         sock = self._connected()
+        (message,) = idents = self._tag([message])
         try:
             with translated(self.host, self.port, self.timeout):
                 sock.settimeout(self._remaining(deadline))
                 sock.sendall(message.encode())
                 response = self._next(deadline)
+            self._match(idents, [response])
         except BaseException:
             # A timeout, a reset, Ctrl-C: the answer may still come. The
             # connection is closed, so that it can never be taken for the
@@ -172,13 +181,15 @@ class Client:
         :class:`ErrorResponse`, whose ``responses`` holds every response in
         order; with ``check=False`` error responses are returned in place.
         """
-        payload = memoryview(encode_many(messages_list := list(messages)))
+        messages_list = self._tag(list(messages))
+        payload = memoryview(encode_many(messages_list))
         count = len(messages_list)
         deadline = self._deadline()
         sock = self._connected()
         responses: list[Message] = []
         try:
             self._exchange_many(sock, payload, count, deadline, responses)
+            self._match(messages_list, responses[:count])
         except BaseException:
             self.close()  # answers still owed must not reach a later call (see request)
             raise
@@ -256,6 +267,28 @@ class Client:
             sock.settimeout(self._remaining(deadline))
             self._ready.extend(self._feed(self._recv_all(sock)))
         return self._ready.popleft()
+
+    def _tag(self, messages: list[Message]) -> list[Message]:
+        if not self.ids:
+            return messages
+        tagged_messages = []
+        for message in messages:
+            self._next_id += 1
+            tagged_messages.append(tagged(message, self._next_id))
+        return tagged_messages
+
+    def _match(self, requests: list[Message], responses: list[Message]) -> None:
+        # With ids: each answer must carry its request's (else the stream is
+        # out of step, and nothing on it can be trusted).
+        if not self.ids:
+            return
+        for request, response in zip(requests, responses, strict=False):
+            sent, came = request.get(ID_KEY), response.get(ID_KEY)
+            if came != sent:
+                raise ProtocolError(
+                    f"the answer to request {sent!r} carries framewire-id {came!r}: "
+                    "the connection is out of step"
+                )
 
     @staticmethod
     def _recv_all(sock: socket.socket) -> bytes:

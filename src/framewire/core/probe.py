@@ -7,9 +7,12 @@ not import the ping *client* (``framewire.tools.ping``) to get it.
 
 from __future__ import annotations
 
+import json
+import struct
+
 from framewire.core.message import Message
 
-__all__ = ["PING_KEY", "is_probe", "probe_reply"]
+__all__ = ["ID_KEY", "PING_KEY", "is_probe", "probe_reply", "request_id", "tagged", "with_id"]
 
 #: The header extension that marks a probe; its value is the sequence number.
 PING_KEY = "framewire-ping"
@@ -32,3 +35,38 @@ def probe_reply(probe: Message) -> Message:
         probe.content_encoding,
         extensions={PING_KEY: probe.extensions[PING_KEY]},
     )
+
+
+#: The header extension a client may put on a request to match its answer:
+#: a JSON string or integer the server copies onto the response, whatever
+#: the application returns.
+ID_KEY = "framewire-id"
+
+
+def tagged(message: Message, ident: int) -> Message:
+    """``message`` with the request id ``ident`` among its extensions."""
+    extensions = dict(message.extensions)
+    extensions[ID_KEY] = ident
+    return Message(message.content, message.content_type, message.content_encoding, extensions=extensions)
+
+
+def request_id(extensions: object) -> str | int | None:
+    """The request id among a request's extensions (a string or an integer), or None."""
+    if not extensions:
+        return None
+    ident = extensions.get(ID_KEY)  # type: ignore[attr-defined]
+    if isinstance(ident, str) or (isinstance(ident, int) and not isinstance(ident, bool)):
+        return ident
+    return None
+
+
+def with_id(head: bytes, ident: str | int) -> bytes:
+    """A response's header bytes (its 2-byte length included) with the
+    request id added. Only for requests that carry one: it parses and
+    writes the header again."""
+    header = json.loads(head[2:])
+    header[ID_KEY] = ident
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(raw) > 0xFFFF:
+        return head  # no room for it in a header: the answer goes without
+    return struct.pack(">H", len(raw)) + raw

@@ -35,7 +35,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import Decoder, HeaderCache
 from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError, ServerBusy
 from framewire.core.message import Message, _Header
-from framewire.core.probe import PING_KEY, probe_reply
+from framewire.core.probe import PING_KEY, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
 from framewire.io.netio import show_address
@@ -78,12 +78,14 @@ CLOSE: Final = -1
 class Slot:
     """An answer owed to the peer, in request order; filled when it is ready."""
 
-    __slots__ = ("content", "head", "ready")
+    __slots__ = ("content", "head", "ident", "ready")
 
     def __init__(self) -> None:
         self.head = b""
         self.content = b""
         self.ready = False
+        #: The request's framewire-id, copied onto the answer.
+        self.ident: str | int | None = None
 
 
 class _Later:
@@ -415,6 +417,8 @@ class ServerConnection:
             slot.head, slot.content = self._failed(result)
         else:
             slot.head, slot.content = self._wire(result)
+        if slot.ident is not None:
+            slot.head = with_id(slot.head, slot.ident)
         slot.ready = True
         self.last_active = now
         waiting = self._waiting
@@ -527,12 +531,18 @@ class ServerConnection:
                 head, content = self._failed(exc)
             else:
                 if response is LATER:
+                    if extensions:  # the reserved slot carries the id to the answer
+                        waiting[-1].ident = request_id(extensions)
                     continue  # a slot is reserved; the answer comes later
                 if response.__class__ is Message and response._header.checked:
                     head = response._header.wire  # type: ignore[assignment]  # set once checked
                     content = response._content
                 else:
                     head, content = self._wire(response)
+            if extensions:
+                ident = request_id(extensions)
+                if ident is not None:
+                    head = with_id(head, ident)  # whatever the application answered
             if waiting:
                 slot = Slot()
                 slot.head, slot.content, slot.ready = head, content, True
