@@ -354,3 +354,28 @@ def test_a_client_with_ids_refuses_an_answer_out_of_step() -> None:
                 client.request(Message.from_bytes(b"q"))
             assert client._sock is None  # closed: nothing more is trusted on it
         thread.join(10)
+
+
+def test_connect_timeout_and_per_call_timeouts() -> None:
+    import time as clock
+
+    app = App()
+
+    @app.action("slow")
+    def slow(value: Any) -> Any:
+        clock.sleep(value)
+        return value
+
+    with running(app, threads=2) as server:
+        client = Client("127.0.0.1", server.port, timeout=0.1, connect_timeout=5)
+        with client:
+            # The call's own timeout wins over the client's, both ways.
+            assert client.request(Message.from_json({"action": "slow", "value": 0.3}), timeout=5).json() == {
+                "result": 0.3
+            }
+            with pytest.raises(TimeoutError, match=r"within 0\.05 s"):
+                client.request(Message.from_json({"action": "slow", "value": 0.3}), timeout=0.05)
+            answers = client.request_many(
+                [Message.from_json({"action": "slow", "value": 0.2})] * 2, timeout=5
+            )
+            assert len(answers) == 2

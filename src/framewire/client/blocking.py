@@ -32,6 +32,13 @@ __all__ = ["Client"]
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+class _Default:
+    """The type of the "use the client's timeout" default (None means no timeout)."""
+
+
+_DEFAULT = _Default()
+
+
 class Client:
     """A blocking connection to a framewire (or guide-written) server.
 
@@ -48,6 +55,9 @@ class Client:
     :func:`framewire.io.tls.client_context`), checking the server's
     certificate against ``server_hostname`` (the host by default).
     ``source_address``: the local ``(host, port)`` to connect from.
+    ``connect_timeout``: seconds for the connect and TLS handshake alone
+    (default: ``timeout``); ``timeout`` is each call's deadline, which
+    ``request(..., timeout=)`` and ``request_many(..., timeout=)`` override.
     ``keepalive``: seconds of silence before TCP keepalive probes check that
     the server is still there (0: off); a half-open connection then fails
     instead of hanging. ``ids``: each request carries a ``framewire-id``
@@ -69,6 +79,7 @@ class Client:
         source_address: tuple[str, int] | None = None,
         keepalive: float = limits.KEEPALIVE,
         ids: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -80,6 +91,8 @@ class Client:
         self.ids = ids
         self._next_id = 0
         self.timeout = timeout
+        #: Seconds for the connect (and TLS handshake) alone; None: ``timeout``.
+        self.connect_timeout = connect_timeout
         self.check = check
         self._limits = (max_header_size, max_content_length)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
@@ -94,7 +107,7 @@ class Client:
             self._sock = connect(
                 self.host,
                 self.port,
-                self.timeout,
+                self.timeout if self.connect_timeout is None else self.connect_timeout,
                 self.ssl_context,
                 self.server_hostname,
                 self.source_address,
@@ -126,8 +139,9 @@ class Client:
     def _connected(self) -> socket.socket:
         return self.connect()._sock  # type: ignore[return-value]
 
-    def _deadline(self) -> float | None:
-        return None if self.timeout is None else time.monotonic() + self.timeout
+    def _deadline(self, timeout: float | _Default | None = _DEFAULT) -> float | None:
+        seconds = self.timeout if isinstance(timeout, _Default) else timeout
+        return None if seconds is None else time.monotonic() + seconds
 
     def _remaining(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -153,13 +167,15 @@ class Client:
             message = self._next(deadline)
         return self._checked(message)
 
-    def request(self, message: Message) -> Message:
-        """Send ``message``, return its response."""
-        deadline = self._deadline()
+    def request(self, message: Message, *, timeout: float | _Default | None = _DEFAULT) -> Message:
+        """Send ``message``, return its response; ``timeout`` overrides the
+        client's for this call (a deadline for the whole call)."""
+        deadline = self._deadline(timeout)
+        seconds = self.timeout if isinstance(timeout, _Default) else timeout
         sock = self._connected()
         (message,) = idents = self._tag([message])
         try:
-            with translated(self.host, self.port, self.timeout):
+            with translated(self.host, self.port, seconds):
                 sock.settimeout(self._remaining(deadline))
                 sock.sendall(message.encode())
                 response = self._next(deadline)
@@ -172,7 +188,9 @@ class Client:
             raise
         return self._checked(response)
 
-    def request_many(self, messages: Iterable[Message]) -> list[Message]:
+    def request_many(
+        self, messages: Iterable[Message], *, timeout: float | _Default | None = _DEFAULT
+    ) -> list[Message]:
         """Send all ``messages`` pipelined, return their responses in order.
 
         Sending and receiving interleave, so that any number of requests
@@ -184,7 +202,7 @@ class Client:
         messages_list = self._tag(list(messages))
         payload = memoryview(encode_many(messages_list))
         count = len(messages_list)
-        deadline = self._deadline()
+        deadline = self._deadline(timeout)
         sock = self._connected()
         responses: list[Message] = []
         try:
