@@ -379,3 +379,38 @@ def test_connect_timeout_and_per_call_timeouts() -> None:
                 [Message.from_json({"action": "slow", "value": 0.2})] * 2, timeout=5
             )
             assert len(answers) == 2
+
+
+def test_the_asyncio_client_has_ids_keepalive_and_a_connect_timeout() -> None:
+    from framewire import aio
+
+    async def exchange(port: int) -> list[Message]:
+        client = await aio.connect("127.0.0.1", port, timeout=5, connect_timeout=2, keepalive=30, ids=True)
+        async with client:
+            sock = client._transport.get_extra_info("socket") if client._transport is not None else None
+            assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+            return await client.request_many([Message.from_bytes(b"%d" % i) for i in range(5)])
+
+    with running(echo) as server:
+        answers = asyncio.run(exchange(server.port))
+    assert [a.get("framewire-id") for a in answers] == [1, 2, 3, 4, 5]
+
+    async def out_of_step(port: int) -> None:
+        client = await aio.connect("127.0.0.1", port, ids=True)
+        async with client:
+            await client.request(Message.from_bytes(b"q"))
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def answer_without_id() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                read_messages(conn, 1)
+                conn.sendall(Message.from_bytes(b"x").encode())
+                conn.recv(1)
+
+        thread = threading.Thread(target=answer_without_id)
+        thread.start()
+        with pytest.raises(ProtocolError, match="out of step"):
+            asyncio.run(out_of_step(listener.getsockname()[1]))
+        thread.join(10)

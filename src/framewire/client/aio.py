@@ -29,6 +29,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
 from framewire.core.message import Message, raise_first_error
+from framewire.core.probe import ID_KEY, tagged
 from framewire.io.netio import plain_host, set_keepalive, translated, unix_path, where
 
 __all__ = ["AioClient", "connect"]
@@ -67,6 +68,10 @@ class AioClient:
         self._transport: asyncio.Transport | None = None
         self._failure: BaseException | None = None
         self.where = ""
+        #: Tag each request with a framewire-id and check its answer carries it.
+        self.ids = False
+        self._idents: collections.deque[int] = collections.deque()  # with ids: in step with _waiting
+        self._next_id = 0
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -87,6 +92,19 @@ class AioClient:
                 self._fail(ProtocolError("The server sent an answer nobody asked for."))
                 return
             future = waiting.popleft()  # this answer's place, in request order
+            if self.ids:
+                sent = self._idents.popleft()
+                if message.get(ID_KEY) != sent:
+                    self._fail(
+                        ProtocolError(
+                            f"the answer to request {sent!r} carries framewire-id {message.get(ID_KEY)!r}: "
+                            "the connection is out of step"
+                        ),
+                        first=future,
+                    )
+                    if self._transport is not None:
+                        self._transport.close()
+                    return
             if not future.done():  # done: its caller gave up, and the answer is dropped
                 future.set_result(message)
         if not data:
@@ -98,9 +116,12 @@ class AioClient:
         else:
             self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, first: asyncio.Future[Message] | None = None) -> None:
         if self._failure is None:
             self._failure = exc
+        if first is not None and not first.done():
+            first.set_exception(self._failure)
+        self._idents.clear()
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
@@ -145,6 +166,13 @@ class AioClient:
         if transport is None or transport.is_closing():
             raise ConnectionClosed(f"{self.where}: the connection is closed")
         loop = asyncio.get_running_loop()
+        if self.ids:
+            numbered = []
+            for message in messages:
+                self._next_id += 1
+                self._idents.append(self._next_id)
+                numbered.append(tagged(message, self._next_id))
+            messages = numbered
         futures = [loop.create_future() for _ in messages]
         self._waiting.extend(futures)
         transport.write(encode_many(messages))
@@ -195,20 +223,28 @@ async def connect(
     max_content_length: int = limits.MAX_CONTENT_LENGTH,
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
+    connect_timeout: float | None = -1.0,
+    keepalive: float = limits.KEEPALIVE,
+    ids: bool = False,
 ) -> AioClient:
-    """Open a connection (``timeout`` also bounds the connect and the TLS
-    handshake). ``host`` may be ``"unix:PATH"``; ``ssl`` speaks TLS, the
-    server's certificate checked against ``server_hostname`` (the host by
-    default)."""
+    """Open a connection. ``host`` may be ``"unix:PATH"``; ``ssl`` speaks
+    TLS, the server's certificate checked against ``server_hostname`` (the
+    host by default). ``connect_timeout`` bounds the connect and the TLS
+    handshake (by default ``timeout``, each call's deadline); ``keepalive``
+    sets TCP keepalive (0: off); ``ids`` tags each request with a
+    ``framewire-id`` and checks its answer carries it, as the blocking
+    client does."""
     client = AioClient(timeout, check, max_header_size, max_content_length)
+    client.ids = ids
+    limit = timeout if connect_timeout == -1.0 else connect_timeout  # -1: the same as timeout
     client.where = where(host, port)
     loop = asyncio.get_running_loop()
     path = unix_path(host)
     if ssl is not None and server_hostname is None and path is None:
         server_hostname = plain_host(host)
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "server_hostname": server_hostname}
-    with translated(host, port, timeout):
-        async with asyncio.timeout(timeout):
+    with translated(host, port, limit):
+        async with asyncio.timeout(limit):
             if path is not None:
                 transport, _ = await loop.create_unix_connection(lambda: _Protocol(client), path, **tls)
             else:
@@ -221,6 +257,6 @@ async def connect(
 
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            set_keepalive(sock, limits.KEEPALIVE)
+            set_keepalive(sock, keepalive)
     client._transport = transport
     return client
