@@ -337,7 +337,15 @@ def test_the_server_copies_request_ids_whatever_the_app_answers(threads: int) ->
 
 
 def test_a_client_with_ids_refuses_an_answer_out_of_step() -> None:
-    # A server that does not copy ids (not framewire): the answer carries none.
+    with server_without_ids() as port, Client("127.0.0.1", port, ids=True) as client:
+        with pytest.raises(ProtocolError, match="out of step"):
+            client.request(Message.from_bytes(b"q"))
+        assert client._sock is None  # closed: nothing more is trusted on it
+
+
+@contextmanager
+def server_without_ids() -> Iterator[int]:
+    """A server that does not copy ids (not framewire): one answer, with none."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
 
         def answer_without_id() -> None:
@@ -349,11 +357,10 @@ def test_a_client_with_ids_refuses_an_answer_out_of_step() -> None:
 
         thread = threading.Thread(target=answer_without_id)
         thread.start()
-        with Client("127.0.0.1", listener.getsockname()[1], ids=True) as client:
-            with pytest.raises(ProtocolError, match="out of step"):
-                client.request(Message.from_bytes(b"q"))
-            assert client._sock is None  # closed: nothing more is trusted on it
-        thread.join(10)
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            thread.join(10)
 
 
 def test_connect_timeout_and_per_call_timeouts() -> None:
@@ -400,17 +407,5 @@ def test_the_asyncio_client_has_ids_keepalive_and_a_connect_timeout() -> None:
         async with client:
             await client.request(Message.from_bytes(b"q"))
 
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-
-        def answer_without_id() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                read_messages(conn, 1)
-                conn.sendall(Message.from_bytes(b"x").encode())
-                conn.recv(1)
-
-        thread = threading.Thread(target=answer_without_id)
-        thread.start()
-        with pytest.raises(ProtocolError, match="out of step"):
-            asyncio.run(out_of_step(listener.getsockname()[1]))
-        thread.join(10)
+    with server_without_ids() as port, pytest.raises(ProtocolError, match="out of step"):
+        asyncio.run(out_of_step(port))
