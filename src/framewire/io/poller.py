@@ -120,6 +120,10 @@ class Waker:
         """The descriptor to register for reading."""
         return self._r.fileno()
 
+    def write_fileno(self) -> int:
+        """The descriptor a wake-up is written to (for ``signal.set_wakeup_fd``)."""
+        return self._w.fileno()
+
     def wake(self) -> None:
         """Wake the poller (safe from any thread and from a signal handler)."""
         # A full or closed socket means a wake-up is pending anyway.

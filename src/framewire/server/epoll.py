@@ -307,7 +307,7 @@ class Server:
         self.bind()
         assert self._listener is not None
         if handle_signals:
-            self._stopper.install()
+            self._stopper.install(self._waker.write_fileno())
         poll = self._poller = poller.Poller()
         poll.register(self._waker.fileno(), _READ)
         self._acceptor = Acceptor(self._listener, poll, log)

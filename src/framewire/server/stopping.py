@@ -49,16 +49,25 @@ class Stopper:
         #: True while the loop runs: only then may a stop unwind it.
         self.serving = False
         self._previous: dict[int, Any] = {}
+        self._wakeup: int | None = None  # the wake-up descriptor before install()
 
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM (main thread only)."""
+    def install(self, wakeup_fd: int | None = None) -> None:
+        """Handle SIGINT and SIGTERM (main thread only). ``wakeup_fd``: a
+        non-blocking descriptor the loop polls; the C-level handler writes to
+        it, so that a loop blocked in its poller wakes even when the signal
+        was delivered to another thread of the process."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._on_signal)
         self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
+        if wakeup_fd is not None:
+            self._wakeup = signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
 
     def restore(self) -> None:
         """Put the previous handlers back (and forget a grace period under way)."""
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._wakeup)
+            self._wakeup = None
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
