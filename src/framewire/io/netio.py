@@ -30,6 +30,7 @@ __all__ = [
     "listen",
     "listen_unix",
     "listener_host",
+    "open_listener",
     "plain_host",
     "readable_now",
     "remove_unix",
@@ -385,3 +386,34 @@ def set_keepalive(sock: socket.socket, idle: float) -> None:
         if option is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def open_listener(
+    host: str,
+    port: int,
+    backlog: int,
+    *,
+    unix_mode: int | None = None,
+    sock: socket.socket | None = None,
+    keepalive: float = limits.KEEPALIVE,
+) -> tuple[socket.socket, tuple[str, int] | None]:
+    """A server's listening socket, as every driver opens it: ``sock`` if
+    given (already listening: its file, if any, is its owner's), else a Unix
+    socket for ``unix:PATH`` or TCP (TCP_NODELAY) for the rest; non-blocking,
+    with TCP keepalive, which accepted sockets inherit. Returns it and the
+    Unix socket file to remove at the end (see :func:`remove_unix`), if any."""
+    path = unix_path(host)
+    owned = None
+    if sock is not None:
+        listener = sock
+    elif path is not None:
+        listener = listen_unix(path, unix_mode, backlog)
+        owned = unix_file(listener)
+    else:
+        if unix_mode is not None:
+            raise ValueError("unix_mode is for a unix:PATH host")
+        listener = listen(host, port, backlog)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.setblocking(False)
+    set_keepalive(listener, keepalive)
+    return listener, owned

@@ -33,17 +33,13 @@ from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import (
     describe,
-    listen,
-    listen_unix,
     listener_host,
+    open_listener,
     readable_now,
     remove_unix,
-    set_keepalive,
     show_address,
     tls_problem,
-    unix_file,
     unix_path,
-    unix_peer,
 )
 from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.tls import peer_certificate, tls_version
@@ -56,8 +52,8 @@ from framewire.server.engine import (
     ResponseCache,
     ServerConnection,
     Slot,
+    accepted_peer,
     busy_response,
-    untrusted,
 )
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
@@ -415,19 +411,11 @@ class AioServer:
             host = listener_host(sock)
         self._host = host
         path = unix_path(host)
-        if sock is not None:  # already listening: its file, if any, is its owner's to remove
-            listener = sock
-            self._shared = True
-        elif path is not None:
-            listener = listen_unix(path, unix_mode, backlog)
-            self._unix_file = unix_file(listener)
-        else:
-            if unix_mode is not None:
-                raise ValueError("unix_mode is for a unix:PATH host")
-            listener = listen(host, port, backlog)
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener, self._unix_file = open_listener(
+            host, port, backlog, unix_mode=unix_mode, sock=sock, keepalive=self.config.keepalive
+        )
+        self._shared = sock is not None
         self._listener = listener
-        set_keepalive(listener, self.config.keepalive)  # accepted sockets inherit it
         if listener.family != socket.AF_UNIX:
             self._address = listener.getsockname()[:2]
         self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)
@@ -447,14 +435,9 @@ class AioServer:
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
-            if listener.family == socket.AF_UNIX:
-                peer = unix_peer(sock, self._host)
-            else:
-                peer = show_address(addr)
-                if self.config.proxy_protocol and not self.config.trusts(addr[0]):
-                    untrusted(peer)
-                    sock.close()
-                    continue
+            peer = accepted_peer(sock, addr, self._host, self.config)
+            if peer is None:
+                continue  # an untrusted balancer: closed, logged
             self._adopting += 1
             factory = functools.partial(_Connection, self, peer)
             if tls is None:

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
@@ -38,7 +39,7 @@ from framewire.core.message import Message, _Header
 from framewire.core.probe import PING_KEY, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
-from framewire.io.netio import show_address
+from framewire.io.netio import show_address, unix_peer
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
 from framewire.server.peer import Peer
@@ -55,6 +56,7 @@ __all__ = [
     "ResponseCache",
     "ServerConnection",
     "Slot",
+    "accepted_peer",
 ]
 
 log = logging.getLogger("framewire.server")
@@ -145,9 +147,18 @@ PROXY_AND_TLS: Final = (
 )
 
 
-def untrusted(peer: str) -> None:
-    """The log line of a connection refused for not coming from a trusted balancer."""
-    log.info("connection from %s: not a trusted proxy (see trusted_proxies): closing", peer)
+def accepted_peer(sock: socket.socket, addr: Any, host: str, config: ServerConfig) -> str | None:
+    """How a just-accepted connection is named in logs (``host`` is the
+    server's own address, for Unix sockets), or None when it came from a
+    sender the PROXY protocol does not trust: then it is closed and logged."""
+    if sock.family == socket.AF_UNIX:
+        return unix_peer(sock, host)
+    peer = show_address(addr)
+    if config.proxy_protocol and not config.trusts(addr[0]):
+        log.info("connection from %s: not a trusted proxy (see trusted_proxies): closing", peer)
+        sock.close()
+        return None
+    return peer
 
 
 def busy_response(max_connections: int) -> bytes:

@@ -40,24 +40,26 @@ from framewire.io import poller
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import (
     describe,
-    listen,
-    listen_unix,
     listener_host,
+    open_listener,
     readable_now,
     remove_unix,
-    set_keepalive,
     show_address,
     tls_problem,
-    unix_file,
     unix_path,
-    unix_peer,
 )
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
 from framewire.io.tls import peer_certificate, send_parts
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
-from framewire.server.engine import PROXY_AND_TLS, ResponseCache, ServerConnection, busy_response, untrusted
+from framewire.server.engine import (
+    PROXY_AND_TLS,
+    ResponseCache,
+    ServerConnection,
+    accepted_peer,
+    busy_response,
+)
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
@@ -216,20 +218,16 @@ class Server:
         """
         if self._listener is not None:
             return
-        path = unix_path(self.host)
-        if self._given is not None:  # its file, if any, is its owner's to remove
-            listener = self._given
-            self._address = (self.host, 0) if path is not None else listener.getsockname()[:2]
-        elif path is not None:
-            listener = listen_unix(path, self.unix_mode, self.backlog)
-            self._unix_file = unix_file(listener)
-            self._address = (self.host, 0)
-        else:
-            listener = listen(self.host, self.requested_port, self.backlog)
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._address = listener.getsockname()[:2]
-        listener.setblocking(False)
-        set_keepalive(listener, self.config.keepalive)  # accepted sockets inherit it
+        listener, self._unix_file = open_listener(
+            self.host,
+            self.requested_port,
+            self.backlog,
+            unix_mode=self.unix_mode,
+            sock=self._given,
+            keepalive=self.config.keepalive,
+        )
+        unix = unix_path(self.host) is not None
+        self._address = (self.host, 0) if unix else listener.getsockname()[:2]
         self._listener = listener
 
     @property
@@ -469,16 +467,11 @@ class Server:
                 self._refuse_busy(sock)
                 continue
             sock.setblocking(False)
-            if family == socket.AF_UNIX:
-                peer = unix_peer(sock, self.host)
-            else:
-                peer = show_address(addr)
-                if config.proxy_protocol and not config.trusts(addr[0]):
-                    untrusted(peer)
-                    sock.close()
-                    continue
-                if not _NODELAY_INHERITED:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = accepted_peer(sock, addr, self.host, config)
+            if peer is None:
+                continue  # an untrusted balancer: closed, logged
+            if family != socket.AF_UNIX and not _NODELAY_INHERITED:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = ServerConnection(
                 config,
                 now,
