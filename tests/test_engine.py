@@ -326,3 +326,36 @@ def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request
     sent_messages(busy)
     busy.drain(10.0)
     assert busy.finished  # it had its requests: closed at once
+
+
+def test_a_request_whose_deadline_has_passed_is_answered_timeout_without_its_handler() -> None:
+    conn = engine()
+    ran: list[bytes] = []
+
+    def call(conn: ServerConnection, request: Message) -> object:
+        ran.append(request.content)
+        return Message.from_bytes(request.content)
+
+    late = Message.from_bytes(b"late", extensions={"framewire-deadline": 0, "framewire-id": 7})
+    fine = Message.from_bytes(b"fine", extensions={"framewire-deadline": 5000})
+    odd = Message.from_bytes(b"odd", extensions={"framewire-deadline": "soon"})  # not a number: ignored
+    feed(conn, encode_many([late, fine, odd]), 0.0, call)
+    answers = sent_messages(conn)
+    assert codes(answers) == ["timeout", None, None]
+    assert answers[0].get("framewire-id") == 7  # the id still comes back
+    assert ran == [b"fine", b"odd"]
+    assert not conn.closing  # a content error: the framing is intact, the connection kept
+
+
+def test_losing_the_peer_cancels_the_work_still_under_way() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"a") + req(b"b"), 0.0, later)
+    cancelled: list[int] = []
+    for number, (slot, _) in enumerate(later.slots):
+        slot.cancel = functools.partial(cancelled.append, number)
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"a"), 0.1)  # done: nothing to cancel
+    conn.connection_lost()
+    assert cancelled == [1]
+    conn.fulfil(later.slots[1][0], Message.from_bytes(b"b"), 0.2)  # late: dropped
+    assert not conn.out

@@ -13,12 +13,17 @@ from framewire.tools.sockets import list_sockets
 
 
 def wait_for_rows(port: int, predicate: Any, timeout: float = 10.0) -> list[Any]:
+    """The port's sockets once ``predicate`` holds for them (fails at the deadline).
+
+    TIME_WAIT rows are left out: the kernel may give port 0 a number that
+    earlier tests' closed connections still hold in TIME_WAIT."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = list_sockets(port)
-        if predicate(rows) or time.monotonic() > deadline:
+        rows = [row for row in list_sockets(port) if row.state != "TIME_WAIT"]
+        if predicate(rows):
             return rows
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"port {port}: not within {timeout:g} s: {rows}"
+        time.sleep(0.02)  # polling the kernel's table: no event to wait on
 
 
 def test_states_and_queues_of_a_port() -> None:

@@ -38,6 +38,8 @@ from framewire.core.message import Message
 if TYPE_CHECKING:
     from framewire.client import Client
     from framewire.client.concurrent import ConnectionReport, echo_concurrently, request_concurrently
+    from framewire.client.pool import Pool
+    from framewire.client.retry import Retry
     from framewire.server import Server
     from framewire.server.app import App, echo, search_app
     from framewire.server.config import ServerConfig
@@ -52,6 +54,8 @@ _LAZY = {
     "Client": "framewire.client",
     "ConnectionReport": "framewire.client.concurrent",
     "Context": "framewire.server.peer",
+    "Pool": "framewire.client.pool",
+    "Retry": "framewire.client.retry",
     "echo_concurrently": "framewire.client.concurrent",
     "request_concurrently": "framewire.client.concurrent",
     "Server": "framewire.server",
@@ -95,7 +99,9 @@ __all__ = [
     "Message",
     "MessageTimeout",
     "MissingHeaderKey",
+    "Pool",
     "ProtocolError",
+    "Retry",
     "Server",
     "ServerBusy",
     "ServerConfig",

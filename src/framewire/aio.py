@@ -17,6 +17,8 @@ error code, deadline and backpressure rule), driven by the loop.
 from __future__ import annotations
 
 from framewire.client.aio import AioClient, connect
+from framewire.client.aiopool import AioPool
+from framewire.client.retry import Retry
 from framewire.server.aio import AioServer, start_server
 
-__all__ = ["AioClient", "AioServer", "connect", "start_server"]
+__all__ = ["AioClient", "AioPool", "AioServer", "Retry", "connect", "start_server"]

@@ -19,7 +19,7 @@ import click
 
 from framewire import __version__
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
-from framewire.io.netio import UNIX, describe, plain_host, unix_path
+from framewire.io.netio import UNIX, describe, plain_host, split_address, unix_path
 
 log = logging.getLogger("framewire.cli")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -259,16 +259,10 @@ def unix_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def host_port(text: str, default_host: str | None) -> tuple[str, int]:
     """``HOST:PORT``, ``[IPV6]:PORT``, ``PORT`` alone (with a default host) or ``unix:PATH``."""
-    if unix_path(text) is not None:
-        return text, 0
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or (default_host or "")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        wanted = "[HOST:]PORT or unix:PATH" if default_host else "HOST:PORT or unix:PATH"
-        raise click.BadParameter(f"{text!r} is not {wanted}")
-    return host, int(port)
+    try:
+        return split_address(text, default_host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def host_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,9 +10,12 @@ client's errors (``ConnectionClosed``, ``IncompleteMessage``,
 ``ConnectionResetError``); error responses raise :class:`ErrorResponse`
 (or are returned, with ``check=False``).
 
-The guide's server closes after one answer: a request after that close
-fails with ``ConnectionClosed`` (the client does not reconnect by itself);
-open a new connection for the next request.
+A connection that was lost or closed by the server (the guide's server
+closes after each answer; a server restarts) is opened again by the next
+call, with the back-off of the client's ``retry``; a request lost with its
+connection is sent again only when its call says it is ``idempotent``.
+``close()`` with answers still owed aborts the connection (a TCP reset), so
+a framewire server cancels the work under way for it.
 """
 
 from __future__ import annotations
@@ -20,58 +23,100 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import socket
 import ssl as ssl_module
-from collections.abc import Iterable
+import struct
+import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from framewire.client.retry import Retry, lost_in_exchange, worth_reconnecting
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, tagged
-from framewire.io.netio import plain_host, set_keepalive, translated, unix_path, where
+from framewire.core.probe import ID_KEY, PING_KEY, probe, tagged
+from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
+
+log = logging.getLogger("framewire.client")
 
 __all__ = ["AioClient", "connect"]
 
 
 class _Protocol(asyncio.Protocol):
+    # One per connection: the events of a connection the client has since
+    # replaced (its late connection_lost) are not the new one's.
     def __init__(self, client: AioClient) -> None:
         self.client = client
+        self.generation = client._generation
 
     def data_received(self, data: bytes) -> None:
-        self.client._received(data)
+        if self.generation == self.client._generation:
+            self.client._received(data)
 
     def eof_received(self) -> bool:
-        self.client._received(b"")
+        if self.generation == self.client._generation:
+            self.client._received(b"")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._lost(exc)
+        if self.generation == self.client._generation:
+            self.client._lost(exc)
 
 
 class AioClient:
-    """A connection to a framewire (or guide-written) server, for asyncio."""
+    """A connection to a framewire (or guide-written) server, for asyncio
+    (made by :func:`connect`, whose parameters it keeps)."""
 
     def __init__(
         self,
-        timeout: float | None,
-        check: bool,
+        host: str = "127.0.0.1",
+        port: int = 65432,
+        *,
+        timeout: float | None = 10.0,
+        check: bool = True,
         max_header_size: int = limits.MAX_HEADER_SIZE,
         max_content_length: int = limits.MAX_CONTENT_LENGTH,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+        connect_timeout: float | None = -1.0,
+        keepalive: float = limits.KEEPALIVE,
+        ids: bool = False,
+        deadlines: bool = False,
+        retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
+        heartbeat: float = 0.0,
     ) -> None:
+        self.host = host
+        self.port = port
         self.timeout = timeout
         self.check = check
+        self._limits = (max_header_size, max_content_length)
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self.connect_timeout = timeout if connect_timeout == -1.0 else connect_timeout  # -1: as timeout
+        self.keepalive = keepalive
+        #: Tag each request with a framewire-id and check its answer carries it.
+        self.ids = ids
+        #: Tell the server how long each call will wait (framewire-deadline).
+        self.deadlines = deadlines
+        self.retry = retry
+        #: Seconds of idleness before a ping (0: no heartbeat).
+        self.heartbeat = heartbeat
+        self.where = where(host, port)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
         # One future per request sent and not yet answered, in order.
         self._waiting: collections.deque[asyncio.Future[Message]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._failure: BaseException | None = None
-        self.where = ""
-        #: Tag each request with a framewire-id and check its answer carries it.
-        self.ids = False
         self._idents: collections.deque[int] = collections.deque()  # with ids: in step with _waiting
         self._next_id = 0
+        self._opening: asyncio.Lock | None = None
+        self._generation = 0  # of the connection: one per dial
+        self._closed = False  # by close(): no more reconnecting
+        self._last_used = 0.0
+        self._beat: asyncio.Task[None] | None = None
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -90,6 +135,8 @@ class AioClient:
         for message in messages:
             if not waiting:
                 self._fail(ProtocolError("The server sent an answer nobody asked for."))
+                if self._transport is not None:
+                    self._transport.close()
                 return
             future = waiting.popleft()  # this answer's place, in request order
             if self.ids:
@@ -127,51 +174,159 @@ class AioClient:
             if not future.done():
                 future.set_exception(self._failure)
 
+    # -- the connection -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open and usable."""
+        transport = self._transport
+        return transport is not None and not transport.is_closing() and self._failure is None
+
+    async def _open(self, deadline: float | None) -> None:
+        # Open the connection if it is not (again, after a loss), connects
+        # that are refused retried with back-off; one task opens, the others
+        # wait for it.
+        if self.connected and not self._idle_dropped():
+            return
+        if self._closed:
+            raise ConnectionClosed(f"{self.where}: the connection was closed by this client")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self.connected and not self._idle_dropped():
+                return
+            if self._transport is not None:
+                self._transport.abort()  # what is left of the old one
+            self._transport = None
+            delays = self.retry.delays()
+            while True:
+                try:
+                    await self._dial(_left(deadline, self.connect_timeout))
+                    break
+                except OSError as exc:
+                    if not (worth_reconnecting(exc) and await _wait(delays, deadline)):
+                        raise
+
+    def _idle_dropped(self) -> bool:
+        # Before a call on an idle connection: has the server closed it
+        # (its end of stream not yet seen by the loop)? Plain sockets only:
+        # under TLS the loop's own reads are the check.
+        if self._waiting or self._ssl is not None or self._transport is None:
+            return False
+        sock = self._transport.get_extra_info("socket")
+        return sock is not None and readable_now(sock.fileno())
+
+    async def _dial(self, limit: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._generation += 1
+        path = unix_path(self.host)
+        server_hostname = self._server_hostname
+        if self._ssl is not None and server_hostname is None and path is None:
+            server_hostname = plain_host(self.host)
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {"ssl": self._ssl, "server_hostname": server_hostname}
+        with translated(self.host, self.port, limit):
+            async with asyncio.timeout(limit):
+                if path is not None:
+                    transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), path, **tls)
+                else:
+                    transport, _ = await loop.create_connection(
+                        lambda: _Protocol(self), plain_host(self.host), self.port, **tls
+                    )
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_keepalive(sock, self.keepalive)
+        # A new connection: a new decoder, nothing of the old one's failure.
+        self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
+        self._failure = None
+        self._transport = transport
+        self._last_used = time.monotonic()
+        if self.heartbeat > 0 and (self._beat is None or self._beat.done()):
+            self._beat = asyncio.create_task(self._heartbeat())
+
     # -- the caller's side --------------------------------------------------------------
 
-    async def request(self, message: Message, *, timeout: float | None = -1.0) -> Message:
+    async def request(
+        self, message: Message, *, timeout: float | None = -1.0, idempotent: bool = False
+    ) -> Message:
         """Send ``message``; return its answer (raises as the module says).
 
-        ``timeout``: seconds for this call (default: the client's).
+        ``timeout``: seconds for this call (default: the client's), retries
+        included; ``idempotent=True``: the request may be sent again if its
+        connection is lost before the answer.
         """
-        (future,) = self._send([message])
-        return await self._answer(future, self.timeout if timeout == -1.0 else timeout)
+        (answer,) = await self._call([message], timeout, idempotent, single=True)
+        return answer
 
     async def request_many(
-        self, messages: Iterable[Message], *, timeout: float | None = -1.0
+        self, messages: Iterable[Message], *, timeout: float | None = -1.0, idempotent: bool = False
     ) -> list[Message]:
         """Send every message at once (pipelined); return the answers, in order.
 
         ``timeout`` is a deadline for the whole call. With ``check``, an
         error response raises :class:`ErrorResponse` once every answer is in
         (its ``responses`` holds them all, in order), as the blocking
-        client's ``request_many`` does.
+        client's ``request_many`` does. ``idempotent`` as for :meth:`request`.
         """
-        futures = self._send(list(messages))
+        return await self._call(list(messages), timeout, idempotent, single=False)
+
+    async def _call(
+        self, messages: list[Message], timeout: float | None, idempotent: bool, *, single: bool
+    ) -> list[Message]:
         limit = self.timeout if timeout == -1.0 else timeout
-        try:
-            async with asyncio.timeout(limit):
-                answers = [await self._answer(future, None, check=False) for future in futures]
-            if self.check:
+        deadline = None if limit is None else time.monotonic() + limit
+        delays = self.retry.delays()
+        while True:
+            try:
+                async with asyncio.timeout(limit):
+                    await self._open(deadline)
+            except TimeoutError:
+                raise TimeoutError(f"no connection to {self.where} within {limit:g} s") from None
+            futures = self._send(messages, deadline)
+            try:
+                if single:
+                    answers = [await self._answer(futures[0], _left(deadline, None))]
+                else:
+                    try:
+                        async with asyncio.timeout(_left(deadline, None)):
+                            answers = [await self._answer(future, None, check=False) for future in futures]
+                    except TimeoutError:
+                        raise TimeoutError(f"no answer from {self.where} within {limit:g} s") from None
+            except Exception as exc:
+                if idempotent and lost_in_exchange(exc) and await _wait(delays, deadline):
+                    log.debug("connection lost under an idempotent request (%s): sending it again", exc)
+                    continue
+                raise
+            finally:
+                for future in futures:
+                    future.cancel()  # the answers not yet come are dropped when they do
+            self._last_used = time.monotonic()
+            if not single and self.check:
                 raise_first_error(answers)
             return answers
-        finally:
-            for future in futures:
-                future.cancel()  # the answers not yet come are dropped when they do
 
-    def _send(self, messages: list[Message]) -> list[asyncio.Future[Message]]:
+    def _send(self, messages: list[Message], deadline: float | None) -> list[asyncio.Future[Message]]:
         if self._failure is not None:
             raise self._failure
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionClosed(f"{self.where}: the connection is closed")
         loop = asyncio.get_running_loop()
-        if self.ids:
+        ms = None
+        if self.deadlines and deadline is not None:
+            ms = (deadline - time.monotonic()) * 1000
+        if self.ids or ms is not None:
             numbered = []
             for message in messages:
-                self._next_id += 1
-                self._idents.append(self._next_id)
-                numbered.append(tagged(message, self._next_id))
+                ident = None
+                if self.ids:
+                    self._next_id += 1
+                    ident = self._next_id
+                    self._idents.append(ident)
+                numbered.append(tagged(message, ident, ms))
             messages = numbered
         futures = [loop.create_future() for _ in messages]
         self._waiting.extend(futures)
@@ -198,9 +353,70 @@ class AioClient:
             raise ErrorResponse(error)
         return response
 
+    async def ping(self, *, timeout: float | None = -1.0) -> float:
+        """Send a ``framewire-ping`` probe and wait for its echo; return the
+        round trip in seconds (``ProtocolError`` if the reply is not the
+        echo: a server that does not know the extension)."""
+        limit = self.timeout if timeout == -1.0 else timeout
+        started = time.monotonic()
+        deadline = None if limit is None else started + limit
+        await self._open(deadline)
+        self._next_id += 1
+        sequence = self._next_id
+        (future,) = self._send([probe(sequence)], None)
+        reply = await self._answer(future, _left(deadline, None), check=False)
+        if reply.get(PING_KEY) != sequence:
+            self._abort()
+            raise ProtocolError("the reply to a ping is not the server's echo of it")
+        self._last_used = time.monotonic()
+        return self._last_used - started
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this connection and not yet answered."""
+        return len(self._waiting)
+
+    async def _heartbeat(self) -> None:
+        # A ping when the connection has been idle ``heartbeat`` seconds: in
+        # line with the calls (the server answers in order), so it needs no
+        # lock; a ping not answered in time aborts the connection, and the
+        # next call opens a new one.
+        while not self._closed and self.connected:
+            await asyncio.sleep(max(0.0, self._last_used + self.heartbeat - time.monotonic()))
+            if self._closed or not self.connected:
+                return
+            if self._waiting or time.monotonic() - self._last_used < self.heartbeat:
+                continue  # not idle
+            seconds = self.timeout if self.timeout is not None else max(self.heartbeat, 1.0)
+            try:
+                await self.ping(timeout=seconds)
+            except (OSError, ProtocolError) as exc:
+                log.info("heartbeat to %s failed (%s): connection closed", self.where, exc)
+                self._abort()
+                return
+
+    def _abort(self) -> None:
+        # A reset (SO_LINGER 0), not a FIN: the server learns at once that
+        # the answers owed are not wanted, and cancels the work under way.
+        transport = self._transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        self._fail(ConnectionClosed(f"{self.where}: the connection was aborted by this client"))
+
     async def close(self) -> None:
-        """Close the connection (answers still owed are dropped)."""
-        if self._transport is not None and not self._transport.is_closing():
+        """Close the connection for good (answers still owed are dropped,
+        and the connection aborted so the server stops working on them)."""
+        self._closed = True
+        if self._beat is not None:
+            self._beat.cancel()
+        if self._waiting:  # answers still owed, to callers waiting or gone
+            self._abort()
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._fail(ConnectionClosed(f"{self.where}: the connection was closed by this client"))
 
@@ -211,6 +427,24 @@ class AioClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _left(deadline: float | None, limit: float | None) -> float | None:
+    """Seconds to the call's deadline, at most ``limit`` (None: no bound)."""
+    if deadline is None:
+        return limit
+    left = max(0.0, deadline - time.monotonic())
+    return left if limit is None else min(left, limit)
+
+
+async def _wait(delays: Iterator[float], deadline: float | None) -> bool:
+    """Wait before another attempt: False when none is left, or the wait
+    would pass the call's deadline."""
+    delay = next(delays, None)
+    if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+        return False
+    await asyncio.sleep(delay)
+    return True
 
 
 async def connect(
@@ -226,37 +460,33 @@ async def connect(
     connect_timeout: float | None = -1.0,
     keepalive: float = limits.KEEPALIVE,
     ids: bool = False,
+    deadlines: bool = False,
+    retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
+    heartbeat: float = 0.0,
 ) -> AioClient:
     """Open a connection. ``host`` may be ``"unix:PATH"``; ``ssl`` speaks
     TLS, the server's certificate checked against ``server_hostname`` (the
     host by default). ``connect_timeout`` bounds the connect and the TLS
     handshake (by default ``timeout``, each call's deadline); ``keepalive``
     sets TCP keepalive (0: off); ``ids`` tags each request with a
-    ``framewire-id`` and checks its answer carries it, as the blocking
-    client does."""
-    client = AioClient(timeout, check, max_header_size, max_content_length)
-    client.ids = ids
-    limit = timeout if connect_timeout == -1.0 else connect_timeout  # -1: the same as timeout
-    client.where = where(host, port)
-    loop = asyncio.get_running_loop()
-    path = unix_path(host)
-    if ssl is not None and server_hostname is None and path is None:
-        server_hostname = plain_host(host)
-    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "server_hostname": server_hostname}
-    with translated(host, port, limit):
-        async with asyncio.timeout(limit):
-            if path is not None:
-                transport, _ = await loop.create_unix_connection(lambda: _Protocol(client), path, **tls)
-            else:
-                transport, _ = await loop.create_connection(
-                    lambda: _Protocol(client), plain_host(host), port, **tls
-                )
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        import socket  # noqa: PLC0415
-
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            set_keepalive(sock, keepalive)
-    client._transport = transport
+    ``framewire-id`` and checks its answer carries it, ``deadlines`` with a
+    ``framewire-deadline``; ``retry`` and ``heartbeat`` as for the blocking
+    :class:`~framewire.client.blocking.Client`."""
+    client = AioClient(
+        host,
+        port,
+        timeout=timeout,
+        check=check,
+        max_header_size=max_header_size,
+        max_content_length=max_content_length,
+        ssl=ssl,
+        server_hostname=server_hostname,
+        connect_timeout=connect_timeout,
+        keepalive=keepalive,
+        ids=ids,
+        deadlines=deadlines,
+        retry=retry,
+        heartbeat=heartbeat,
+    )
+    await client._open(None)
     return client

@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import selectors
 import socket
 import ssl
+import struct
+import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 
+from framewire.client.retry import Retry, lost_in_exchange, worth_reconnecting
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, tagged
-from framewire.io.netio import connect, translated, where
+from framewire.core.probe import ID_KEY, PING_KEY, probe, tagged
+from framewire.io.netio import connect, idle_dropped, translated, where
+
+log = logging.getLogger("framewire.client")
 
 __all__ = ["Client"]
 
@@ -63,6 +70,26 @@ class Client:
     instead of hanging. ``ids``: each request carries a ``framewire-id``
     extension and its answer must carry the same (a framewire server copies
     it); a mismatch closes the connection and raises ``ProtocolError``.
+    ``deadlines``: each request carries a ``framewire-deadline`` (the
+    milliseconds left of its call's timeout), so a framewire server does not
+    run a request its client has stopped waiting for.
+
+    ``retry``: how connecting is retried (a server restarting refuses
+    connections for a moment), and how a request lost with its connection
+    is sent again when the call says it is safe (``idempotent=True``); see
+    :class:`~framewire.client.retry.Retry`. A connection kept open between
+    calls is checked before it is used again: if the server closed it
+    meanwhile (a restart, its idle timeout), a new one is opened.
+    ``heartbeat``: seconds; when the connection has been idle that long, a
+    thread sends a ping (``framewire-ping``) to keep it open through NATs
+    and firewalls and to find out that the server has gone (the connection
+    is then closed, and the next call opens a new one). 0: off.
+
+    A call that fails mid-way (timeout, reset, Ctrl-C) aborts its connection
+    (a TCP reset), so no late answer can reach a later call and a framewire
+    server stops the work it was doing for it. One client is for one thread
+    at a time (the heartbeat excepted); a :class:`~framewire.client.pool.Pool`
+    shares connections among threads.
     """
 
     def __init__(
@@ -80,6 +107,9 @@ class Client:
         keepalive: float = limits.KEEPALIVE,
         ids: bool = False,
         connect_timeout: float | None = None,
+        deadlines: bool = False,
+        retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
+        heartbeat: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -94,6 +124,15 @@ class Client:
         #: Seconds for the connect (and TLS handshake) alone; None: ``timeout``.
         self.connect_timeout = connect_timeout
         self.check = check
+        #: Tell the server how long each call will wait (framewire-deadline).
+        self.deadlines = deadlines
+        self.retry = retry
+        #: Seconds of idleness before a ping (0: no heartbeat).
+        self.heartbeat = heartbeat
+        self._owed = 0  # answers to send() not yet taken by receive()
+        self._lock = threading.RLock()  # the heartbeat thread against the caller's
+        self._last_used = 0.0
+        self._beating: threading.Event | None = None  # set: the heartbeat thread stops
         self._limits = (max_header_size, max_content_length)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
         self._ready: collections.deque[Message] = collections.deque()
@@ -102,27 +141,70 @@ class Client:
     # -- connection -----------------------------------------------------------
 
     def connect(self) -> Client:
-        """Open the connection (done by ``with`` and by the first request)."""
-        if self._sock is None:
-            self._sock = connect(
-                self.host,
-                self.port,
-                self.timeout if self.connect_timeout is None else self.connect_timeout,
-                self.ssl_context,
-                self.server_hostname,
-                self.source_address,
-                self.keepalive,
-            )
+        """Open the connection, or check that the open one is still usable
+        (done by ``with`` and by every call): one the server has closed
+        meanwhile is replaced by a new one."""
+        with self._lock:
+            self._open(None)
         return self
+
+    def _open(self, deadline: float | None) -> socket.socket:
+        sock = self._sock
+        if sock is not None:
+            if self._owed or self._ready or not idle_dropped(sock):
+                return sock
+            log.debug("%s closed the idle connection: opening a new one", where(self.host, self.port))
+            self.close()
+        limit = self.timeout if self.connect_timeout is None else self.connect_timeout
+        delays = self.retry.delays()
+        while True:
+            seconds = limit
+            left = self._remaining(deadline)  # the call's own deadline bounds the connect too
+            if left is not None:
+                seconds = left if limit is None else min(limit, left)
+            try:
+                sock = connect(
+                    self.host,
+                    self.port,
+                    seconds,
+                    self.ssl_context,
+                    self.server_hostname,
+                    self.source_address,
+                    self.keepalive,
+                )
+            except OSError as exc:
+                if not (worth_reconnecting(exc) and _wait(delays, deadline)):
+                    raise
+                continue
+            self._sock = sock
+            self._last_used = time.monotonic()
+            if self.heartbeat > 0:
+                self._start_heartbeat()
+            return sock
 
     def close(self) -> None:
         """Close the connection (the next request opens a new one)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        # Nothing of this connection may reach the next one's callers.
-        self._ready.clear()
-        self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._beating is not None:
+                self._beating.set()
+                self._beating = None
+            # Nothing of this connection may reach the next one's callers.
+            self._ready.clear()
+            self._owed = 0
+            self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
+
+    def _abort(self) -> None:
+        # Closed with a reset (SO_LINGER 0), not a FIN: the server learns at
+        # once that the answers owed are not wanted (it cancels the work
+        # under way), and its unsent answers are discarded by the kernel.
+        sock = self._sock
+        if sock is not None and sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
     def shutdown_write(self) -> None:
         """Half-close: tell the server no more requests will come."""
@@ -137,7 +219,8 @@ class Client:
         self.close()
 
     def _connected(self) -> socket.socket:
-        return self.connect()._sock  # type: ignore[return-value]
+        with self._lock:
+            return self._open(None)
 
     def _deadline(self, timeout: float | _Default | None = _DEFAULT) -> float | None:
         seconds = self.timeout if isinstance(timeout, _Default) else timeout
@@ -154,42 +237,39 @@ class Client:
     # -- exchanges ------------------------------------------------------------
 
     def send(self, *messages: Message) -> None:
-        """Send one or more messages without waiting for answers."""
-        sock = self._connected()
-        with translated(self.host, self.port, self.timeout):
-            sock.settimeout(self.timeout)
-            sock.sendall(encode_many(messages))
+        """Send one or more messages without waiting for answers (take them
+        with :meth:`receive`)."""
+        with self._lock:
+            sock = self._open(self._deadline())
+            with translated(self.host, self.port, self.timeout):
+                sock.settimeout(self.timeout)
+                sock.sendall(encode_many(messages))
+            self._owed += len(messages)
 
     def receive(self) -> Message:
         """The next message from the server (an error response is raised if ``check``)."""
         deadline = self._deadline()
-        with translated(self.host, self.port, self.timeout):
+        with self._lock, translated(self.host, self.port, self.timeout):
             message = self._next(deadline)
+            self._owed = max(0, self._owed - 1)
+            self._last_used = time.monotonic()
         return self._checked(message)
 
-    def request(self, message: Message, *, timeout: float | _Default | None = _DEFAULT) -> Message:
+    def request(
+        self, message: Message, *, timeout: float | _Default | None = _DEFAULT, idempotent: bool = False
+    ) -> Message:
         """Send ``message``, return its response; ``timeout`` overrides the
-        client's for this call (a deadline for the whole call)."""
-        deadline = self._deadline(timeout)
-        seconds = self.timeout if isinstance(timeout, _Default) else timeout
-        sock = self._connected()
-        (message,) = idents = self._tag([message])
-        try:
-            with translated(self.host, self.port, seconds):
-                sock.settimeout(self._remaining(deadline))
-                sock.sendall(message.encode())
-                response = self._next(deadline)
-            self._match(idents, [response])
-        except BaseException:
-            # A timeout, a reset, Ctrl-C: the answer may still come. The
-            # connection is closed, so that it can never be taken for the
-            # next call's (the next call connects again).
-            self.close()
-            raise
-        return self._checked(response)
+        client's for this call (a deadline for the whole call, retries
+        included). ``idempotent=True``: the request may be sent again if its
+        connection is lost before the answer (see ``retry``)."""
+        return self._call([message], timeout, idempotent, single=True)[0]
 
     def request_many(
-        self, messages: Iterable[Message], *, timeout: float | _Default | None = _DEFAULT
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | _Default | None = _DEFAULT,
+        idempotent: bool = False,
     ) -> list[Message]:
         """Send all ``messages`` pipelined, return their responses in order.
 
@@ -198,22 +278,47 @@ class Client:
         With ``check`` (as :meth:`request`), an error response raises
         :class:`ErrorResponse`, whose ``responses`` holds every response in
         order; with ``check=False`` error responses are returned in place.
+        ``timeout`` and ``idempotent`` as for :meth:`request`.
         """
-        messages_list = self._tag(list(messages))
-        payload = memoryview(encode_many(messages_list))
-        count = len(messages_list)
+        return self._call(list(messages), timeout, idempotent, single=False)
+
+    def _call(
+        self, messages: list[Message], timeout: float | _Default | None, idempotent: bool, *, single: bool
+    ) -> list[Message]:
         deadline = self._deadline(timeout)
-        sock = self._connected()
-        responses: list[Message] = []
-        try:
-            self._exchange_many(sock, payload, count, deadline, responses)
-            self._match(messages_list, responses[:count])
-        except BaseException:
-            self.close()  # answers still owed must not reach a later call (see request)
-            raise
-        extra = responses[count:]
-        self._ready.extend(extra)
+        seconds = self.timeout if isinstance(timeout, _Default) else timeout
+        delays = self.retry.delays()
+        with self._lock:
+            while True:
+                sock = self._open(deadline)
+                sent = self._tag(messages, deadline)
+                responses: list[Message] = []
+                try:
+                    if single:
+                        with translated(self.host, self.port, seconds):
+                            sock.settimeout(self._remaining(deadline))
+                            sock.sendall(sent[0].encode())
+                            responses.append(self._next(deadline))
+                    else:
+                        payload = memoryview(encode_many(sent))
+                        self._exchange_many(sock, payload, len(sent), deadline, responses)
+                    self._match(sent, responses[: len(sent)])
+                except BaseException as exc:
+                    # A timeout, a reset, Ctrl-C: the answers may still come.
+                    # The connection is aborted, so that none can ever be
+                    # taken for a later call's (the next call connects again).
+                    self._abort()
+                    if idempotent and lost_in_exchange(exc) and _wait(delays, deadline):
+                        log.debug("connection lost under an idempotent request (%s): sending it again", exc)
+                        continue
+                    raise
+                break
+            self._last_used = time.monotonic()
+        count = len(sent)
+        self._ready.extend(responses[count:])
         answers = responses[:count]
+        if single:
+            return [self._checked(answers[0])]
         if self.check:
             raise_first_error(answers)
         return answers
@@ -280,19 +385,31 @@ class Client:
         return messages
 
     def _next(self, deadline: float | None) -> Message:
-        sock = self._connected()
+        # The connection the request went out on: never a new one (an
+        # answer waiting to be read makes the socket readable, which is not
+        # the idle check's business).
+        sock = self._sock
+        if sock is None:
+            raise ConnectionClosed(f"{where(self.host, self.port)}: no connection to receive from")
         while not self._ready:
             sock.settimeout(self._remaining(deadline))
             self._ready.extend(self._feed(self._recv_all(sock)))
         return self._ready.popleft()
 
-    def _tag(self, messages: list[Message]) -> list[Message]:
-        if not self.ids:
+    def _tag(self, messages: list[Message], deadline: float | None) -> list[Message]:
+        # framewire-id and framewire-deadline, when asked for.
+        ms = None
+        if self.deadlines and deadline is not None:
+            ms = (deadline - time.monotonic()) * 1000
+        if not self.ids and ms is None:
             return messages
         tagged_messages = []
         for message in messages:
-            self._next_id += 1
-            tagged_messages.append(tagged(message, self._next_id))
+            ident = None
+            if self.ids:
+                self._next_id += 1
+                ident = self._next_id
+            tagged_messages.append(tagged(message, ident, ms))
         return tagged_messages
 
     def _match(self, requests: list[Message], responses: list[Message]) -> None:
@@ -320,9 +437,93 @@ class Client:
                 more = sock.pending()
         return data
 
+    # -- heartbeat ----------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        stop = self._beating = threading.Event()
+        thread = threading.Thread(
+            target=_heartbeat, args=(weakref.ref(self), stop), name="framewire-heartbeat", daemon=True
+        )
+        thread.start()
+
+    def _beat(self) -> None:
+        # One ping, if the connection is idle and no call is under way.
+        if not self._lock.acquire(blocking=False):
+            return  # a call is under way: the connection is not idle
+        try:
+            if self._sock is None or self._owed or self._ready:
+                return
+            if time.monotonic() - self._last_used < self.heartbeat:
+                return
+            seconds = self.timeout if self.timeout is not None else max(self.heartbeat, 1.0)
+            try:
+                self._probe(seconds)
+            except (OSError, ProtocolError) as exc:
+                log.info("heartbeat to %s failed (%s): connection closed", where(self.host, self.port), exc)
+        finally:
+            self._lock.release()
+
+    def ping(self, *, timeout: float | _Default | None = _DEFAULT) -> float:
+        """Send a ``framewire-ping`` probe and wait for its echo; return the
+        round trip in seconds. The server answers it itself, whatever its
+        application (a server that does not know the extension answers it
+        as a request: with a different reply, ``ProtocolError``)."""
+        seconds = self.timeout if isinstance(timeout, _Default) else timeout
+        with self._lock:
+            self._open(self._deadline(timeout))
+            return self._probe(seconds)
+
+    def _probe(self, seconds: float | None) -> float:
+        # Under the lock, on an open connection; a failure aborts it.
+        sock = self._sock
+        assert sock is not None
+        self._next_id += 1
+        sequence = self._next_id
+        started = time.monotonic()
+        try:
+            with translated(self.host, self.port, seconds):
+                sock.settimeout(seconds)
+                sock.sendall(probe(sequence).encode())
+                reply = self._next(None if seconds is None else started + seconds)
+            if reply.get(PING_KEY) != sequence:
+                raise ProtocolError("the reply to a ping is not the server's echo of it")
+        except BaseException:
+            self._abort()
+            raise
+        self._last_used = time.monotonic()
+        return self._last_used - started
+
     def _checked(self, message: Message) -> Message:
         if self.check and message.is_error:
             error = message.error()
             assert error is not None
             raise ErrorResponse(error)
         return message
+
+
+def _wait(delays: Iterator[float], deadline: float | None) -> bool:
+    """Wait before another attempt: False when there are no attempts left,
+    or the wait would pass the call's deadline."""
+    delay = next(delays, None)
+    if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+        return False
+    time.sleep(delay)  # back-off between attempts, not a wait for an event
+    return True
+
+
+def _heartbeat(ref: weakref.ReferenceType[Client], stop: threading.Event) -> None:
+    # The heartbeat thread of one connection: it holds the client weakly, so
+    # a client dropped without close() does not live on for its thread.
+    while True:
+        client = ref()
+        if client is None:
+            return
+        wait = max(0.0, client._last_used + client.heartbeat - time.monotonic())
+        del client
+        if stop.wait(wait):
+            return
+        client = ref()
+        if client is None:
+            return
+        client._beat()
+        del client

@@ -108,6 +108,14 @@ class HandlerError(ContentError):
     code = "handler-error"
 
 
+class DeadlineExceeded(ContentError):
+    """A request's ``framewire-deadline`` passed before its handler ran (or
+    finished, for an ``async`` handler): its answer is ``timeout``, and the
+    connection is kept, since its framing is intact."""
+
+    code = "timeout"
+
+
 class UnknownAction(ContentError):
     """An application of named actions got a request for one it does not have."""
 

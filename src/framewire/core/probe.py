@@ -12,7 +12,18 @@ import struct
 
 from framewire.core.message import Message
 
-__all__ = ["ID_KEY", "PING_KEY", "is_probe", "probe_reply", "request_id", "tagged", "with_id"]
+__all__ = [
+    "DEADLINE_KEY",
+    "ID_KEY",
+    "PING_KEY",
+    "deadline_ms",
+    "is_probe",
+    "probe",
+    "probe_reply",
+    "request_id",
+    "tagged",
+    "with_id",
+]
 
 #: The header extension that marks a probe; its value is the sequence number.
 PING_KEY = "framewire-ping"
@@ -22,6 +33,11 @@ def is_probe(message: Message) -> bool:
     """True for a ping probe (the server answers it without the application)."""
     extensions = message.extensions
     return bool(extensions) and PING_KEY in extensions
+
+
+def probe(sequence: int) -> Message:
+    """A ping probe (an empty JSON content) with its sequence number."""
+    return Message(b"null", "text/json", "utf-8", extensions={PING_KEY: sequence})
 
 
 def probe_reply(probe: Message) -> Message:
@@ -43,11 +59,32 @@ def probe_reply(probe: Message) -> Message:
 ID_KEY = "framewire-id"
 
 
-def tagged(message: Message, ident: int) -> Message:
-    """``message`` with the request id ``ident`` among its extensions."""
+def tagged(message: Message, ident: int | None = None, deadline: float | None = None) -> Message:
+    """``message`` with the request id ``ident`` and the ``deadline`` (in
+    milliseconds left) among its extensions (either may be None)."""
     extensions = dict(message.extensions)
-    extensions[ID_KEY] = ident
+    if ident is not None:
+        extensions[ID_KEY] = ident
+    if deadline is not None:
+        extensions[DEADLINE_KEY] = max(0, round(deadline))
     return Message(message.content, message.content_type, message.content_encoding, extensions=extensions)
+
+
+#: The header extension that tells the server how long the client will wait
+#: for the answer: milliseconds left when the request was sent (a number).
+DEADLINE_KEY = "framewire-deadline"
+
+
+def deadline_ms(extensions: object) -> float | None:
+    """The milliseconds a request's sender will still wait (its
+    ``framewire-deadline``), or None when it has none or it is not a number
+    (an extension a receiver does not understand is ignored, not refused)."""
+    if not extensions:
+        return None
+    value = extensions.get(DEADLINE_KEY)  # type: ignore[attr-defined]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # noqa: PLR0124  # NaN
+        return float(value)
+    return None
 
 
 def request_id(extensions: object) -> str | int | None:

@@ -59,6 +59,21 @@ def plain_host(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+def split_address(text: str, default_host: str | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``PORT`` alone (with a default host)
+    or ``unix:PATH`` (port 0) as ``(host, port)``; ``ValueError`` otherwise."""
+    if unix_path(text) is not None:
+        return text, 0
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or (default_host or "")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        wanted = "[HOST:]PORT or unix:PATH" if default_host else "HOST:PORT or unix:PATH"
+        raise ValueError(f"{text!r} is not {wanted}")
+    return host, int(port)
+
+
 def where(host: str, port: int) -> str:
     """The address a person reads: ``127.0.0.1:7000``, ``[::1]:7000``, ``unix:/path``."""
     if host.startswith(UNIX):
@@ -252,6 +267,32 @@ def readable_now(fd: int) -> bool:
     probe = select.poll()
     probe.register(fd, select.POLLIN)
     return bool(probe.poll(0))
+
+
+def idle_dropped(sock: socket.socket) -> bool:
+    """Whether an idle client connection is no longer to be used (urllib3's
+    check before reuse): it is readable only when the server closed it (end
+    of stream) or sent bytes nobody asked for. Over TLS, records without
+    application data (TLS 1.3 session tickets, read late) do not count."""
+    try:
+        if not readable_now(sock.fileno()):
+            return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        sock.recv(1)  # b"": closed; a byte: out of step. Either way, dropped.
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return False  # TLS housekeeping only
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+    return True
 
 
 def show_address(address: Any) -> str:

@@ -98,7 +98,10 @@ class _LoopDispatcher(Dispatcher):
         return self._server_loop
 
     def _post(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
-        self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
+        # RuntimeError: the loop is closed, the server has stopped, and the
+        # answer has nowhere to go.
+        with contextlib.suppress(RuntimeError):
+            self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
 
     def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
         self.outstanding -= 1

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Final
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
 from framewire.core.decoder import Decoder, HeaderCache
-from framewire.core.errors import HandlerError, MessageTimeout, ProtocolError, ServerBusy
+from framewire.core.errors import DeadlineExceeded, HandlerError, MessageTimeout, ProtocolError, ServerBusy
 from framewire.core.message import Message, _Header
-from framewire.core.probe import PING_KEY, probe_reply, request_id, with_id
+from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
 from framewire.io.netio import show_address, unix_peer
@@ -80,7 +80,7 @@ CLOSE: Final = -1
 class Slot:
     """An answer owed to the peer, in request order; filled when it is ready."""
 
-    __slots__ = ("content", "head", "ident", "ready")
+    __slots__ = ("cancel", "content", "head", "ident", "ready")
 
     def __init__(self) -> None:
         self.head = b""
@@ -88,6 +88,10 @@ class Slot:
         self.ready = False
         #: The request's framewire-id, copied onto the answer.
         self.ident: str | int | None = None
+        #: Stops the work for this answer (an async handler's task, a
+        #: thread-pool handler's flag) when the peer is lost; set by whoever
+        #: does the work.
+        self.cancel: Callable[[], object] | None = None
 
 
 class _Later:
@@ -165,6 +169,11 @@ def busy_response(max_connections: int) -> bytes:
     """What a connection beyond the limit gets before it is closed."""
     error = ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
     return Message.for_error(error).encode()
+
+
+def _expired(extensions: object) -> bool:
+    ms = deadline_ms(extensions)
+    return ms is not None and ms <= 0
 
 
 def _no_handler(request: Message) -> object:
@@ -507,9 +516,13 @@ class ServerConnection:
             self.draining = True
 
     def connection_lost(self) -> None:
-        """The driver lost the socket: nothing more is sent, late answers are dropped."""
+        """The driver lost the socket: nothing more is sent, the work still
+        under way for the peer is cancelled, and late answers are dropped."""
         self.lost = True
         self.out.clear()
+        for slot in self._waiting:
+            if slot.cancel is not None:
+                slot.cancel()
         self._waiting.clear()
 
     # -- answering -------------------------------------------------------------
@@ -532,6 +545,9 @@ class ServerConnection:
                 if extensions and PING_KEY in extensions:
                     # Probes are answered by the server itself, whatever the application.
                     response: object = probe_reply(request)
+                elif extensions and DEADLINE_KEY in extensions and _expired(extensions):
+                    # The client had stopped waiting when it sent it: not worth running.
+                    raise DeadlineExceeded("The request's deadline had passed when it arrived.")
                 else:
                     response = call(request)
                     if response.__class__ is not Message and adopt is not None and response is not LATER:

@@ -32,21 +32,53 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from framewire.core.errors import ServerBusy
+from framewire.core.errors import DeadlineExceeded, ServerBusy
 from framewire.core.message import Message
+from framewire.core.probe import deadline_ms
 from framewire.server.app import takes_peer
 from framewire.server.engine import LATER, ServerConnection, Slot
-from framewire.server.peer import Context
+from framewire.server.peer import Cancel, Context
 
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("framewire.server")
 
 Completion = tuple[ServerConnection, Slot, "Message | BaseException"]
+#: A request for the thread pool: its connection, slot, deadline and cancel flag.
+_Job = tuple[ServerConnection, Slot, Message, "float | None", Cancel]
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+async def _within(awaitable: Awaitable[Any], deadline: float) -> Any:
+    # An async handler runs until its request's deadline, not beyond: the
+    # client has stopped waiting by then (gRPC's rule for deadlines).
+    left = deadline - time.monotonic()
+    if left <= 0:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started, on purpose: no warning
+        raise DeadlineExceeded("The request waited past its deadline for its handler.")
+    scope = asyncio.timeout(left)
+    try:
+        async with scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise DeadlineExceeded("The handler was still at work at the request's deadline.") from None
+        raise
+
+
+def _deadline(request: Message) -> float | None:
+    # framewire-deadline (milliseconds left when sent) as a monotonic time,
+    # counted from now: the request has just been read.
+    ms = deadline_ms(request._header.extensions)
+    return None if ms is None else time.monotonic() + ms / 1000
+
+
+def _context(request: Message, conn: ServerConnection, cancel: Cancel | None = None) -> Context:
+    return Context(request, conn.peer_info(), _deadline(request), cancel)
 
 
 class Dispatcher:
@@ -71,7 +103,7 @@ class Dispatcher:
         self.outstanding = 0
         # Work under way, for the log of a forced stop: slot -> (peer, since).
         self._running: dict[Slot, tuple[str, float]] = {}
-        self._jobs: queue.SimpleQueue[tuple[ServerConnection, Slot, Message] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()  # workers may need the loop at once
@@ -93,7 +125,7 @@ class Dispatcher:
         conn.adopt = self._adopt
         if self._with_peer:
             handler = self.handler
-            conn.call = lambda request: handler(request, Context(request, conn.peer_info()))
+            conn.call = lambda request: handler(request, _context(request, conn))
         else:
             conn.call = self.handler
 
@@ -104,10 +136,12 @@ class Dispatcher:
                 self.metrics.error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
+        cancel = Cancel()
+        slot.cancel = cancel.set  # the connection sets it if its peer leaves
         self._started(conn, slot)
         if len(self._workers) < self.threads:
             self._add_worker()
-        self._jobs.put((conn, slot, request))
+        self._jobs.put((conn, slot, request, _deadline(request), cancel))
         return LATER
 
     def _adopt(self, conn: ServerConnection, request: Message, result: object) -> object:
@@ -116,7 +150,7 @@ class Dispatcher:
         # to refuse.
         if not inspect.isawaitable(result):
             return result
-        return self._schedule(conn, result)
+        return self._schedule(conn, request, result)
 
     def completed(self) -> list[Completion]:
         """The answers that came since the last call (on the driver's thread)."""
@@ -151,7 +185,7 @@ class Dispatcher:
         self.outstanding += 1
         self._running[slot] = (conn.peer, time.monotonic())
 
-    def _schedule(self, conn: ServerConnection, awaitable: Awaitable[Any]) -> object:
+    def _schedule(self, conn: ServerConnection, request: Message, awaitable: Awaitable[Any]) -> object:
         # An awaitable from an inline handler, on the driver's thread.
         if self.outstanding >= self.max_queued:
             if inspect.iscoroutine(awaitable):
@@ -161,13 +195,21 @@ class Dispatcher:
             return self._busy
         slot = conn.reserve()
         self._started(conn, slot)
-        self._on_loop(conn, slot, awaitable)
+        self._on_loop(conn, slot, awaitable, _deadline(request))
         return LATER
 
-    def _on_loop(self, conn: ServerConnection, slot: Slot, awaitable: Awaitable[Any]) -> None:
+    def _on_loop(
+        self, conn: ServerConnection, slot: Slot, awaitable: Awaitable[Any], deadline: float | None
+    ) -> None:
         loop = self._event_loop()
-        coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
+        if deadline is not None:
+            coroutine: Any = _within(awaitable, deadline)
+        else:
+            coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
         future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        # The peer leaving cancels the task (on the loop's thread); the
+        # answer, a CancelledError, is then dropped with the connection.
+        slot.cancel = future.cancel
 
         def done(_: Any) -> None:
             try:
@@ -205,10 +247,17 @@ class Dispatcher:
             job = self._jobs.get()
             if job is None:
                 return
-            conn, slot, request = job
+            conn, slot, request, deadline, cancel = job
+            if cancel.cancelled:
+                self._post(conn, slot, ConnectionAbortedError("the client left"))  # dropped
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                late = DeadlineExceeded("The request waited past its deadline for a handler.")
+                self._post(conn, slot, late)
+                continue
             try:
                 result = (
-                    self.handler(request, Context(request, conn.peer_info()))
+                    self.handler(request, Context(request, conn.peer_info(), deadline, cancel))
                     if self._with_peer
                     else self.handler(request)
                 )
@@ -216,6 +265,6 @@ class Dispatcher:
                 self._post(conn, slot, exc)
                 continue
             if result.__class__ is not Message and inspect.isawaitable(result):
-                self._on_loop(conn, slot, result)
+                self._on_loop(conn, slot, result, deadline)
             else:
                 self._post(conn, slot, result)

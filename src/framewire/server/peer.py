@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from framewire.core.message import Message
 
-__all__ = ["Context", "Peer"]
+__all__ = ["Cancel", "Context", "Peer"]
+
+
+class Cancel:
+    """The flag a thread-pool handler polls: set (on the server's thread)
+    when the client has gone, so its answer would be dropped anyway.
+    A bool attribute: reading and writing it is atomic, no lock needed."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def set(self) -> None:
+        """Mark the work as no longer wanted."""
+        self.cancelled = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,6 +61,24 @@ class Context:
     request: Message
     #: The connection's peer.
     peer: Peer
+    #: When the client stops waiting for the answer (``time.monotonic()``
+    #: seconds, from the request's ``framewire-deadline``), or None.
+    deadline: float | None = None
+    _cancel: Cancel | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds until the client stops waiting (0 when past), or None when
+        the request carries no deadline: a handler may give up, or do less."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the client has disconnected (its answer would be
+        dropped): a long thread-pool handler may poll it and stop early.
+        ``async`` handlers are cancelled instead (``CancelledError``)."""
+        return self._cancel is not None and self._cancel.cancelled
 
     @property
     def address(self) -> str:

@@ -1,0 +1,70 @@
+"""When a client tries again: the back-off between attempts, and which
+failures are worth another attempt.
+
+Shared by the blocking client, the asyncio client and the pools, which
+differ only in how they wait (``time.sleep`` or ``asyncio.sleep``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+
+from framewire.core.errors import ConnectionClosed, IncompleteMessage
+
+__all__ = ["NO_RETRY", "Retry", "lost_in_exchange", "worth_reconnecting"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """How many times a call tries, and how long it waits in between.
+
+    ``attempts`` counts every try (1: never again). The waits grow
+    exponentially from ``backoff`` seconds, doubled each time up to
+    ``max_backoff``, with "equal jitter": half the wait fixed, half random,
+    so that clients cut off by one restart do not all come back at the same
+    instant, yet none comes back at once. Every wait is bounded by the
+    call's own deadline.
+
+    A failure to *connect* (nothing listening: a server restarting) is
+    always worth another attempt. A request that was *sent* and lost with
+    its connection is sent again only when the caller says it is safe
+    (``idempotent=True``): the server may have acted on it.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"Retry.attempts is at least 1 (one try), not {self.attempts}")
+        if self.backoff < 0 or self.max_backoff < self.backoff:
+            raise ValueError("Retry needs 0 <= backoff <= max_backoff")
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, ... attempts (``attempts - 1`` of them)."""
+        uniform = (rng or random).uniform
+        wait = self.backoff
+        for _ in range(self.attempts - 1):
+            yield wait / 2 + uniform(0, wait / 2)
+            wait = min(wait * 2, self.max_backoff)
+
+
+#: One attempt, no waiting: errors reach the caller at once.
+NO_RETRY = Retry(attempts=1)
+
+
+def worth_reconnecting(exc: BaseException) -> bool:
+    """A failure to connect that another attempt may not meet: nothing
+    listening yet (a server restarting), or a connection cut during its
+    opening. Not a certificate refused, a name unknown, or a timeout (the
+    call's time is spent)."""
+    return isinstance(exc, ConnectionRefusedError | ConnectionResetError | ConnectionAbortedError)
+
+
+def lost_in_exchange(exc: BaseException) -> bool:
+    """The connection failed under a request already sent: the request may
+    or may not have been acted on (so it is retried only if idempotent)."""
+    return isinstance(exc, ConnectionClosed | ConnectionResetError | BrokenPipeError | IncompleteMessage)

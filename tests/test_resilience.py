@@ -1,0 +1,484 @@
+"""A client you can leave running: reconnects, retries, deadlines, pools,
+heartbeats, and cancellation that reaches the server (issue 17).
+
+The same behaviour of the blocking and the asyncio client is one test,
+parametrised by ``kind``; the server's side runs on both drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from conftest import read_messages, running
+from framewire import Message, Pool, Retry, aio
+from framewire.client import Client
+from framewire.client.balance import Balancer, Member, expand
+from framewire.core.errors import ConnectionClosed, ErrorResponse
+from framewire.core.probe import PING_KEY
+from framewire.server import Server
+from framewire.server.app import App, echo
+from framewire.server.peer import Context
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- one interface over both clients -----------------------------------------------------
+
+
+class _AioAdapter:
+    """framewire.aio's client driven from a test's thread, on a loop of its own."""
+
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        self.runner = asyncio.Runner()
+        self.client: Any = self.runner.run(aio.connect(host, port, **options))
+
+    def request(self, message: Message, **options: Any) -> Message:
+        answer: Message = self.runner.run(self.client.request(message, **options))
+        return answer
+
+    def close(self) -> None:
+        if self.client is not None:  # once
+            self.runner.run(self.client.close())
+            self.runner.close()
+            self.client = None
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextmanager
+def client_of(kind: str, port: int, **options: Any) -> Iterator[Any]:
+    client: Any = (
+        Client("127.0.0.1", port, **options).connect()
+        if kind == "blocking"
+        else _AioAdapter("127.0.0.1", port, **options)
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def hello(text: str = "hello") -> Message:
+    return Message.from_json({"action": "echo", "value": text})
+
+
+def wait_for(event: threading.Event, what: str, seconds: float = 10.0) -> None:
+    assert event.wait(seconds), f"{what}: not within {seconds:g} s"
+
+
+# -- reconnect and retry -------------------------------------------------------------------
+
+
+def test_a_server_restarted_between_two_calls(kind: str) -> None:
+    first = Server(echo, "127.0.0.1", 0).start()
+    port = first.port
+    with client_of(kind, port) as client:
+        assert client.request(hello("one")).json() == {"action": "echo", "value": "one"}
+        first.close()
+        with Server(echo, "127.0.0.1", port):  # the same address, a new process's worth
+            assert client.request(hello("two")).json() == {"action": "echo", "value": "two"}
+
+
+def test_refused_connects_are_retried_with_backoff_until_the_server_is_up(kind: str) -> None:
+    # The port is held, bound but not listening (connects are refused), and
+    # handed to a server at the first wait between attempts.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    servers: list[Server] = []
+
+    class StartAtFirstWait(Retry):
+        def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+            for delay in Retry.delays(self, rng):
+                if not servers:
+                    holder.close()
+                    servers.append(Server(echo, "127.0.0.1", port).start())
+                yield delay
+
+    try:
+        if kind == "blocking":
+            with Client("127.0.0.1", port, retry=StartAtFirstWait(attempts=4)) as client:
+                assert client.request(hello()).json()["value"] == "hello"
+        else:
+            with client_of(kind, port, retry=StartAtFirstWait(attempts=4)) as client:
+                assert client.request(hello()).json()["value"] == "hello"
+        assert len(servers) == 1, "the first attempt was refused, and waited for"
+    finally:
+        holder.close()
+        for server in servers:
+            server.close()
+
+
+def test_without_retries_a_refused_connect_fails_at_once(kind: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
+            with client_of(kind, port, retry=Retry(attempts=1)):
+                pass
+        assert time.monotonic() - started < 5
+
+
+def test_the_backoff_grows_with_jitter_up_to_its_cap() -> None:
+    delays = list(Retry(attempts=6, backoff=0.1, max_backoff=0.4).delays(random.Random(7)))
+    assert len(delays) == 5
+    for delay, base in zip(delays, [0.1, 0.2, 0.4, 0.4, 0.4], strict=True):
+        assert base / 2 <= delay <= base  # equal jitter: half fixed, half random
+    assert len(set(delays)) == 5  # random within each step
+    with pytest.raises(ValueError, match="attempts"):
+        Retry(attempts=0)
+    assert list(Retry(attempts=1).delays()) == []
+
+
+@contextmanager
+def drops_first_request(connections: int) -> Iterator[tuple[int, list[int]]]:
+    """A server of ``connections`` connections: the first reads a request and
+    closes unanswered, the second answers (an echo). Yields its port and the
+    numbers of the connections that got a request."""
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            for number in range(connections):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    (request,) = read_messages(conn, 1)
+                    seen.append(number)
+                    if number == 0:
+                        continue  # closed without an answer
+                    conn.sendall(request.encode())
+                    with contextlib.suppress(OSError):
+                        conn.recv(1)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        listener.close()
+        thread.join(10)
+        assert not thread.is_alive(), "the fake server did not stop"
+        assert not errors, errors
+
+
+def test_a_lost_request_is_sent_again_only_when_idempotent(kind: str) -> None:
+    with drops_first_request(connections=1) as (port, seen):
+        with client_of(kind, port) as client:
+            with pytest.raises(ConnectionClosed):
+                client.request(hello())
+            assert seen == [0]
+    with drops_first_request(connections=2) as (port, seen):
+        with client_of(kind, port) as client:
+            assert client.request(hello("again"), idempotent=True).json()["value"] == "again"
+            assert seen == [0, 1]
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+
+def deadline_app(ran: list[str]) -> App:
+    app = App()
+
+    @app.action("slow")
+    def slow(value: Any) -> Any:
+        ran.append("slow")
+        time.sleep(value)  # the work of a slow handler (the scenario, not a wait)
+        return "slow"
+
+    @app.action("fast")
+    def fast(value: Any) -> Any:
+        ran.append("fast")
+        return "fast"
+
+    @app.action("left")
+    def left(value: Any, context: Context) -> Any:
+        return context.time_left()
+
+    return app
+
+
+def with_deadline(action: str, ms: float, value: Any = None) -> Message:
+    return Message.from_json({"action": action, "value": value}, extensions={"framewire-deadline": ms})
+
+
+@pytest.mark.usefixtures("driver")
+def test_a_request_queued_past_its_deadline_is_answered_timeout_unrun() -> None:
+    ran: list[str] = []
+    with running(deadline_app(ran), threads=1) as server:
+        with Client("127.0.0.1", server.port, check=False) as client:
+            slow, late, fine = client.request_many(
+                [
+                    Message.from_json({"action": "slow", "value": 0.05}),
+                    with_deadline("fast", 1),  # waits 50 ms behind "slow" for the one thread
+                    with_deadline("fast", 60_000),
+                ]
+            )
+            assert slow.json() == {"result": "slow"}
+            error = late.error()
+            assert error is not None and error.code == "timeout"
+            assert fine.json() == {"result": "fast"}
+            assert ran == ["slow", "fast"], "the late request's handler never ran"
+            assert client.request(Message.from_json({"action": "fast"})).json() == {"result": "fast"}
+
+
+@pytest.mark.usefixtures("driver")
+def test_a_handler_reads_the_time_left_and_an_expired_deadline_is_not_run() -> None:
+    ran: list[str] = []
+    with running(deadline_app(ran)) as server, Client("127.0.0.1", server.port) as client:
+        left = client.request(with_deadline("left", 5000)).json()["result"]
+        assert 0 < left <= 5
+        assert client.request(Message.from_json({"action": "left"})).json() == {"result": None}
+        with pytest.raises(ErrorResponse) as info:
+            client.request(with_deadline("fast", 0))
+        assert info.value.code == "timeout"
+        assert ran == []
+        with Client("127.0.0.1", server.port, deadlines=True, timeout=3) as timed:
+            assert 2 < timed.request(Message.from_json({"action": "left"})).json()["result"] <= 3
+
+
+@pytest.mark.usefixtures("driver")
+def test_an_async_handler_is_stopped_at_its_deadline() -> None:
+    async def forever(request: Message) -> Message:
+        await asyncio.Event().wait()
+        return request
+
+    with running(forever) as server, Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ErrorResponse) as info:
+            client.request(with_deadline("x", 50))
+        assert info.value.code == "timeout"
+        assert client.ping() > 0  # the connection is kept
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("driver")
+@pytest.mark.parametrize("how", ["async", "threads"])
+def test_a_client_that_gives_up_stops_the_work_on_the_server(how: str, kind: str) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+
+    async def waits(request: Message) -> Message:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return request
+
+    def polls(request: Message, context: Context) -> Message:
+        started.set()
+        deadline = time.monotonic() + 30
+        while not context.cancelled and time.monotonic() < deadline:
+            stopped.wait(0.01)  # a long job, checking between its steps
+        if context.cancelled:
+            stopped.set()
+        return request
+
+    handler: Callable[..., Any] = waits if how == "async" else polls
+    with running(handler, threads=2 if how == "threads" else 0) as server:
+        with client_of(kind, server.port, timeout=0.5) as client:
+            with pytest.raises(TimeoutError):
+                client.request(hello())
+            wait_for(started, "the handler started")
+            if kind == "asyncio":
+                client.close()  # the asyncio client keeps the connection after a timeout
+            wait_for(stopped, "the server stopped the handler once its client left")
+
+
+# -- heartbeat -------------------------------------------------------------------------------
+
+
+@contextmanager
+def ping_counter(answer_pings: int) -> Iterator[tuple[int, list[Any], threading.Event]]:
+    """A server answering the first ``answer_pings`` pings as framewire does
+    (then none); yields its port, the probes seen, and an event set when the
+    client gave up on it (a reset)."""
+    probes: list[Any] = []
+    reset = threading.Event()
+    errors: list[BaseException] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(20)
+                while True:
+                    try:
+                        (message,) = read_messages(conn, 1)
+                    except (ConnectionResetError, ConnectionClosed):
+                        reset.set()
+                        return
+                    probes.append(message.get(PING_KEY))
+                    if len(probes) <= answer_pings:
+                        conn.sendall(message.encode())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], probes, reset
+    finally:
+        listener.close()
+        thread.join(20)
+        assert not thread.is_alive(), "the fake server did not stop"
+        assert not errors, errors
+
+
+def test_the_heartbeat_pings_an_idle_connection_and_closes_a_dead_one() -> None:
+    with ping_counter(answer_pings=2) as (port, probes, reset):
+        client = Client("127.0.0.1", port, heartbeat=0.05, timeout=1)
+        client.connect()
+        wait_for(reset, "the client aborted the connection whose ping went unanswered")
+        assert len(probes) == 3 and probes == sorted(probes)
+        client.close()
+
+
+def test_the_asyncio_heartbeat_pings_an_idle_connection_and_closes_a_dead_one() -> None:
+    async def main() -> None:
+        with ping_counter(answer_pings=2) as (port, probes, reset):
+            client = await aio.connect("127.0.0.1", port, heartbeat=0.05, timeout=1)
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, reset.wait, 10), "no reset"
+            assert len(probes) == 3 and probes == sorted(probes)
+            assert not client.connected
+            await client.close()
+
+    asyncio.run(main())
+
+
+# -- pools -------------------------------------------------------------------------------------
+
+
+def named(name: str) -> App:
+    app = App()
+
+    @app.action("who")
+    def who(value: Any) -> Any:
+        return name
+
+    return app
+
+
+@contextmanager
+def three_servers() -> Iterator[list[Server]]:
+    servers = [Server(named(f"s{i}"), "127.0.0.1", 0).start() for i in range(3)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+WHO = Message.from_json({"action": "who"})
+
+
+def test_a_pool_over_three_servers_survives_one_killed() -> None:
+    with three_servers() as servers, Pool([f"127.0.0.1:{s.port}" for s in servers], probe_after=0) as pool:
+        assert {pool.request(WHO).json()["result"] for _ in range(6)} == {"s0", "s1", "s2"}
+        port = servers[1].port
+        servers[1].close()
+        for _ in range(30):
+            assert pool.request(WHO).json()["result"] in {"s0", "s2"}  # every call succeeds
+        assert not pool.members[1].healthy
+        with Server(named("back"), "127.0.0.1", port):
+            answers = {pool.request(WHO).json()["result"] for _ in range(6)}
+            assert "back" in answers, "the member was probed back into the rotation"
+            assert pool.members[1].healthy
+
+
+def test_a_pool_is_shared_by_threads() -> None:
+    with running(echo) as a, running(echo) as b, Pool([("127.0.0.1", a.port), ("127.0.0.1", b.port)]) as pool:
+        errors: list[BaseException] = []
+
+        def calls(number: int) -> None:
+            try:
+                for i in range(40):
+                    text = f"{number}-{i}"
+                    assert pool.request(hello(text)).json()["value"] == text
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=calls, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert not errors, errors
+
+
+def test_the_asyncio_pool_survives_one_killed() -> None:
+    async def main(servers: list[Server]) -> None:
+        async with aio.AioPool([("127.0.0.1", s.port) for s in servers], probe_after=0) as pool:
+            first = await asyncio.gather(*(pool.request(WHO) for _ in range(6)))
+            assert {m.json()["result"] for m in first} == {"s0", "s1", "s2"}
+            servers[2].close()
+            answers = [await pool.request(WHO) for _ in range(20)]
+            assert {m.json()["result"] for m in answers} <= {"s0", "s1"}
+            assert not pool.members[2].healthy
+
+    with three_servers() as servers:
+        asyncio.run(main(servers))
+
+
+def test_a_name_with_several_addresses_is_one_member_each() -> None:
+    found = {info[4][0] for info in socket.getaddrinfo("localhost", 7, type=socket.SOCK_STREAM)}
+    members = expand(["localhost:7", ("127.0.0.1", 7), "unix:/tmp/x.sock"])
+    assert {m.host for m in members if m.port == 7} == found | {"127.0.0.1"}
+    assert members[-1].host == "unix:/tmp/x.sock"
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        expand(["nohost"])
+
+
+def test_the_balancer_takes_failing_members_out_and_probes_them_back() -> None:
+    a, b, c = (Member("127.0.0.1", port) for port in (1, 2, 3))
+    balancer = Balancer([a, b, c], max_failures=2, probe_after=1.0)
+    picks = [balancer.pick(0.0) for _ in range(6)]
+    assert [p[0].port for p in picks if p] == [2, 3, 1, 2, 3, 1] and not any(p[1] for p in picks if p)
+    assert not balancer.failed(b, 0.0)  # one failure: still in
+    assert balancer.failed(b, 0.0)  # two in a row: out for probe_after
+    assert {balancer.pick(0.5)[0].port for _ in range(4)} == {1, 3}  # type: ignore[index]
+    assert balancer.pick(1.0) == (b, True)  # due: handed out once, to be probed
+    assert balancer.pick(1.0)[0] is not b  # type: ignore[index]  # the probe is under way
+    assert balancer.failed(b, 1.0) and b.down_until == 3.0  # a failed probe doubles the wait
+    assert balancer.pick(3.0) == (b, True)
+    balancer.succeeded(b)
+    assert b.healthy and b.failures == 0
+    assert balancer.pick(3.0, exclude={0, 1, 2}) is None
+
+
+def test_least_in_flight_prefers_the_idle_member_and_all_out_still_tries() -> None:
+    a, b = Member("127.0.0.1", 1), Member("127.0.0.1", 2)
+    balancer = Balancer([a, b], "least-in-flight", max_failures=1)
+    a.in_flight = 3
+    assert all(balancer.pick(0.0) == (b, False) for _ in range(3))
+    balancer.failed(a, 0.0)
+    balancer.failed(b, 0.0)
+    assert balancer.pick(0.1) in {(a, True), (b, True)}  # every member out: try one anyway
+    with pytest.raises(ValueError, match="strategy"):
+        Balancer([a], "random")  # type: ignore[arg-type]
