@@ -3,7 +3,7 @@ final server is: a selectors loop, a Message object per connection with a
 bytes buffer grown by recv(4096), the 2-byte length, the JSON header, the
 content; one request per connection, closed after its answer.
 
-    python guide_server.py PORT
+    python guide_server.py PORT      (0: a free port; the port is printed)
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def main(port: int) -> None:
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind(("127.0.0.1", port))
     lsock.listen(4096)
+    # Port 0 takes a free port; the port bound is printed for whoever started it.
+    print(lsock.getsockname()[1], flush=True)
     lsock.setblocking(False)
     sel.register(lsock, selectors.EVENT_READ, data=None)
     while True:

@@ -1,0 +1,113 @@
+"""framewire conformance: hold any server to the protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from framewire.cli.common import (
+    PORT,
+    ClientCommand,
+    _fail,
+    friendly_errors,
+    main,
+    server_address,
+    tls_client_options,
+    tls_for,
+)
+from framewire.core import limits
+from framewire.io.netio import connect, describe, where
+
+#: The exit status when the suite could not run at all (nothing listening):
+#: above any count of failed cases, which is capped below it.
+CANNOT_RUN = 125
+MAX_FAILED_STATUS = 100
+
+
+@main.command(cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
+@click.option("--level", type=click.Choice(["guide", "strict"]), default="strict", show_default=True,
+              help="guide: what the guide's server can be expected to pass; strict: all.")  # fmt: skip
+@click.option("--app", type=click.Choice(["none", "echo", "search"]), default="none", show_default=True,
+              help="The application the server runs, for the cases that check its answers.")  # fmt: skip
+@click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=limits.MESSAGE_TIMEOUT, show_default=True,
+              help="The server's message deadline (the trickle case waits for it).")  # fmt: skip
+@click.option("--max-header-size", type=click.IntRange(2, 65535), default=limits.MAX_HEADER_SIZE,
+              show_default=True, help="The server's header limit.")  # fmt: skip
+@click.option("--max-content-length", type=click.IntRange(0), default=limits.MAX_CONTENT_LENGTH,
+              show_default=True, help="The server's content limit.")  # fmt: skip
+@click.option("--patience", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds any one wait of a case may take.")  # fmt: skip
+@click.option("--only", default=None, metavar="TEXT", help="Run only the cases whose name contains TEXT.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results as JSON to this file.")  # fmt: skip
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write an HTML report to this file.")  # fmt: skip
+@tls_client_options
+@friendly_errors
+def conformance(
+    host: str,
+    port: int,
+    level: str,
+    app: str,
+    message_timeout: float,
+    max_header_size: int,
+    max_content_length: int,
+    patience: float,
+    only: str | None,
+    json_file: Path | None,
+    html_file: Path | None,
+    tls: tuple[Any, str | None] | None,
+) -> None:
+    """Run the conformance suite against a server and print what holds.
+
+    Each case is PASS, FAIL (with the bytes sent and received) or N/A.
+    The exit status is the number of failed cases (0: conformant; at most
+    100), or 125 when the server cannot be reached at all.
+
+    \b
+    Example:
+      framewire serve --app echo --port 65432 --message-timeout 2 &
+      framewire conformance 127.0.0.1 65432 --app echo --message-timeout 2
+      framewire conformance 127.0.0.1 65432 --level guide --html report.html
+    """
+    from framewire.tools import conformance as suite
+    from framewire.tools import conformance_report as report
+
+    host, port = server_address(host, port)
+    context, name = tls_for(host, tls)
+    try:
+        connect(host, port, patience, context, name, keepalive=0).close()
+    except OSError as exc:
+        raise _fail(f"cannot run the suite: {describe(exc)}", CANNOT_RUN) from None
+    target = suite.Target(
+        host,
+        port,
+        context,
+        name,
+        app=app,  # type: ignore[arg-type]
+        message_timeout=message_timeout,
+        max_header_size=max_header_size,
+        max_content_length=max_content_length,
+        patience=patience,
+    )
+    click.echo(f"framewire conformance: {where(host, port)}, level {level}, app {app}")
+    results = []
+    group = None
+    for result in suite.run_suite(target, level, only):  # type: ignore[arg-type]
+        results.append(result)
+        for line in report.table_lines(result, result.case.group != group):
+            click.echo(line)
+        group = result.case.group
+    counts = report.summary(results)
+    click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['NOT-APPLICABLE']} not applicable")
+    about = {"address": where(host, port), "level": level, "app": app}
+    if json_file is not None:
+        json_file.write_text(report.json_report(results, about), "utf-8")
+    if html_file is not None:
+        html_file.write_text(report.html_report(results, about), "utf-8")
+    raise click.exceptions.Exit(min(counts["FAIL"], MAX_FAILED_STATUS))

@@ -1,0 +1,210 @@
+"""The conformance suite: framewire's servers pass it, the guide's server
+passes its level, and deliberately broken servers fail it for the right
+cases (a suite that cannot fail would prove nothing)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import run_cli, running
+from framewire.core.decoder import Decoder
+from framewire.core.errors import MessageTimeout, ProtocolError
+from framewire.core.message import Message
+from framewire.server.app import echo
+from framewire.tools.conformance import CASES, Target, run_suite
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def failures(port: int, level: str = "strict", **settings: Any) -> set[str]:
+    target = Target("127.0.0.1", port, app="echo", message_timeout=1.0, patience=2.0, **settings)
+    return {r.case.name for r in run_suite(target, level) if r.outcome.status == "FAIL"}  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("driver")
+def test_framewire_s_server_passes_every_case() -> None:
+    with running(echo, message_timeout=1.0) as server:
+        assert failures(server.port) == set()
+
+
+# -- the guide's server ---------------------------------------------------------------------
+
+#: What the guide's server is known not to do (docs/conformance.md lists them).
+GUIDE_GAPS = {
+    "back-to-back",
+    "keep-alive",
+    "pipelining-order",
+    "half-close",
+    "bad-header-length",
+    "bad-header",
+    "missing-header-key",
+    "bad-header-value",
+    "incomplete-message",
+    "huge-content-length",
+    "trickle-cut-at-deadline",
+    "application-answers",
+}
+
+
+@pytest.fixture
+def guide_server() -> Iterator[int]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks/peers/guide_server.py"), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_the_guide_s_server_passes_the_guide_level_and_fails_its_known_gaps(guide_server: int) -> None:
+    assert failures(guide_server, "guide") == set()
+    assert failures(guide_server) == GUIDE_GAPS
+
+
+def test_the_documented_gaps_are_the_tested_ones() -> None:
+    text = (ROOT / "docs/conformance.md").read_text()
+    for name in GUIDE_GAPS:
+        assert f"`{name}`" in text
+    for case in CASES:
+        assert f"`{case.name}`" in text, f"{case.name} is not described in docs/conformance.md"
+
+
+# -- servers broken on purpose ----------------------------------------------------------------
+
+
+@contextmanager
+def broken_server(
+    *,
+    wrong_codes: bool = False,
+    no_limits: bool = False,
+    one_per_connection: bool = False,
+    never_times_out: bool = False,
+) -> Iterator[int]:
+    """An echo server right in all but the ways asked for."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def refuse(conn: socket.socket, error: ProtocolError) -> None:
+        if wrong_codes:
+            error.code = "bad-header"  # every error, the same code
+        conn.sendall(Message.for_error(error).encode())
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the suite resets connections on purpose
+            answer(conn)
+
+    def answer(conn: socket.socket) -> None:
+        decoder = Decoder(max_content_length=1 << 60 if no_limits else 64 << 20)
+        with conn:
+            while not stop.is_set():
+                conn.settimeout(1.0 if decoder.in_message and not never_times_out else 0.5)
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    if decoder.in_message and not never_times_out:
+                        refuse(conn, MessageTimeout("too slow"))
+                        return
+                    continue
+                except OSError:
+                    return
+                try:
+                    for request in decoder.feed(data):
+                        conn.sendall(request.encode())
+                        if one_per_connection:
+                            return
+                except ProtocolError as exc:
+                    refuse(conn, exc)
+                    return
+                if not data:
+                    return
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+        assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("broken", "failed"),
+    [
+        ({}, set()),  # the fake itself is right when nothing is broken
+        (
+            {"wrong_codes": True},
+            {"bad-header-length", "missing-header-key", "bad-header-value", "incomplete-message"}
+            | {"huge-content-length", "trickle-cut-at-deadline"},
+        ),
+        ({"no_limits": True}, {"huge-content-length"}),
+        (
+            {"one_per_connection": True},
+            {"back-to-back", "keep-alive", "pipelining-order", "half-close", "application-answers"},
+        ),
+        ({"never_times_out": True}, {"trickle-cut-at-deadline"}),
+    ],
+)
+def test_the_suite_catches_each_broken_server_for_the_right_cases(
+    broken: dict[str, bool], failed: set[str]
+) -> None:
+    with broken_server(**broken) as port:
+        assert failures(port) == failed
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def test_the_command_prints_a_table_writes_reports_and_exits_with_the_failures(tmp_path: Path) -> None:
+    with broken_server(never_times_out=True) as port:
+        result = run_cli(
+            "conformance", "127.0.0.1", str(port), "--app", "echo", "--message-timeout", "1",
+            "--patience", "2", "--json", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html"),
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "  FAIL  trickle-cut-at-deadline" in result.stdout
+    assert "received:" in result.stdout and "sent:" in result.stdout
+    assert result.stdout.rstrip().endswith("20 passed, 1 failed, 3 not applicable")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"] == {"PASS": 20, "FAIL": 1, "NOT-APPLICABLE": 3}
+    (failed,) = [case for case in report["cases"] if case["status"] == "FAIL"]
+    assert failed["name"] == "trickle-cut-at-deadline" and failed["sent_hex"]
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and 'class="bar"' in page and "<details>" in page
+
+
+def test_the_command_against_nothing_is_one_line() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        result = run_cli("conformance", "127.0.0.1", str(holder.getsockname()[1]))
+    assert result.returncode == 125
+    assert result.stderr.startswith("framewire: cannot run the suite: nothing is listening")
+    assert "Traceback" not in result.stderr
