@@ -111,7 +111,7 @@ def running(handler: Handler = echo, **options: Any) -> Iterator[Any]:
         with running_aio(handler, **options) as server:
             yield server
         return
-    server = Server(handler, "127.0.0.1", 0, **options)
+    server = Server(handler, options.pop("host", "127.0.0.1"), 0, **options)
     with server:
         yield server
 

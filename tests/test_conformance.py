@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli, running
+from conftest import run_cli, running, tls
 from framewire.core.decoder import Decoder
 from framewire.core.errors import MessageTimeout, ProtocolError
 from framewire.core.message import Message
@@ -35,9 +35,30 @@ def failures(port: int, level: str = "strict", **settings: Any) -> set[str]:
 
 
 @pytest.mark.usefixtures("driver")
-def test_framewire_s_server_passes_every_case() -> None:
-    with running(echo, message_timeout=1.0) as server:
-        assert failures(server.port) == set()
+def test_framewire_serve_passes_every_case(spawn: Any) -> None:
+    server = spawn("serve", "--app", "echo", "--port", "0", "--message-timeout", "1")
+    port = server.wait_for(r"127\.0\.0\.1:(\d+)").group(1)
+    result = run_cli("conformance", "127.0.0.1", port, "--app", "echo", "--message-timeout", "1", timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.rstrip().endswith("21 passed, 0 failed, 3 not applicable")
+
+
+@pytest.mark.usefixtures("driver")
+def test_framewire_s_server_passes_over_tls_and_unix_sockets(tmp_path: Path) -> None:
+    authority = tls()
+    ca = tmp_path / "ca.pem"
+    authority.ca.cert_pem.write_to_path(str(ca))
+    with running(echo, message_timeout=1.0, ssl_context=authority.server()) as server:
+        result = run_cli(
+            "conformance", "localhost", str(server.port), "--tls-ca", str(ca), "--app", "echo",
+            "--message-timeout", "1", timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout
+        assert "N/A   half-close" in result.stdout  # a TLS client cannot half-close
+    path = tmp_path / "fw.sock"
+    with running(echo, message_timeout=1.0, host=f"unix:{path}") as server:
+        result = run_cli("conformance", f"unix:{path}", "--app", "echo", "--message-timeout", "1", timeout=60)
+        assert result.returncode == 0, result.stdout
 
 
 # -- the guide's server ---------------------------------------------------------------------
@@ -75,8 +96,24 @@ def guide_server() -> Iterator[int]:
 
 
 def test_the_guide_s_server_passes_the_guide_level_and_fails_its_known_gaps(guide_server: int) -> None:
-    assert failures(guide_server, "guide") == set()
-    assert failures(guide_server) == GUIDE_GAPS
+    port = str(guide_server)
+    guide = run_cli("conformance", "127.0.0.1", port, "--level", "guide", "--app", "echo", timeout=60)
+    assert guide.returncode == 0, guide.stdout
+    strict = run_cli(
+        "conformance",
+        "127.0.0.1",
+        port,
+        "--app",
+        "echo",
+        "--message-timeout",
+        "1",
+        "--patience",
+        "2",
+        timeout=120,
+    )
+    assert strict.returncode == len(GUIDE_GAPS), strict.stdout
+    failed = {line.split()[1] for line in strict.stdout.splitlines() if line.startswith("  FAIL  ")}
+    assert failed == GUIDE_GAPS
 
 
 def test_the_documented_gaps_are_the_tested_ones() -> None:

@@ -29,7 +29,10 @@ def pieces_of(data: bytes, vector: dict[str, Any]) -> list[list[bytes]]:
 
 
 def run(pieces: list[bytes], limits: dict[str, int]) -> tuple[list[Message], str | None]:
-    decoder = Decoder(**limits)
+    decoder = Decoder(
+        max_header_size=limits.get("max_header_size", 65535),
+        max_content_length=limits.get("max_content_length", 64 * 1024 * 1024),
+    )
     out: list[Message] = []
     for piece in [*pieces, b""]:  # b"": the end of the stream
         messages, error = decoder.feed_checked(piece)
