@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire test-deploy docs lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -31,8 +31,8 @@ serve: $(SERVE_STAMP)
 	$(BIN)/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks fuzz docs/vectors mkdocs_hooks.py
-	$(BIN)/ruff format --check src tests benchmarks fuzz docs/vectors mkdocs_hooks.py
+	$(BIN)/ruff check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py
+	$(BIN)/ruff format --check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict
@@ -79,6 +79,27 @@ $(DOCS_STAMP): pyproject.toml | $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+MUTATE_STAMP := $(VENV)/.installed-mutate
+$(MUTATE_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
+	@touch $(MUTATE_STAMP)
+
+# Mutation testing (mutmut, configured in pyproject.toml): the core, the
+# connection engine and the clients against their tests, then the score per
+# module. Long (tens of minutes); see docs/mutation.md.
+mutate: $(MUTATE_STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/python dev/mutation_summary.py --floor 90
+
+# The short version CI runs: the decoder's mutants against the decoder's
+# own tests (the sans-I/O ones: a few minutes), held to its score.
+SMOKE_TESTS := test_protocol.py,test_message.py,test_decoder_rules.py,test_vectors.py,test_documented.py
+mutate-smoke: $(MUTATE_STAMP)
+	rm -rf mutants
+	FRAMEWIRE_ONLY_TESTS=$(SMOKE_TESTS) $(BIN)/mutmut run "framewire.core.decoder*"
+	$(BIN)/python dev/mutation_summary.py "framewire.core.decoder*" --floor 90
+
 # 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_SECONDS)
@@ -95,4 +116,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants

@@ -287,3 +287,13 @@ def spawn() -> Iterator[Any]:
     yield start
     for spawned in procs:
         spawned.kill()
+
+
+def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
+    """``FRAMEWIRE_ONLY_TESTS=a.py,b.py``: collect only those test files (the
+    mutation smoke runs the decoder's mutants against the decoder's tests)."""
+    only = os.environ.get("FRAMEWIRE_ONLY_TESTS")
+    name = collection_path.name
+    if only and name.startswith("test_") and name.endswith(".py"):
+        return name not in only.split(",")
+    return None

@@ -29,14 +29,16 @@ def fake_server(behaviour: Callable[[socket.socket], object]) -> Iterator[int]:
     """A one-connection server that does ``behaviour`` with the accepted socket."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)
+    errors: list[BaseException] = []
 
     def serve() -> None:
         try:
             conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            behaviour(conn)
+            with conn:
+                conn.settimeout(10)
+                behaviour(conn)
+        except BaseException as exc:  # raised in the test, not lost in the thread
+            errors.append(exc)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -45,6 +47,9 @@ def fake_server(behaviour: Callable[[socket.socket], object]) -> Iterator[int]:
     finally:
         listener.close()
         thread.join(10)
+        assert not thread.is_alive(), "the fake server did not finish"
+    if errors:
+        raise errors[0]
 
 
 def test_request_and_pipelining(echo_server: Server) -> None:
@@ -411,3 +416,53 @@ def test_the_asyncio_client_has_ids_keepalive_and_a_connect_timeout() -> None:
 
     with server_without_ids() as port, pytest.raises(ProtocolError, match="out of step"):
         asyncio.run(out_of_step(port))
+
+
+def test_a_call_s_timeout_is_one_deadline_not_one_per_read() -> None:
+    # A server that trickles its answer a byte at a time: each read is
+    # quick, but the whole answer takes longer than the call may.
+    done = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        read_request(conn)
+        for byte in Message.from_bytes(b"x" * 40).encode():
+            if done.wait(0.02):  # the trickle's pace; stops once the client gave up
+                return
+            with contextlib.suppress(OSError):
+                conn.sendall(bytes([byte]))
+
+    with fake_server(trickle) as port, Client("127.0.0.1", port, timeout=0.3) as client:
+        with pytest.raises(TimeoutError):
+            client.request(Message.from_bytes(b"q"))
+        done.set()
+
+
+def test_answers_that_came_in_one_read_are_all_kept() -> None:
+    def both_at_once(conn: socket.socket) -> None:
+        read_messages(conn, 2)
+        conn.sendall(Message.from_bytes(b"one").encode() + Message.from_bytes(b"two").encode())
+        conn.recv(1)  # until the client closes
+
+    with fake_server(both_at_once) as port, Client("127.0.0.1", port) as client:
+        client.send(Message.from_bytes(b"a"), Message.from_bytes(b"b"))
+        assert client.receive().content == b"one"
+        assert client.receive().content == b"two"
+
+
+def test_a_protocol_error_from_the_server_closes_the_connection() -> None:
+    accepted: list[int] = []
+
+    def garbage_then_echo(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"\x00\x00")  # a header length of 0
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        accepted.append(1)
+
+    with fake_server(garbage_then_echo) as port:
+        client = Client("127.0.0.1", port)
+        with pytest.raises(ProtocolError, match="bad-header-length"):
+            client.request(Message.from_bytes(b"q"))
+        assert client._sock is None  # nothing more is read from that stream
+        client.close()
+    assert accepted == [1]  # the server saw the client go

