@@ -359,3 +359,80 @@ def test_losing_the_peer_cancels_the_work_still_under_way() -> None:
     assert cancelled == [1]
     conn.fulfil(later.slots[1][0], Message.from_bytes(b"b"), 0.2)  # late: dropped
     assert not conn.out
+
+
+# -- the PROXY protocol header, sans I/O ------------------------------------------------------
+
+
+def test_a_proxy_header_names_the_peer_then_the_requests_are_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn = engine(proxy_protocol=True)
+    conn.peer = "127.0.0.1:40000"
+    assert conn.awaiting_proxy and conn.deadline == 30.0  # the header too must come within the deadline
+    line = b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n"
+    with caplog.at_level("INFO", logger="framewire.server"):
+        feed(conn, line[:10], 0.0, echo_call)  # split anywhere
+        assert conn.awaiting_proxy and conn.peer == "127.0.0.1:40000"
+        feed(conn, line[10:] + req(b"hi"), 0.1, echo_call)
+    assert not conn.awaiting_proxy and conn.message_started is None
+    assert conn.peer == "203.0.113.7:51000" and conn.peer_info().address == "203.0.113.7:51000"
+    assert [m.content for m in sent_messages(conn)] == [b"hi"]
+    assert "connection from 203.0.113.7:51000 opened, through 127.0.0.1:40000 (PROXY v1)" in caplog.messages
+
+
+def test_a_bad_or_missing_proxy_header_closes_without_an_answer(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="framewire.server"):
+        bad = engine(proxy_protocol=True)
+        feed(bad, b"GET / HTTP/1.1\r\n\r\n", 0.0, echo_call)
+        assert bad.lost and not bad.out and bad.finished
+        cut = engine(proxy_protocol=True)
+        feed(cut, b"PROXY TCP4 1.2.3.4", 0.0, echo_call)
+        feed(cut, b"", 0.1, echo_call)
+        assert cut.lost and not cut.out
+        slow = engine(proxy_protocol=True, message_timeout=2)
+        feed(slow, b"PROXY TCP4 ", 0.0, echo_call)
+        slow.timer(1.9)
+        assert not slow.lost
+        slow.timer(2.0)
+        assert slow.lost and not slow.out
+    assert "connection from test closed before its PROXY header: closing" in caplog.messages
+    assert (
+        "connection from test: no complete PROXY header 2 s after the connection opened: closing"
+        in caplog.messages
+    )
+
+
+def test_a_balancer_health_check_is_quiet() -> None:
+    from framewire.core.proxyheader import build_v2
+
+    conn = engine(proxy_protocol=True)
+    local = build_v2(("1.2.3.4", 1), ("5.6.7.8", 2))
+    local = local[:12] + bytes([0x20]) + local[13:]  # version 2, command LOCAL: no client
+    feed(conn, local, 0.0, echo_call)
+    assert conn.quiet and not conn.awaiting_proxy and conn.peer == "test"
+
+
+def test_the_deadlines_say_what_ran_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="framewire.server"):
+        tls = engine(message_timeout=3)
+        tls.handshaking = True
+        tls.message_started = 0.0
+        tls.timer(2.9)
+        assert not tls.lost
+        tls.timer(3.0)
+        assert tls.lost
+        slow = engine(message_timeout=3)
+        feed(slow, req(b"x")[:4], 0.0, echo_call)
+        slow.timer(3.0)
+        assert codes(sent_messages(slow, 3.0)) == ["timeout"] and slow.closing
+        idle = engine(idle_timeout=5)
+        idle.timer(4.9)
+        assert not idle.lost
+        idle.timer(5.0)
+        assert idle.lost
+    assert caplog.messages == [
+        "connection from test: TLS handshake not done 3 s after the connection opened: closing",
+        "connection from test: timeout: The message was not complete 3 s after its first byte.",
+        "connection from test idle for 5 s: closing",
+    ]
