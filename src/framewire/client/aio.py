@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from framewire.client.retry import Retry, lost_in_exchange, worth_reconnecting
+from framewire.client.retry import Retry, lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
@@ -440,8 +440,8 @@ def _left(deadline: float | None, limit: float | None) -> float | None:
 async def _wait(delays: Iterator[float], deadline: float | None) -> bool:
     """Wait before another attempt: False when none is left, or the wait
     would pass the call's deadline."""
-    delay = next(delays, None)
-    if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+    delay = next_delay(delays, deadline)
+    if delay is None:
         return False
     await asyncio.sleep(delay)
     return True

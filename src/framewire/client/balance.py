@@ -17,7 +17,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
-from framewire.client.retry import NO_RETRY, Retry
+from framewire.client.retry import NO_RETRY, Retry, next_delay
 from framewire.io.netio import plain_host, split_address, unix_path
 
 __all__ = ["Attempts", "Balancer", "Member", "PoolBase", "Strategy", "expand"]
@@ -213,8 +213,8 @@ class Attempts:
     def next_round(self) -> float:
         """Every member failed this round: the wait before the next, or the
         last failure raised when no round is left before the deadline."""
-        delay = next(self._delays, None)
-        if delay is None or (self.deadline is not None and time.monotonic() + delay >= self.deadline):
+        delay = next_delay(self._delays, self.deadline)
+        if delay is None:
             assert self.last is not None
             raise self.last
         self.tried.clear()

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-from framewire.client.retry import Retry, lost_in_exchange, worth_reconnecting
+from framewire.client.retry import Retry, lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
@@ -504,8 +504,8 @@ class Client:
 def _wait(delays: Iterator[float], deadline: float | None) -> bool:
     """Wait before another attempt: False when there are no attempts left,
     or the wait would pass the call's deadline."""
-    delay = next(delays, None)
-    if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+    delay = next_delay(delays, deadline)
+    if delay is None:
         return False
     time.sleep(delay)  # back-off between attempts, not a wait for an event
     return True

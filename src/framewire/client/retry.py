@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Iterator
 
 from framewire.core.errors import ConnectionClosed, IncompleteMessage
 
-__all__ = ["NO_RETRY", "Retry", "lost_in_exchange", "worth_reconnecting"]
+__all__ = ["NO_RETRY", "Retry", "lost_in_exchange", "next_delay", "worth_reconnecting"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +55,15 @@ class Retry:
 
 #: One attempt, no waiting: errors reach the caller at once.
 NO_RETRY = Retry(attempts=1)
+
+
+def next_delay(delays: Iterator[float], deadline: float | None) -> float | None:
+    """The wait before the next attempt, or None when no attempt is left or
+    the wait would pass the call's ``deadline`` (``time.monotonic()``)."""
+    delay = next(delays, None)
+    if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+        return None
+    return delay
 
 
 def worth_reconnecting(exc: BaseException) -> bool:
