@@ -37,7 +37,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, PING_KEY, probe, tagged
+from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
 log = logging.getLogger("framewire.client")
@@ -319,15 +319,12 @@ class AioClient:
         if self.deadlines and deadline is not None:
             ms = (deadline - time.monotonic()) * 1000
         if self.ids or ms is not None:
-            numbered = []
-            for message in messages:
-                ident = None
-                if self.ids:
-                    self._next_id += 1
-                    ident = self._next_id
-                    self._idents.append(ident)
-                numbered.append(tagged(message, ident, ms))
-            messages = numbered
+            first = None
+            if self.ids:
+                first = self._next_id + 1
+                self._next_id += len(messages)
+                self._idents.extend(range(first, self._next_id + 1))
+            messages = tag_requests(messages, first, ms)
         futures = [loop.create_future() for _ in messages]
         self._waiting.extend(futures)
         transport.write(encode_many(messages))

@@ -29,7 +29,7 @@ from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, PING_KEY, probe, tagged
+from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
 from framewire.io.netio import connect, idle_dropped, translated, where
 
 log = logging.getLogger("framewire.client")
@@ -403,14 +403,11 @@ class Client:
             ms = (deadline - time.monotonic()) * 1000
         if not self.ids and ms is None:
             return messages
-        tagged_messages = []
-        for message in messages:
-            ident = None
-            if self.ids:
-                self._next_id += 1
-                ident = self._next_id
-            tagged_messages.append(tagged(message, ident, ms))
-        return tagged_messages
+        first = None
+        if self.ids:
+            first = self._next_id + 1
+            self._next_id += len(messages)
+        return tag_requests(messages, first, ms)
 
     def _match(self, requests: list[Message], responses: list[Message]) -> None:
         # With ids: each answer must carry its request's (else the stream is

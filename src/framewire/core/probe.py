@@ -21,6 +21,7 @@ __all__ = [
     "probe",
     "probe_reply",
     "request_id",
+    "tag_requests",
     "tagged",
     "with_id",
 ]
@@ -68,6 +69,12 @@ def tagged(message: Message, ident: int | None = None, deadline: float | None = 
     if deadline is not None:
         extensions[DEADLINE_KEY] = max(0, round(deadline))
     return Message(message.content, message.content_type, message.content_encoding, extensions=extensions)
+
+
+def tag_requests(messages: list[Message], first_id: int | None, deadline: float | None) -> list[Message]:
+    """``messages`` tagged with consecutive request ids from ``first_id``
+    (None: no ids) and the ``deadline`` in milliseconds left (None: none)."""
+    return [tagged(m, None if first_id is None else first_id + i, deadline) for i, m in enumerate(messages)]
 
 
 #: The header extension that tells the server how long the client will wait
