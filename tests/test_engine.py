@@ -339,11 +339,12 @@ def test_a_request_whose_deadline_has_passed_is_answered_timeout_without_its_han
     late = Message.from_bytes(b"late", extensions={"framewire-deadline": 0, "framewire-id": 7})
     fine = Message.from_bytes(b"fine", extensions={"framewire-deadline": 5000})
     odd = Message.from_bytes(b"odd", extensions={"framewire-deadline": "soon"})  # not a number: ignored
-    feed(conn, encode_many([late, fine, odd]), 0.0, call)
+    huge = Message.from_bytes(b"huge", extensions={"framewire-deadline": 10**400})  # beyond a float: none
+    feed(conn, encode_many([late, fine, odd, huge]), 0.0, call)
     answers = sent_messages(conn)
-    assert codes(answers) == ["timeout", None, None]
+    assert codes(answers) == ["timeout", None, None, None]
     assert answers[0].get("framewire-id") == 7  # the id still comes back
-    assert ran == [b"fine", b"odd"]
+    assert ran == [b"fine", b"odd", b"huge"]
     assert not conn.closing  # a content error: the framing is intact, the connection kept
 
 

@@ -8,6 +8,7 @@ not import the ping *client* (``framewire.tools.ping``) to get it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 from framewire.core.message import Message
@@ -89,9 +90,13 @@ def deadline_ms(extensions: object) -> float | None:
     if not extensions:
         return None
     value = extensions.get(DEADLINE_KEY)  # type: ignore[attr-defined]
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # noqa: PLR0124  # NaN
-        return float(value)
-    return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:
+        return None  # an integer beyond any float: farther than any clock, so no deadline
+    return ms if math.isfinite(ms) else None
 
 
 def request_id(extensions: object) -> str | int | None:
