@@ -492,11 +492,11 @@ def test_decode_gives_the_reason_for_an_impossible_block_length(tmp_path: Path) 
 def test_the_second_signal_says_what_it_does(spawn: Any) -> None:
     import signal
 
-    server = spawn("serve", "--port", "0", "--app", "echo", "--grace", "30")
+    server = spawn("serve", "--port", "0", "--app", "echo", "--grace", "30", "--log-level", "debug")
     port = server.port()
     with connect(port) as sock:
         sock.sendall(frame(hdr(10), b"part"))  # a message in progress keeps the server draining
-        server.wait_for("connection from")
+        server.wait_for("connection from")  # its DEBUG line
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for("answering in-flight requests")
         server.proc.send_signal(signal.SIGTERM)

@@ -162,7 +162,7 @@ def test_serve_a_users_handler_from_the_current_folder(spawn: Any, tmp_path: Pat
 
 
 def test_sigterm_with_clients_connected_loses_nothing(spawn: Any) -> None:
-    server = spawn("serve", "--port", "0", "--app", "echo")
+    server = spawn("serve", "--port", "0", "--app", "echo", "--log-level", "debug")  # connection lines
     port = server.port()
     clients = [Client("127.0.0.1", port).connect() for _ in range(5)]
     for i, client in enumerate(clients):
@@ -342,7 +342,8 @@ def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path:
     assert again.returncode == 1 and "--force" in again.stderr
     ca, cert, key = (str(certs / n) for n in ("ca.pem", "client.pem", "client-key.pem"))
     server = spawn("serve", "--port", "0", "--tls-cert", str(certs / "server.pem"),
-                   "--tls-key", str(certs / "server-key.pem"), "--tls-client-ca", ca)  # fmt: skip
+                   "--tls-key", str(certs / "server-key.pem"), "--tls-client-ca", ca,
+                   "--log-level", "debug")  # fmt: skip
     port = server.wait_for(r"127\.0\.0\.1:(\d+) over TLS").group(1)
     mutual = ("--tls-ca", ca, "--tls-cert", cert, "--tls-key", key)
     answer = run_cli("request", "localhost", port, *mutual, "search", "ring")

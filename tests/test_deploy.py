@@ -103,7 +103,8 @@ class Cluster:
             host = f"127.0.0.{i}"
             port = free_port(host)
             backend = Logged(tmp / f"backend{i}.log", "serve", "--host", host, "--port", str(port),
-                             "--app", "deploy_app:whoami", "--proxy-protocol", "--threads", "8")  # fmt: skip
+                             "--app", "deploy_app:whoami", "--proxy-protocol", "--threads", "8",
+                             "--log-level", "debug")  # fmt: skip
             backend.wait_for("listening on")
             self.backends.append(backend)
             self.addresses.append(f"{host}:{port}")

@@ -372,7 +372,7 @@ def test_a_proxy_header_names_the_peer_then_the_requests_are_answered(
     conn.peer = "127.0.0.1:40000"
     assert conn.awaiting_proxy and conn.deadline == 30.0  # the header too must come within the deadline
     line = b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n"
-    with caplog.at_level("INFO", logger="framewire.server"):
+    with caplog.at_level("DEBUG", logger="framewire.server"):
         feed(conn, line[:10], 0.0, echo_call)  # split anywhere
         assert conn.awaiting_proxy and conn.peer == "127.0.0.1:40000"
         feed(conn, line[10:] + req(b"hi"), 0.1, echo_call)

@@ -145,7 +145,7 @@ def whoami(request: Message, peer: Context) -> Message:
 
 @pytest.mark.usefixtures("driver")
 def test_a_balancer_s_header_names_the_peer_the_handler_sees(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "framewire.server")
+    caplog.set_level(logging.DEBUG, "framewire.server")  # connection lines are at DEBUG
     with running(whoami, proxy_protocol=True) as server, connect(server.port) as sock:
         sock.sendall(build_v2(("203.0.113.9", 4242), ("127.0.0.1", server.port)))
         sock.sendall(encode(Message.from_text("who?")))

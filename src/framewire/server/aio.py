@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -58,6 +59,7 @@ from framewire.server.engine import (
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
+from framewire.server.summary import Summary
 
 __all__ = ["AioServer", "run", "start_server"]
 
@@ -163,11 +165,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.engine = engine
         server._conns.add(self)
         server.connections_total += 1
-        if log.isEnabledFor(logging.INFO):
-            if tls is not None:
-                engine.log_secured(len(server._conns))
-            elif not engine.awaiting_proxy:  # else: once the header names the peer
-                log.info("connection from %s opened (%d open)", engine.peer, len(server._conns))
+        if tls is not None:
+            engine.log_secured(len(server._conns))
+        elif not engine.awaiting_proxy and log.isEnabledFor(logging.DEBUG):  # else: once the header names it
+            log.debug("connection from %s opened (%d open)", engine.peer, len(server._conns))
         self._schedule(engine.deadline)
         if server._stopping:
             engine.drain(self.server._loop.time())
@@ -239,8 +240,9 @@ class _Connection(asyncio.BufferedProtocol):
             log.log(level, "connection from %s lost: %s", engine.peer, exc)
         engine.connection_lost()
         server._requests_closed += engine.requests
-        if log.isEnabledFor(logging.INFO) and not engine.quiet:
-            log.info("connection from %s closed (%d open)", engine.peer, len(server._conns))
+        server._errors_closed += engine.errors
+        if log.isEnabledFor(logging.DEBUG) and not engine.quiet:
+            log.debug("connection from %s closed (%d open)", engine.peer, len(server._conns))
         server._check_all_closed()
 
     # -- driving the engine ---------------------------------------------------------
@@ -355,6 +357,9 @@ class AioServer:
         self._all_closed = asyncio.Event()
         self._closed = asyncio.Event()
         self._requests_closed = 0
+        self._errors_closed = 0
+        self._summary: Summary | None = None
+        self._summary_timer: asyncio.TimerHandle | None = None
         #: Connections accepted since the start.
         self.connections_total = 0
 
@@ -425,6 +430,33 @@ class AioServer:
         self._acceptor.listen()
         where = host if path is not None else show_address(self.address)
         log.info("listening on %s%s", where, " (TLS)" if self.ssl_context is not None else "")
+        self._summary = Summary(self.config.log_summary, self._loop.time())
+        self._summary_tick()
+
+    def _summary_tick(self, last: bool = False) -> None:
+        # Summed over the connections only when a line is due (every
+        # log_summary seconds), so counting costs the hot path nothing.
+        summary = self._summary
+        if summary is None:
+            return
+        engines = [c.engine for c in self._conns if c.engine is not None]
+        line = summary.line(
+            self._loop.time(),
+            connections=self.connections_total,
+            open_now=len(engines),
+            requests=self._requests_closed + sum(e.requests for e in engines),
+            errors=self._errors_closed + sum(e.errors for e in engines),
+            last=last,
+        )
+        if line is not None:
+            log.info("%s", line)
+        if last:
+            self._summary = None
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+        if not last and summary.next_at != math.inf:
+            self._summary_timer = self._loop.call_at(summary.next_at, self._summary_tick)
 
     def _accept(self) -> None:
         acceptor = self._acceptor
@@ -540,6 +572,7 @@ class AioServer:
                 conn.transport.abort()
             conn.connection_lost(None)
         self._dispatcher.close()
+        self._summary_tick(last=True)
         self._closed.set()
 
     async def wait_closed(self) -> None:

@@ -64,6 +64,11 @@ class ServerConfig:
         limits.MAX_IN_FLIGHT, "Unanswered requests per connection before it stops being read.", minimum=1
     )
     grace: float = _setting(limits.GRACE, "Seconds to answer in-flight requests on SIGTERM/SIGINT.")
+    log_summary: float = _setting(
+        limits.LOG_SUMMARY,
+        "Seconds between INFO summaries of connections, requests and errors (0: off); each "
+        "connection's own lines are at DEBUG.",
+    )
     threads: int = _setting(
         limits.THREADS,
         "Run handlers on a pool of N threads (0: inline, the fastest; async handlers always run on an "

@@ -197,6 +197,7 @@ class ServerConnection:
         "decoder",
         "draining",
         "driver",
+        "errors",
         "flow",
         "handshaking",
         "last_active",
@@ -251,6 +252,8 @@ class ServerConnection:
         self.message_started: float | None = None
         #: Requests received so far.
         self.requests = 0
+        #: Error responses this connection was sent (the log summary's figure).
+        self.errors = 0
         #: The driver's own object for this connection (its socket record).
         self.driver: object = None
         #: The server's Metrics, when they are on (None: nothing is measured).
@@ -313,9 +316,12 @@ class ServerConnection:
         return peer
 
     def log_secured(self, open_now: int) -> None:
-        """The log line of a connection whose TLS handshake is done."""
+        """The log line (DEBUG, like every connection's) of a connection whose
+        TLS handshake is done."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         peer = self.peer_info()
-        log.info(
+        log.debug(
             "connection from %s opened, %s%s (%d open)",
             self.peer,
             peer.tls,
@@ -364,8 +370,7 @@ class ServerConnection:
                 self.draining = True  # the first request came: answered, then closed
         if error is not None:
             log.info("protocol error from %s: %s", self.peer, error)
-            if self.metrics is not None:
-                self.metrics.error(error.code)
+            self.count_error(error.code)
             self._owe(*Message.for_error(error).wire_parts())
             self.closing = True
             self.message_started = None
@@ -413,7 +418,9 @@ class ServerConnection:
         if header.source is not None:
             self.peer = show_address(header.source)
             self._peer = None
-            log.info("connection from %s opened, through %s (PROXY v%d)", self.peer, balancer, header.version)
+            log.debug(
+                "connection from %s opened, through %s (PROXY v%d)", self.peer, balancer, header.version
+            )
         else:
             # The balancer's own connection (a health check every few hundred
             # ms): logged at DEBUG, or it would drown the operator's log.
@@ -486,8 +493,7 @@ class ServerConnection:
                     f"The message was not complete {self._config.message_timeout:g} s after its first byte."
                 )
                 log.info("connection from %s: %s", self.peer, error)
-                if self.metrics is not None:
-                    self.metrics.error(error.code)
+                self.count_error(error.code)
                 self.decoder.fail(error)
                 self.message_started = None
                 self._owe(*Message.for_error(error).wire_parts())
@@ -598,15 +604,19 @@ class ServerConnection:
             # (Message.json()); a framing code cannot come from a handler.
             if exc.framing:
                 exc = HandlerError(f"The handler raised {exc.code} on a well-framed request.")
-            if self.metrics is not None:
-                self.metrics.error(exc.code)
+            self.count_error(exc.code)
             return Message.for_error(exc).wire_parts()
         return self._handler_failed(f"raised {type(exc).__name__}", exc)
 
+    def count_error(self, code: str) -> None:
+        """An error response with ``code`` is being sent on this connection."""
+        self.errors += 1
+        if self.metrics is not None:
+            self.metrics.error(code)
+
     def _handler_failed(self, what: str, exc: BaseException | None = None) -> tuple[bytes, bytes]:
         log.error("handler %s on a request from %s", what, self.peer, exc_info=exc)
-        if self.metrics is not None:
-            self.metrics.error(HandlerError.code)
+        self.count_error(HandlerError.code)
         return Message.for_error(HandlerError(f"The application's handler {what}.")).wire_parts()
 
     def _wire(self, response: object) -> tuple[bytes, bytes]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -63,6 +64,7 @@ from framewire.server.engine import (
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
+from framewire.server.summary import Summary
 
 __all__ = ["Server", "raise_descriptor_limit"]
 
@@ -198,7 +200,9 @@ class Server:
         self._finished = threading.Event()
         self._busy_response = busy_response(config.max_connections)
         self._requests_closed = 0
+        self._errors_closed = 0
         self._connections_total = 0
+        self._summary: Summary | None = None
 
     # -- settings, as attributes ------------------------------------------------
 
@@ -257,6 +261,21 @@ class Server:
     def requests_total(self) -> int:
         """Requests received since the start."""
         return self._requests_closed + sum(c.engine.requests for c in list(self._conns.values()))
+
+    def _summary_line(self, summary: Summary, now: float, last: bool = False) -> None:
+        # Summed over the connections only when a line is due (every
+        # log_summary seconds), so counting costs the hot path nothing.
+        conns = list(self._conns.values())
+        line = summary.line(
+            now,
+            connections=self._connections_total,
+            open_now=len(conns) + len(self._handshakes),
+            requests=self._requests_closed + sum(c.engine.requests for c in conns),
+            errors=self._errors_closed + sum(c.engine.errors for c in conns),
+            last=last,
+        )
+        if line is not None:
+            log.info("%s", line)
 
     def start(self) -> Server:
         """Bind, then serve in a background thread; returns self."""
@@ -333,6 +352,8 @@ class Server:
             remove_unix(self._unix_file)
             self._waker.close()
             self._stopper.restore()
+            if self._summary is not None:
+                self._summary_line(self._summary, time.monotonic(), last=True)
             self._finished.set()
             log.info("server stopped")
 
@@ -367,12 +388,15 @@ class Server:
         draining_since: float | None = None
         turns_draining = 0
         now = time.monotonic()
+        summary = self._summary = Summary(self.config.log_summary, now)
         while True:
             if draining_since is not None:
                 left = max(0.0, draining_since + grace - now)
                 timeout: float | None = 0.0 if turns_draining < 2 else min(left, 0.05)
             else:
                 due = timers.next_due()
+                if due is None or summary.next_at < due:
+                    due = summary.next_at if summary.next_at != math.inf else None
                 timeout = None if due is None else max(0.0, due - now)
             pause = acceptor.wait(now)
             if pause is not None:
@@ -405,6 +429,8 @@ class Server:
                             self._fault(conn, exc)
             self._run_timers(now)
             acceptor.tick(now)
+            if now >= summary.next_at:
+                self._summary_line(summary, now)
             if self._stop_requested:
                 if draining_since is None:
                     draining_since = now
@@ -504,8 +530,8 @@ class Server:
             self._conns[fd] = conn
             register(fd, _READ)
             self._timers.schedule(conn, engine.deadline or now + config.idle_timeout)
-            if log.isEnabledFor(logging.INFO) and not engine.awaiting_proxy:  # else: when it names the peer
-                log.info("connection from %s opened (%d open)", engine.peer, len(self._conns))
+            if log.isEnabledFor(logging.DEBUG) and not engine.awaiting_proxy:  # else: when it names the peer
+                log.debug("connection from %s opened (%d open)", engine.peer, len(self._conns))
             # Clients send as soon as they are connected: the request is
             # usually here already, and reading it now saves a loop turn.
             try:
@@ -544,8 +570,7 @@ class Server:
             self._conns[conn.fd] = conn
             engine.secured(now, sock.version(), peer_certificate(sock))
             self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
-            if log.isEnabledFor(logging.INFO):
-                engine.log_secured(self.connections)
+            engine.log_secured(self.connections)
             if conn.events != _READ:
                 conn.events = _READ
                 self._poller.modify(conn.fd, _READ)
@@ -755,5 +780,6 @@ class Server:
         conn.sock.close()
         engine.connection_lost()
         self._requests_closed += engine.requests
-        if log.isEnabledFor(logging.INFO) and not (engine.handshaking or engine.quiet):
-            log.info("connection from %s closed (%d open)", engine.peer, len(self._conns))
+        self._errors_closed += engine.errors
+        if log.isEnabledFor(logging.DEBUG) and not (engine.handshaking or engine.quiet):
+            log.debug("connection from %s closed (%d open)", engine.peer, len(self._conns))

@@ -132,8 +132,7 @@ class Dispatcher:
     def _submit(self, conn: ServerConnection, request: Message) -> object:
         # Threads: the request waits for a worker; its slot keeps its place.
         if self.outstanding >= self.max_queued:
-            if self.metrics is not None:
-                self.metrics.error(ServerBusy.code)
+            conn.count_error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
         cancel = Cancel()
@@ -190,8 +189,7 @@ class Dispatcher:
         if self.outstanding >= self.max_queued:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited, on purpose: no warning
-            if self.metrics is not None:
-                self.metrics.error(ServerBusy.code)
+            conn.count_error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
         self._started(conn, slot)
