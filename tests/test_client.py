@@ -17,6 +17,7 @@ from conftest import read_messages, running
 from framewire import Failure, IncompleteMessage, Message, UnknownAction, encode
 from framewire.client import Client
 from framewire.client.concurrent import echo_concurrently, request_concurrently
+from framewire.core.decoder import Decoder
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.server import Server
 from framewire.server.app import App, echo, search_app
@@ -466,3 +467,68 @@ def test_a_protocol_error_from_the_server_closes_the_connection() -> None:
         assert client._sock is None  # nothing more is read from that stream
         client.close()
     assert accepted == [1]  # the server saw the client go
+
+
+def silent(conn: socket.socket) -> None:
+    """A server that reads and never answers, until the client leaves."""
+    with contextlib.suppress(OSError):
+        while conn.recv(65536):
+            pass
+
+
+@pytest.mark.parametrize("call", ["request", "request_many", "receive"])
+def test_a_timeout_names_the_server_and_the_call_s_own_seconds(call: str) -> None:
+    with fake_server(silent) as port, Client("127.0.0.1", port, timeout=5) as client:
+        with pytest.raises(
+            TimeoutError, match=rf"^\[Errno 110\] no answer from 127\.0\.0\.1:{port} within (\S+) s$"
+        ) as e:
+            if call == "request":
+                client.request(Message.from_bytes(b"q"), timeout=0.2)
+            elif call == "request_many":
+                client.request_many([Message.from_bytes(b"q")] * 2, timeout=0.2)
+            else:
+                client.timeout = 0.2
+                client.send(Message.from_bytes(b"q"))
+                client.receive()
+        assert str(e.value).endswith("within 0.2 s")
+
+
+def test_the_client_s_timeout_bounds_sending_and_is_the_socket_s_after_a_call() -> None:
+    with fake_server(silent) as port, Client("127.0.0.1", port, timeout=0.7) as client:
+        client.send(Message.from_bytes(b"q"))
+        assert client._sock is not None and client._sock.gettimeout() == 0.7
+        with pytest.raises(TimeoutError):
+            client.request_many([Message.from_bytes(b"q")], timeout=0.1)
+        assert client._sock is None  # aborted: its late answers can reach no one
+
+
+def test_after_send_and_receive_the_next_calls_get_their_own_answers() -> None:
+    def echo_all(conn: socket.socket) -> None:
+        decoder = Decoder()
+        while data := conn.recv(65536):
+            for message in decoder.feed(data):
+                conn.sendall(message.encode())
+
+    with fake_server(echo_all) as port, Client("127.0.0.1", port, timeout=5) as client:
+        client.send(Message.from_bytes(b"1"), Message.from_bytes(b"2"))
+        assert client.receive().content == b"1"
+        client.send(Message.from_bytes(b"3"))
+        assert [client.receive().content for _ in range(2)] == [b"2", b"3"]
+        assert client.request(Message.from_bytes(b"4")).content == b"4"
+        answers = client.request_many([Message.from_bytes(b"5"), Message.from_bytes(b"6")])
+        assert [m.content for m in answers] == [b"5", b"6"]
+        client.shutdown_write()  # the server's loop ends: it sees the end of requests
+        with pytest.raises(
+            ConnectionClosed, match=rf"^127\.0\.0\.1:{port} closed the connection before answering$"
+        ):
+            client.receive()
+
+
+def test_the_heartbeat_runs_in_a_named_daemon_thread() -> None:
+    with fake_server(silent) as port:
+        client = Client("127.0.0.1", port, heartbeat=60, timeout=5).connect()
+        try:
+            beats = [t for t in threading.enumerate() if t.name == "framewire-heartbeat"]
+            assert len(beats) == 1 and beats[0].daemon  # it never keeps a program alive
+        finally:
+            client.close()

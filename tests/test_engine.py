@@ -4,6 +4,7 @@ sockets and no sleeps. Time is whatever ``now`` the test says it is."""
 from __future__ import annotations
 
 import functools
+import socket
 import struct
 from typing import Any
 
@@ -12,8 +13,18 @@ import pytest
 from framewire import Decoder, Message, encode, encode_many
 from framewire.core.errors import BadContent, BadHeader
 from framewire.core.probe import PING_KEY
+from framewire.io.netio import unix_peer
 from framewire.server.config import ServerConfig
-from framewire.server.engine import LATER, READ, FlowControl, ServerConnection, Slot
+from framewire.server.engine import (
+    LATER,
+    READ,
+    WRITE,
+    FlowControl,
+    ServerConnection,
+    Slot,
+    accepted_peer,
+    busy_response,
+)
 
 
 def engine(**settings: Any) -> ServerConnection:
@@ -436,4 +447,119 @@ def test_the_deadlines_say_what_ran_out(caplog: pytest.LogCaptureFixture) -> Non
         "connection from test: TLS handshake not done 3 s after the connection opened: closing",
         "connection from test: timeout: The message was not complete 3 s after its first byte.",
         "connection from test idle for 5 s: closing",
+    ]
+
+
+# -- the rest of the engine's edges ------------------------------------------------------------
+
+
+def test_the_flow_watcher_hears_each_pause_and_resume_once() -> None:
+    heard: list[int] = []
+    flow = FlowControl(high=1000, low=500, max_owed=100)
+    flow.watch = heard.append
+    flow.update(2000, 1)
+    flow.update(3000, 1)  # still paused: nothing new to say
+    flow.update(0, 0)
+    flow.update(0, 0)
+    assert heard == [1, -1]
+
+
+def test_a_paused_connection_whose_answers_all_went_resumes_for_the_watcher() -> None:
+    heard: list[int] = []
+    conn = engine(high_water=100)
+    conn.flow.watch = heard.append
+    feed(conn, req(b"z" * 300), 0.0, echo_call)
+    assert not conn.reading() and heard == [1]
+    sent_messages(conn)
+    assert conn.interest() == READ
+    assert heard == [1, -1]  # the metrics' paused gauge goes back down
+
+
+def test_the_connection_asks_to_write_only_while_it_has_bytes_queued() -> None:
+    conn = engine()
+    assert conn.interest() == READ
+    feed(conn, req(b"x"), 0.0, echo_call)
+    assert conn.interest() == READ | WRITE
+    sent_messages(conn)
+    assert conn.interest() == READ
+
+
+class _Sock:
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_only_trusted_balancers_may_send_a_proxy_header(caplog: pytest.LogCaptureFixture) -> None:
+    plain, proxied = ServerConfig(), ServerConfig(proxy_protocol=True, trusted_proxies=("10.0.0.0/8",))
+    sock = _Sock(socket.AF_INET)
+    assert accepted_peer(sock, ("192.0.2.1", 4000), "", plain) == "192.0.2.1:4000"  # type: ignore[arg-type]
+    assert accepted_peer(sock, ("10.1.2.3", 4000), "", proxied) == "10.1.2.3:4000"  # type: ignore[arg-type]
+    assert not sock.closed
+    with caplog.at_level("INFO", logger="framewire.server"):
+        assert accepted_peer(sock, ("192.0.2.1", 10), "", proxied) is None  # type: ignore[arg-type]
+    assert sock.closed
+    assert caplog.messages == [
+        "connection from 192.0.2.1:10: not a trusted proxy (see trusted_proxies): closing"
+    ]
+
+
+def test_a_unix_peer_is_named_by_the_server_s_path() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        assert accepted_peer(left, "", "unix:/run/app.sock", ServerConfig()) == unix_peer(
+            left, "unix:/run/app.sock"
+        )
+        assert "unix:/run/app.sock" in unix_peer(left, "unix:/run/app.sock")
+
+
+def test_a_connection_beyond_the_limit_is_told_why() -> None:
+    (answer,) = Decoder().feed(busy_response(7))
+    error = answer.error()
+    assert error is not None and error.code == "server-busy"
+    assert error.message == "The server is at its limit of 7 connections; try again later."
+
+
+def test_a_deadline_of_one_millisecond_still_runs_its_handler() -> None:
+    conn = engine()
+    feed(conn, encode(Message.from_bytes(b"x", extensions={"framewire-deadline": 1})), 0.0, echo_call)
+    assert codes(sent_messages(conn)) == [None]
+
+
+def test_an_engine_without_a_handler_answers_handler_error() -> None:
+    conn = ServerConnection(ServerConfig(), now=0.0)
+    assert conn.peer == "-"
+    conn.receive(req(b"x"), 0.0)
+    assert codes(sent_messages(conn)) == ["handler-error"]
+
+
+def test_the_engine_s_decoder_has_the_configured_limits() -> None:
+    conn = ServerConnection(ServerConfig(max_header_size=200, max_content_length=10), 0.0)
+    feed(conn, req(b"x"), 0.0, echo_call)
+    feed(conn, req(b"y" * 11), 0.0, echo_call)
+    assert codes(sent_messages(conn)) == [None, "content-too-large"]
+    other = ServerConnection(ServerConfig(max_header_size=20), 0.0)
+    other.receive(req(b"x"), 0.0)
+    assert codes(sent_messages(other)) == ["header-too-large"]
+
+
+def test_a_secured_connection_s_debug_line_names_its_tls_and_certificate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn = ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True)
+    conn.secured(0.5, "TLSv1.3", {"commonName": "alice"})
+    with caplog.at_level("INFO", logger="framewire.server"):
+        conn.log_secured(3)
+    assert caplog.messages == []  # at INFO: nothing (the summary counts it)
+    with caplog.at_level("DEBUG", logger="framewire.server"):
+        conn.log_secured(3)
+        plain = ServerConnection(ServerConfig(), 0.0, "q:2", handshaking=True)
+        plain.secured(0.5, "TLSv1.2", None)
+        plain.log_secured(4)
+    assert caplog.messages == [
+        "connection from p:1 opened, TLSv1.3, client certificate alice (3 open)",
+        "connection from q:2 opened, TLSv1.2 (4 open)",
     ]

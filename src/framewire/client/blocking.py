@@ -301,7 +301,7 @@ class Client:
                             responses.append(self._next(deadline))
                     else:
                         payload = memoryview(encode_many(sent))
-                        self._exchange_many(sock, payload, len(sent), deadline, responses)
+                        self._exchange_many(sock, payload, len(sent), deadline, seconds, responses)
                     self._match(sent, responses[: len(sent)])
                 except BaseException as exc:
                     # A timeout, a reset, Ctrl-C: the answers may still come.
@@ -329,9 +329,11 @@ class Client:
         payload: memoryview,
         count: int,
         deadline: float | None,
+        seconds: float | None,
         responses: list[Message],
     ) -> None:
-        with translated(self.host, self.port, self.timeout):
+        # ``seconds``: the call's timeout, which its error message names.
+        with translated(self.host, self.port, seconds):
             while self._ready and len(responses) < count:
                 responses.append(self._ready.popleft())
             sock.setblocking(False)
