@@ -51,6 +51,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 # peers with one load client; writes docs/performance.md and its chart.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
+	$(BIN)/python benchmarks/targets.py
 	$(BIN)/python benchmarks/compare.py --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's

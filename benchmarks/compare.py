@@ -283,6 +283,29 @@ def run_all(
     return rows
 
 
+def targets_section() -> list[str]:
+    """The speed targets, from the last run of benchmarks/targets.py."""
+    from targets import RESULTS, last_stored, markdown  # noqa: PLC0415
+
+    result = last_stored()
+    if result is None:
+        return []
+    stored = sorted(RESULTS.glob("targets-*.json"))[-1].relative_to(ROOT)
+    return [
+        "## The targets, under a load generator in C",
+        "",
+        "Each figure is the median of the runs of one `make bench`, framewire and",
+        "its peer alternating in pairs, loaded by `benchmarks/peers/loadgen.c` (C,",
+        "epoll, every answer checked) so that the client is never the bottleneck;",
+        f"measured {result['date']} on {result['machine']}, {result['pairs']} pairs",
+        f"of {result['seconds']:g} s, stored in `{stored}`. framewire runs with the",
+        "default options (`framewire serve --app echo`).",
+        "",
+        *markdown(result),
+        "",
+    ]
+
+
 def write_doc(
     out: Path,
     rows: dict[str, dict[str, dict[str, object]]],
@@ -309,6 +332,8 @@ def write_doc(
         "under this client. The peers are in `benchmarks/peers/`.",
         "",
     ]
+    lines += targets_section()
+    lines += ["## Beside the ways Python is otherwise written", ""]
     if png is not None:
         lines += [f"![throughput]({png.name})", ""]
     lines += table(rows, names)
