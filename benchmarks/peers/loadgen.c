@@ -98,6 +98,14 @@ static int open_conn(Conn *c) {
 
 static void close_conn(Conn *c) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (oneshot) {
+        /* A reset, not a FIN: closing first, the client would keep every
+         * connection in TIME_WAIT and run out of ephemeral ports (at 14k
+         * connections/s, in about two seconds), then wait in connect() for
+         * one, against every server that waits for the client to close. */
+        struct linger reset = {1, 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    }
     close(c->fd);
     c->fd = -1;
 }
