@@ -15,6 +15,7 @@ share is reported, since over TLS a client works about as hard as a server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,15 @@ def tls_servers(cert: str, key: str) -> dict[str, list[str]]:
 def c_server() -> list[str] | None:
     """The C epoll echo server (peers/c_echo_server.c), built with gcc into
     .venv, the practical limit of the machine; None without a compiler."""
-    source = HERE / "peers" / "c_echo_server.c"
-    binary = ROOT / ".venv" / "c_echo_server"
+    binary = build("c_echo_server")
+    return None if binary is None else [str(binary), "{port}"]
+
+
+def build(name: str) -> Path | None:
+    """``peers/NAME.c``, built with gcc (or cc) into .venv when the source is
+    newer than the binary; None without a compiler or when it fails."""
+    source = HERE / "peers" / f"{name}.c"
+    binary = ROOT / ".venv" / name
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         compiler = shutil.which("gcc") or shutil.which("cc")
         if compiler is None:
@@ -86,7 +95,7 @@ def c_server() -> list[str] | None:
         built = subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=False)
         if built.returncode != 0:
             return None
-    return [str(binary), "{port}"]
+    return binary
 
 
 def servers() -> dict[str, list[str]]:
@@ -143,14 +152,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15
 def measure(
     command: list[str], scenario: Scenario, seconds: float, client: tuple[str, ...] = ()
 ) -> dict[str, object]:
-    port = free_port()
-    server = subprocess.Popen(
-        pinned(0, [part.replace("{port}", str(port)) for part in command]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, server)
+    with serving(command) as port:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         load = subprocess.run(
@@ -167,6 +169,21 @@ def measure(
         used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         result["client_cpu"] = round(used / wall, 2)  # the load client's share of a CPU
         return result
+
+
+@contextlib.contextmanager
+def serving(command: list[str]) -> Iterator[int]:
+    """``command`` (``{port}`` standing for a free port) running pinned to
+    CPU 0 until the block ends; yields the port once it listens."""
+    port = free_port()
+    server = subprocess.Popen(
+        pinned(0, [part.replace("{port}", str(port)) for part in command]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, server)
+        yield port
     finally:
         server.terminate()
         try:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from compare import PY, ROOT, c_server, free_port, machine, pinned, servers, wait_listening
+from compare import PY, ROOT, build, c_server, machine, pinned, servers, serving
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -56,38 +55,20 @@ TARGETS = [
 
 def loadgen() -> Path:
     """benchmarks/peers/loadgen.c, built with gcc into .venv."""
-    source = HERE / "peers" / "loadgen.c"
-    binary = ROOT / ".venv" / "loadgen"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        compiler = shutil.which("gcc") or shutil.which("cc")
-        if compiler is None:
-            sys.exit("targets.py: the load generator needs gcc (or cc)")
-        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    binary = build("loadgen")
+    if binary is None:
+        sys.exit("targets.py: the load generator needs gcc (or cc)")
     return binary
 
 
 def run(command: list[str], args: tuple[str, ...], seconds: float, binary: Path) -> dict[str, object]:
-    port = free_port()
-    server = subprocess.Popen(
-        pinned(0, [part.replace("{port}", str(port)) for part in command]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, server)
+    with serving(command) as port:
         load = subprocess.run(
             pinned(1, [str(binary), "-p", str(port), *args, "-t", str(seconds)]),
             capture_output=True, text=True, timeout=seconds + 60, check=True,
         )  # fmt: skip
         result: dict[str, object] = json.loads(load.stdout)
         return result
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def figure(result: dict[str, object], large: bool) -> float:
