@@ -563,3 +563,156 @@ def test_a_secured_connection_s_debug_line_names_its_tls_and_certificate(
         "connection from p:1 opened, TLSv1.3, client certificate alice (3 open)",
         "connection from q:2 opened, TLSv1.2 (4 open)",
     ]
+
+
+# -- what the operator reads, and what the metrics count ---------------------------------------
+
+
+class CountingMetrics:
+    """The engine's side of the metrics: the calls it measures, the codes it counts."""
+
+    def __init__(self) -> None:
+        self.measured_calls = 0
+        self.codes: list[str] = []
+
+    def measured(self, call: Any) -> Any:
+        def counted(request: Message) -> object:
+            self.measured_calls += 1
+            return call(request)
+
+        return counted
+
+    def error(self, code: str) -> None:
+        self.codes.append(code)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "what"),
+    [
+        (RuntimeError("boom"), "raised RuntimeError"),
+        ("not a message", "returned str, not a Message"),
+        (None, "returned NoneType, not a Message"),
+    ],
+)
+def test_a_failing_handler_is_logged_with_its_traceback_and_answered_in_words(
+    outcome: object, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def call(conn: ServerConnection, request: Message) -> object:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    conn = engine()
+    with caplog.at_level("ERROR", logger="framewire.server"):
+        feed(conn, req(b"x"), 0.0, call)
+    (answer,) = sent_messages(conn)
+    assert answer.json()["error"] == {
+        "code": "handler-error",
+        "message": f"The application's handler {what}.",
+    }
+    (record,) = caplog.records
+    assert record.getMessage() == f"handler {what} on a request from test"
+    assert (record.exc_info[1] if record.exc_info else None) is (
+        outcome if isinstance(outcome, Exception) else None
+    )
+
+
+def test_an_answer_that_cannot_be_sent_is_logged_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    conn = engine()
+    with caplog.at_level("ERROR", logger="framewire.server"):
+        feed(conn, req(b"x"), 0.0, lambda conn, request: Message(b"x", "text/plain", "zlib"))
+    (record,) = caplog.records
+    assert record.getMessage().startswith("handler returned a message that cannot be sent (")
+    assert codes(sent_messages(conn)) == ["handler-error"]
+
+
+def test_a_framing_code_raised_by_a_handler_is_named_in_the_answer() -> None:
+    conn = engine()
+
+    def call(conn: ServerConnection, request: Message) -> object:
+        raise BadHeader("not the handler's to say")
+
+    feed(conn, req(b"x"), 0.0, call)
+    (answer,) = sent_messages(conn)
+    assert answer.json()["error"] == {
+        "code": "handler-error",
+        "message": "The handler raised bad-header on a well-framed request.",
+    }
+
+
+def test_error_responses_are_counted_by_code_and_requests_measured() -> None:
+    conn = engine(message_timeout=3)
+    metrics = CountingMetrics()
+    conn.metrics = metrics  # type: ignore[assignment]  # the engine's side of Metrics
+
+    def call(conn: ServerConnection, request: Message) -> object:
+        if request.content == b"boom":
+            raise RuntimeError("boom")
+        if request.content == b"text":
+            raise BadContent("not JSON")
+        return Message.from_bytes(request.content)
+
+    feed(conn, req(b"ok") + req(b"boom"), 0.0, call)
+    feed(conn, req(b"text"), 1.0, call)
+    feed(conn, req(b"x")[:4], 2.0, call)  # the start of a message that never ends
+    conn.timer(5.0)
+    assert metrics.measured_calls == 3 and conn.requests == 3
+    assert metrics.codes == ["handler-error", "bad-content", "timeout"] and conn.errors == 3
+    framing = engine()
+    framing.metrics = CountingMetrics()  # type: ignore[assignment]
+    feed(framing, b"\x00\x00", 0.0, echo_call)
+    assert framing.metrics.codes == ["bad-header-length"] and framing.errors == 1  # type: ignore[attr-defined]
+
+
+def test_a_protocol_error_is_logged_with_the_peer_and_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    conn = engine()
+    with caplog.at_level("INFO", logger="framewire.server"):
+        feed(conn, b"\x00\x00", 0.0, echo_call)
+    (line,) = caplog.messages
+    assert line.startswith("protocol error from test: bad-header-length: ")
+
+
+def test_an_expired_request_is_answered_in_words() -> None:
+    conn = engine()
+    late = Message.from_bytes(b"x", extensions={"framewire-deadline": 0})
+    feed(conn, encode(late), 0.0, echo_call)
+    (answer,) = sent_messages(conn)
+    assert answer.json()["error"] == {
+        "code": "timeout",
+        "message": "The request's deadline had passed when it arrived.",
+    }
+
+
+def test_the_proxy_header_s_refusals_and_health_checks_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from framewire.core.proxyheader import build_v2
+
+    with caplog.at_level("DEBUG", logger="framewire.server"):
+        bad = engine(proxy_protocol=True)
+        feed(bad, b"GET / HTTP/1.1\r\n\r\n", 0.0, echo_call)
+        local = build_v2(("1.2.3.4", 1), ("5.6.7.8", 2))
+        check = engine(proxy_protocol=True)
+        feed(check, local[:12] + bytes([0x20]) + local[13:], 0.0, echo_call)
+        too_long = engine(proxy_protocol=True)
+        feed(too_long, b"PROXY TCP4 " + b"1" * 200, 0.0, echo_call)
+    first, health, long = caplog.messages
+    assert first.startswith("connection from test: ") and first.endswith(": closing") and "PROXY" in first
+    assert health == "connection from test opened (PROXY v2, no client: a health check)"
+    assert long.startswith("connection from test: ") and too_long.lost
+
+
+def test_a_drain_deadline_is_kept_to_the_instant() -> None:
+    timed = engine()
+    timed.drain(10.0)
+    timed.timer(10.99)
+    assert not timed.finished and not timed.draining
+    timed.timer(11.0)
+    assert timed.finished and timed.draining
+    timed.timer(12.0)
+    assert timed.draining  # stays so
+    queued = engine()
+    queued.call = lambda request: request
+    queued.receive(req(b"one"), 0.0)  # answered, not yet sent
+    queued.drain(10.0)
+    assert queued.draining and not queued.finished
+    sent_messages(queued)
+    assert queued.finished

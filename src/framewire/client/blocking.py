@@ -241,9 +241,15 @@ class Client:
         with :meth:`receive`)."""
         with self._lock:
             sock = self._open(self._deadline())
-            with translated(self.host, self.port, self.timeout):
-                sock.settimeout(self.timeout)
-                sock.sendall(encode_many(messages))
+            try:
+                with translated(self.host, self.port, self.timeout):
+                    sock.settimeout(self.timeout)
+                    sock.sendall(encode_many(messages))
+            except BaseException:
+                # Part of a message may have gone out: nothing more can be
+                # sent on this stream, nor its answers trusted.
+                self._abort()
+                raise
             self._owed += len(messages)
 
     def receive(self) -> Message:
@@ -341,7 +347,9 @@ class Client:
                 with selectors.DefaultSelector() as selector:
                     selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
                     sent = 0
-                    while len(responses) < count:
+                    # Until every request is out, even when answers owed
+                    # to earlier sends already make up the count.
+                    while len(responses) < count or sent < len(payload):
                         events = selector.select(self._remaining(deadline))
                         if not events:
                             raise TimeoutError
@@ -445,20 +453,23 @@ class Client:
         )
         thread.start()
 
-    def _beat(self) -> None:
-        # One ping, if the connection is idle and no call is under way.
+    def _beat(self) -> float:
+        # One ping, if the connection is idle and no call is under way; the
+        # seconds until the next look.
         if not self._lock.acquire(blocking=False):
-            return  # a call is under way: the connection is not idle
+            return self.heartbeat  # a call is under way: the connection is not idle
         try:
             if self._sock is None or self._owed or self._ready:
-                return
-            if time.monotonic() - self._last_used < self.heartbeat:
-                return
+                return self.heartbeat  # answers are owed: not idle either
+            due = self._last_used + self.heartbeat - time.monotonic()
+            if due > 0:
+                return due
             seconds = self.timeout if self.timeout is not None else max(self.heartbeat, 1.0)
             try:
                 self._probe(seconds)
             except (OSError, ProtocolError) as exc:
                 log.info("heartbeat to %s failed (%s): connection closed", where(self.host, self.port), exc)
+            return self.heartbeat
         finally:
             self._lock.release()
 
@@ -512,17 +523,13 @@ def _wait(delays: Iterator[float], deadline: float | None) -> bool:
 
 def _heartbeat(ref: weakref.ReferenceType[Client], stop: threading.Event) -> None:
     # The heartbeat thread of one connection: it holds the client weakly, so
-    # a client dropped without close() does not live on for its thread.
-    while True:
+    # a client dropped without close() does not live on for its thread. It
+    # sleeps until the next ping is due (never 0 in a loop: a busy or owed
+    # connection is looked at again a heartbeat later).
+    wait = 0.0
+    while not stop.wait(wait):
         client = ref()
         if client is None:
             return
-        wait = max(0.0, client._last_used + client.heartbeat - time.monotonic())
-        del client
-        if stop.wait(wait):
-            return
-        client = ref()
-        if client is None:
-            return
-        client._beat()
+        wait = client._beat()
         del client

@@ -1,0 +1,615 @@
+"""The blocking client's contract, call by call, against scripted servers.
+
+Each scripted server runs one behaviour per connection it accepts, in
+order, so a test says exactly what the server did and when. What the client
+did is read where a person or a server sees it: the answers, the errors'
+sentences, the log, and what reaches the server (ids, deadlines, pings,
+resets). These tests are fast, and part of the mutation selection
+(docs/mutation.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from conftest import read_messages, tls
+from framewire import Message, Retry
+from framewire.client import Client
+from framewire.core import limits
+from framewire.core.decoder import Decoder
+from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
+from framewire.core.probe import DEADLINE_KEY, ID_KEY, PING_KEY
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Scripted:
+    """A server that runs ``behaviours[i](self, conn)`` on its i-th accepted
+    connection. ``seen`` holds the requests its behaviours read, ``done[i]``
+    is set once connection i is closed, and an exception in its thread
+    fails the test that started it."""
+
+    def __init__(
+        self, behaviours: list[Behaviour], context: ssl.SSLContext | None, more: Behaviour | None
+    ) -> None:
+        self.behaviours = behaviours
+        self.more = more  # the behaviour of any connection after those, until the end
+        self.context = context
+        self.seen: list[Message] = []
+        self.go = threading.Event()  # a test's signal to a behaviour
+        self.done = [threading.Event() for _ in behaviours]
+        self.resets = 0  # connections the client ended with a reset
+        self.stopping = False
+        self.errors: list[BaseException] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port: int = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            for number in itertools.count():
+                behaviour = self.behaviours[number] if number < len(self.behaviours) else self.more
+                if behaviour is None:
+                    return
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    if self.stopping:
+                        return  # the test is over: the listener was shut down
+                    raise
+                if number >= len(self.done):
+                    self.done.append(threading.Event())
+                self._run(number, behaviour, conn)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.errors.append(exc)
+
+    def _run(self, number: int, behaviour: Behaviour, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            behaviour(self, conn)
+        finally:
+            conn.close()
+            self.done[number].set()
+
+    def wait_closed(self, number: int) -> None:
+        assert self.done[number].wait(10), f"the server's connection {number} did not end within 10 s"
+
+
+Behaviour = Callable[[Scripted, socket.socket], object]
+
+
+@contextmanager
+def scripted(
+    *behaviours: Behaviour, context: ssl.SSLContext | None = None, more: Behaviour | None = None
+) -> Iterator[Scripted]:
+    server = Scripted(list(behaviours), context, more)
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping = True
+        server.go.set()
+        with contextlib.suppress(OSError):
+            server.listener.shutdown(socket.SHUT_RDWR)  # wakes its accept()
+        server.listener.close()
+        server.thread.join(10)
+        assert not server.thread.is_alive(), "the scripted server did not finish"
+    assert not server.errors, server.errors
+
+
+def until_closed(server: Scripted, conn: socket.socket) -> None:
+    """Read (and drop) until the client closes; count a reset."""
+    try:
+        while conn.recv(65536):
+            pass
+    except ConnectionResetError:
+        server.resets += 1
+
+
+def hang_up(server: Scripted, conn: socket.socket) -> None:
+    """Close at once, reading nothing."""
+
+
+def echo(count: int | None = None, *, then: Behaviour = until_closed) -> Behaviour:
+    """Answer each request with itself (ids and pings included, as a
+    framewire server's echo does): ``count`` of them (None: all), then ``then``."""
+
+    def behaviour(server: Scripted, conn: socket.socket) -> None:
+        decoder = Decoder()
+        answered = 0
+        while count is None or answered < count:
+            try:
+                data = conn.recv(65536)
+            except ConnectionResetError:
+                server.resets += 1
+                return
+            if not data:
+                return
+            for message in decoder.feed(data):
+                server.seen.append(message)
+                conn.sendall(message.encode())
+                answered += 1
+        then(server, conn)
+
+    return behaviour
+
+
+def read(count: int, *, then: Behaviour = until_closed) -> Behaviour:
+    """Read ``count`` requests, answer none, then ``then``."""
+
+    def behaviour(server: Scripted, conn: socket.socket) -> None:
+        server.seen += read_messages(conn, count)
+        then(server, conn)
+
+    return behaviour
+
+
+def readable(client: Client) -> None:
+    """Wait until the client's connection has something to read (an answer,
+    or the server's close)."""
+    assert client._sock is not None
+    ready, _, _ = select.select([client._sock], [], [], 10)
+    assert ready, "nothing reached the client within 10 s"
+
+
+def q(text: str = "q") -> Message:
+    return Message.from_bytes(text.encode())
+
+
+@contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose listener's accept queue is full: a connect to it hangs
+    (the kernel drops its SYN) until the connecting side gives up."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # the one queued
+            yield port
+
+
+def counting_retry(attempts: int, waits: list[float]) -> Retry:
+    """A retry rule of ``attempts`` with 50 ms waits, each recorded in ``waits``."""
+
+    class Counting(Retry):
+        def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+            for delay in Retry.delays(self, rng):
+                waits.append(delay)
+                yield delay
+
+    return Counting(attempts=attempts, backoff=0.05, max_backoff=0.05)
+
+
+def lines(caplog: Any, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "framewire.client" and r.levelno == level]
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def test_the_documented_defaults_and_the_settings_given_are_kept() -> None:
+    client = Client()
+    assert (client.host, client.port, client.timeout, client.check) == ("127.0.0.1", 65432, 10.0, True)
+    assert (client.keepalive, client.ids, client.deadlines, client.heartbeat) == (
+        limits.KEEPALIVE,
+        False,
+        False,
+        0.0,
+    )
+    assert client.connect_timeout is None and client.ssl_context is None and client.source_address is None
+    context = ssl.create_default_context()
+    given = Client(
+        "::1", 7, ssl_context=context, source_address=("::1", 0), connect_timeout=3, deadlines=True
+    )
+    assert (given.ssl_context, given.source_address, given.connect_timeout) == (context, ("::1", 0), 3)
+    assert given.deadlines is True
+
+
+@pytest.mark.parametrize("limit", ["max_header_size", "max_content_length"])
+def test_the_answer_limits_hold_on_every_connection(limit: str) -> None:
+    big = Message.from_bytes(b"x" * 200, extensions={"pad": "y" * 200})
+    code = "header-too-large" if limit == "max_header_size" else "content-too-large"
+
+    def too_big(server: Scripted, conn: socket.socket) -> None:
+        read_messages(conn, 1)
+        conn.sendall(big.encode())
+        until_closed(server, conn)
+
+    with scripted(too_big, too_big) as server:
+        client = Client("127.0.0.1", server.port, **{limit: 150})
+        for _ in range(2):  # the first connection, then the one opened after the error closed it
+            with pytest.raises(ProtocolError) as info:
+                client.request(q())
+            assert info.value.code == code
+        client.close()
+
+
+def test_no_timeout_at_all() -> None:
+    with scripted(echo()) as server, Client("127.0.0.1", server.port, timeout=None) as client:
+        assert client.request(q("a")).content == b"a"
+        assert [m.content for m in client.request_many([q("b"), q("c")])] == [b"b", b"c"]
+
+
+# -- ids, deadlines, pings -----------------------------------------------------------------
+
+
+def test_ids_count_from_one_across_requests_batches_and_pings() -> None:
+    with scripted(echo()) as server, Client("127.0.0.1", server.port, ids=True) as client:
+        client.request(q())
+        client.request_many([q(), q()])
+        assert client.ping() >= 0
+        client.request(q())
+    assert [m.get(ID_KEY) for m in server.seen] == [1, 2, 3, None, 5]
+    assert server.seen[3].get(PING_KEY) == 4  # a ping's sequence is the next number too
+
+
+def test_a_deadline_tells_the_server_the_time_left_and_nothing_else() -> None:
+    with scripted(echo(), echo()) as server:
+        with Client("127.0.0.1", server.port, deadlines=True, timeout=5) as client:
+            client.request(q())
+            client.request_many([q()], timeout=2)
+        with Client("127.0.0.1", server.port, deadlines=False, timeout=5) as client:
+            client.request(q())
+    first, batch, plain = server.seen
+    assert 4000 < first.get(DEADLINE_KEY) <= 5000 and 1000 < batch.get(DEADLINE_KEY) <= 2000
+    assert first.get(ID_KEY) is None and plain.get(DEADLINE_KEY) is None and plain.get(ID_KEY) is None
+
+
+def test_a_ping_whose_reply_is_not_its_echo_is_a_protocol_error() -> None:
+    def answers_otherwise(server: Scripted, conn: socket.socket) -> None:
+        read_messages(conn, 1)
+        conn.sendall(q("not a ping").encode())
+        until_closed(server, conn)
+
+    with scripted(answers_otherwise) as server, Client("127.0.0.1", server.port) as client:
+        with pytest.raises(
+            ProtocolError, match=r"^protocol-error: the reply to a ping is not the server.s echo of it$"
+        ):
+            client.ping()
+        server.wait_closed(0)
+    assert server.resets == 1  # aborted: nothing more is read from that stream
+
+
+def test_an_answer_with_the_wrong_id_is_refused_in_words() -> None:
+    def without_ids(server: Scripted, conn: socket.socket) -> None:
+        read_messages(conn, 1)
+        conn.sendall(q().encode())
+        until_closed(server, conn)
+
+    with scripted(without_ids) as server, Client("127.0.0.1", server.port, ids=True) as client:
+        message = "the answer to request 1 carries framewire-id None: the connection is out of step"
+        with pytest.raises(ProtocolError, match=rf"^protocol-error: {message}$"):
+            client.request(q())
+
+
+# -- connecting ----------------------------------------------------------------------------
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, "framewire.client")
+    with scripted(hang_up, echo(1, then=hang_up), echo(1, then=hang_up), echo()) as server:
+        client = Client("127.0.0.1", server.port).connect()
+        server.wait_closed(0)
+        readable(client)
+        assert client.request(q("after connect")).content == b"after connect"
+        server.wait_closed(1)
+        readable(client)
+        client.send(q("after send"))
+        assert client.receive().content == b"after send"
+        server.wait_closed(2)
+        readable(client)
+        assert client.request_many([q("after receive")])[0].content == b"after receive"
+        client.close()
+    assert (
+        lines(caplog, logging.DEBUG)
+        == [f"127.0.0.1:{server.port} closed the idle connection: opening a new one"] * 3
+    )
+
+
+def test_answers_still_owed_are_never_taken_for_an_idle_close() -> None:
+    def two_answers_apart(server: Scripted, conn: socket.socket) -> None:
+        first, second = read_messages(conn, 2)
+        conn.sendall(first.encode())
+        assert server.go.wait(10)
+        conn.sendall(second.encode())
+        echo()(server, conn)
+
+    with scripted(two_answers_apart) as server, Client("127.0.0.1", server.port) as client:
+        client.send(q("1"))
+        client.send(q("2"))
+        assert client.receive().content == b"1"
+        server.go.set()
+        readable(client)  # the second answer is waiting: the connection is not idle
+        client.send(q("3"))
+        assert [client.receive().content for _ in range(2)] == [b"2", b"3"]
+
+
+def test_answers_are_handed_out_in_the_order_they_came() -> None:
+    def all_at_once(server: Scripted, conn: socket.socket) -> None:
+        requests = read_messages(conn, 4)
+        conn.sendall(b"".join(m.encode() for m in requests))
+        echo()(server, conn)
+
+    with scripted(all_at_once) as server, Client("127.0.0.1", server.port) as client:
+        client.send(q("1"), q("2"), q("3"), q("4"))
+        assert client.receive().content == b"1"
+        # A call made while answers are owed takes them first, in order.
+        assert [m.content for m in client.request_many([q("5")])] == [b"2"]
+        assert [client.receive().content for _ in range(3)] == [b"3", b"4", b"5"]
+
+
+@pytest.mark.parametrize(
+    ("options", "call_timeout", "named"),
+    [
+        ({"timeout": 2, "connect_timeout": 0.2}, None, r"0\.2"),
+        ({"timeout": 0.2}, None, r"0\.2"),
+        ({"timeout": 2, "connect_timeout": 2}, 0.3, r"0\.(29\d*|3)"),
+    ],
+    ids=["connect_timeout", "timeout", "the call's"],
+)
+def test_a_connect_that_hangs_fails_at_the_timeout_that_applies(
+    options: dict[str, float], call_timeout: float | None, named: str
+) -> None:
+    with full_backlog() as port:
+        client = Client("127.0.0.1", port, **options)
+        with pytest.raises(
+            TimeoutError, match=rf"^\[Errno 110\] no answer from 127\.0\.0\.1:{port} within {named} s$"
+        ):
+            if call_timeout is None:
+                client.connect()
+            else:
+                client.request(q(), timeout=call_timeout)
+
+
+def test_a_send_s_connect_is_bounded_by_the_client_s_timeout() -> None:
+    with full_backlog() as port:
+        client = Client("127.0.0.1", port, timeout=0.3, connect_timeout=2)
+        with pytest.raises(TimeoutError, match=r"within 0\.(29\d*|3) s$"):
+            client.send(q())
+
+
+def test_refused_connects_are_tried_again_within_the_call_s_deadline() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        port = holder.getsockname()[1]
+        waits: list[float] = []
+        with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
+            Client("127.0.0.1", port, retry=counting_retry(3, waits)).connect()
+        assert len(waits) == 2  # three attempts
+        waits.clear()
+        client = Client("127.0.0.1", port, retry=counting_retry(100, waits))
+        with pytest.raises(ConnectionRefusedError):
+            client.request(q(), timeout=0.3)  # 50 ms apart: a few attempts, not a hundred
+        assert 2 <= len(waits) <= 15
+
+
+def test_a_refused_connect_succeeds_once_the_server_is_up() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    served: list[socket.socket] = []
+
+    class ListenAtFirstWait(Retry):
+        def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+            for delay in Retry.delays(self, rng):
+                if not served:
+                    holder.listen()
+                    served.append(holder)
+                yield delay
+
+    try:
+        client = Client(
+            "127.0.0.1", port, retry=ListenAtFirstWait(attempts=3, backoff=0.01, max_backoff=0.01)
+        )
+        client.connect()
+        conn, _ = holder.accept()
+        conn.close()
+        client.close()
+    finally:
+        holder.close()
+
+
+# -- requests lost with their connection --------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["request", "request_many"])
+def test_a_lost_idempotent_request_is_sent_again_and_logged(call: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, "framewire.client")
+    with scripted(read(1, then=hang_up), echo()) as server:
+        client = Client("127.0.0.1", server.port, retry=counting_retry(3, []))
+        if call == "request":
+            assert client.request(q("again"), idempotent=True).content == b"again"
+        else:
+            assert client.request_many([q("again")], idempotent=True)[0].content == b"again"
+        client.close()
+    assert [m.content for m in server.seen] == [b"again", b"again"]
+    (line,) = lines(caplog, logging.DEBUG)
+    assert line.startswith("connection lost under an idempotent request (127.0.0.1:")
+    assert line.endswith("): sending it again")
+
+
+def test_a_lost_request_is_not_sent_again_past_the_call_s_deadline() -> None:
+    waits: list[float] = []
+    with scripted(more=read(1, then=hang_up)) as server:
+        client = Client("127.0.0.1", server.port, retry=counting_retry(100, waits))
+        with pytest.raises(ConnectionClosed):
+            client.request(q(), timeout=0.3, idempotent=True)
+        assert 1 <= len(waits) <= 15  # about 40 ms apart for 0.3 s: not a hundred
+
+
+# -- timeouts and aborts -----------------------------------------------------------------
+
+
+def test_a_request_the_server_does_not_read_times_out_in_sending() -> None:
+    # More than the kernel's buffers hold: sendall itself must time out.
+    big = Message.from_bytes(b"x" * (32 * 1024 * 1024))
+
+    def never_reads(server: Scripted, conn: socket.socket) -> None:
+        assert server.go.wait(20)
+
+    with (
+        scripted(never_reads, never_reads) as server,
+        Client("127.0.0.1", server.port, timeout=0.3) as client,
+    ):
+        with pytest.raises(
+            TimeoutError, match=rf"^\[Errno 110\] no answer from 127\.0\.0\.1:{server.port} within 0\.3 s$"
+        ):
+            client.send(big)
+        assert client._sock is None  # aborted: half a message went out on it
+        with pytest.raises(TimeoutError, match=r"within 0\.2 s$"):
+            client.request(big, timeout=0.2)
+
+
+def test_a_failed_call_resets_its_connection() -> None:
+    with scripted(read(1)) as server, Client("127.0.0.1", server.port, timeout=0.2) as client:
+        with pytest.raises(TimeoutError):
+            client.request(q())
+        server.wait_closed(0)
+    assert server.resets == 1
+
+
+def test_receive_without_a_connection_says_so() -> None:
+    client = Client("127.0.0.1", 9)
+    with pytest.raises(ConnectionClosed, match=r"^127\.0\.0\.1:9: no connection to receive from$"):
+        client.receive()
+
+
+def test_a_big_batch_against_a_server_that_writes_as_it_reads() -> None:
+    # 32 MiB each way, more than the kernel buffers: a client that sent all
+    # before reading would deadlock with this server, which blocks in its
+    # writes when its answers are not read.
+    many = [Message.from_bytes(bytes([i % 251]) * 65536) for i in range(512)]
+    with scripted(echo()) as server, Client("127.0.0.1", server.port, timeout=20) as client:
+        answers = client.request_many(many)
+        assert [a.content for a in answers] == [m.content for m in many]
+
+
+def test_close_twice_and_close_an_unused_client() -> None:
+    Client().close()
+    with scripted(echo()) as server:
+        client = Client("127.0.0.1", server.port, heartbeat=60).connect()
+        client.close()
+        client.close()
+
+
+# -- the heartbeat ---------------------------------------------------------------------------
+
+
+def test_the_heartbeat_pings_an_idle_connection_at_its_pace() -> None:
+    pings: list[float] = []
+    three = threading.Event()
+
+    def count_pings(server: Scripted, conn: socket.socket) -> None:
+        decoder = Decoder()
+        while data := conn.recv(65536):
+            for message in decoder.feed(data):
+                pings.append(message.get(PING_KEY))
+                conn.sendall(message.encode())
+                if len(pings) == 3:
+                    three.set()
+
+    with scripted(count_pings) as server:
+        client = Client("127.0.0.1", server.port, heartbeat=0.05).connect()
+        assert three.wait(2.5), "three pings did not come at a 50 ms pace"
+        client.close()
+    assert pings[:3] == [1, 2, 3]
+
+
+def test_no_ping_while_answers_are_owed() -> None:
+    early: list[bool] = []
+
+    def answer_late(server: Scripted, conn: socket.socket) -> None:
+        (request,) = read_messages(conn, 1)
+        assert server.go.wait(10)
+        early.append(bool(select.select([conn], [], [], 0)[0]))  # anything sent while owed?
+        conn.sendall(request.encode())
+        echo(1, then=hang_up)(server, conn)  # the ping that comes once the answer was taken
+
+    with scripted(answer_late) as server:
+        client = Client("127.0.0.1", server.port, heartbeat=0.05)
+        client.send(q("owed"))  # connects: the heartbeat starts with an answer owed
+        threading.Event().wait(0.3)  # six heartbeats' worth, during which none may ping
+        server.go.set()
+        assert client.receive().content == b"owed"
+        server.wait_closed(0)  # it answered the first ping, then closed
+        client.close()
+    assert early == [False]
+    assert [m.get(PING_KEY) for m in server.seen] == [1]
+
+
+class Heard(logging.Handler):
+    """Sets ``event`` when the client logs at ``level``."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.event = threading.Event()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self.event.set()
+
+
+@contextmanager
+def heard(level: int) -> Iterator[Heard]:
+    handler = Heard(level)
+    logger = logging.getLogger("framewire.client")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def test_a_failed_heartbeat_closes_the_connection_and_says_so() -> None:
+    with heard(logging.INFO) as log, scripted(read(1, then=hang_up), echo()) as server:
+        client = Client("127.0.0.1", server.port, heartbeat=0.05, timeout=5).connect()
+        assert log.event.wait(10), "the heartbeat's failure was not logged within 10 s"
+        (line,) = log.lines
+        assert line.startswith(f"heartbeat to 127.0.0.1:{server.port} failed (") and line.endswith(
+            "): connection closed"
+        )
+        assert client.request(q("next")).content == b"next"  # the next call opens a new one
+        client.close()
+
+
+def test_tls_a_close_before_answering_names_the_likely_cause() -> None:
+    context = tls().server()
+    with scripted(read(1, then=hang_up), context=context) as server:
+        client = Client("127.0.0.1", server.port, ssl_context=tls().client(), server_hostname="localhost")
+        with pytest.raises(ConnectionClosed) as info:
+            client.request(q())
+    assert str(info.value) == (
+        f"127.0.0.1:{server.port} closed the connection before answering (a TLS server that requires"
+        " a client certificate closes like this when it is missing or refused)"
+    )
+
+
+def test_an_error_response_to_request_is_raised_with_it() -> None:
+    def errs(server: Scripted, conn: socket.socket) -> None:
+        read_messages(conn, 1)
+        conn.sendall(Message.error_response("bad-content", "no").encode())
+        until_closed(server, conn)
+
+    with scripted(errs) as server, Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ErrorResponse) as info:
+            client.request(q())
+        assert info.value.code == "bad-content"
