@@ -359,11 +359,13 @@ def test_answers_are_handed_out_in_the_order_they_came() -> None:
         ({"timeout": 2, "connect_timeout": 0.2}, None, r"0\.2"),
         ({"timeout": 0.2}, None, r"0\.2"),
         ({"timeout": 2, "connect_timeout": 2}, 0.3, r"0\.(29\d*|3)"),
+        ({"timeout": 2, "connect_timeout": 0.2}, 2, r"0\.2"),
+        ({"timeout": None}, 0.3, r"0\.(29\d*|3)"),
     ],
-    ids=["connect_timeout", "timeout", "the call's"],
+    ids=["connect_timeout", "timeout", "the call's", "connect_timeout in a call", "no client timeout"],
 )
 def test_a_connect_that_hangs_fails_at_the_timeout_that_applies(
-    options: dict[str, float], call_timeout: float | None, named: str
+    options: dict[str, float | None], call_timeout: float | None, named: str
 ) -> None:
     with full_backlog() as port:
         client = Client("127.0.0.1", port, **options)
@@ -374,6 +376,43 @@ def test_a_connect_that_hangs_fails_at_the_timeout_that_applies(
                 client.connect()
             else:
                 client.request(q(), timeout=call_timeout)
+
+
+def test_a_ping_has_the_call_s_timeout_for_its_connect_and_its_answer() -> None:
+    with full_backlog() as port:
+        with pytest.raises(TimeoutError, match=r"within 0\.(29\d*|3) s$"):
+            Client("127.0.0.1", port, timeout=2).ping(timeout=0.3)
+    with scripted(read(1)) as server, Client("127.0.0.1", server.port, timeout=5) as client:
+        with pytest.raises(
+            TimeoutError, match=rf"^\[Errno 110\] no answer from 127\.0\.0\.1:{server.port} within 0\.2 s$"
+        ):
+            client.ping(timeout=0.2)
+    with scripted(echo()) as server, Client("127.0.0.1", server.port, timeout=5) as client:
+        assert 0 <= client.ping() <= 5  # a round trip, within the call's timeout
+
+
+def test_the_source_address_and_the_server_name_are_used() -> None:
+    peers: list[str] = []
+
+    def note_peer(server: Scripted, conn: socket.socket) -> None:
+        peers.append(conn.getpeername()[0])
+        echo()(server, conn)
+
+    with scripted(note_peer) as server:
+        with Client("127.0.0.1", server.port, source_address=("127.0.0.2", 0)) as client:
+            client.request(q())
+    assert peers == ["127.0.0.2"]
+
+    def refused_handshake(server: Scripted, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client refuses the certificate
+            tls().server().wrap_socket(conn, server_side=True)
+
+    with scripted(refused_handshake) as server:
+        client = Client(
+            "127.0.0.1", server.port, ssl_context=tls().client(), server_hostname="elsewhere.example"
+        )
+        with pytest.raises(OSError, match="not valid for this host name"):
+            client.connect()
 
 
 def test_a_send_s_connect_is_bounded_by_the_client_s_timeout() -> None:
@@ -447,9 +486,19 @@ def test_a_lost_request_is_not_sent_again_past_the_call_s_deadline() -> None:
     waits: list[float] = []
     with scripted(more=read(1, then=hang_up)) as server:
         client = Client("127.0.0.1", server.port, retry=counting_retry(100, waits))
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises((ConnectionClosed, TimeoutError)):  # lost, or out of time to try again
             client.request(q(), timeout=0.3, idempotent=True)
         assert 1 <= len(waits) <= 15  # about 40 ms apart for 0.3 s: not a hundred
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # refused: the retries use the deadline up
+        port = holder.getsockname()[1]
+        client = Client("127.0.0.1", port, retry=counting_retry(100, []))
+        with pytest.raises((ConnectionRefusedError, TimeoutError)) as info:
+            client.request(q(), timeout=0.2)
+        if isinstance(info.value, TimeoutError):
+            assert str(info.value) == (
+                f"[Errno 110] no connection to 127.0.0.1:{port} before the call's deadline"
+            )
 
 
 # -- timeouts and aborts -----------------------------------------------------------------
@@ -489,12 +538,20 @@ def test_receive_without_a_connection_says_so() -> None:
         client.receive()
 
 
-def test_a_big_batch_against_a_server_that_writes_as_it_reads() -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+def test_a_big_batch_against_a_server_that_writes_as_it_reads(secure: bool) -> None:
     # 32 MiB each way, more than the kernel buffers: a client that sent all
     # before reading would deadlock with this server, which blocks in its
     # writes when its answers are not read.
     many = [Message.from_bytes(bytes([i % 251]) * 65536) for i in range(512)]
-    with scripted(echo()) as server, Client("127.0.0.1", server.port, timeout=20) as client:
+    context = tls().server() if secure else None
+    options: dict[str, Any] = (
+        {"ssl_context": tls().client(), "server_hostname": "localhost"} if secure else {}
+    )
+    with (
+        scripted(echo(), context=context) as server,
+        Client("127.0.0.1", server.port, timeout=20, **options) as client,
+    ):
         answers = client.request_many(many)
         assert [a.content for a in answers] == [m.content for m in many]
 
@@ -588,6 +645,40 @@ def test_a_failed_heartbeat_closes_the_connection_and_says_so() -> None:
             "): connection closed"
         )
         assert client.request(q("next")).content == b"next"  # the next call opens a new one
+        client.close()
+
+
+def test_a_heartbeat_s_ping_has_the_client_s_timeout_or_at_least_a_second() -> None:
+    for timeout, named in [(0.3, "0.3"), (None, "1")]:
+        with heard(logging.INFO) as log, scripted(read(1)) as server:
+            client = Client("127.0.0.1", server.port, heartbeat=0.05, timeout=timeout).connect()
+            assert log.event.wait(10), "the heartbeat's failure was not logged within 10 s"
+            (line,) = log.lines
+            assert line == (
+                f"heartbeat to 127.0.0.1:{server.port} failed ([Errno 110] no answer from"
+                f" 127.0.0.1:{server.port} within {named} s): connection closed"
+            )
+            client.close()
+
+
+def test_a_connection_in_use_is_not_pinged_and_an_idle_one_is() -> None:
+    pinged = threading.Event()
+
+    def note_pings(server: Scripted, conn: socket.socket) -> None:
+        decoder = Decoder()
+        while data := conn.recv(65536):
+            for message in decoder.feed(data):
+                server.seen.append(message)
+                conn.sendall(message.encode())
+                if message.get(PING_KEY) is not None:
+                    pinged.set()
+
+    with scripted(note_pings) as server:
+        client = Client("127.0.0.1", server.port, heartbeat=1.0).connect()
+        for _ in range(30):  # a call every 50 ms for 1.5 s: never a second idle
+            client.request(q())
+            assert not pinged.wait(0.05), "a connection in use was pinged"
+        assert pinged.wait(10), "the connection, idle at last, was not pinged"
         client.close()
 
 
