@@ -716,3 +716,56 @@ def test_a_drain_deadline_is_kept_to_the_instant() -> None:
     assert queued.draining and not queued.finished
     sent_messages(queued)
     assert queued.finished
+
+
+def test_the_call_given_to_the_engine_answers_and_without_one_the_log_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    given = ServerConnection(ServerConfig(), now=0.0, call=lambda request: Message.from_bytes(b"given"))
+    given.receive(req(b"x"), 0.0)
+    assert [m.content for m in sent_messages(given)] == [b"given"]
+    with caplog.at_level("ERROR", logger="framewire.server"):
+        bare = ServerConnection(ServerConfig(), now=0.0)
+        bare.receive(req(b"x"), 0.0)
+    (record,) = caplog.records
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "this connection has no handler (ServerConnection.call)"
+
+
+def test_a_subclass_of_message_is_an_answer_like_any() -> None:
+    class Reply(Message):
+        pass
+
+    conn = engine()
+    feed(conn, req(b"x"), 0.0, lambda conn, request: Reply(b"sub", "binary/octet-stream", "binary"))
+    assert [m.content for m in sent_messages(conn)] == [b"sub"]
+
+
+def test_a_connection_waiting_on_its_handler_asks_only_to_read() -> None:
+    conn = engine()
+    later = Later()
+    feed(conn, req(b"x"), 0.0, later)
+    assert conn.interest() == READ  # nothing queued: no write interest to spin on
+
+
+def test_the_idle_clock_restarts_when_an_answer_is_given_or_a_timeout_sent() -> None:
+    conn = engine(idle_timeout=10)
+    later = Later()
+    feed(conn, req(b"x"), 0.0, later)
+    conn.fulfil(later.slots[0][0], Message.from_bytes(b"done"), 5.0)
+    sent_messages(conn, 5.0)
+    assert conn.deadline == 15.0
+    slow = engine(message_timeout=3, idle_timeout=10)
+    feed(slow, req(b"y")[:4], 0.0, echo_call)
+    slow.timer(3.0)
+    assert slow.deadline == 13.0
+    feed(slow, req(b"y")[4:] + req(b"z"), 3.5, echo_call)  # the rest, too late: not read
+    assert codes(sent_messages(slow, 3.5)) == ["timeout"]
+
+
+def test_a_response_shape_cached_by_one_connection_is_sent_right_by_another() -> None:
+    first, second = engine(), engine()
+    one, two = Message.from_bytes(b"ok"), Message.from_bytes(b"ok")
+    feed(first, req(b"a") + req(b"b"), 0.0, lambda conn, request: one if request.content == b"a" else two)
+    feed(second, req(b"c"), 0.0, lambda conn, request: two)
+    assert [m.content for m in sent_messages(first) + sent_messages(second)] == [b"ok"] * 3

@@ -66,3 +66,29 @@ def test_the_client_side_errors_say_what_happened() -> None:
     assert ConnectionClosed("gone").responses == []
     first = [Message.from_text("a")]
     assert ConnectionClosed("gone", responses=first).responses is first
+
+
+def test_an_infinite_deadline_or_a_boolean_id_is_no_deadline_and_no_id() -> None:
+    from framewire.core.probe import DEADLINE_KEY, ID_KEY, deadline_ms, request_id
+
+    assert deadline_ms({DEADLINE_KEY: float("inf")}) is None and deadline_ms({DEADLINE_KEY: 1e400}) is None
+    assert (
+        request_id({ID_KEY: True}) is None
+        and request_id({ID_KEY: 7}) == 7
+        and request_id({ID_KEY: "a"}) == "a"
+    )
+
+
+def test_an_unknown_code_is_kept_as_sent_whatever_its_shape() -> None:
+    from framewire.core.errors import Failure, ProtocolError, error_for_code
+
+    odd = error_for_code("Not A Code!", "what the server said")
+    assert type(odd) is ProtocolError and odd.code == "Not A Code!" and odd.message == "what the server said"
+    own = error_for_code("out-of-stock", "none left")
+    assert type(own) is Failure and own.code == "out-of-stock"
+
+
+def test_text_is_utf8_unless_told_otherwise() -> None:
+    from framewire import Message
+
+    assert Message.from_text("x").content_encoding == "utf-8"

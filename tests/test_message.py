@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from framewire import BadContent, BadEncoding, Message, ProtocolError
-from framewire.core.message import text_codec
+from framewire.core.message import UnencodableMessage, text_codec
 
 
 def test_from_json_fills_the_required_keys() -> None:
@@ -137,3 +137,89 @@ def test_extensions_are_read_only() -> None:
     message = Message.from_bytes(b"", extensions={"k": 1})
     with pytest.raises(TypeError):
         message.extensions["k"] = 2  # type: ignore[index]
+
+
+# -- what each refusal says, and the edges of the header -------------------------------------
+
+
+def test_a_message_built_from_any_bytes_like_holds_bytes() -> None:
+    for data in (bytearray(b"abc"), memoryview(b"abc")):
+        built = Message(data, "binary/octet-stream", "binary")  # type: ignore[arg-type]  # a caller's bytes-like
+        assert type(built.content) is bytes and built.content == b"abc"
+        plain = Message.from_bytes(data)  # type: ignore[arg-type]
+        assert type(plain.content) is bytes and plain.content_type == "binary/octet-stream"
+
+
+def test_the_constructors_say_what_is_wrong() -> None:
+    with pytest.raises(TypeError, match=r"^extension keys must be strings, not 1$"):
+        Message.from_bytes(b"", extensions={1: "x"})  # type: ignore[dict-item]  # what a caller may pass
+    with pytest.raises(
+        ValueError, match=r"^'content-length' is a required key, set from the arguments, not an extension$"
+    ):
+        Message.from_bytes(b"", extensions={"content-length": 3})
+    with pytest.raises(ValueError, match=r"^content_encoding must be a non-empty string, not ''$"):
+        Message(b"", "text/plain", "")
+    with pytest.raises(ValueError, match=r"^byteorder must be 'little' or 'big', not 'middle'$"):
+        Message(b"", "text/plain", "utf-8", byteorder="middle")
+
+
+def test_a_header_the_standard_library_writes_is_compact_utf8() -> None:
+    # A 70-bit integer is beyond orjson: the standard library writes the header.
+    message = Message.from_bytes(b"", extensions={"big": 2**70, "ring": "💍"})
+    header = message.encode()[2:]
+    assert b'"big":1180591620717411303424,"ring":"\xf0\x9f\x92\x8d"}' in header and b", " not in header
+    nan = r"^The header cannot be encoded as JSON: Out of range float values are not JSON compliant\.$"
+    with pytest.raises(UnencodableMessage, match=nan):
+        Message.from_bytes(b"", extensions={"big": 2**70, "nan": float("nan")}).encode()
+
+
+def test_a_header_of_exactly_65535_bytes_is_sent_and_one_more_is_not() -> None:
+    base = len(Message.from_bytes(b"", extensions={"pad": ""}).encode()) - 2
+    fits = Message.from_bytes(b"", extensions={"pad": "x" * (65535 - base)})
+    assert int.from_bytes(fits.encode()[:2], "big") == 65535
+    with pytest.raises(UnencodableMessage, match=r"^The header is 65536 bytes when encoded; the protocol"):
+        Message.from_bytes(b"", extensions={"pad": "x" * (65536 - base)}).encode()
+
+
+def test_text_refusals_name_the_encoding_cut_to_sixty_characters() -> None:
+    with pytest.raises(BadEncoding, match=r"^bad-encoding: 'base64' is not a text encoding\.$"):
+        Message(b"x", "text/plain", "base64").text()
+    with pytest.raises(BadEncoding) as info:
+        Message(b"x", "text/plain", "b" * 100).text()
+    assert str(info.value) == f"bad-encoding: {'b' * 60!r} is not a text encoding."
+    with pytest.raises(
+        BadContent, match=r"^bad-content: The content does not decode as utf-8: invalid start byte\.$"
+    ):
+        Message(b"\xff", "text/plain", "utf-8").text()
+    with pytest.raises(BadContent, match=r"^bad-content: The content is not valid JSON: .+\.$"):
+        Message.from_text("not json", content_type="text/json", encoding="latin-1").json()
+
+
+def test_a_deprecated_escape_decodes_without_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Message(b"\\d", "text/plain", "unicode-escape").text() == "\\d"
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("UTF 8", "utf_8"),
+        ("iso.8859.1", "latin_1"),
+        ("latin-1", "latin_1"),
+        ("u" * 64, None),
+        ("utf-8" + " " * 59, "utf_8"),  # 64 characters: the longest name read
+        ("utf-8" + " " * 60, None),
+    ],
+)
+def test_codec_names_are_read_as_python_reads_them(name: str, canonical: str | None) -> None:
+    from framewire.core.message import canonical_codec_name
+
+    assert canonical_codec_name(name) == canonical
+
+
+def test_the_repr_shows_forty_bytes_then_an_ellipsis() -> None:
+    assert repr(Message.from_bytes(b"x" * 40)) == f"<Message binary/octet-stream 40 bytes {b'x' * 40!r}>"
+    assert repr(Message.from_bytes(b"y" * 41)) == f"<Message binary/octet-stream 41 bytes {b'y' * 40!r}...>"
