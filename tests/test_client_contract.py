@@ -231,7 +231,8 @@ def test_the_answer_limits_hold_on_every_connection(limit: str) -> None:
         until_closed(server, conn)
 
     with scripted(too_big, too_big) as server:
-        client = Client("127.0.0.1", server.port, **{limit: 150})
+        options: dict[str, Any] = {limit: 150}
+        client = Client("127.0.0.1", server.port, **options)
         for _ in range(2):  # the first connection, then the one opened after the error closed it
             with pytest.raises(ProtocolError) as info:
                 client.request(q())
@@ -365,7 +366,7 @@ def test_answers_are_handed_out_in_the_order_they_came() -> None:
     ids=["connect_timeout", "timeout", "the call's", "connect_timeout in a call", "no client timeout"],
 )
 def test_a_connect_that_hangs_fails_at_the_timeout_that_applies(
-    options: dict[str, float | None], call_timeout: float | None, named: str
+    options: dict[str, Any], call_timeout: float | None, named: str
 ) -> None:
     with full_backlog() as port:
         client = Client("127.0.0.1", port, **options)

@@ -144,9 +144,9 @@ def test_extensions_are_read_only() -> None:
 
 def test_a_message_built_from_any_bytes_like_holds_bytes() -> None:
     for data in (bytearray(b"abc"), memoryview(b"abc")):
-        built = Message(data, "binary/octet-stream", "binary")  # type: ignore[arg-type]  # a caller's bytes-like
+        built = Message(data, "binary/octet-stream", "binary")  # a caller's bytes-like
         assert type(built.content) is bytes and built.content == b"abc"
-        plain = Message.from_bytes(data)  # type: ignore[arg-type]
+        plain = Message.from_bytes(data)
         assert type(plain.content) is bytes and plain.content_type == "binary/octet-stream"
 
 
