@@ -356,11 +356,6 @@ class ServerConnection:
 
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
-        if self.closing:
-            # A protocol error was answered (or the peer half-closed): the
-            # stream is over, and what follows is not read (one answer for
-            # one error, not one per read that a driver already had in hand).
-            return
         self.last_active = now
         if self.awaiting_proxy:
             rest = self._proxy_header(data)
