@@ -313,3 +313,13 @@ def test_the_header_cache_counts_what_each_entry_holds() -> None:
 def test_content_too_large_says_both_numbers() -> None:
     error = refused(raw(binary(10)), max_content_length=4)
     assert str(error) == "content-too-large: content-length is 10; this receiver's limit is 4 bytes."
+
+
+def test_messages_of_different_shapes_in_one_read_are_each_read_from_their_own_start() -> None:
+    shapes = [
+        Message.from_bytes(b"a"),
+        Message.from_json({"action": "search", "value": "ring"}),
+        Message.from_bytes(b"", extensions={"framewire-id": 7}),
+        Message.from_text("last"),
+    ]
+    assert Decoder().feed(b"".join(m.encode() for m in shapes)) == shapes
