@@ -223,3 +223,18 @@ def test_codec_names_are_read_as_python_reads_them(name: str, canonical: str | N
 def test_the_repr_shows_forty_bytes_then_an_ellipsis() -> None:
     assert repr(Message.from_bytes(b"x" * 40)) == f"<Message binary/octet-stream 40 bytes {b'x' * 40!r}>"
     assert repr(Message.from_bytes(b"y" * 41)) == f"<Message binary/octet-stream 41 bytes {b'y' * 40!r}...>"
+
+
+def test_the_remaining_refusals_say_what_is_wrong_cut_to_sixty_characters() -> None:
+    with pytest.raises(ValueError, match=r"^content_type must be a non-empty string, not ''$"):
+        Message(b"", "", "utf-8")
+    with pytest.raises(BadEncoding) as info:
+        Message(b"x", "text/plain", "q" * 100).check_encoding()
+    assert str(info.value) == f"bad-encoding: {'q' * 60!r} is not a text encoding."
+    padded = "utf-8" + " " * 59  # 64 characters that name UTF-8
+    with pytest.raises(BadContent) as undecodable:
+        Message(b"\xff", "text/plain", padded).text()
+    assert (
+        str(undecodable.value)
+        == f"bad-content: The content does not decode as {padded[:60]}: invalid start byte."
+    )
