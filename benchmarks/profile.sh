@@ -6,8 +6,8 @@
 #   benchmarks/profile.sh NAME LOADGEN-ARGS...     e.g.  mib -c 4 -d 2 -s 1048576
 #
 # Writes benchmarks/results/profile-NAME.txt (py-spy's raw stacks) and prints
-# the self and inclusive time per line of code. Needs py-spy (pip install
-# py-spy) and ptrace rights over the server (root, or kernel.yama.ptrace_scope 0).
+# the self and inclusive time per line of code. Needs py-spy (pip install -e
+# '.[profile]') and ptrace rights over the server (root, or kernel.yama.ptrace_scope 0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -16,7 +16,7 @@ name=${1:?usage: benchmarks/profile.sh NAME LOADGEN-ARGS...}
 shift
 spy=$(command -v py-spy || echo "$bin/py-spy")
 if [ ! -x "$spy" ]; then
-    echo "profile.sh: py-spy is not installed (pip install py-spy)" >&2
+    echo "profile.sh: py-spy is not installed (.venv/bin/pip install -e '.[profile]')" >&2
     exit 1
 fi
 loadgen=$("$bin/python" -c "import sys; sys.path.insert(0, '$here'); import compare; print(compare.build('loadgen') or '')")
