@@ -323,3 +323,16 @@ def test_messages_of_different_shapes_in_one_read_are_each_read_from_their_own_s
         Message.from_text("last"),
     ]
     assert Decoder().feed(b"".join(m.encode() for m in shapes)) == shapes
+
+
+def test_an_http_request_is_named_when_its_first_bytes_come_in_one_read() -> None:
+    with pytest.raises(BadHeader) as whole:
+        Decoder().feed(b"GET / HTTP/1.1\r\n")
+    assert str(whole.value).endswith(
+        "(These are the first bytes of an HTTP request: this is not an HTTP server.)"
+    )
+    split = Decoder()
+    assert split.feed(b"GE") == []
+    with pytest.raises(BadHeader) as cut:
+        split.feed(b"T / HTTP/1.1\r\n")  # the length's bytes came in the read before
+    assert str(cut.value) == "bad-header: The header must be a JSON object; it begins with byte 0x54."

@@ -356,7 +356,9 @@ class Decoder:
                             # Refused now rather than when the whole header
                             # is in: a TLS ClientHello on a plain port would
                             # otherwise wait for 5 KB that never come.
-                            raise BadHeader(_not_an_object(buf[pos], buf[pos - 2 : pos]))
+                            # The length's two bytes, when this read holds them (a slice from
+                            # a negative start would wrap around to the end of the buffer).
+                            raise BadHeader(_not_an_object(buf[pos], buf[pos - 2 : pos] if pos >= 2 else b""))
                         need = size
                         break
                     raw = buf[pos : pos + size]
