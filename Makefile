@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire test-deploy docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy test-compiled compiled pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -70,6 +70,30 @@ test-deploy: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 	FRAMEWIRE_REQUIRE_HAPROXY=1 $(BIN)/pytest -m deploy tests/test_deploy.py
 
+# The hot path compiled with mypyc (docs/performance.md): the decoder and
+# the connection engine. `make compiled` builds them beside their sources,
+# where Python imports them first; `make pure` goes back to pure Python.
+# `framewire --version` says which is running.
+COMPILED := framewire/core/decoder.py framewire/server/engine.py
+compiled: $(STAMP)
+	cd src && ../$(BIN)/mypyc $(COMPILED) >/dev/null
+	$(BIN)/framewire --version
+
+pure:
+	rm -rf src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
+	$(BIN)/framewire --version
+
+# The whole suite against the compiled build, in a copy of the tree (the
+# working tree stays pure).
+test-compiled: $(STAMP)
+	rm -rf build/compiled && mkdir -p build/compiled
+	tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./mutants --exclude=./site -cf - . \
+	  | tar -xf - -C build/compiled
+	cd build/compiled/src && $(CURDIR)/$(BIN)/mypyc $(COMPILED) >/dev/null
+	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/python -m framewire --version \
+	  | grep -q "compiled with mypyc: decoder, engine" || { echo "the compiled build did not load"; exit 1; }
+	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/pytest -q
+
 DOCS_STAMP := $(VENV)/.installed-docs
 $(DOCS_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
@@ -117,4 +141,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants build src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so

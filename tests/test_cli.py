@@ -61,9 +61,12 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert "Example" in result.stdout and f"framewire {command}" in result.stdout
 
 
-def test_version() -> None:
+def test_version_names_the_build() -> None:
+    from framewire._build import build_name
+
     result = run_cli("--version")
-    assert result.returncode == 0 and __version__ in result.stdout
+    assert result.returncode == 0 and result.stdout == f"framewire {__version__} ({build_name()})\n"
+    assert build_name() == "pure Python" or build_name().startswith("compiled with mypyc: decoder")
 
 
 def test_demo_round_trips() -> None:

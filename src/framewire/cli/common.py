@@ -290,12 +290,29 @@ log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
-    help="info: a line per connection; debug: a line per message.",
+    help="info: a summary line every --log-summary seconds; debug: a line per connection and per message.",
 )
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from framewire._build import build_name  # only for --version
+
+    click.echo(f"framewire {__version__} ({build_name()})")
+    ctx.exit()
+
+
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="framewire")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and the build (pure Python or compiled), and exit.",
+)
 def main() -> None:
     """framewire: speak the framed JSON-header message protocol over TCP.
 

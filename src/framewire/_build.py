@@ -1,0 +1,29 @@
+"""Which build of framewire is running: pure Python, or with its hot path
+compiled by mypyc (``make compiled``; docs/performance.md)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+
+#: The modules ``make compiled`` compiles: the decoder and the connection engine.
+COMPILED_MODULES = ("framewire.core.decoder", "framewire.server.engine")
+
+
+def compiled_modules() -> list[str]:
+    """The modules of :data:`COMPILED_MODULES` loaded from a compiled extension."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found = []
+    for name in COMPILED_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None and spec.origin.endswith(suffixes):
+            found.append(name)
+    return found
+
+
+def build_name() -> str:
+    """``pure Python``, or ``compiled with mypyc: ...`` naming the compiled modules."""
+    found = compiled_modules()
+    if not found:
+        return "pure Python"
+    return "compiled with mypyc: " + ", ".join(name.rsplit(".", 1)[1] for name in found)
