@@ -302,7 +302,7 @@ def run_all(
 
 def targets_section() -> list[str]:
     """The speed targets, from the last run of benchmarks/targets.py."""
-    from targets import RESULTS, last_stored, markdown  # noqa: PLC0415
+    from stored import RESULTS, last_stored, markdown  # noqa: PLC0415
 
     result = last_stored()
     if result is None:

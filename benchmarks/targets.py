@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compare import PY, ROOT, build, c_server, machine, pinned, servers, serving
+from stored import FRAMEWIRE, RESULTS, last_stored
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-FRAMEWIRE = "framewire"
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,6 @@ def measure(seconds: float, pairs: int) -> dict[str, object]:
     }
 
 
-def last_stored() -> dict[str, object] | None:
-    stored = sorted(RESULTS.glob("targets-*.json"))
-    return json.loads(stored[-1].read_text()) if stored else None
-
-
 def changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
     """framewire's figure and its ratios now against the last stored run."""
     lines = [f"change against the run of {before['date']}:"]
@@ -135,26 +129,6 @@ def changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
             if peer in old["ratios"]
         )
         lines.append(f"  {name:38} {(now / was - 1) * 100:+6.1f}% ({ratio_changes})")
-    return lines
-
-
-def markdown(result: dict[str, object]) -> list[str]:
-    rows = result["targets"]
-    assert isinstance(rows, dict)
-    lines = [
-        "| scenario | framewire | peer in the same run | ratio | target | met |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        unit = row["unit"]
-        for peer, ratio in row["ratios"].items():
-            goal = row["goals"][peer]
-            met = ("yes" if ratio >= goal else "**no**") if goal else "-"
-            wanted = f">= {goal:g}x" if goal else "reported"
-            ours, theirs = row["medians"][FRAMEWIRE], row["medians"][peer]
-            cells = [name, f"{ours:,.0f} {unit}", f"{peer} {theirs:,.0f} {unit}"]
-            cells += [f"{ratio:.2f}x", wanted, met]
-            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
