@@ -75,12 +75,14 @@ test-deploy: $(STAMP)
 # where Python imports them first; `make pure` goes back to pure Python.
 # `framewire --version` says which is running.
 COMPILED := framewire/core/decoder.py framewire/server/engine.py
+# What `make compiled` leaves in src/ (removed by `make pure` and `make clean`).
+COMPILED_OUTPUT := src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
 compiled: $(STAMP)
 	cd src && ../$(BIN)/mypyc $(COMPILED) >/dev/null
 	$(BIN)/framewire --version
 
 pure:
-	rm -rf src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
+	rm -rf $(COMPILED_OUTPUT)
 	$(BIN)/framewire --version
 
 # The whole suite against the compiled build, in a copy of the tree (the
@@ -141,4 +143,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants build src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants build $(COMPILED_OUTPUT)

@@ -444,7 +444,7 @@ class AioServer:
             self._loop.time(),
             connections=self.connections_total,
             open_now=len(engines),
-            requests=self._requests_closed + sum(e.requests for e in engines),
+            requests=self.requests_total,
             errors=self._errors_closed + sum(e.errors for e in engines),
             last=last,
         )

@@ -270,7 +270,7 @@ class Server:
             now,
             connections=self._connections_total,
             open_now=len(conns) + len(self._handshakes),
-            requests=self._requests_closed + sum(c.engine.requests for c in conns),
+            requests=self.requests_total,
             errors=self._errors_closed + sum(c.engine.errors for c in conns),
             last=last,
         )
