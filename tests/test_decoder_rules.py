@@ -336,3 +336,73 @@ def test_an_http_request_is_named_when_its_first_bytes_come_in_one_read() -> Non
     with pytest.raises(BadHeader) as cut:
         split.feed(b"T / HTTP/1.1\r\n")  # the length's bytes came in the read before
     assert str(cut.value) == "bad-header: The header must be a JSON object; it begins with byte 0x54."
+
+
+# -- reading a large content in place -------------------------------------------------------
+
+
+def test_a_large_content_is_read_into_its_own_buffer_which_becomes_the_content() -> None:
+    content = bytes(range(256)) * 4
+    wire = encode(Message.from_bytes(content))
+    head = len(wire) - len(content)
+    decoder = Decoder()
+    assert decoder.direct_buffer(0, 1 << 20) is None  # between messages: nothing to read in place
+    assert decoder.feed(wire[: head + 100]) == []
+    assert decoder.direct_buffer(1000, 1 << 20) is None  # 924 bytes to come: below the minimum
+    assert decoder.direct_buffer(100, 1023) is None  # the whole content is over the caller's bound
+    view = decoder.direct_buffer(924, 1024)
+    assert view is not None and len(view) == 924 and not view.readonly
+    assert decoder.direct_size == 1024 and decoder.buffered == 100 and decoder.in_message
+    view[:500] = content[100:600]
+    assert decoder.filled(500) == []
+    again = decoder.direct_buffer(0, 0)  # the buffer in use, whatever the arguments
+    assert again is not None and len(again) == 424
+    again[:] = content[600:]
+    (message,) = decoder.filled(424)
+    assert type(message._content) is bytearray  # handed over, not copied
+    assert repr(message).startswith("<Message binary/octet-stream 1024 bytes b'\\x00\\x01")
+    assert message == Message.from_bytes(content) and hash(message) == hash(Message.from_bytes(content))
+    assert type(message.content) is bytes and message.content == content
+    assert message.encode() == wire
+    assert decoder.direct_size == 0 and decoder.buffered == 0 and not decoder.in_message
+    assert decoder.messages_decoded == 1
+
+
+def test_bytes_fed_while_a_buffer_is_in_use_complete_it_and_the_rest_is_decoded() -> None:
+    first, second = Message.from_bytes(b"a" * 300), Message.from_bytes(b"b" * 10)
+    wire = encode_many([first, second]) + raw(binary(2), b"x")[:1] + b"\x00"  # then a bad length
+    decoder = Decoder()
+    start = len(encode(first)) - 250  # 50 bytes into the first content
+    decoder.feed(wire[:start])
+    assert decoder.direct_buffer(1, 1000) is not None
+    assert decoder.feed(wire[start:]) == [first, second]  # the messages before the error first
+    assert isinstance(decoder.error, BadHeaderLength)
+    with pytest.raises(BadHeaderLength):
+        decoder.feed(b"more")
+
+
+def test_filled_is_checked_and_zero_is_the_end_of_the_stream() -> None:
+    decoder = Decoder()
+    with pytest.raises(RuntimeError, match="without a direct_buffer"):
+        decoder.filled(1)
+    decoder.feed(raw(binary(100), b"12345"))
+    view = decoder.direct_buffer(10, 100)
+    assert view is not None and len(view) == 95
+    with pytest.raises(ValueError, match="the buffer has 95 bytes left"):
+        decoder.filled(96)
+    with pytest.raises(ValueError):
+        decoder.filled(-1)
+    with pytest.raises(IncompleteMessage, match="5 bytes of it had arrived"):
+        decoder.filled(0)
+    assert decoder.direct_size == 0  # failed: the buffer is dropped
+    with pytest.raises(IncompleteMessage):
+        decoder.filled(1)
+    assert decoder.direct_buffer(0, 100) is None
+
+
+def test_a_decoder_failed_from_outside_drops_its_buffer() -> None:
+    decoder = Decoder()
+    decoder.feed(raw(binary(1000)))
+    assert decoder.direct_buffer(1, 1000) is not None
+    decoder.fail(IncompleteMessage("gone"))
+    assert decoder.direct_size == 0 and decoder.direct_buffer(1, 1000) is None

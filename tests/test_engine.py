@@ -19,6 +19,7 @@ from framewire.server.engine import (
     LATER,
     READ,
     WRITE,
+    ContentBudget,
     FlowControl,
     ServerConnection,
     Slot,
@@ -769,3 +770,63 @@ def test_a_response_shape_cached_by_one_connection_is_sent_right_by_another() ->
     feed(first, req(b"a") + req(b"b"), 0.0, lambda conn, request: one if request.content == b"a" else two)
     feed(second, req(b"c"), 0.0, lambda conn, request: two)
     assert [m.content for m in sent_messages(first) + sent_messages(second)] == [b"ok"] * 3
+
+
+# -- large contents read in place ---------------------------------------------------
+
+
+def into(conn: ServerConnection, data: bytes, now: float) -> None:
+    """``data`` read into the buffer the engine offers, as a driver would."""
+    view = conn.read_buffer()
+    assert view is not None and len(view) >= len(data)
+    view[: len(data)] = data
+    conn.call = functools.partial(echo_call, conn)
+    conn.received_into(len(data), now)
+
+
+def test_large_contents_share_the_server_s_budget_and_give_it_back() -> None:
+    config = ServerConfig(large_content=100, large_content_memory=2000)
+    budget = ContentBudget(config.large_content_memory)
+    first = ServerConnection(config, 0.0, "first", budget=budget)
+    second = ServerConnection(config, 0.0, "second", budget=budget)
+    big, other = req(b"b" * 1500), req(b"o" * 1000)
+    start = len(big) - 1500 + 10
+    feed(first, big[:start], 0.0, echo_call)
+    assert first.read_buffer() is not None and budget.available == 500
+    feed(second, other[:start], 0.0, echo_call)
+    assert second.read_buffer() is None  # no room: read in chunks, answered all the same
+    feed(second, other[start:], 0.0, echo_call)
+    assert [m.content for m in sent_messages(second)] == [b"o" * 1000]
+    into(first, big[start:-100], 1.0)
+    assert budget.available == 500 and not first.out
+    into(first, big[-100:], 2.0)
+    assert budget.available == 2000
+    assert [m.content for m in sent_messages(first)] == [b"b" * 1500]
+    feed(first, req(b"s" * 99)[:-50], 3.0, echo_call)
+    assert first.read_buffer() is None  # 50 bytes to come: under large_content
+
+
+@pytest.mark.parametrize("how", ["timeout", "lost", "half-close"])
+def test_a_content_that_never_ends_gives_its_memory_back(how: str) -> None:
+    config = ServerConfig(large_content=100, message_timeout=5)
+    budget = ContentBudget(10_000)
+    conn = ServerConnection(config, 0.0, "test", budget=budget)
+    feed(conn, req(b"x" * 5000)[:-4000], 0.0, echo_call)
+    into(conn, b"x" * 1000, 1.0)
+    assert budget.available == 5000
+    if how == "timeout":
+        conn.timer(5.0)
+        assert codes(sent_messages(conn)) == ["timeout"]
+    elif how == "lost":
+        conn.connection_lost()
+        assert conn.finished
+    else:
+        conn.received_into(0, 2.0)
+        assert codes(sent_messages(conn)) == ["incomplete-message"] and conn.finished
+    assert budget.available == 10_000 and conn.read_buffer() is None
+
+
+def test_large_content_0_reads_every_content_in_chunks() -> None:
+    conn = engine(large_content=0)
+    feed(conn, req(b"x" * 500_000)[:-400_000], 0.0, echo_call)
+    assert conn.read_buffer() is None

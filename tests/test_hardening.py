@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import resource
 import select
 import signal
@@ -20,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import connect, engines, read_messages, read_until_closed, running, shut_write
-from framewire import Decoder, Message, encode, encode_many
+from conftest import TRANSPORT, connect, engines, read_messages, read_until_closed, running, shut_write, tls
+from framewire import Client, Decoder, Message, encode, encode_many
+from framewire.core import limits
 from framewire.server import Server
 from framewire.server.app import echo, search_app
 
@@ -435,3 +437,30 @@ def test_a_stuck_handler_cannot_keep_the_server_running(spawn: Any, tmp_path: Pa
     assert code == 0, err
     assert "stopping now: the handler for a request from 127.0.0.1" in err
     assert took < (3.0 if how == "grace-ends" else 2.0), took
+
+
+def content_reader(request: Message) -> Message:
+    """An application that reads the content it is given (as bytes)."""
+    return Message.from_bytes(request.content[::-1])
+
+
+@pytest.mark.parametrize("memory", [limits.LARGE_CONTENT_MEMORY, 300_000], ids=["default", "tight"])
+@pytest.mark.parametrize("handler", [echo, content_reader], ids=["passed-on", "read"])
+def test_large_contents_read_in_place_come_back_whole(handler: Any, memory: int) -> None:
+    # Large and small contents back to back, so that contents end in the
+    # middle of reads and of TLS records (the last, small request shares the
+    # record that ends the content before it, and nothing comes after it);
+    # with a tight budget, the 1 MB content does not fit and is read in
+    # chunks, beside ones that do.
+    rng = random.Random(7)
+    sizes = [200_000, 10, 1_000_000, 131_072, 131_071, 500_000, 3]
+    requests = [Message.from_bytes(rng.randbytes(n)) for n in sizes]
+    with running(handler, large_content_memory=memory) as server:
+        # framewire's client writes and reads the batch on one thread (a
+        # Python TLS socket cannot be read and written from two at once).
+        context = tls().client() if TRANSPORT[0] == "tls" else None
+        with Client("127.0.0.1", server.port, ssl_context=context, timeout=10) as client:
+            result = client.request_many(requests)
+        want = [r.content if handler is echo else r.content[::-1] for r in requests]
+        assert [m.content for m in result] == want
+        wait_until(lambda: server._budget.available == memory)  # every buffer given back

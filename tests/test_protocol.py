@@ -367,6 +367,42 @@ def test_round_trip_split_at_random_points(sent: list[Message], data: st.DataObj
     check_same(decoded, sent)
 
 
+def read_in_place(decoder: Decoder, piece: bytes, min_size: int, max_size: int, use: bool) -> list[Message]:
+    """``piece`` given to ``decoder`` as a driver reading in place would:
+    into the buffer :meth:`Decoder.direct_buffer` offers while it offers one
+    (and ``use`` says to take it), the rest fed as usual."""
+    out: list[Message] = []
+    while piece:
+        view = decoder.direct_buffer(min_size, max_size) if use else None
+        if view is None:
+            return out + decoder.feed(piece)
+        count = min(len(view), len(piece))
+        view[:count] = piece[:count]
+        out += decoder.filled(count)
+        piece = piece[count:]
+    return out
+
+
+@settings(max_examples=300)
+@given(messages, st.data())
+def test_reading_contents_in_place_gives_the_same_messages_under_every_split(
+    sent: list[Message], data: st.DataObject
+) -> None:
+    wire = encode_many(sent)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=20)))
+    min_size = data.draw(st.integers(0, 64))
+    max_size = data.draw(st.sampled_from([0, 100, 1 << 20]))
+    decoder = Decoder()
+    decoded: list[Message] = []
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        decoded += read_in_place(decoder, wire[a:b], min_size, max_size, data.draw(st.booleans()))
+    decoder.feed(b"")
+    check_same(decoded, sent)
+    assert decoder.direct_size == 0 and decoder.buffered == 0
+    for message in decoded:
+        assert type(message.content) is bytes  # whatever buffer it was read into
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=400), st.data())
 def test_random_bytes_never_escape_the_error_hierarchy(junk: bytes, data: st.DataObject) -> None:

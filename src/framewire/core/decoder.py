@@ -202,6 +202,7 @@ class Decoder:
 
     __slots__ = (
         "_cache",
+        "_direct",
         "_error",
         "_header",
         "_header_size",
@@ -239,6 +240,9 @@ class Decoder:
         self._need = 2  # pragma: no mutate  # (set before it is read)
         self._header_size = 0  # pragma: no mutate  # (set before it is read)
         self._header: _Header | None = None
+        # The buffer a large content is being read into (see direct_buffer):
+        # it becomes the message's content, so the content is never joined.
+        self._direct: bytearray | None = None
         #: How many messages this decoder has returned.
         self.messages_decoded = 0
 
@@ -274,6 +278,8 @@ class Decoder:
             return self._end()
         if self._state is State.CLOSED:
             raise RuntimeError("feed() after the end of the stream")
+        if self._direct is not None:
+            return self._feed_direct(data)
         if type(data) is not bytes:  # pragma: no mutate  # (a copy of bytes is the same bytes)
             data = bytes(data)
         if not self._pending and self._state is _LENGTH:  # pragma: no mutate
@@ -402,6 +408,94 @@ class Decoder:
         self.messages_decoded += len(out)
         return out
 
+    # -- reading a large content in place --------------------------------------
+
+    @property
+    def direct_size(self) -> int:
+        """The size of the buffer :meth:`direct_buffer` is filling (0: none)."""
+        return 0 if self._direct is None else len(self._direct)
+
+    def direct_buffer(self, min_size: int, max_size: int) -> memoryview | None:
+        """Where the rest of a large content can be read to, with no copy.
+
+        When the decoder is in the middle of a content of which at least
+        ``min_size`` bytes are still to come, and the whole content is at
+        most ``max_size`` bytes, it returns a writable view of the rest of a
+        buffer the size of the content (made at the first call, with the
+        content bytes already in it): an I/O layer reads into it
+        (``recv_into``) and calls :meth:`filled` with the count. Otherwise
+        None: read as usual and :meth:`feed` the bytes.
+
+        ``max_size`` is the caller's bound on the memory a peer can make it
+        set aside by announcing a large content without sending it.
+        """
+        direct = self._direct
+        if direct is not None:
+            return memoryview(direct)[self._pending_size :]
+        if self._state is not _CONTENT or self._error is not None:
+            return None
+        header = self._header
+        assert header is not None
+        size = header.content_length
+        if size - self._pending_size < min_size or size > max_size:
+            return None
+        direct = self._direct = bytearray(size)
+        taken = 0
+        for chunk in self._pending:
+            direct[taken : taken + len(chunk)] = chunk
+            taken += len(chunk)
+        self._pending = []  # pragma: no mutate  # (not read while the direct buffer is in use)
+        return memoryview(direct)[taken:]
+
+    def filled(self, count: int) -> list[Message]:
+        """``count`` bytes were written at the start of the last view
+        :meth:`direct_buffer` returned (0: the stream ended); returns the
+        message they complete, if they do."""
+        if self._error is not None:
+            raise self._error
+        direct = self._direct
+        if direct is None:
+            raise RuntimeError("filled() without a direct_buffer() in use")
+        if count == 0:
+            return self._end()
+        filled = self._pending_size + count
+        if not 0 < count <= len(direct) - self._pending_size:
+            raise ValueError(f"filled({count}): the buffer has {len(direct) - self._pending_size} bytes left")
+        self._pending_size = filled
+        if filled < len(direct):
+            return []
+        return [self._finish_direct()]
+
+    def _finish_direct(self) -> Message:
+        header = self._header
+        assert header is not None and self._direct is not None
+        message = _wire_message(header, self._direct)
+        self._direct = None
+        self._pending_size = 0
+        self._state = _LENGTH
+        self.messages_decoded += 1
+        return message
+
+    def _feed_direct(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        # Bytes fed while a direct buffer is in use (a driver that read them
+        # some other way): copied into it, and what follows decoded as usual.
+        direct = self._direct
+        assert direct is not None
+        start = self._pending_size
+        take = min(len(data), len(direct) - start)
+        direct[start : start + take] = data[:take]
+        self._pending_size = start + take
+        if self._pending_size < len(direct):
+            return []
+        message = self._finish_direct()
+        if take == len(data):
+            return [message]
+        try:
+            rest = self.feed(data[take:])
+        except ProtocolError:
+            return [message]  # the error is set: the caller answers the message first
+        return [message, *rest]
+
     def feed_checked(
         self, data: bytes | bytearray | memoryview
     ) -> tuple[list[Message], ProtocolError | None]:
@@ -423,6 +517,7 @@ class Decoder:
         self._state = State.FAILED
         self._pending = []  # pragma: no mutate  # (never read once failed)
         self._pending_size = 0
+        self._direct = None
 
     def _end(self) -> list[Message]:
         if self.in_message:
@@ -446,7 +541,7 @@ def _cost(raw: bytes, header: _Header) -> int:
     return cost
 
 
-def _wire_message(header: _Header, content: bytes) -> Message:
+def _wire_message(header: _Header, content: bytes | bytearray) -> Message:
     # The decoder's constructor: the header is already validated and shared.
     # (The per-message loop in feed() does the same inline, to save the call.)
     message = _new_message(Message)
@@ -484,7 +579,7 @@ def encode_many(messages: Iterable[Message]) -> bytes:
     (a local memo: the core keeps no state between calls), so a batch of
     like messages costs one JSON dump, not one each.
     """
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     append = parts.append
     memo: dict[tuple[str, str, str, int], bytes] = {}
     for message in messages:

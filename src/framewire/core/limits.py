@@ -66,6 +66,19 @@ RESPONSE_CACHE_BYTES = 1024 * 1024
 #: 64-byte message).
 RECV_SIZE = 64 * 1024
 
+#: Contents of at least this many bytes are read in place: into one buffer
+#: the size of the content, made when the rest of it is read, which becomes
+#: the request's content with no copy (smaller ones are read in RECV_SIZE
+#: chunks, and a content of several chunks is joined). 0: never.
+LARGE_CONTENT = 128 * 1024
+
+#: Bytes a server sets aside at once, across its connections, for large
+#: contents being read in place. The buffer is made before the bytes come,
+#: so this bounds what peers announcing large contents without sending them
+#: can make the server hold; past it, contents are read in chunks (the
+#: memory then grows only with bytes that actually arrive).
+LARGE_CONTENT_MEMORY = 64 * 1024 * 1024
+
 #: Requests waiting for (or running in) a handler on the thread pool or the
 #: event loop, across the server; beyond it a request is answered with
 #: ``server-busy`` at once and its connection stays open.

@@ -225,7 +225,11 @@ class Message:
     __slots__ = ("_content", "_header")
 
     _header: _Header
-    _content: bytes
+    # bytes, or the bytearray a large content was read into in place
+    # (Decoder.direct_buffer): it is never written again once it is a
+    # message's, and becomes bytes the first time ``content`` is asked for,
+    # so a message passed on unread (an echo, a proxy) costs no copy.
+    _content: bytes | bytearray
 
     def __init__(
         self,
@@ -309,7 +313,11 @@ class Message:
     @property
     def content(self) -> bytes:
         """The content bytes."""
-        return self._content
+        content = self._content
+        if type(content) is bytes:
+            return content
+        data = self._content = bytes(content)
+        return data
 
     @property
     def content_type(self) -> str:
@@ -410,7 +418,8 @@ class Message:
         does, and :class:`BadContent` for invalid JSON, ``NaN``/``Infinity``
         or nesting deeper than the parser allows.
         """
-        data: bytes | str = self._content if self._header.content_encoding in _UTF8_NAMES else self.text()
+        utf8 = self._header.content_encoding in _UTF8_NAMES
+        data: bytes | bytearray | str = self._content if utf8 else self.text()
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -435,7 +444,7 @@ class Message:
 
     def wire_parts(self) -> tuple[bytes, bytes]:
         """The length-and-header bytes and the content, for scatter-gather sends."""
-        return self._header.encoded(), self._content
+        return self._header.encoded(), self.content
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -445,10 +454,10 @@ class Message:
         )
 
     def __hash__(self) -> int:
-        return hash((self._content, self._header.content_type, self._header.content_length))
+        return hash((self.content, self._header.content_type, self._header.content_length))
 
     def __repr__(self) -> str:
-        preview = self._content[:40]
+        preview = bytes(self._content[:40])
         more = "..." if len(self._content) > 40 else ""
         return f"<Message {self._header.content_type} {self.content_length} bytes {preview!r}{more}>"
 

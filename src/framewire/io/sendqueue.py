@@ -28,7 +28,7 @@ class SendQueue:
     __slots__ = ("marks", "parts", "queued", "sent", "size")
 
     def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = []
+        self.parts: list[bytes | bytearray | memoryview] = []
         #: Bytes waiting.
         self.size = 0
         #: Bytes ever queued and ever sent: a response whose mark (its last
@@ -45,7 +45,7 @@ class SendQueue:
         """Responses queued and not wholly sent."""
         return len(self.marks)
 
-    def append(self, head: bytes, content: bytes) -> None:
+    def append(self, head: bytes, content: bytes | bytearray) -> None:
         """Queue one response (its header bytes and its content)."""
         self.parts.append(head)
         self.parts.append(content)

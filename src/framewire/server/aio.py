@@ -50,6 +50,7 @@ from framewire.server.engine import (
     CLOSE,
     PROXY_AND_TLS,
     READ,
+    ContentBudget,
     ResponseCache,
     ServerConnection,
     Slot,
@@ -131,6 +132,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._reading = True
         self._writing = True
         self._tls = False
+        self._direct = False  # the last get_buffer() gave a large content's own buffer
 
     # -- the transport's events ------------------------------------------------
 
@@ -152,7 +154,12 @@ class _Connection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)
         now = server._loop.time()
         engine = ServerConnection(
-            server.config, now, self.peer, headers=server._headers, responses=server._responses
+            server.config,
+            now,
+            self.peer,
+            headers=server._headers,
+            responses=server._responses,
+            budget=server._budget,
         )
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:  # the loop did the handshake before calling us
@@ -174,21 +181,36 @@ class _Connection(asyncio.BufferedProtocol):
             engine.drain(self.server._loop.time())
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.server._buffer
+        # The rest of a large content is read into its own buffer; anything
+        # else into the server's one read buffer, and copied out.
+        view = self.engine.read_buffer() if self.engine is not None else None
+        self._direct = view is not None
+        return view if view is not None else self.server._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server._buffer[:nbytes].tobytes())
+        if self._direct:
+            self._direct = False
+            self._received(nbytes, None)
+        else:
+            self._received(nbytes, self.server._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
+        self._received(len(data), data)
+
+    def _received(self, count: int, data: bytes | None) -> None:
+        # ``count`` bytes came, in ``data`` or (None) in the large content's buffer.
         engine = self.engine
         if engine is None:
             return
         if self.server.metrics is not None:
-            self.server.metrics.bytes_received.inc(len(data))
+            self.server.metrics.bytes_received.inc(count)
         try:
             self.server._in_handler = self  # named by a forced stop, should the handler hang
             try:
-                engine.receive(data, self.server._loop.time())
+                if data is None:
+                    engine.received_into(count, self.server._loop.time())
+                else:
+                    engine.receive(data, self.server._loop.time())
             finally:
                 self.server._in_handler = None
             started = engine.message_started
@@ -337,6 +359,7 @@ class AioServer:
         # Every read lands here first (see _Connection).
         self._buffer = memoryview(bytearray(limits.RECV_SIZE))
         self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
+        self._budget = ContentBudget(config.large_content_memory)
         self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
         self._dispatcher = _LoopDispatcher(
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued

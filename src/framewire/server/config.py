@@ -44,6 +44,16 @@ class ServerConfig:
         limits.MAX_HEADER_SIZE, "Largest JSON header, bytes.", minimum=2, maximum=65535
     )
     max_content_length: int = _setting(limits.MAX_CONTENT_LENGTH, "Largest content, bytes.")
+    large_content: int = _setting(
+        limits.LARGE_CONTENT,
+        "Contents of at least this many bytes are read straight into a buffer of their size, "
+        "never copied (0: off).",
+    )
+    large_content_memory: int = _setting(
+        limits.LARGE_CONTENT_MEMORY,
+        "Bytes set aside at once, server-wide, for large contents being read in place; past it "
+        "they are read in chunks.",
+    )
     message_timeout: float = _setting(
         limits.MESSAGE_TIMEOUT, "Seconds from a message's first byte to its last.", above_minimum=True
     )

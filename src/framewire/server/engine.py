@@ -33,8 +33,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
-from framewire.core.decoder import Decoder, HeaderCache
-from framewire.core.errors import DeadlineExceeded, HandlerError, MessageTimeout, ProtocolError, ServerBusy
+from framewire.core.decoder import Decoder, HeaderCache, State
+from framewire.core.errors import (
+    DeadlineExceeded,
+    HandlerError,
+    IncompleteMessage,
+    MessageTimeout,
+    ProtocolError,
+    ServerBusy,
+)
 from framewire.core.message import Message, _Header
 from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
@@ -84,7 +91,7 @@ class Slot:
 
     def __init__(self) -> None:
         self.head = b""
-        self.content = b""
+        self.content: bytes | bytearray = b""
         self.ready = False
         #: The request's framewire-id, copied onto the answer.
         self.ident: str | int | None = None
@@ -116,6 +123,26 @@ Call = Callable[[Message], object]
 #: (:attr:`ServerConnection.adopt`): an awaitable is run elsewhere and
 #: becomes :data:`LATER`; anything else is returned as it is.
 Adopt = Callable[["ServerConnection", Message, object], object]
+
+
+_CONTENT: Final = State.CONTENT
+
+
+class ContentBudget:
+    """The memory a server sets aside for large contents read in place,
+    shared by its connections (see :meth:`ServerConnection.read_buffer`).
+
+    A buffer the size of the content is made as soon as the rest of a large
+    content is read, before its bytes come; without a bound shared by all
+    connections, peers announcing large contents and sending nothing more
+    could make the server set aside ``max_content_length`` bytes each.
+    """
+
+    __slots__ = ("available",)
+
+    def __init__(self, size: int) -> None:
+        #: Bytes not set aside now.
+        self.available = size
 
 
 class FlowControl:
@@ -184,8 +211,10 @@ class ServerConnection:
     """The sans-I/O state of one server connection (see the module's text)."""
 
     __slots__ = (
+        "_budget",
         "_config",
         "_drain_at",
+        "_held",
         "_peer",
         "_proxy_bytes",
         "_responses",
@@ -221,9 +250,13 @@ class ServerConnection:
         adopt: Adopt | None = None,
         headers: HeaderCache | None = None,
         responses: ResponseCache | None = None,
+        budget: ContentBudget | None = None,
         handshaking: bool = False,
     ) -> None:
         self._config = config
+        # Shared by a server's connections; alone, an engine has one of its own.
+        self._budget = budget if budget is not None else ContentBudget(config.large_content_memory)
+        self._held = 0  # bytes of the budget this connection's decoder holds
         #: Answers a request (the handler itself when it runs inline).
         self.call: Call = call if call is not None else _no_handler
         #: Takes a result that is not a Message (e.g. runs an awaitable).
@@ -362,8 +395,48 @@ class ServerConnection:
             if rest is None:
                 return
             data = rest
+        requests, error = self.decoder.feed_checked(data)
+        self._decoded(requests, error, not data, now)
+
+    def read_buffer(self) -> memoryview | None:
+        """Where the driver may read the next bytes in place (``recv_into``):
+        the rest of a large content's own buffer, which becomes the
+        request's content with no copy. None: read as usual and pass the
+        bytes to :meth:`receive`. After a read into it, call :meth:`received_into`.
+
+        Only contents of at least ``large_content`` bytes are read so, and
+        only while the server's ``large_content_memory`` has room for the
+        whole content: a peer that announces a large content and sends no
+        more holds that memory until its message deadline.
+        """
+        if self._held:
+            return self.decoder.direct_buffer(0, self._held)
+        minimum = self._config.large_content
+        if not minimum or self.decoder.state is not _CONTENT:
+            return None
+        view = self.decoder.direct_buffer(minimum, self._budget.available)
+        if view is not None:
+            self._held = self.decoder.direct_size
+            self._budget.available -= self._held
+        return view
+
+    def received_into(self, count: int, now: float) -> None:
+        """``count`` bytes were read into the view :meth:`read_buffer` gave
+        (0: the peer half-closed): answer the request they complete."""
+        self.last_active = now
+        error: ProtocolError | None
+        try:
+            requests = self.decoder.filled(count)
+        except ProtocolError as exc:
+            requests, error = [], exc
+        else:
+            error = self.decoder.error
+        self._decoded(requests, error, not count, now)
+
+    def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:
         decoder = self.decoder
-        requests, error = decoder.feed_checked(data)
+        if self._held and not decoder.direct_size:
+            self._release()  # the content is complete, or the decoder failed
         if requests:
             self._answer(requests)
             if self._drain_at is not None:
@@ -374,7 +447,7 @@ class ServerConnection:
             self._owe(*Message.for_error(error).wire_parts())
             self.closing = True
             self.message_started = None
-        elif not data:
+        elif ended:
             self.closing = True  # every answer still goes out, then close
         elif decoder.in_message:
             # A new message began in this read (or the first one did): its
@@ -383,6 +456,12 @@ class ServerConnection:
                 self.message_started = now
         else:
             self.message_started = None
+
+    def _release(self) -> None:
+        # The large content's buffer is the request's now, or dropped: the
+        # server's budget gets its size back.
+        self._budget.available += self._held
+        self._held = 0
 
     def secured(self, now: float, version: str | None, certificate: object = None) -> None:
         """The TLS handshake is done: ``version`` agreed, and the subject of
@@ -495,6 +574,8 @@ class ServerConnection:
                 log.info("connection from %s: %s", self.peer, error)
                 self.count_error(error.code)
                 self.decoder.fail(error)
+                if self._held:
+                    self._release()
                 self.message_started = None
                 self._owe(*Message.for_error(error).wire_parts())
                 self.closing = True
@@ -526,6 +607,11 @@ class ServerConnection:
         under way for the peer is cancelled, and late answers are dropped."""
         self.lost = True
         self.out.clear()
+        if self._held:
+            # (Failing the decoder drops its buffer now, not when the
+            # connection's objects are collected.)
+            self.decoder.fail(IncompleteMessage("The connection was lost in the middle of a content."))
+            self._release()
         for slot in self._waiting:
             if slot.cancel is not None:
                 slot.cancel()
@@ -589,7 +675,7 @@ class ServerConnection:
         out.queued = queued
         self.requests += len(requests)
 
-    def _owe(self, head: bytes, content: bytes) -> None:
+    def _owe(self, head: bytes, content: bytes | bytearray) -> None:
         # An answer of the server's own (an error), after everything owed.
         if self._waiting:
             slot = Slot()
@@ -598,7 +684,7 @@ class ServerConnection:
         else:
             self.out.append(head, content)
 
-    def _failed(self, exc: BaseException) -> tuple[bytes, bytes]:
+    def _failed(self, exc: BaseException) -> tuple[bytes, bytes | bytearray]:
         if isinstance(exc, ProtocolError):
             # bad-content and the like, raised while reading the request
             # (Message.json()); a framing code cannot come from a handler.
@@ -614,12 +700,12 @@ class ServerConnection:
         if self.metrics is not None:
             self.metrics.error(code)
 
-    def _handler_failed(self, what: str, exc: BaseException | None = None) -> tuple[bytes, bytes]:
+    def _handler_failed(self, what: str, exc: BaseException | None = None) -> tuple[bytes, bytes | bytearray]:
         log.error("handler %s on a request from %s", what, self.peer, exc_info=exc)
         self.count_error(HandlerError.code)
         return Message.for_error(HandlerError(f"The application's handler {what}.")).wire_parts()
 
-    def _wire(self, response: object) -> tuple[bytes, bytes]:
+    def _wire(self, response: object) -> tuple[bytes, bytes | bytearray]:
         """The bytes of a valid message for ``response``, an error response at worst."""
         if response.__class__ is not Message and not isinstance(response, Message):
             return self._handler_failed(f"returned {type(response).__name__}, not a Message")

@@ -56,6 +56,7 @@ from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import (
     PROXY_AND_TLS,
+    ContentBudget,
     ResponseCache,
     ServerConnection,
     accepted_peer,
@@ -189,6 +190,7 @@ class Server:
         # Shared by the connections' engines: parsed headers by their bytes,
         # encoded response headers by their fields.
         self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
+        self._budget = ContentBudget(self.config.large_content_memory)
         self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
         self._stop_requested = False
         self._force_stop = False
@@ -504,6 +506,7 @@ class Server:
                 peer,
                 headers=self._headers,
                 responses=self._responses,
+                budget=self._budget,
                 handshaking=tls is not None,
             )
             self._dispatcher.bind(engine)
@@ -598,19 +601,29 @@ class Server:
         if conn.tls:
             self._on_readable_tls(conn, now)
             return
+        engine = conn.engine
+        # The rest of a large content is read into its own buffer (as much
+        # as the kernel holds, in one call); anything else in chunks.
+        view = engine.read_buffer()
         try:
-            data = conn.sock.recv(limits.RECV_SIZE)
+            if view is None:
+                data = conn.sock.recv(limits.RECV_SIZE)
+                count = len(data)
+            else:
+                count = conn.sock.recv_into(view)
         except _WOULD_BLOCK:
             return
         except OSError as exc:
             self._lost(conn, exc)
             return
-        engine = conn.engine
         if self.metrics is not None:
-            self.metrics.bytes_received.inc(len(data))
+            self.metrics.bytes_received.inc(count)
         self._in_handler = conn  # named by a forced stop, should the handler hang
         try:
-            engine.receive(data, now)
+            if view is None:
+                engine.receive(data, now)
+            else:
+                engine.received_into(count, now)
         finally:
             self._in_handler = None
         self._received(conn, now)
@@ -628,18 +641,30 @@ class Server:
         self._in_handler = conn  # named by a forced stop, should the handler hang
         try:
             while True:
+                view = engine.read_buffer()
+                # A read that completes a large content's buffer may stop
+                # inside a record: the rest stays in OpenSSL, where no
+                # readiness event announces it, and the loop goes on to it.
+                asked = _TLS_RECORD if view is None else min(len(view), _TLS_RECORD)
                 try:
-                    data = sock.recv(_TLS_RECORD)
+                    if view is None:
+                        data = sock.recv(asked)
+                        count = len(data)
+                    else:
+                        count = sock.recv_into(view, asked)
                 except _WOULD_BLOCK:
                     break
                 except OSError as exc:
                     self._lost(conn, exc)
                     return
-                engine.receive(data, now)
-                budget -= len(data)
+                if view is None:
+                    engine.receive(data, now)
+                else:
+                    engine.received_into(count, now)
+                budget -= count
                 if self.metrics is not None:
-                    self.metrics.bytes_received.inc(len(data))
-                if len(data) < _TLS_RECORD or engine.closing or engine.out.size > high_water:
+                    self.metrics.bytes_received.inc(count)
+                if count < asked or engine.closing or engine.out.size > high_water:
                     # Less than a full record: a small exchange, most likely
                     # all there is (another read would only raise want-read;
                     # if more came, the poller says so).
