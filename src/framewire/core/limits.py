@@ -84,6 +84,12 @@ LARGE_CONTENT_MEMORY = 64 * 1024 * 1024
 #: ``server-busy`` at once and its connection stays open.
 MAX_QUEUED = 1024
 
+#: Microseconds the server's loop may keep polling for work before it
+#: sleeps, adapted to the traffic (io.poller.BusyPoll): it polls only while
+#: work keeps coming within this long of the loop going idle, so sparse
+#: traffic costs no polling. 0: never.
+BUSY_POLL = 100
+
 #: Sync handlers run inline, on the server's own thread, by default (the
 #: fastest); a positive number runs them on a pool of that many threads.
 THREADS = 0

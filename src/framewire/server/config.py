@@ -79,6 +79,11 @@ class ServerConfig:
         "Seconds between INFO summaries of connections, requests and errors (0: off); each "
         "connection's own lines are at DEBUG.",
     )
+    busy_poll: int = _setting(
+        limits.BUSY_POLL,
+        "Microseconds the loop may keep polling before it sleeps, while work comes that soon; a "
+        "request/response exchange then skips the wake-up (0: off; the epoll loop only).",
+    )
     threads: int = _setting(
         limits.THREADS,
         "Run handlers on a pool of N threads (0: inline, the fastest; async handlers always run on an "

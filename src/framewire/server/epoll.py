@@ -49,6 +49,7 @@ from framewire.io.netio import (
     tls_problem,
     unix_path,
 )
+from framewire.io.poller import BusyPoll, poll_busily
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.timers import TimerWheel
 from framewire.io.tls import peer_certificate, send_parts
@@ -391,6 +392,7 @@ class Server:
         turns_draining = 0
         now = time.monotonic()
         summary = self._summary = Summary(self.config.log_summary, now)
+        polling = BusyPoll(self.config.busy_poll / 1e6) if self.config.busy_poll else None
         while True:
             if draining_since is not None:
                 left = max(0.0, draining_since + grace - now)
@@ -403,7 +405,10 @@ class Server:
             pause = acceptor.wait(now)
             if pause is not None:
                 timeout = pause if timeout is None else min(timeout, pause)
-            events = wait(timeout)
+            if polling is None or timeout == 0:
+                events = wait(timeout)
+            else:
+                events = poll_busily(wait, timeout, polling, time.monotonic)
             now = time.monotonic()
             for fd, mask in events:
                 conn = conns.get(fd)
