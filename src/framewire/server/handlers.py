@@ -70,6 +70,18 @@ async def _within(awaitable: Awaitable[Any], deadline: float) -> Any:
         raise
 
 
+#: Seconds a stopping server waits for the handlers' event loop to stop.
+_LOOP_STOP_WAIT = 1.0
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    # The handlers' event loop, on a thread of its own; closed when stopped.
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 def _deadline(request: Message) -> float | None:
     # framewire-deadline (milliseconds left when sent) as a monotonic time,
     # counted from now: the request has just been read.
@@ -106,6 +118,7 @@ class Dispatcher:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()  # workers may need the loop at once
         #: The server's Metrics, when they are on.
         self.metrics: Any = None
@@ -175,8 +188,14 @@ class Dispatcher:
         for _ in self._workers:
             self._jobs.put(None)
         with self._loop_lock:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+            loop, thread = self._loop, self._loop_thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            # The loop closes itself once stopped (see _event_loop); waited
+            # for, briefly, so that it is not left to the interpreter's exit,
+            # where closing it fails on a half torn-down selector. A handler
+            # stuck in a blocking call keeps it running: then it is abandoned.
+            thread.join(_LOOP_STOP_WAIT)
 
     # -- work that answers later ---------------------------------------------------
 
@@ -228,10 +247,10 @@ class Dispatcher:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="framewire-handlers-loop", daemon=True
+                    target=_run_until_stopped, args=(loop,), name="framewire-handlers-loop", daemon=True
                 )
                 thread.start()
-                self._loop = loop
+                self._loop, self._loop_thread = loop, thread
             return self._loop
 
     def _add_worker(self) -> None:
