@@ -4,6 +4,7 @@ sockets and no sleeps. Time is whatever ``now`` the test says it is."""
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import struct
 from typing import Any
@@ -830,3 +831,21 @@ def test_large_content_0_reads_every_content_in_chunks() -> None:
     conn = engine(large_content=0)
     feed(conn, req(b"x" * 500_000)[:-400_000], 0.0, echo_call)
     assert conn.read_buffer() is None
+
+
+def test_a_lost_connection_is_logged_at_info_only_when_the_loss_cost_something(caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="framewire")
+    clean = engine()
+    feed(clean, req(b"done"), 0.0, echo_call)
+    sent_messages(clean)
+    owing, partial = engine(), engine()
+    feed(owing, req(b"a") + req(b"b"), 0.0, echo_call)
+    feed(partial, req(b"abc")[:-1], 0.0, echo_call)
+    for conn in (clean, owing, partial):
+        conn.log_lost("Connection reset by peer")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if "lost" in r.getMessage()]
+    assert lines == [
+        (logging.DEBUG, "connection from test lost: Connection reset by peer"),
+        (logging.INFO, "connection from test lost: Connection reset by peer (2 answers not sent)"),
+        (logging.INFO, "connection from test lost: Connection reset by peer (a message half received)"),
+    ]

@@ -258,8 +258,7 @@ class _Connection(asyncio.BufferedProtocol):
         if server.metrics is not None:
             server.metrics.closed(engine)
         if exc is not None:
-            level = logging.DEBUG if engine.quiet else logging.INFO  # health checks end with resets
-            log.log(level, "connection from %s lost: %s", engine.peer, exc)
+            engine.log_lost(exc)
         engine.connection_lost()
         server._requests_closed += engine.requests
         server._errors_closed += engine.errors

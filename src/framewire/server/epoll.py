@@ -786,8 +786,7 @@ class Server:
             self._close(conn)
 
     def _lost(self, conn: _Socket, exc: OSError) -> None:
-        level = logging.DEBUG if conn.engine.quiet else logging.INFO  # health checks end with resets
-        log.log(level, "connection from %s lost: %s", conn.engine.peer, exc.strerror or exc)
+        conn.engine.log_lost(exc.strerror or exc)
         self._close(conn)
 
     def _close(self, conn: _Socket) -> None:
