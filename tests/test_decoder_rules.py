@@ -383,7 +383,7 @@ def test_bytes_fed_while_a_buffer_is_in_use_complete_it_and_the_rest_is_decoded(
 
 def test_filled_is_checked_and_zero_is_the_end_of_the_stream() -> None:
     decoder = Decoder()
-    with pytest.raises(RuntimeError, match="without a direct_buffer"):
+    with pytest.raises(RuntimeError, match=r"^filled\(\) without a direct_buffer\(\) in use$"):
         decoder.filled(1)
     decoder.feed(raw(binary(100), b"12345"))
     view = decoder.direct_buffer(10, 100)
@@ -406,3 +406,22 @@ def test_a_decoder_failed_from_outside_drops_its_buffer() -> None:
     assert decoder.direct_buffer(1, 1000) is not None
     decoder.fail(IncompleteMessage("gone"))
     assert decoder.direct_size == 0 and decoder.direct_buffer(1, 1000) is None
+
+
+def test_contents_read_in_place_one_after_another_from_chunks_already_in() -> None:
+    first, second = Message.from_bytes(b"1234567890" * 30), Message.from_bytes(b"abcdefghij" * 20)
+    decoder = Decoder()
+    for message in (first, second):
+        wire = encode(message)
+        head = len(wire) - message.content_length
+        decoder.feed(wire[: head + 7])  # two pieces of the content already in,
+        decoder.feed(wire[head + 7 : head + 20])  # kept as they came
+        view = decoder.direct_buffer(1, 1000)
+        assert view is not None and len(view) == message.content_length - 20
+        view[:1] = wire[head + 20 : head + 21]
+        assert decoder.filled(1) == []  # a single byte counts
+        rest = decoder.direct_buffer(1, 1000)
+        assert rest is not None
+        rest[:] = wire[head + 21 :]
+        assert decoder.filled(len(rest)) == [message]
+    assert decoder.messages_decoded == 2

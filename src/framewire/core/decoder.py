@@ -456,20 +456,20 @@ class Decoder:
         direct = self._direct
         if direct is None:
             raise RuntimeError("filled() without a direct_buffer() in use")
+        left = len(direct) - self._pending_size
+        if not 0 <= count <= left:
+            raise ValueError(f"filled({count}): the buffer has {left} bytes left")
         if count == 0:
             return self._end()
-        filled = self._pending_size + count
-        if not 0 < count <= len(direct) - self._pending_size:
-            raise ValueError(f"filled({count}): the buffer has {len(direct) - self._pending_size} bytes left")
-        self._pending_size = filled
-        if filled < len(direct):
+        self._pending_size += count
+        if count < left:
             return []
-        return [self._finish_direct()]
+        return [self._finish_direct(direct)]
 
-    def _finish_direct(self) -> Message:
+    def _finish_direct(self, direct: bytearray) -> Message:
         header = self._header
-        assert header is not None and self._direct is not None
-        message = _wire_message(header, self._direct)
+        assert header is not None
+        message = _wire_message(header, direct)
         self._direct = None
         self._pending_size = 0
         self._state = _LENGTH
@@ -487,7 +487,7 @@ class Decoder:
         self._pending_size = start + take
         if self._pending_size < len(direct):
             return []
-        message = self._finish_direct()
+        message = self._finish_direct(direct)
         if take == len(data):
             return [message]
         try:
