@@ -114,9 +114,16 @@ $(MUTATE_STAMP): pyproject.toml | $(STAMP)
 # Mutation testing (mutmut, configured in pyproject.toml): the core, the
 # connection engine and the clients against their tests, then the score per
 # module. Long (tens of minutes); see docs/mutation.md.
+# Each mutant's tests run with at most MUTATE_MEMORY KiB of address space: a
+# mutant that allocates without end (decoder feed's pos += 2 -> pos = 2
+# decodes the same bytes for ever) then meets MemoryError in about a minute
+# and is killed by its test, instead of growing to the machine's memory
+# (19 GiB in 4 minutes) until the OOM killer ends it and mutmut counts it
+# as a survivor.
+MUTATE_MEMORY := 4194304
 mutate: $(MUTATE_STAMP)
 	rm -rf mutants
-	$(BIN)/mutmut run
+	ulimit -v $(MUTATE_MEMORY) && $(BIN)/mutmut run
 	$(BIN)/python dev/mutation_summary.py --floor 90
 
 # The short version CI runs: the decoder's mutants against the decoder's
@@ -124,7 +131,7 @@ mutate: $(MUTATE_STAMP)
 SMOKE_TESTS := test_protocol.py,test_message.py,test_decoder_rules.py,test_vectors.py,test_documented.py
 mutate-smoke: $(MUTATE_STAMP)
 	rm -rf mutants
-	FRAMEWIRE_ONLY_TESTS=$(SMOKE_TESTS) $(BIN)/mutmut run "framewire.core.decoder*"
+	ulimit -v $(MUTATE_MEMORY) && FRAMEWIRE_ONLY_TESTS=$(SMOKE_TESTS) $(BIN)/mutmut run "framewire.core.decoder*"
 	$(BIN)/python dev/mutation_summary.py "framewire.core.decoder*" --floor 90
 
 # 60 s of a few hundred pipelining connections, every answer checked, RSS drift printed.
