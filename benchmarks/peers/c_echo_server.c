@@ -89,7 +89,6 @@ int main(int argc, char **argv) {
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
     struct epoll_event events[512];
-    char *buf = malloc(READ_SIZE);
     for (;;) {
         int n = epoll_wait(ep, events, 512, -1);
         for (int i = 0; i < n; i++) {
@@ -114,15 +113,24 @@ int main(int argc, char **argv) {
                 }
                 continue;
             }
-            ssize_t got = recv(c->fd, buf, READ_SIZE, 0);
-            if (got <= 0) {
-                if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-                close_conn(ep, c);
-                continue;
+            /* Straight into the connection's buffer (at least READ_SIZE free,
+               and all the room it has: a large message comes in few calls),
+               until a read comes back short. */
+            ssize_t got;
+            int gone = 0;
+            for (;;) {
+                grow(&c->in, &c->in_cap, c->in_len + READ_SIZE);
+                size_t room = c->in_cap - c->in_len;
+                got = recv(c->fd, c->in + c->in_len, room, 0);
+                if (got > 0) {
+                    c->in_len += (size_t)got;
+                    if ((size_t)got < room) break;
+                    continue;
+                }
+                if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) gone = 1;
+                break;
             }
-            grow(&c->in, &c->in_cap, c->in_len + (size_t)got);
-            memcpy(c->in + c->in_len, buf, (size_t)got);
-            c->in_len += (size_t)got;
+            if (gone) { close_conn(ep, c); continue; }
             size_t pos = 0;
             int bad = 0;
             while (c->in_len - pos >= 2) {
