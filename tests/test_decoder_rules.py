@@ -425,3 +425,10 @@ def test_contents_read_in_place_one_after_another_from_chunks_already_in() -> No
         rest[:] = wire[head + 21 :]
         assert decoder.filled(len(rest)) == [message]
     assert decoder.messages_decoded == 2
+
+
+def test_a_message_made_of_a_bytearray_keeps_its_own_copy() -> None:
+    data = bytearray(b"before")
+    made, binary_ = Message(data, "binary/x", "binary"), Message.from_bytes(data)
+    data[:] = b"AFTER!"
+    assert made.content == b"before" and binary_.content == b"before"

@@ -802,9 +802,21 @@ def test_large_contents_share_the_server_s_budget_and_give_it_back() -> None:
     assert budget.available == 500 and not first.out
     into(first, big[-100:], 2.0)
     assert budget.available == 2000
+    assert first.last_active == 2.0 and not first.closing
     assert [m.content for m in sent_messages(first)] == [b"b" * 1500]
-    feed(first, req(b"s" * 99)[:-50], 3.0, echo_call)
+    feed(first, big[:start], 3.0, echo_call)  # the next large content: in place again
+    assert first.read_buffer() is not None and budget.available == 500
+    into(first, big[start:], 4.0)
+    assert budget.available == 2000 and [m.content for m in sent_messages(first)] == [b"b" * 1500]
+    feed(first, req(b"s" * 99)[:-50], 5.0, echo_call)
     assert first.read_buffer() is None  # 50 bytes to come: under large_content
+
+
+def test_an_engine_made_alone_has_a_budget_of_its_own() -> None:
+    conn = engine(large_content=100, large_content_memory=3000)
+    feed(conn, req(b"x" * 2000)[:-1500], 0.0, echo_call)
+    assert conn.read_buffer() is not None
+    assert conn._budget.available == 1000
 
 
 @pytest.mark.parametrize("how", ["timeout", "lost", "half-close"])
@@ -838,14 +850,23 @@ def test_a_lost_connection_is_logged_at_info_only_when_the_loss_cost_something(c
     clean = engine()
     feed(clean, req(b"done"), 0.0, echo_call)
     sent_messages(clean)
-    owing, partial = engine(), engine()
+    owing, one, partial, both = engine(), engine(), engine(), engine()
     feed(owing, req(b"a") + req(b"b"), 0.0, echo_call)
+    feed(one, req(b"a"), 0.0, echo_call)
     feed(partial, req(b"abc")[:-1], 0.0, echo_call)
-    for conn in (clean, owing, partial):
+    feed(both, req(b"a") + req(b"abc")[:-1], 0.0, echo_call)
+    for conn in (clean, owing, one, partial, both):
         conn.log_lost("Connection reset by peer")
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if "lost" in r.getMessage()]
+    lost = "connection from test lost: Connection reset by peer"
     assert lines == [
-        (logging.DEBUG, "connection from test lost: Connection reset by peer"),
-        (logging.INFO, "connection from test lost: Connection reset by peer (2 answers not sent)"),
-        (logging.INFO, "connection from test lost: Connection reset by peer (a message half received)"),
+        (logging.DEBUG, lost),
+        (logging.INFO, f"{lost} (2 answers not sent)"),
+        (logging.INFO, f"{lost} (1 answer not sent)"),
+        (logging.INFO, f"{lost} (a message half received)"),
+        (logging.INFO, f"{lost} (1 answer not sent, a message half received)"),
     ]
+
+
+def test_later_names_itself() -> None:
+    assert repr(LATER) == "LATER"  # what a log line or a debugger shows of a deferred answer

@@ -424,13 +424,11 @@ class ServerConnection:
         """``count`` bytes were read into the view :meth:`read_buffer` gave
         (0: the peer half-closed): answer the request they complete."""
         self.last_active = now
-        error: ProtocolError | None
+        error: ProtocolError | None = None  # (filled() raises its errors, never sets them)
         try:
             requests = self.decoder.filled(count)
         except ProtocolError as exc:
             requests, error = [], exc
-        else:
-            error = self.decoder.error
         self._decoded(requests, error, not count, now)
 
     def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:
