@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
-from framewire.core.decoder import Decoder, HeaderCache, State
+from framewire.core.decoder import Decoder, HeaderCache
 from framewire.core.errors import (
     DeadlineExceeded,
     HandlerError,
@@ -123,9 +123,6 @@ Call = Callable[[Message], object]
 #: (:attr:`ServerConnection.adopt`): an awaitable is run elsewhere and
 #: becomes :data:`LATER`; anything else is returned as it is.
 Adopt = Callable[["ServerConnection", Message, object], object]
-
-
-_CONTENT: Final = State.CONTENT
 
 
 class ContentBudget:
@@ -412,7 +409,7 @@ class ServerConnection:
         if self._held:
             return self.decoder.direct_buffer(0, self._held)
         minimum = self._config.large_content
-        if not minimum or self.decoder.state is not _CONTENT:
+        if not minimum:
             return None
         view = self.decoder.direct_buffer(minimum, self._budget.available)
         if view is not None:
@@ -433,8 +430,8 @@ class ServerConnection:
 
     def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:
         decoder = self.decoder
-        if self._held and not decoder.direct_size:
-            self._release()  # the content is complete, or the decoder failed
+        if self._held:  # (tested here: no call per read on the usual path)
+            self._release()
         if requests:
             self._answer(requests)
             if self._drain_at is not None:
@@ -456,10 +453,11 @@ class ServerConnection:
             self.message_started = None
 
     def _release(self) -> None:
-        # The large content's buffer is the request's now, or dropped: the
-        # server's budget gets its size back.
-        self._budget.available += self._held
-        self._held = 0
+        # Once the decoder no longer holds the large content's buffer (it is
+        # the request's now, or dropped), the server's budget gets its size back.
+        if self._held and not self.decoder.direct_size:
+            self._budget.available += self._held
+            self._held = 0
 
     def secured(self, now: float, version: str | None, certificate: object = None) -> None:
         """The TLS handshake is done: ``version`` agreed, and the subject of
@@ -572,8 +570,7 @@ class ServerConnection:
                 log.info("connection from %s: %s", self.peer, error)
                 self.count_error(error.code)
                 self.decoder.fail(error)
-                if self._held:
-                    self._release()
+                self._release()
                 self.message_started = None
                 self._owe(*Message.for_error(error).wire_parts())
                 self.closing = True
