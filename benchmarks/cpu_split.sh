@@ -19,28 +19,11 @@ if ! command -v perf >/dev/null; then
     echo "cpu_split.sh: perf is not installed (linux-tools)" >&2
     exit 1
 fi
-loadgen=$("$bin/python" -c "import sys; sys.path.insert(0, '$here'); import compare; print(compare.build('loadgen') or '')")
-if [ -z "$loadgen" ]; then
-    echo "cpu_split.sh: cannot build benchmarks/peers/loadgen.c (is gcc installed?)" >&2
-    exit 1
-fi
-port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data=$(mktemp)
-# shellcheck disable=SC2086  # SERVER_ARGS is a list of options
-taskset -c 0 "$bin/framewire" serve --app echo --port "$port" ${SERVER_ARGS:-} > /dev/null 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$data"' EXIT
-"$bin/python" -c "
-import socket, sys, time
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(('127.0.0.1', $port), timeout=1).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.05)  # the server is starting
-sys.exit('cpu_split.sh: the server did not listen within 10 s')
-"
+on_exit='rm -f "$data"'
+script=cpu_split.sh
+# shellcheck source=benchmarks/pinned_server.sh
+. "$here/pinned_server.sh"
 taskset -c 1 "$loadgen" -p "$port" -t 6 "$@" &
 load=$!
 sleep 2  # past the connections' start

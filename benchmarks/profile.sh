@@ -19,27 +19,10 @@ if [ ! -x "$spy" ]; then
     echo "profile.sh: py-spy is not installed (.venv/bin/pip install -e '.[profile]')" >&2
     exit 1
 fi
-loadgen=$("$bin/python" -c "import sys; sys.path.insert(0, '$here'); import compare; print(compare.build('loadgen') or '')")
-if [ -z "$loadgen" ]; then
-    echo "profile.sh: cannot build benchmarks/peers/loadgen.c (is gcc installed?)" >&2
-    exit 1
-fi
-port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+script=profile.sh
+# shellcheck source=benchmarks/pinned_server.sh
+. "$here/pinned_server.sh"
 out=$here/results/profile-$name.txt
-taskset -c 0 "$bin/framewire" serve --app echo --port "$port" > /dev/null 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-"$bin/python" -c "
-import socket, sys, time
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(('127.0.0.1', $port), timeout=1).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.05)  # the server is starting
-sys.exit('profile.sh: the server did not listen within 10 s')
-"
 taskset -c 1 "$loadgen" -p "$port" -t 12 "$@" > "$here/results/profile-$name.json" &
 load=$!
 sleep 2  # past the connections' start
