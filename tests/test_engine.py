@@ -17,7 +17,9 @@ from framewire.core.probe import PING_KEY
 from framewire.io.netio import unix_peer
 from framewire.server.config import ServerConfig
 from framewire.server.engine import (
+    CLOSE,
     LATER,
+    LINGER,
     READ,
     WRITE,
     ContentBudget,
@@ -115,6 +117,84 @@ def test_a_framing_error_is_answered_after_the_answers_owed() -> None:
     assert conn.closing and not conn.out
     conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 0.1)
     assert codes(sent_messages(conn)) == [None, "bad-header-length"]
+    assert conn.interest() == LINGER  # then the lingering close (below)
+
+
+# -- the lingering close after an error answer ----------------------------------------------
+
+BAD_HEADER = struct.pack(">H", 1) + b"{"
+
+
+def errored(**settings: Any) -> ServerConnection:
+    """An engine that answered a framing error, its answer sent."""
+    conn = engine(**settings)
+    feed(conn, BAD_HEADER, 0.0, echo_call)
+    assert codes(sent_messages(conn)) == ["bad-header-length"]
+    return conn
+
+
+def test_an_error_answer_is_followed_by_a_half_close_and_reading_until_the_peer_closes() -> None:
+    conn = errored()
+    assert conn.interest() == LINGER and not conn.finished
+    conn.linger(1.0)
+    assert conn.interest() == READ and conn.deadline == 1.0 + ServerConfig().linger_time
+    feed(conn, req(b"more") * 100, 1.5, echo_call)
+    assert not conn.out and conn.interest() == READ  # dropped: no second answer
+    feed(conn, b"", 1.6, echo_call)
+    assert conn.interest() == CLOSE and conn.finished
+
+
+def test_the_lingering_close_ends_at_its_time() -> None:
+    conn = errored(linger_time=2.0, idle_timeout=1.0)
+    conn.linger(10.0)
+    assert conn.deadline == 12.0  # not the idle timeout: reading is all it does
+    conn.timer(11.9)
+    assert conn.interest() == READ
+    conn.timer(12.0)
+    assert conn.finished and not conn.lost
+
+
+def test_the_lingering_close_ends_after_its_bytes_counted_from_the_error(caplog: Any) -> None:
+    conn = engine(linger_bytes=100)
+    feed(conn, BAD_HEADER + b"x" * 40, 0.0, echo_call)  # the error's own read: not counted
+    feed(conn, b"x" * 30, 0.0, echo_call)  # before the answer is sent: counted
+    assert codes(sent_messages(conn)) == ["bad-header-length"]
+    conn.linger(0.0)
+    feed(conn, b"x" * 69, 0.1, echo_call)
+    assert conn.interest() == READ
+    with caplog.at_level(logging.INFO, logger="framewire.server"):
+        feed(conn, b"x", 0.2, echo_call)
+    assert conn.finished
+    assert caplog.messages == ["connection from test: over 100 bytes sent after its error answer: closing"]
+
+
+def test_a_message_deadline_answer_lingers_too() -> None:
+    conn = engine(message_timeout=5)
+    feed(conn, req(b"abc")[:-1], 0.0, echo_call)
+    conn.timer(5.0)
+    assert codes(sent_messages(conn)) == ["timeout"]
+    assert conn.interest() == LINGER
+
+
+@pytest.mark.parametrize(
+    ("settings", "data"),
+    [
+        pytest.param({"linger_time": 0}, BAD_HEADER, id="turned-off"),
+        pytest.param({}, req(b"abc")[:-1], id="incomplete-at-the-peer-s-end"),
+    ],
+)
+def test_no_lingering_when_off_or_when_the_peer_has_closed_its_side(settings: Any, data: bytes) -> None:
+    conn = engine(**settings)
+    feed(conn, data, 0.0, echo_call)
+    feed(conn, b"", 0.0, echo_call)
+    assert len(sent_messages(conn)) == 1
+    assert conn.interest() == CLOSE
+
+
+def test_a_lost_connection_does_not_linger() -> None:
+    conn = errored()
+    conn.linger(0.0)
+    conn.connection_lost()
     assert conn.finished
 
 

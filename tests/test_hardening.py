@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import resource
@@ -135,6 +136,40 @@ def test_content_too_large_is_answered_before_any_content(strict_server: Server)
         (response,) = read_messages(sock, 1)
         assert error_code(response) == "content-too-large"
         assert sock.recv(1) == b""
+
+
+# More than the kernel's buffers hold on loopback: the sender blocks until
+# the server reads it, so a server that closed with it unread would reset.
+STILL_SENDING = b"x" * (600 * 1024)
+
+
+def test_a_peer_still_sending_after_a_framing_error_gets_the_answer_then_the_end(
+    strict_server: Server,
+) -> None:
+    with connect(strict_server.port) as sock:
+        sock.sendall(struct.pack(">H", 0) + STILL_SENDING)  # refused from its first two bytes
+        received = read_until_closed(sock)
+    (response,) = Decoder().feed(received)
+    assert error_code(response) == "bad-header-length"
+    still_serves(strict_server)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "more"),
+    [
+        pytest.param({"linger_bytes": 4096, "linger_time": 60.0}, STILL_SENDING, id="bytes"),
+        pytest.param({"linger_time": 0.2}, b"", id="time"),
+    ],
+)
+def test_the_lingering_close_is_bounded(bounds: dict[str, Any], more: bytes) -> None:
+    with running(echo, **bounds) as server, connect(server.port) as sock:
+        sock.sendall(struct.pack(">H", 0))
+        (response,) = read_messages(sock, 1)
+        assert error_code(response) == "bad-header-length"
+        assert sock.recv(1) == b""  # the server's end of its stream, after the answer
+        with contextlib.suppress(OSError):  # a reset, once the server has had enough
+            sock.sendall(more)
+        wait_until(lambda: server.connections == 0)  # closed while this peer stays
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,17 @@ HIGH_WATER = 1024 * 1024
 #: server stops reading from that connection.
 MAX_IN_FLIGHT = 1024
 
+#: Seconds a connection closed after an error answer (a framing error, a
+#: message deadline) keeps reading, and dropping, what its peer still sends.
+#: Closing a socket with unread bytes makes the kernel send a reset instead
+#: of a FIN, and a reset can cost the peer the answer (its send fails before
+#: it reads). 0: close at once.
+LINGER_TIME = 2.0
+
+#: Bytes read and dropped in that time at most; past it the connection is
+#: closed (a peer streaming a huge refused content is not read to its end).
+LINGER_BYTES = 1024 * 1024
+
 #: Seconds the server gives in-flight requests on SIGTERM/SIGINT.
 GRACE = 10.0
 

@@ -48,6 +48,7 @@ from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import (
     CLOSE,
+    LINGER,
     PROXY_AND_TLS,
     READ,
     ContentBudget,
@@ -293,6 +294,16 @@ class _Connection(asyncio.BufferedProtocol):
             sock = transport.get_extra_info("socket")
             if sock is not None and readable_now(sock.fileno()):
                 wanted = READ  # the peer's last requests are still unread: read them first
+        if wanted == LINGER:
+            # The lingering close after an error answer (ServerConnection.linger).
+            # Over TLS asyncio does it itself: closing sends close_notify and
+            # reads (dropping) until the peer's, for ssl_shutdown_timeout.
+            if self._tls or not transport.can_write_eof():
+                wanted = CLOSE
+            else:
+                engine.linger(now)
+                transport.write_eof()  # after what was written, as close() is
+                wanted = READ
         if wanted == CLOSE:
             transport.close()  # after what was written: the transport flushes it first
             return

@@ -60,6 +60,14 @@ class ServerConfig:
     idle_timeout: float = _setting(
         limits.IDLE_TIMEOUT, "Seconds a connection may sit idle.", above_minimum=True
     )
+    linger_time: float = _setting(
+        limits.LINGER_TIME,
+        "Seconds a connection closed for an error keeps reading, and dropping, what its peer still "
+        "sends, so that the peer gets the error answer, not a reset (0: close at once).",
+    )
+    linger_bytes: int = _setting(
+        limits.LINGER_BYTES, "Bytes dropped so at most; past them the connection is closed.", minimum=1
+    )
     keepalive: float = _setting(
         limits.KEEPALIVE,
         "Seconds of silence before TCP keepalive probes check the peer still exists (0: off).",

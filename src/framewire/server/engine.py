@@ -18,7 +18,9 @@ driver acts on; it never touches a socket, a clock or a thread:
 
 The driver sends what :attr:`~ServerConnection.out` holds, reads while
 :meth:`~ServerConnection.reading` says so, and closes when
-:attr:`~ServerConnection.finished` is true. Every rule (ordering,
+:attr:`~ServerConnection.finished` is true; after an error answer,
+:meth:`~ServerConnection.interest` may ask it to half-close first
+(:data:`LINGER`, then :meth:`~ServerConnection.linger`). Every rule (ordering,
 backpressure with hysteresis, the in-flight limit, deadlines, draining,
 which error code for what) lives here and is tested with a fake clock.
 """
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATER",
+    "LINGER",
     "PROXY_AND_TLS",
     "Adopt",
     "Call",
@@ -82,6 +85,16 @@ FIRST_REQUEST_WAIT: Final = 1.0
 READ: Final = 1
 WRITE: Final = 4
 CLOSE: Final = -1
+#: :meth:`ServerConnection.interest`: the error answer is sent; half-close
+#: (``shutdown(SHUT_WR)``), call :meth:`ServerConnection.linger`, and read
+#: (the bytes are dropped) until the engine says :data:`CLOSE`.
+LINGER: Final = -2
+
+# Lingering close (see ServerConnection.linger): not wanted, wanted once the
+# error answer is sent, under way.
+_NO_LINGER: Final = 0
+_LINGER_WANTED: Final = 1
+_LINGERING: Final = 2
 
 
 class Slot:
@@ -212,6 +225,9 @@ class ServerConnection:
         "_config",
         "_drain_at",
         "_held",
+        "_linger",
+        "_linger_end",
+        "_linger_left",
         "_peer",
         "_proxy_bytes",
         "_responses",
@@ -304,6 +320,10 @@ class ServerConnection:
         self.quiet = False
         self.awaiting_proxy = config.proxy_protocol
         self._proxy_bytes = b""
+        # The lingering close after an error answer (see linger()).
+        self._linger = _NO_LINGER
+        self._linger_end = 0.0
+        self._linger_left = 0
         if self.awaiting_proxy:
             self.message_started = now
 
@@ -326,6 +346,8 @@ class ServerConnection:
         if not out.size and not self._waiting:
             # The common case: everything answered and sent.
             if self.lost or self.closing or (self.draining and not self.decoder.in_message):
+                if self._linger and not self.lost:
+                    return LINGER if self._linger == _LINGER_WANTED else READ
                 return CLOSE
             if self.flow.paused:
                 self.flow.update(0, 0)  # resumes (and says so, to metrics)
@@ -373,6 +395,8 @@ class ServerConnection:
     @property
     def deadline(self) -> float | None:
         """When :meth:`timer` has work to do at the earliest (None: never)."""
+        if self._linger == _LINGERING:
+            return self._linger_end
         if self.message_started is not None and (
             self.decoder.in_message or self.handshaking or self.awaiting_proxy
         ):
@@ -387,6 +411,9 @@ class ServerConnection:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
         self.last_active = now
+        if self.closing:
+            self._dropped(len(data))  # after an error answer, or past the end
+            return
         if self.awaiting_proxy:
             rest = self._proxy_header(data)
             if rest is None:
@@ -438,10 +465,7 @@ class ServerConnection:
                 self.draining = True  # the first request came: answered, then closed
         if error is not None:
             log.info("protocol error from %s: %s", self.peer, error)
-            self.count_error(error.code)
-            self._owe(*Message.for_error(error).wire_parts())
-            self.closing = True
-            self.message_started = None
+            self._close_for(error, lingering=not ended)
         elif ended:
             self.closing = True  # every answer still goes out, then close
         elif decoder.in_message:
@@ -529,6 +553,44 @@ class ServerConnection:
             first = waiting.popleft()
             out.append(first.head, first.content)
 
+    def _close_for(self, error: ProtocolError, lingering: bool) -> None:
+        # Answer the error after everything owed, then close. A peer that has
+        # not half-closed may still be sending: closing a socket with unread
+        # bytes makes the kernel send a reset, which can cost the peer the
+        # answer (its send fails, or its stack drops what it had received).
+        # So the driver half-closes and reads on, dropping, for a bounded
+        # time and number of bytes (HTTP servers call it a lingering close).
+        self.count_error(error.code)
+        self._owe(*Message.for_error(error).wire_parts())
+        self.closing = True
+        self.message_started = None
+        if lingering and self._config.linger_time:
+            self._linger = _LINGER_WANTED
+            self._linger_left = self._config.linger_bytes
+
+    def linger(self, now: float) -> None:
+        """The driver half-closed after :data:`LINGER`: from now on it reads
+        and the engine drops what comes, until the peer closes its side,
+        ``linger_time`` passes or ``linger_bytes`` have come; then
+        :meth:`interest` says :data:`CLOSE`."""
+        self._linger = _LINGERING
+        self._linger_end = now + self._config.linger_time
+
+    def _dropped(self, count: int) -> None:
+        if not self._linger:
+            return
+        if not count:
+            self._linger = _NO_LINGER  # the peer closed its side: nothing more comes
+        elif count >= self._linger_left:
+            self._linger = _NO_LINGER
+            log.info(
+                "connection from %s: over %d bytes sent after its error answer: closing",
+                self.peer,
+                self._config.linger_bytes,
+            )
+        else:
+            self._linger_left -= count
+
     def sent(self, count: int, now: float) -> None:
         """The socket took ``count`` bytes of :attr:`out`."""
         if count:
@@ -540,6 +602,10 @@ class ServerConnection:
         time gets ``timeout`` and the connection closes; an idle one closes;
         so does one whose TLS handshake is not done within the message
         deadline (without an answer: there is no channel to send it on)."""
+        if self._linger == _LINGERING:
+            if now >= self._linger_end:
+                self._linger = _NO_LINGER  # long enough: closed, whatever the peer still sends
+            return
         if self._drain_at is not None and not self.draining and now >= self._drain_at:
             self.draining = True  # the first request did not come while the server stopped
         if self.awaiting_proxy:
@@ -568,12 +634,9 @@ class ServerConnection:
                     f"The message was not complete {self._config.message_timeout:g} s after its first byte."
                 )
                 log.info("connection from %s: %s", self.peer, error)
-                self.count_error(error.code)
                 self.decoder.fail(error)
                 self._release()
-                self.message_started = None
-                self._owe(*Message.for_error(error).wire_parts())
-                self.closing = True
+                self._close_for(error, lingering=True)
                 self.last_active = now  # the idle timeout ends it if the peer never reads this
             return
         deadline = self.deadline

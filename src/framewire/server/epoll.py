@@ -56,6 +56,7 @@ from framewire.io.tls import peer_certificate, send_parts
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import (
+    LINGER,
     PROXY_AND_TLS,
     ContentBudget,
     ResponseCache,
@@ -752,12 +753,34 @@ class Server:
         if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
             wanted = _READ  # the peer's last requests are still unread: read them first
         if wanted < 0:
-            self._close(conn)
-        elif wanted != conn.events:
+            if wanted != LINGER or not self._half_close(conn, now):
+                self._close(conn)
+                return
+            wanted = _READ
+            self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # set by linger()
+        if wanted != conn.events:
             conn.events = wanted
             self._poller.modify(conn.fd, wanted)
 
     # -- timers and closing -------------------------------------------------------
+
+    def _half_close(self, conn: _Socket, now: float) -> bool:
+        # The lingering close after an error answer (see ServerConnection.linger):
+        # a FIN after the answer, then the peer's bytes are read and dropped.
+        # False: the socket is gone, close it now.
+        conn.engine.linger(now)
+        sock = conn.sock
+        if conn.tls:
+            # close_notify first, so the peer's TLS reads the answer as complete.
+            with contextlib.suppress(OSError, ValueError):
+                sock.unwrap()  # type: ignore[attr-defined]
+        try:
+            # (On a TLS socket this also drops the TLS layer: what the peer
+            # still sends is read raw, and dropped undecrypted.)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
 
     def _run_timers(self, now: float) -> None:
         # Deadlines are checked when their slot comes, not moved on every
