@@ -432,3 +432,12 @@ def test_a_message_made_of_a_bytearray_keeps_its_own_copy() -> None:
     made, binary_ = Message(data, "binary/x", "binary"), Message.from_bytes(data)
     data[:] = b"AFTER!"
     assert made.content == b"before" and binary_.content == b"before"
+
+
+def test_a_buffer_made_without_zeroing_is_a_bytearray_of_its_size() -> None:
+    from framewire.core.buffers import uninitialized
+
+    buffer = uninitialized(3 * 1024 * 1024)
+    assert type(buffer) is bytearray and len(buffer) == 3 * 1024 * 1024
+    buffer[-3:] = b"end"
+    assert buffer[-3:] == b"end" and len(uninitialized(0)) == 0

@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 
 from framewire.core import limits
+from framewire.core.buffers import uninitialized
 from framewire.core.cache import BoundedCache, footprint
 from framewire.core.errors import (
     BadHeader,
@@ -439,7 +440,8 @@ class Decoder:
         size = header.content_length
         if size - self._pending_size < min_size or size > max_size:
             return None
-        direct = self._direct = bytearray(size)
+        # Not zeroed (see core.buffers): handed out only once every byte is written.
+        direct = self._direct = uninitialized(size)
         taken = 0
         for chunk in self._pending:
             direct[taken : taken + len(chunk)] = chunk
