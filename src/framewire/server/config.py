@@ -66,7 +66,9 @@ class ServerConfig:
         "sends, so that the peer gets the error answer, not a reset (0: close at once).",
     )
     linger_bytes: int = _setting(
-        limits.LINGER_BYTES, "Bytes dropped so at most; past them the connection is closed.", minimum=1
+        limits.LINGER_BYTES,
+        "Most bytes read and dropped while lingering; past them the connection is closed.",
+        minimum=1,
     )
     keepalive: float = _setting(
         limits.KEEPALIVE,
