@@ -40,7 +40,7 @@ def test_framewire_serve_passes_every_case(spawn: Any) -> None:
     port = server.wait_for(r"127\.0\.0\.1:(\d+)").group(1)
     result = run_cli("conformance", "127.0.0.1", port, "--app", "echo", "--message-timeout", "1", timeout=60)
     assert result.returncode == 0, result.stdout
-    assert result.stdout.rstrip().endswith("21 passed, 0 failed, 3 not applicable")
+    assert result.stdout.rstrip().endswith("22 passed, 0 failed, 3 not applicable")
 
 
 @pytest.mark.usefixtures("driver")
@@ -74,6 +74,7 @@ GUIDE_GAPS = {
     "missing-header-key",
     "bad-header-value",
     "incomplete-message",
+    "error-while-sending",
     "huge-content-length",
     "trickle-cut-at-deadline",
     "application-answers",
@@ -134,6 +135,7 @@ def broken_server(
     no_limits: bool = False,
     one_per_connection: bool = False,
     never_times_out: bool = False,
+    no_linger: bool = False,
 ) -> Iterator[int]:
     """An echo server right in all but the ways asked for."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -143,6 +145,12 @@ def broken_server(
         if wrong_codes:
             error.code = "bad-header"  # every error, the same code
         conn.sendall(Message.for_error(error).encode())
+        if no_linger:
+            return  # closed with the client's bytes unread: the kernel resets
+        conn.shutdown(socket.SHUT_WR)  # the orderly end, then what comes is dropped
+        conn.settimeout(2.0)
+        while conn.recv(65536):
+            pass
 
     def serve(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):  # the suite resets connections on purpose
@@ -200,6 +208,7 @@ def broken_server(
         (
             {"wrong_codes": True},
             {"bad-header-length", "missing-header-key", "bad-header-value", "incomplete-message"}
+            | {"error-while-sending"}
             | {"huge-content-length", "trickle-cut-at-deadline"},
         ),
         ({"no_limits": True}, {"huge-content-length"}),
@@ -208,6 +217,7 @@ def broken_server(
             {"back-to-back", "keep-alive", "pipelining-order", "half-close", "application-answers"},
         ),
         ({"never_times_out": True}, {"trickle-cut-at-deadline"}),
+        ({"no_linger": True}, {"error-while-sending"}),
     ],
 )
 def test_the_suite_catches_each_broken_server_for_the_right_cases(
@@ -229,9 +239,9 @@ def test_the_command_prints_a_table_writes_reports_and_exits_with_the_failures(t
     assert result.returncode == 1, result.stderr
     assert "  FAIL  trickle-cut-at-deadline" in result.stdout
     assert "received:" in result.stdout and "sent:" in result.stdout
-    assert result.stdout.rstrip().endswith("20 passed, 1 failed, 3 not applicable")
+    assert result.stdout.rstrip().endswith("21 passed, 1 failed, 3 not applicable")
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"] == {"PASS": 20, "FAIL": 1, "NOT-APPLICABLE": 3}
+    assert report["summary"] == {"PASS": 21, "FAIL": 1, "NOT-APPLICABLE": 3}
     (failed,) = [case for case in report["cases"] if case["status"] == "FAIL"]
     assert failed["name"] == "trickle-cut-at-deadline" and failed["sent_hex"]
     page = (tmp_path / "r.html").read_text()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from framewire import Decoder, Message, encode, encode_many
+from framewire.core import limits
 from framewire.core.errors import BadContent, BadHeader
 from framewire.core.probe import PING_KEY
 from framewire.io.netio import unix_peer
@@ -166,6 +167,23 @@ def test_the_lingering_close_ends_after_its_bytes_counted_from_the_error(caplog:
         feed(conn, b"x", 0.2, echo_call)
     assert conn.finished
     assert caplog.messages == ["connection from test: over 100 bytes sent after its error answer: closing"]
+
+
+def test_without_a_half_close_the_lingering_also_ends_when_the_peer_goes_quiet() -> None:
+    conn = errored(linger_time=2.0)
+    conn.linger(10.0, half_closed=False)
+    assert conn.deadline == 10.0 + limits.LINGER_QUIET
+    feed(conn, b"x" * 10, 10.1, echo_call)  # still sending: the quiet time starts again
+    conn.timer(10.0 + limits.LINGER_QUIET)
+    assert conn.interest() == READ and conn.deadline == 10.1 + limits.LINGER_QUIET
+    conn.timer(10.1 + limits.LINGER_QUIET)
+    assert conn.finished
+    busy = errored(linger_time=0.5)
+    busy.linger(0.0, half_closed=False)
+    for i in range(1, 6):
+        feed(busy, b"x", i / 10, echo_call)  # never quiet: the whole time still bounds it
+    busy.timer(0.5)
+    assert busy.finished
 
 
 def test_a_message_deadline_answer_lingers_too() -> None:

@@ -41,6 +41,12 @@ MAX_IN_FLIGHT = 1024
 #: it reads). 0: close at once.
 LINGER_TIME = 2.0
 
+#: Seconds of silence from the peer that end a lingering close early where
+#: the server cannot half-close (asyncio's TLS transport): its peer sees no
+#: end until the close, so a peer that has stopped sending is not kept
+#: waiting for the whole LINGER_TIME. Elsewhere the peer has its FIN at once.
+LINGER_QUIET = 0.2
+
 #: Bytes read and dropped in that time at most; past it the connection is
 #: closed (a peer streaming a huge refused content is not read to its end).
 LINGER_BYTES = 1024 * 1024

@@ -296,14 +296,14 @@ class _Connection(asyncio.BufferedProtocol):
                 wanted = READ  # the peer's last requests are still unread: read them first
         if wanted == LINGER:
             # The lingering close after an error answer (ServerConnection.linger).
-            # Over TLS asyncio does it itself: closing sends close_notify and
-            # reads (dropping) until the peer's, for ssl_shutdown_timeout.
-            if self._tls or not transport.can_write_eof():
-                wanted = CLOSE
-            else:
-                engine.linger(now)
+            # asyncio's TLS cannot half-close, and its closing handshake
+            # aborts (a reset) on data after its close_notify: it lingers
+            # reading without the FIN, and closes once the peer is quiet.
+            half_closed = not self._tls and transport.can_write_eof()
+            engine.linger(now, half_closed)
+            if half_closed:
                 transport.write_eof()  # after what was written, as close() is
-                wanted = READ
+            wanted = READ
         if wanted == CLOSE:
             transport.close()  # after what was written: the transport flushes it first
             return

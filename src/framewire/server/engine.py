@@ -228,6 +228,7 @@ class ServerConnection:
         "_linger",
         "_linger_end",
         "_linger_left",
+        "_linger_quiet",
         "_peer",
         "_proxy_bytes",
         "_responses",
@@ -324,6 +325,7 @@ class ServerConnection:
         self._linger = _NO_LINGER
         self._linger_end = 0.0
         self._linger_left = 0
+        self._linger_quiet = False
         if self.awaiting_proxy:
             self.message_started = now
 
@@ -396,7 +398,7 @@ class ServerConnection:
     def deadline(self) -> float | None:
         """When :meth:`timer` has work to do at the earliest (None: never)."""
         if self._linger == _LINGERING:
-            return self._linger_end
+            return self._linger_until()
         if self.message_started is not None and (
             self.decoder.in_message or self.handshaking or self.awaiting_proxy
         ):
@@ -568,13 +570,24 @@ class ServerConnection:
             self._linger = _LINGER_WANTED
             self._linger_left = self._config.linger_bytes
 
-    def linger(self, now: float) -> None:
+    def linger(self, now: float, half_closed: bool = True) -> None:
         """The driver half-closed after :data:`LINGER`: from now on it reads
         and the engine drops what comes, until the peer closes its side,
         ``linger_time`` passes or ``linger_bytes`` have come; then
-        :meth:`interest` says :data:`CLOSE`."""
+        :meth:`interest` says :data:`CLOSE`.
+
+        A driver that cannot half-close (asyncio's TLS) says so: the peer
+        then sees no end until the close, so the engine also ends the
+        lingering once the peer has been quiet for ``LINGER_QUIET``."""
         self._linger = _LINGERING
         self._linger_end = now + self._config.linger_time
+        self._linger_quiet = not half_closed
+        self.last_active = now
+
+    def _linger_until(self) -> float:
+        if self._linger_quiet:
+            return min(self._linger_end, self.last_active + limits.LINGER_QUIET)
+        return self._linger_end
 
     def _dropped(self, count: int) -> None:
         if not self._linger:
@@ -603,7 +616,7 @@ class ServerConnection:
         so does one whose TLS handshake is not done within the message
         deadline (without an answer: there is no channel to send it on)."""
         if self._linger == _LINGERING:
-            if now >= self._linger_end:
+            if now >= self._linger_until():
                 self._linger = _NO_LINGER  # long enough: closed, whatever the peer still sends
             return
         if self._drain_at is not None and not self.draining and now >= self._drain_at:

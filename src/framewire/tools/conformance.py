@@ -28,7 +28,7 @@ from typing import Any, Literal
 from framewire.core.decoder import Decoder
 from framewire.core.errors import ProtocolError
 from framewire.core.message import Message
-from framewire.io.netio import connect
+from framewire.io.netio import connect, describe
 
 __all__ = ["CASES", "Case", "Outcome", "Target", "frame", "run_suite"]
 
@@ -461,6 +461,45 @@ def header_too_large(target: Target) -> Outcome:
         return Outcome("NOT-APPLICABLE", "the server's header limit is the most a header can be")
     padding = "x" * (target.max_header_size + 10)
     return _error(target, frame(b"", x_padding=padding), "header-too-large", closes=True)
+
+
+# What a client still has on its way when its first message is refused: more
+# than one read of the server's takes, less than a lingering close should drop.
+_STILL_SENDING = 256 * 1024
+
+
+@case("errors", "strict", "a client still sending after a framing error gets its answer and an orderly end")
+def error_while_sending(target: Target) -> Outcome:
+    # A server that closes with the client's bytes unread makes its kernel
+    # reset the connection, and the reset can cost the client the answer.
+    wire = _Wire(target)
+    try:
+        data = b"\x00\x00" + frame(b"x" * _STILL_SENDING)
+        wire.sock.settimeout(target.patience)
+        try:
+            wire.sock.sendall(data)
+        except OSError as exc:
+            return wire.outcome(
+                "FAIL",
+                f"sending failed ({describe(exc)}): the server closed with the client's bytes unread, "
+                "and its kernel reset the connection",
+            )
+        wire.sent += data[:2]  # (the report keeps the refused start, not the 256 KiB after it)
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", f"expected a bad-header-length answer: {problem}")
+        error = answers[0].error() if answers[0].is_error else None
+        if error is None or error.code != "bad-header-length":
+            return wire.outcome(
+                "FAIL", f"expected bad-header-length, got {error.code if error else 'a non-error answer'}"
+            )
+        if not wire.ends():
+            return wire.outcome("FAIL", "bad-header-length must close the connection; it stayed open")
+        if wire.reset:
+            return wire.outcome("FAIL", "the answer came, then a reset instead of an orderly end")
+        return wire.outcome("PASS", "bad-header-length, then an orderly end")
+    finally:
+        wire.close()
 
 
 @case("errors", "strict", "the stream ending mid-message is incomplete-message")
