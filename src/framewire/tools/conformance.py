@@ -259,12 +259,27 @@ def _split(data: bytes) -> list[bytes]:
     return out
 
 
-def _error(target: Target, data: bytes, code: str, *, closes: bool, shut: bool = False) -> Outcome:
+def _error(
+    target: Target, data: bytes, code: str, *, closes: bool, shut: bool = False, then: bytes = b""
+) -> Outcome:
     # One error answer with ``code``; then the connection closed (framing
-    # errors) or still answering (content errors).
+    # errors) or still answering (content errors). ``then``: more bytes sent
+    # in the same write, as a client still sending would (kept out of the
+    # report); the close must then be orderly, with no reset.
     wire = _Wire(target)
     try:
-        wire.send(data)
+        if then:
+            try:
+                wire.sock.sendall(data + then)
+            except OSError as exc:
+                return wire.outcome(
+                    "FAIL",
+                    f"sending failed ({describe(exc)}): the server closed with the client's bytes unread, "
+                    "and its kernel reset the connection",
+                )
+            wire.sent += data
+        else:
+            wire.send(data)
         if shut:
             wire.shut()
         answers, problem = wire.messages(1)
@@ -276,12 +291,15 @@ def _error(target: Target, data: bytes, code: str, *, closes: bool, shut: bool =
             return wire.outcome("FAIL", f"expected {code}, got {got}")
         if closes and not wire.ends():
             return wire.outcome("FAIL", f"{code} must close the connection; it stayed open")
+        if then and wire.reset:
+            return wire.outcome("FAIL", "the answer came, then a reset instead of an orderly end")
         if not closes:
             wire.send(frame(b"still there?"))
             _, problem = wire.messages(2)
             if problem is not None:
                 return wire.outcome("FAIL", f"{code} must keep the connection: {problem}")
-        return wire.outcome("PASS", f"{code}, connection {'closed' if closes else 'kept'}")
+        ending = "then an orderly end" if then else f"connection {'closed' if closes else 'kept'}"
+        return wire.outcome("PASS", f"{code}, {ending}")
     finally:
         wire.close()
 
@@ -472,34 +490,7 @@ _STILL_SENDING = 256 * 1024
 def error_while_sending(target: Target) -> Outcome:
     # A server that closes with the client's bytes unread makes its kernel
     # reset the connection, and the reset can cost the client the answer.
-    wire = _Wire(target)
-    try:
-        data = b"\x00\x00" + frame(b"x" * _STILL_SENDING)
-        wire.sock.settimeout(target.patience)
-        try:
-            wire.sock.sendall(data)
-        except OSError as exc:
-            return wire.outcome(
-                "FAIL",
-                f"sending failed ({describe(exc)}): the server closed with the client's bytes unread, "
-                "and its kernel reset the connection",
-            )
-        wire.sent += data[:2]  # (the report keeps the refused start, not the 256 KiB after it)
-        answers, problem = wire.messages(1)
-        if problem is not None:
-            return wire.outcome("FAIL", f"expected a bad-header-length answer: {problem}")
-        error = answers[0].error() if answers[0].is_error else None
-        if error is None or error.code != "bad-header-length":
-            return wire.outcome(
-                "FAIL", f"expected bad-header-length, got {error.code if error else 'a non-error answer'}"
-            )
-        if not wire.ends():
-            return wire.outcome("FAIL", "bad-header-length must close the connection; it stayed open")
-        if wire.reset:
-            return wire.outcome("FAIL", "the answer came, then a reset instead of an orderly end")
-        return wire.outcome("PASS", "bad-header-length, then an orderly end")
-    finally:
-        wire.close()
+    return _error(target, b"\x00\x00", "bad-header-length", closes=True, then=frame(b"x" * _STILL_SENDING))
 
 
 @case("errors", "strict", "the stream ending mid-message is incomplete-message")
