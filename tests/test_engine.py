@@ -28,7 +28,7 @@ from framewire.server.engine import (
     ServerConnection,
     Slot,
     accepted_peer,
-    busy_response,
+    busy_error,
 )
 
 
@@ -616,11 +616,19 @@ def test_a_unix_peer_is_named_by_the_server_s_path() -> None:
         assert "unix:/run/app.sock" in unix_peer(left, "unix:/run/app.sock")
 
 
-def test_a_connection_beyond_the_limit_is_told_why() -> None:
-    (answer,) = Decoder().feed(busy_response(7))
+def test_a_connection_beyond_the_limit_is_told_why_and_lingers_like_an_error_answer() -> None:
+    conn = engine()
+    conn.refuse(busy_error(7))
+    feed(conn, req(b"the request it sent at once"), 0.0, echo_call)  # dropped, never answered
+    (answer,) = sent_messages(conn)
     error = answer.error()
     assert error is not None and error.code == "server-busy"
     assert error.message == "The server is at its limit of 7 connections; try again later."
+    assert conn.errors == 1 and conn.requests == 0 and conn.quiet
+    assert conn.interest() == LINGER
+    conn.linger(1.0)
+    conn.timer(1.0 + ServerConfig().linger_time)
+    assert conn.finished
 
 
 def test_a_deadline_of_one_millisecond_still_runs_its_handler() -> None:

@@ -266,6 +266,33 @@ def test_server_busy_beyond_the_connection_limit() -> None:
             sock.close()
 
 
+def test_a_refused_peer_still_sending_gets_server_busy_then_the_end() -> None:
+    # A client sends its request as soon as it is connected: a refusal that
+    # closed with that request unread would reset, and cost it the answer.
+    with running(echo, max_connections=1) as server, connect(server.port) as first:
+        wait_until(lambda: server.connections == 1)
+        with connect(server.port) as refused:
+            refused.sendall(encode(Message.from_bytes(STILL_SENDING)))
+            (response,) = Decoder().feed(read_until_closed(refused))
+        assert error_code(response) == "server-busy"
+        first.sendall(encode(Message.from_bytes(b"fine")))
+        assert read_messages(first, 1)[0].content == b"fine"
+
+
+def test_refusals_linger_up_to_max_refusing_then_close_at_once() -> None:
+    if TRANSPORT[0] == "tls":
+        pytest.skip("asyncio's TLS lingers without a FIN: a sender cannot tell the two closes apart")
+    with running(echo, max_connections=1, max_refusing=1) as server, connect(server.port):
+        wait_until(lambda: server.connections == 1)
+        with connect(server.port) as lingering, connect(server.port) as closed:
+            for sock in (lingering, closed):
+                (response,) = Decoder().feed(read_until_closed(sock))
+                assert error_code(response) == "server-busy"
+            lingering.sendall(STILL_SENDING)  # read and dropped
+            with pytest.raises(OSError):  # a reset: nothing reads it
+                closed.sendall(STILL_SENDING)
+
+
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 

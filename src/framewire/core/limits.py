@@ -51,6 +51,13 @@ LINGER_QUIET = 0.2
 #: closed (a peer streaming a huge refused content is not read to its end).
 LINGER_BYTES = 1024 * 1024
 
+#: Connections refused with server-busy (beyond MAX_CONNECTIONS) that may
+#: linger at once, like an error answer's close: a client sends its request
+#: as soon as it is connected, and closing with it unread would reset. Past
+#: this many a refusal closes at once: a flood of connections must not hold
+#: more than a bounded number of descriptors beyond the limit.
+MAX_REFUSING = 64
+
 #: Seconds the server gives in-flight requests on SIGTERM/SIGINT.
 GRACE = 10.0
 

@@ -56,7 +56,7 @@ from framewire.server.engine import (
     ServerConnection,
     Slot,
     accepted_peer,
-    busy_response,
+    busy_error,
 )
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
@@ -141,13 +141,15 @@ class _Connection(asyncio.BufferedProtocol):
         server = self.server
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = transport = cast(asyncio.Transport, transport)
-        if len(server._conns) >= server.config.max_connections:
-            if server.metrics is not None:
-                server.metrics.error("server-busy")
-            transport.write(server._busy_response)
-            transport.close()
+        refused = len(server._conns) >= server.config.max_connections
+        if refused:
             log.warning("connection refused with server-busy: %d connections open", len(server._conns))
-            return
+            if len(server._refusing) >= server.config.max_refusing:
+                if server.metrics is not None:
+                    server.metrics.error("server-busy")
+                transport.write(server._busy_response)
+                transport.close()  # past max_refusing: the answer, then the close at once
+                return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -167,10 +169,20 @@ class _Connection(asyncio.BufferedProtocol):
             engine.secured(now, tls_version(tls), peer_certificate(tls))
             self._tls = True
         engine.driver = self
+        self.engine = engine
+        if refused:
+            # server-busy, then the lingering close of an error answer: the
+            # client's request, sent as soon as it connected, is read and
+            # dropped, where closing with it unread would reset the
+            # connection and could cost the client the answer.
+            engine.metrics = server.metrics  # counts the error; the connection is not counted open
+            engine.refuse(server._busy_error)
+            server._refusing.add(self)
+            self.flush()
+            return
         server._dispatcher.bind(engine)
         if server.metrics is not None:
             server.metrics.opened(engine)
-        self.engine = engine
         server._conns.add(self)
         server.connections_total += 1
         if tls is not None:
@@ -254,6 +266,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
         if engine is None or self not in server._conns:
+            server._refusing.discard(self)
             return
         server._conns.discard(self)
         if server.metrics is not None:
@@ -374,7 +387,10 @@ class AioServer:
         self._dispatcher = _LoopDispatcher(
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued
         )
-        self._busy_response = busy_response(config.max_connections)
+        self._busy_error = busy_error(config.max_connections)
+        self._busy_response = Message.for_error(self._busy_error).encode()
+        # Connections refused with server-busy, lingering (see _Connection.connection_made).
+        self._refusing: set[_Connection] = set()
         #: Prometheus metrics (:mod:`framewire.server.metrics`), when on.
         self.metrics = metrics
         self._dispatcher.metrics = metrics
@@ -600,7 +616,7 @@ class AioServer:
             log.warning(
                 "grace period of %g s over: closing %d connections", self.config.grace, len(self._conns)
             )
-        for conn in list(self._conns):
+        for conn in [*self._conns, *self._refusing]:
             if conn.transport is not None:
                 conn.transport.abort()
             conn.connection_lost(None)

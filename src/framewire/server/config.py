@@ -77,6 +77,12 @@ class ServerConfig:
     max_connections: int = _setting(
         limits.MAX_CONNECTIONS, "Connections at once; more get server-busy.", minimum=1
     )
+    max_refusing: int = _setting(
+        limits.MAX_REFUSING,
+        "Connections refused with server-busy that may linger at once (reading and dropping their "
+        "request, within linger_time and linger_bytes, so that they get the answer, not a reset); "
+        "past it a refusal closes at once.",
+    )
     high_water: int = _setting(
         limits.HIGH_WATER, "Unsent response bytes per connection before it stops being read.", minimum=1
     )

@@ -202,10 +202,10 @@ def accepted_peer(sock: socket.socket, addr: Any, host: str, config: ServerConfi
     return peer
 
 
-def busy_response(max_connections: int) -> bytes:
-    """What a connection beyond the limit gets before it is closed."""
-    error = ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
-    return Message.for_error(error).encode()
+def busy_error(max_connections: int) -> ServerBusy:
+    """What a connection beyond the limit is answered before it is closed
+    (see :meth:`ServerConnection.refuse`)."""
+    return ServerBusy(f"The server is at its limit of {max_connections} connections; try again later.")
 
 
 def _expired(extensions: object) -> bool:
@@ -569,6 +569,13 @@ class ServerConnection:
         if lingering and self._config.linger_time:
             self._linger = _LINGER_WANTED
             self._linger_left = self._config.linger_bytes
+
+    def refuse(self, error: ProtocolError) -> None:
+        """Answer ``error`` (``server-busy``: the server is at its connection
+        limit) and nothing else, then close as after a framing error,
+        lingering: the peer's first request is likely on its way already."""
+        self.quiet = True  # the driver logs the refusal; no line when it closes
+        self._close_for(error, lingering=True)
 
     def linger(self, now: float, half_closed: bool = True) -> None:
         """The driver half-closed after :data:`LINGER`: from now on it reads

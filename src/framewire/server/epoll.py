@@ -37,6 +37,7 @@ from typing import Any, Final
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
+from framewire.core.message import Message
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import (
@@ -62,7 +63,7 @@ from framewire.server.engine import (
     ResponseCache,
     ServerConnection,
     accepted_peer,
-    busy_response,
+    busy_error,
 )
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
@@ -202,7 +203,10 @@ class Server:
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
         self._finished = threading.Event()
-        self._busy_response = busy_response(config.max_connections)
+        self._busy_error = busy_error(config.max_connections)
+        self._busy_response = Message.for_error(self._busy_error).encode()
+        # Connections refused with server-busy, lingering (see _refuse).
+        self._refusing: dict[int, _Socket] = {}
         self._requests_closed = 0
         self._errors_closed = 0
         self._connections_total = 0
@@ -348,7 +352,7 @@ class Server:
             for conn in list(self._conns.values()):
                 with contextlib.suppress(Exception):
                     self._close(conn)
-            for conn in list(self._handshakes.values()):
+            for conn in [*self._handshakes.values(), *self._refusing.values()]:
                 with contextlib.suppress(Exception):
                     self._close(conn)
             poll.close()
@@ -383,6 +387,7 @@ class Server:
         log.info("listening on %s%s", where, " (TLS)" if self.ssl_context is not None else "")
         wait = poll.poll
         conns = self._conns
+        refusing = self._refusing
         timers = self._timers
         acceptor = self._acceptor
         assert acceptor is not None
@@ -412,7 +417,7 @@ class Server:
                 events = poll_busily(wait, timeout, polling, time.monotonic)
             now = time.monotonic()
             for fd, mask in events:
-                conn = conns.get(fd)
+                conn = conns.get(fd) or refusing.get(fd)
                 if conn is not None:
                     try:
                         if mask & _READABLE and conn.events & _READ:
@@ -497,8 +502,10 @@ class Server:
             acceptor.established()
         for fd, addr in accepted:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
-            if tls is None and len(self._conns) >= config.max_connections:
-                self._refuse_busy(sock)
+            # (Over TLS, the refusal waits for the handshake: see _handshake.)
+            refused = tls is None and len(self._conns) >= config.max_connections
+            if refused and len(self._refusing) >= config.max_refusing:
+                self._refuse_now(sock)
                 continue
             sock.setblocking(False)
             peer = accepted_peer(sock, addr, self.host, config)
@@ -515,6 +522,11 @@ class Server:
                 budget=self._budget,
                 handshaking=tls is not None,
             )
+            if refused:
+                conn = engine.driver = _Socket(sock, fd, engine)
+                register(fd, _READ)
+                self._refuse(conn, now)
+                continue
             self._dispatcher.bind(engine)
             self._connections_total += 1
             if self.metrics is not None:
@@ -568,16 +580,19 @@ class Server:
         else:
             engine = conn.engine
             del self._handshakes[conn.fd]
+            engine.secured(now, sock.version(), peer_certificate(sock))
             if len(self._conns) >= self.config.max_connections:
                 # Refused once secured: a TLS client can read server-busy only over TLS.
+                if len(self._refusing) < self.config.max_refusing:
+                    self._refuse(conn, now)
+                    return
                 self._timers.cancel(conn)
                 self._poller.forget(conn.fd)
                 conn.closed = True
                 engine.connection_lost()
-                self._refuse_busy(sock)
+                self._refuse_now(sock)
                 return
             self._conns[conn.fd] = conn
-            engine.secured(now, sock.version(), peer_certificate(sock))
             self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
             engine.log_secured(self.connections)
             if conn.events != _READ:
@@ -589,7 +604,22 @@ class Server:
             conn.events = wanted
             self._poller.modify(conn.fd, wanted)
 
-    def _refuse_busy(self, sock: socket.socket) -> None:
+    def _refuse(self, conn: _Socket, now: float) -> None:
+        # server-busy, then the lingering close of an error answer: the
+        # client's request, sent as soon as it connected, is read and
+        # dropped, where closing with it unread would reset the connection
+        # and could cost the client the answer (see ServerConnection.refuse).
+        engine = conn.engine
+        engine.metrics = self.metrics  # counts the error; the connection is not counted open
+        engine.refuse(self._busy_error)
+        self._refusing[conn.fd] = conn
+        log.warning("connection refused with server-busy: %d connections open", len(self._conns))
+        self._flush(conn, now)
+        if not conn.closed:
+            self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # closing: never None
+
+    def _refuse_now(self, sock: socket.socket) -> None:
+        # Past max_refusing: the answer, then the close at once.
         try:
             sock.setblocking(False)
             sock.send(self._busy_response)  # over TLS once secured (see _handshake)
@@ -816,13 +846,14 @@ class Server:
         if conn.closed:
             return
         conn.closed = True
-        if self._conns.pop(conn.fd, None) is None:
-            self._handshakes.pop(conn.fd, None)
+        refused = False
+        if self._conns.pop(conn.fd, None) is None and self._handshakes.pop(conn.fd, None) is None:
+            refused = self._refusing.pop(conn.fd, None) is not None
         self._timers.cancel(conn)
         if self._poller is not None:
             self._poller.forget(conn.fd)
         engine = conn.engine
-        if self.metrics is not None:
+        if self.metrics is not None and not refused:
             self.metrics.closed(engine)
         if conn.tls and not engine.lost and not engine.handshaking:
             # A TLS goodbye (close_notify), so the peer knows nothing was
