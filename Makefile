@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire test-deploy test-compiled compiled pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy test-compiled compiled compiled-copy pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -48,10 +48,12 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	@touch $(BENCH_STAMP)
 
 # The core beside a plain struct+json loop, then every server beside the
-# peers with one load client; writes docs/performance.md and its chart.
-bench: $(BENCH_STAMP)
+# peers with one load client; writes docs/performance.md and its chart. The
+# targets are measured on the default (pure) build, with the compiled build
+# of a copy of the tree (compiled-copy) beside it in each pair.
+bench: $(BENCH_STAMP) compiled-copy
 	$(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
-	$(BIN)/python benchmarks/targets.py
+	$(BIN)/python benchmarks/targets.py --compiled build/compiled/src
 	$(BIN)/python benchmarks/compare.py --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's
@@ -85,15 +87,18 @@ pure:
 	rm -rf $(COMPILED_OUTPUT)
 	$(BIN)/framewire --version
 
-# The whole suite against the compiled build, in a copy of the tree (the
-# working tree stays pure).
-test-compiled: $(STAMP)
+# A copy of the tree with the hot path compiled, in build/compiled (the
+# working tree stays pure): test-compiled runs the suite in it, bench measures it.
+compiled-copy: $(STAMP)
 	rm -rf build/compiled && mkdir -p build/compiled
 	tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./mutants --exclude=./site -cf - . \
 	  | tar -xf - -C build/compiled
 	cd build/compiled/src && $(CURDIR)/$(BIN)/mypyc $(COMPILED) >/dev/null
 	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/python -m framewire --version \
 	  | grep -q "compiled with mypyc: decoder, engine" || { echo "the compiled build did not load"; exit 1; }
+
+# The whole suite against the compiled build.
+test-compiled: compiled-copy
 	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/pytest -q
 
 DOCS_STAMP := $(VENV)/.installed-docs

@@ -10,6 +10,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 #: framewire's name among the servers of a stored run.
 FRAMEWIRE = "framewire"
+#: The compiled build's (targets.py --compiled).
+COMPILED = "framewire, compiled"
 
 
 def last_stored() -> dict[str, object] | None:
@@ -21,8 +23,8 @@ def markdown(result: dict[str, object]) -> list[str]:
     rows = result["targets"]
     assert isinstance(rows, dict)
     lines = [
-        "| scenario | framewire | peer in the same run | ratio | target | met |",
-        "|---|---|---|---|---|---|",
+        "| scenario | framewire | peer in the same run | ratio | target | met | compiled build |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         unit = row["unit"]
@@ -32,6 +34,7 @@ def markdown(result: dict[str, object]) -> list[str]:
             wanted = f">= {goal:g}x" if goal else "reported"
             ours, theirs = row["medians"][FRAMEWIRE], row["medians"][peer]
             cells = [name, f"{ours:,.0f} {unit}", f"{peer} {theirs:,.0f} {unit}"]
-            cells += [f"{ratio:.2f}x", wanted, met]
+            compiled = row.get("compiled_ratios", {}).get(peer)
+            cells += [f"{ratio:.2f}x", wanted, met, "-" if compiled is None else f"{compiled:.2f}x"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines

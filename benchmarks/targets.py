@@ -11,7 +11,11 @@ the peer, ``--pairs`` times alternating; the figures are the medians.
 Results are stored as JSON in ``benchmarks/results/`` (one file per run),
 and the change against the last stored run is printed.
 
-    python benchmarks/targets.py [--seconds 3] [--pairs 3]
+The targets are the default build's. With ``--compiled SRC`` (a copy of the
+tree whose decoder and engine mypyc compiled: ``make compiled-copy``), that
+build runs once in each pair too, and its ratios are stored beside them.
+
+    python benchmarks/targets.py [--seconds 3] [--pairs 3] [--compiled build/compiled/src]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compare import PY, ROOT, build, c_server, machine, pinned, servers, serving
-from stored import FRAMEWIRE, RESULTS, last_stored
+from stored import COMPILED, FRAMEWIRE, RESULTS, last_stored
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,11 +78,23 @@ def figure(result: dict[str, object], large: bool) -> float:
     return float(str(result["mb_per_s" if large else "rps"]))
 
 
-def measure(seconds: float, pairs: int) -> dict[str, object]:
+def compiled_server(src: Path) -> list[str]:
+    """The echo server of the compiled build in ``src``; exits if that build
+    does not load (a stale or pure copy would be measured under its name)."""
+    command = ["env", f"PYTHONPATH={src.resolve()}", PY, "-m", "framewire"]
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False).stdout
+    if "compiled with mypyc" not in version:
+        sys.exit(f"targets.py: {src} holds no compiled build (make compiled-copy): {version.strip()!r}")
+    return [*command, "serve", "--app", "echo", "--port", "{port}"]
+
+
+def measure(seconds: float, pairs: int, compiled: Path | None = None) -> dict[str, object]:
     binary = loadgen()
     commands = servers()
     if c_server() is None:
         sys.exit("targets.py: the C epoll server needs gcc (or cc)")
+    if compiled is not None:
+        commands[COMPILED] = compiled_server(compiled)
     rows: dict[str, object] = {}
     for target in TARGETS:
         runs: dict[str, list[dict[str, object]]] = {FRAMEWIRE: []}
@@ -88,10 +104,13 @@ def measure(seconds: float, pairs: int) -> dict[str, object]:
                     continue
                 runs[FRAMEWIRE].append(run(commands[FRAMEWIRE], target.args, seconds, binary))
                 runs.setdefault(peer, []).append(run(commands[peer], target.args, seconds, binary))
+            if COMPILED in commands:
+                runs.setdefault(COMPILED, []).append(run(commands[COMPILED], target.args, seconds, binary))
         medians = {name: statistics.median(figure(r, target.large) for r in rs) for name, rs in runs.items()}
         failures = sum(int(str(r["errors"])) + int(str(r["mismatches"])) for rs in runs.values() for r in rs)
-        ratios = {peer: medians[FRAMEWIRE] / medians[peer] for peer, _ in target.goals if peer in medians}
-        rows[target.name] = {
+        peers = [peer for peer, _ in target.goals if peer in medians]
+        ratios = {peer: medians[FRAMEWIRE] / medians[peer] for peer in peers}
+        row: dict[str, object] = {
             "unit": "MB/s" if target.large else "msg/s",
             "medians": medians,
             "ratios": ratios,
@@ -99,7 +118,11 @@ def measure(seconds: float, pairs: int) -> dict[str, object]:
             "errors_and_mismatches": failures,
         }
         said = ", ".join(f"{ratios[p]:.2f}x {p}" for p in ratios)
-        print(f"{target.name:38} framewire {medians[FRAMEWIRE]:>12,.1f} {rows[target.name]['unit']}: {said}"  # type: ignore[index]
+        if COMPILED in medians:
+            row["compiled_ratios"] = {peer: medians[COMPILED] / medians[peer] for peer in peers}
+            said += f"; compiled {medians[COMPILED]:,.1f}"
+        rows[target.name] = row
+        print(f"{target.name:38} framewire {medians[FRAMEWIRE]:>12,.1f} {row['unit']}: {said}"
               f" ({failures} errors and mismatches)", flush=True)  # fmt: skip
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -128,7 +151,10 @@ def changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
             for peer, ratio in row["ratios"].items()
             if peer in old["ratios"]
         )
-        lines.append(f"  {name:38} {(now / was - 1) * 100:+6.1f}% ({ratio_changes})")
+        line = f"  {name:38} {(now / was - 1) * 100:+6.1f}% ({ratio_changes})"
+        if COMPILED in old["medians"] and COMPILED in row["medians"]:
+            line += f"; compiled {(row['medians'][COMPILED] / old['medians'][COMPILED] - 1) * 100:+.1f}%"
+        lines.append(line)
     return lines
 
 
@@ -136,9 +162,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--compiled", type=Path, help="also measure the compiled build in this source tree")
     args = parser.parse_args()
     before = last_stored()
-    result = measure(args.seconds, args.pairs)
+    result = measure(args.seconds, args.pairs, args.compiled)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     path = RESULTS / f"targets-{stamp}.json"
