@@ -8,6 +8,7 @@ what to do, instead of a bare errno.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import os
@@ -134,7 +135,7 @@ def tls_problem(exc: ssl.SSLError, *, server: bool = False) -> str:
     return table.get(reason, (reason or str(exc)).replace("_", " ").lower())
 
 
-def unix_peer(sock: socket.socket, host: str) -> str:
+def unix_peer(sock: _socket.socket, host: str) -> str:
     """A Unix socket client as logs show it: the server's address and, where
     the system says (SO_PEERCRED), the client's process id."""
     credentials = getattr(socket, "SO_PEERCRED", None)

@@ -27,6 +27,7 @@ which error code for what) lives here and is tested with a fake clock.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import logging
 import socket
@@ -188,7 +189,7 @@ PROXY_AND_TLS: Final = (
 )
 
 
-def accepted_peer(sock: socket.socket, addr: Any, host: str, config: ServerConfig) -> str | None:
+def accepted_peer(sock: _socket.socket, addr: Any, host: str, config: ServerConfig) -> str | None:
     """How a just-accepted connection is named in logs (``host`` is the
     server's own address, for Unix sockets), or None when it came from a
     sender the PROXY protocol does not trust: then it is closed and logged."""
