@@ -3,11 +3,16 @@ a fake poller; and a server that polls, or not, answering over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+
 import pytest
 
 from conftest import connect, read_messages, running
-from framewire import Decoder, Message, encode
-from framewire.io.poller import BUSY_POLL_START, BusyPoll, poll_busily
+from framewire import Decoder, Message, aio, encode
+from framewire.io.poller import BUSY_POLL_START, BusyPoll, BusyPollSelector, poll_busily
+from framewire.server.app import echo
 
 US = 1e-6
 
@@ -123,3 +128,39 @@ def test_the_window_never_passes_the_limit() -> None:
     assert busy.window == pytest.approx(50 * US)
     serve_spells(busy, [59 * US] * 5)
     assert busy.window == pytest.approx(60 * US)
+
+
+def test_an_asyncio_loop_on_the_polling_selector_serves_and_its_window_grows() -> None:
+    # framewire serve --loop asyncio makes its loop so (server.aio.run).
+    selector = BusyPollSelector(0.05)  # far above the time between this test's requests
+    loop = asyncio.SelectorEventLoop(selector)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        server = asyncio.run_coroutine_threadsafe(aio.start_server(echo, "127.0.0.1", 0), loop).result(10)
+        with connect(server.port) as sock:
+            decoder = Decoder()
+            for i in range(100):  # request/response: the loop goes idle between them
+                sock.sendall(encode(Message.from_bytes(b"%d" % i)))
+                (answer,) = read_messages(sock, 1, decoder)
+                assert answer.content == b"%d" % i
+        assert selector.busy.window > 0  # work kept coming soon: it polls
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(20)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_the_polling_selector_does_not_wait_when_told_not_to() -> None:
+    left, right = socket.socketpair()
+    with BusyPollSelector(0.05) as selector, left, right:
+        selector.register(left, 1)  # EVENT_READ
+        selector.busy.window = 0.05  # as if warmed
+        right.send(b"x")
+        # The loop has callbacks ready: a plain look, which finds what is there
+        # (the polling policy's own zero timeout means "a timer is due": nothing).
+        ((key, events),) = selector.select(0)
+        assert key.fileobj is left and events == 1
+        ((key, events),) = selector.select(None)
+        assert key.fileobj is left and events == 1

@@ -17,10 +17,13 @@ import os
 import select
 import selectors
 import socket
+import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
-__all__ = ["ERROR", "READ", "WRITE", "BusyPoll", "Poller", "Waker", "poll_busily"]
+__all__ = ["ERROR", "READ", "WRITE", "BusyPoll", "BusyPollSelector", "Poller", "Waker", "poll_busily"]
+
+E = TypeVar("E")
 
 #: Interest and readiness bits (epoll's values, translated elsewhere).
 READ: Final = 0x001
@@ -197,11 +200,11 @@ class BusyPoll:
 
 
 def poll_busily(
-    poll: Callable[[float | None], list[tuple[int, int]]],
+    poll: Callable[[float | None], list[E]],
     timeout: float | None,
     busy: BusyPoll,
     clock: Callable[[], float],
-) -> list[tuple[int, int]]:
+) -> list[E]:
     """``poll(timeout)``, polling for up to ``busy.window`` first (and
     telling ``busy`` how the idle spell went).
 
@@ -230,3 +233,20 @@ def poll_busily(
     events = poll(left)
     busy.idle(clock() - start, False)
     return events
+
+
+class BusyPollSelector(selectors.DefaultSelector):
+    """The platform's selector, polling before it sleeps as the epoll loop
+    does (:class:`BusyPoll`, up to ``limit`` seconds): for an asyncio loop,
+    ``asyncio.SelectorEventLoop(BusyPollSelector(limit))``. A select that
+    must not wait (the loop has callbacks ready) goes straight through."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__()
+        #: The polling policy, adapted to the traffic.
+        self.busy = BusyPoll(limit)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if not self.busy.limit or (timeout is not None and timeout <= 0):
+            return super().select(timeout)
+        return poll_busily(super().select, timeout, self.busy, time.monotonic)

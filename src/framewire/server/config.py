@@ -98,7 +98,8 @@ class ServerConfig:
     busy_poll: int = _setting(
         limits.BUSY_POLL,
         "Microseconds the loop may keep polling before it sleeps, while work comes that soon; a "
-        "request/response exchange then skips the wake-up (0: off; the epoll loop only).",
+        "request/response exchange then skips the wake-up (0: off; the epoll loop and --loop asyncio, "
+        "not uvloop).",
     )
     threads: int = _setting(
         limits.THREADS,
