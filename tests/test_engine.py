@@ -390,6 +390,16 @@ def test_a_late_answer_for_a_lost_connection_is_dropped() -> None:
     assert not conn.out and conn.finished
 
 
+def test_a_lost_connection_lets_go_of_the_drivers_record() -> None:
+    # The record refers to the engine: kept, the two would make a cycle that
+    # only the cycle collector frees.
+    conn = engine()
+    conn.driver = record = object()
+    assert conn.driver is record
+    conn.connection_lost()
+    assert conn.driver is None
+
+
 def test_a_tls_handshake_must_end_within_the_message_deadline() -> None:
     conn = ServerConnection(ServerConfig(message_timeout=2.0, idle_timeout=30.0), now=10.0, handshaking=True)
     assert conn.deadline == 12.0  # from the accept, not from a first byte

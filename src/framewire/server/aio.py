@@ -264,10 +264,16 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
         engine = self.engine
+        # asyncio's TLS transport and this protocol refer to each other, and
+        # the transport does not let go: dropped here, so that the closed
+        # connection is freed at once, not by the cycle collector.
+        self.transport = None
         if self._timer is not None:
             self._timer.cancel()
         if engine is None or self not in server._conns:
             server._refusing.discard(self)
+            if engine is not None:
+                engine.connection_lost()
             return
         server._conns.discard(self)
         if server.metrics is not None:

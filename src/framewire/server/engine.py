@@ -709,6 +709,12 @@ class ServerConnection:
         """The driver lost the socket: nothing more is sent, the work still
         under way for the peer is cancelled, and late answers are dropped."""
         self.lost = True
+        # The driver's record and the engine refer to each other: left as it
+        # is, each closed connection would be garbage that only the cycle
+        # collector frees, and its collections cost a tenth of the throughput
+        # of one request per connection (A/B, four alternating pairs, -o -c 16:
+        # 34.2k against 37.6k connections/s).
+        self.driver = None
         self.out.clear()
         if self._held:
             # (Failing the decoder drops its buffer now, not when the
