@@ -33,6 +33,7 @@ __all__ = ["Event", "Proxy"]
 
 log = logging.getLogger("framewire.tools.proxy")
 _HIGH_WATER = 1024 * 1024  # stop reading a side while this much waits for the other
+_DRAIN_ON_CLOSE = 64 * 1024  # unforwarded bytes read and dropped at a close (see _close)
 
 
 @dataclass(eq=False)
@@ -217,5 +218,11 @@ class Proxy:
             self._sides.pop(side.sock.fileno(), None)
             if side.events:
                 self._poll.forget(side.sock.fileno())
+            # Bytes the peer sent that were never forwarded (a request to an
+            # upstream that refused) would make the close a reset, which can
+            # cost the peer what it had not read yet: read and dropped first,
+            # once and bounded, so that the close is a FIN.
+            with contextlib.suppress(OSError):
+                side.sock.recv(_DRAIN_ON_CLOSE)
             side.sock.close()
         self.on_event(Event(time.time(), pair.name, "--", note=why))
