@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import random
 import resource
 import select
@@ -424,6 +425,58 @@ def test_reset_mid_response_and_mid_message() -> None:
             sock.close()
         wait_until(lambda: server.connections == 0)
         still_serves_echo(server)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as load generators do."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_reset_after_the_answers_costs_no_more_than_a_close(caplog: pytest.LogCaptureFixture) -> None:
+    # The epoll driver closes such a connection without reading (a read
+    # would only raise): the same log lines either way, the reason at DEBUG.
+    caplog.set_level(logging.DEBUG, logger="framewire.server")
+    with running(echo) as server:
+        for _ in range(3):
+            sock = connect(server.port)
+            sock.sendall(encode(Message.from_bytes(b"served")))
+            assert read_messages(sock, 1)[0].content == b"served"
+            reset(sock)
+        wait_until(lambda: server.connections == 0)
+        still_serves_echo(server)
+    lost = [r for r in caplog.records if " lost: " in r.getMessage()]
+    assert all(r.levelno == logging.DEBUG and "reset by peer" in r.getMessage() for r in lost)
+    if TRANSPORT[0] == "tcp":  # (Python's TLS may read a reset as the end of the stream)
+        assert len(lost) == 3
+
+
+def test_requests_that_came_before_a_reset_still_reach_the_handler() -> None:
+    # The reset is seen, with the request unread behind it, while the loop
+    # is held by another connection's handler: the request is read first.
+    holding, release = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def handler(request: Message) -> Message:
+        if request.content == b"hold":
+            holding.set()
+            release.wait(10)
+        else:
+            seen.append(request.content)
+        return request
+
+    with running(handler) as server:
+        victim = connect(server.port)
+        wait_until(lambda: len(engines(server)) == 1)  # accepted (over TLS, secured)
+        with connect(server.port) as holder:
+            holder.sendall(encode(Message.from_bytes(b"hold")))
+            assert holding.wait(10)
+            victim.sendall(encode(Message.from_bytes(b"sent before the reset")))
+            reset(victim)
+            release.set()
+            assert read_messages(holder, 1)[0].content == b"hold"
+            wait_until(lambda: server.connections == 1)
+            assert seen == [b"sent before the reset"]
 
 
 def still_serves_echo(server: Server) -> None:

@@ -21,7 +21,17 @@ import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-__all__ = ["ERROR", "READ", "WRITE", "BusyPoll", "BusyPollSelector", "Poller", "Waker", "poll_busily"]
+__all__ = [
+    "ERROR",
+    "FAILED",
+    "READ",
+    "WRITE",
+    "BusyPoll",
+    "BusyPollSelector",
+    "Poller",
+    "Waker",
+    "poll_busily",
+]
 
 E = TypeVar("E")
 
@@ -30,6 +40,9 @@ READ: Final = 0x001
 WRITE: Final = 0x004
 #: Error or hang-up: reported whatever the interest.
 ERROR: Final = 0x008 | 0x010
+#: An error is pending on the socket (epoll's EPOLLERR): for TCP, the
+#: connection is dead (a reset, a timeout).
+FAILED: Final = 0x008
 
 
 class _EpollPoller:

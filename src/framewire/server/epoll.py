@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import fcntl
 import logging
 import math
+import os
 import signal
 import socket
 import ssl
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +83,9 @@ _WRITE: Final = poller.WRITE
 _READABLE: Final = poller.READ | poller.ERROR
 _WRITABLE: Final = poller.WRITE | poller.ERROR
 _ERROR: Final = poller.ERROR
+_FAILED: Final = poller.FAILED
+# FIONREAD's answer when nothing waits unread (a C int).
+_NOTHING_UNREAD: Final = bytes(4)
 # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
 # setsockopt per connection saved.
 _NODELAY_INHERITED: Final = sys.platform.startswith("linux")
@@ -183,6 +189,7 @@ class Server:
         self._waker = poller.Waker()
         self._conns: dict[int, _Socket] = {}
         self._handshakes: dict[int, _Socket] = {}  # TLS connections not yet secured
+        self._unread = bytearray(4)  # FIONREAD's answer (see _reset)
         self._unix_file: tuple[str, int] | None = None
         self._timers: TimerWheel[_Socket] = TimerWheel()
         self._dispatcher = Dispatcher(
@@ -422,7 +429,8 @@ class Server:
                 if conn is not None:
                     try:
                         if mask & _READABLE and conn.events & _READ:
-                            self._on_readable(conn, now)
+                            if not (mask & _FAILED and self._reset(conn)):
+                                self._on_readable(conn, now)
                         elif mask & _ERROR:
                             self._on_error(conn)
                         if mask & _WRITABLE and not conn.closed and conn.engine.out:
@@ -736,6 +744,27 @@ class Server:
             if deadline < self._timers.scheduled_at(conn):
                 self._timers.schedule(conn, deadline)
         self._flush(conn, now)
+
+    def _reset(self, conn: _Socket) -> bool:
+        # The peer reset the connection (or it failed otherwise). With nothing
+        # owed, nothing half received and nothing unread, it is closed without
+        # the read, which would only raise ECONNRESET: clients that end every
+        # connection with SO_LINGER 0 pay that raise on each (one request per
+        # connection, the C load generator: 35.3k against 37.2k connections/s,
+        # five alternating rounds, medians). False: read as usual. Bytes that
+        # came before the reset are still read first, so every complete request
+        # reaches its handler, and the log line says what the loss cost.
+        engine = conn.engine
+        if conn.tls or engine.owed or engine.decoder.in_message:
+            return False
+        unread = self._unread
+        fcntl.ioctl(conn.fd, termios.FIONREAD, unread)
+        if unread != _NOTHING_UNREAD:
+            return False
+        if log.isEnabledFor(logging.DEBUG):
+            engine.log_lost(os.strerror(conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+        self._close(conn)
+        return True
 
     def _on_error(self, conn: _Socket) -> None:
         # An error or hang-up on a connection we are not reading (paused,
