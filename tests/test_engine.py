@@ -928,6 +928,22 @@ def test_large_contents_share_the_server_s_budget_and_give_it_back() -> None:
     assert first.read_buffer() is None  # 50 bytes to come: under large_content
 
 
+def test_the_read_after_a_large_content_is_small_then_the_usual_size() -> None:
+    # So that the next large content is read in place nearly from its first
+    # byte, instead of its first RECV_SIZE bytes being copied into its buffer.
+    conn = engine(large_content=100)
+    big = req(b"b" * 1500)
+    assert conn.read_size == limits.RECV_SIZE
+    feed(conn, big[:-1400], 0.0, echo_call)
+    into(conn, big[-1400:-700], 1.0)
+    assert conn.read_size == limits.RECV_SIZE  # not complete yet
+    into(conn, big[-700:], 2.0)
+    assert conn.read_size == limits.READ_AFTER_LARGE < limits.RECV_SIZE
+    feed(conn, req(b"small"), 3.0, echo_call)
+    assert conn.read_size == limits.RECV_SIZE
+    assert [m.content for m in sent_messages(conn)] == [b"b" * 1500, b"small"]
+
+
 def test_an_engine_made_alone_has_a_budget_of_its_own() -> None:
     conn = engine(large_content=100, large_content_memory=3000)
     feed(conn, req(b"x" * 2000)[:-1500], 0.0, echo_call)

@@ -90,6 +90,15 @@ RESPONSE_CACHE_BYTES = 1024 * 1024
 #: 64-byte message).
 RECV_SIZE = 64 * 1024
 
+#: Bytes asked of the kernel by the first read after a large content read in
+#: place: the next message is likely large too, and this read takes its
+#: header and little more, so that its content too is read in place nearly
+#: from its first byte. (With RECV_SIZE, up to 64 KiB of it would come in
+#: the read's chunk and be copied into the content's buffer: 1 MiB
+#: messages, -c 4 -d 2, four alternating pairs under a C load generator,
+#: medians 1,951 against 1,990 MB/s with it.) The next read is RECV_SIZE again.
+READ_AFTER_LARGE = 4 * 1024
+
 #: Contents of at least this many bytes are read in place: into one buffer
 #: the size of the content, made when the rest of it is read, which becomes
 #: the request's content with no copy (smaller ones are read in RECV_SIZE

@@ -197,9 +197,13 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # The rest of a large content is read into its own buffer; anything
         # else into the server's one read buffer, and copied out.
-        view = self.engine.read_buffer() if self.engine is not None else None
+        engine = self.engine
+        view = engine.read_buffer() if engine is not None else None
         self._direct = view is not None
-        return view if view is not None else self.server._buffer
+        if view is not None:
+            return view
+        buffer = self.server._buffer
+        return buffer if engine is None or engine.read_size == len(buffer) else buffer[: engine.read_size]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct:

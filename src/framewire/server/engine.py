@@ -251,6 +251,7 @@ class ServerConnection:
         "out",
         "peer",
         "quiet",
+        "read_size",
         "requests",
         "tls",
     )
@@ -283,6 +284,9 @@ class ServerConnection:
             cache=headers,
         )
         self._responses: ResponseCache = responses if responses is not None else BoundedCache(64 * 1024)
+        #: Bytes the driver asks for when it reads as usual (when
+        #: :meth:`read_buffer` gives no buffer): small after a large content.
+        self.read_size = limits.RECV_SIZE
         #: Answers ready to send.
         self.out = SendQueue()
         # Answers owed but not yet in ``out``: the first is not ready, and
@@ -414,6 +418,7 @@ class ServerConnection:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
         self.last_active = now
+        self.read_size = limits.RECV_SIZE
         if self.closing:
             self._dropped(len(data))  # after an error answer, or past the end
             return
@@ -456,6 +461,8 @@ class ServerConnection:
             requests = self.decoder.filled(count)
         except ProtocolError as exc:
             requests, error = [], exc
+        if requests:  # the next message is likely large too (see limits.READ_AFTER_LARGE)
+            self.read_size = limits.READ_AFTER_LARGE
         self._decoded(requests, error, not count, now)
 
     def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:

@@ -664,7 +664,7 @@ class Server:
         view = engine.read_buffer()
         try:
             if view is None:
-                data = conn.sock.recv(limits.RECV_SIZE)
+                data = conn.sock.recv(engine.read_size)
                 count = len(data)
             else:
                 count = conn.sock.recv_into(view)
