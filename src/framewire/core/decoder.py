@@ -210,6 +210,8 @@ class Decoder:
         "_error",
         "_header",
         "_header_size",
+        "_last_head",
+        "_last_header",
         "_max_content_length",
         "_max_header_size",
         "_need",
@@ -244,6 +246,11 @@ class Decoder:
         self._need = 2  # pragma: no mutate  # (set before it is read)
         self._header_size = 0  # pragma: no mutate  # (set before it is read)
         self._header: _Header | None = None
+        # The length and header bytes of the last message whose header was
+        # read (when short enough to cache), and that header: a message that
+        # begins with the same bytes has the same header, known valid here.
+        self._last_head: bytes | None = None  # pragma: no mutate  # (tested before use)
+        self._last_header: _Header | None = None  # pragma: no mutate  # (set with _last_head)
         # The buffer a large content is being read into (see direct_buffer):
         # it becomes the message's content, so the content is never joined.
         self._direct: bytearray | None = None
@@ -289,21 +296,34 @@ class Decoder:
         if not self._pending and self._state is _LENGTH:  # pragma: no mutate
             # Fast path: exactly one whole message whose header was seen before
             # (a request/response exchange); anything else takes the loop below.
+            # The last message's header is matched by its bytes in place, with
+            # no slice, hash or look-up (a 64-byte message: 600 -> 490 ns a
+            # feed); another cached one, by the cache.
             # (A fast path and a cache only save work: their mutants that
             # miss the cache fall through to the loop, which gives the same
             # messages, so they are not mutated; docs/mutation.md.)
-            end = len(data)
-            size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
-            key = data[2 : 2 + size]  # pragma: no mutate
-            header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
-            if (
-                header is not None
-                and 2 + size + header.content_length == end  # pragma: no mutate
-                and size <= self._max_header_size
-                and header.content_length <= self._max_content_length
-            ):
-                self.messages_decoded += 1
-                return [_wire_message(header, data[2 + size :])]
+            head = self._last_head
+            if head is not None and data.startswith(head):  # pragma: no mutate
+                header = self._last_header
+                assert header is not None
+                if len(head) + header.content_length == len(data):  # pragma: no mutate
+                    self.messages_decoded += 1
+                    return [_wire_message(header, data[len(head) :])]
+            else:
+                end = len(data)
+                size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
+                key = data[2 : 2 + size]  # pragma: no mutate
+                header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
+                if (
+                    header is not None
+                    and 2 + size + header.content_length == end  # pragma: no mutate
+                    and size <= self._max_header_size
+                    and header.content_length <= self._max_content_length
+                ):
+                    self._last_head = data[: 2 + size]  # pragma: no mutate
+                    self._last_header = header  # pragma: no mutate
+                    self.messages_decoded += 1
+                    return [_wire_message(header, data[2 + size :])]
         out: list[Message] = []
         append = out.append
         if self._pending:
@@ -337,28 +357,50 @@ class Decoder:
         need = 2  # pragma: no mutate  # (set before it is read)
         cache = self._cache
         cached = cache.get
+        last_head = self._last_head
+        last_header = self._last_header
+        last_length = 0 if last_header is None else last_header.content_length  # pragma: no mutate
         # States as locals: this loop runs once per message and an enum
         # attribute look-up per test would cost a noticeable part of it.
         length_state, header_state, content_state = _LENGTH, _HEADER_STATE, _CONTENT
         try:
             while True:
                 if state is length_state:
-                    if end - pos < 2:
+                    if last_head is not None and buf.startswith(last_head, pos):  # pragma: no mutate
+                        # The same length and header bytes as the last message
+                        # (a stream of like messages): no slice, hash or look-up
+                        # of the header, and its limits were checked when it was
+                        # read. 16 pipelined 64-byte messages per feed: 490 ->
+                        # 314 ns a message; the echo server +29 % (A/B, three
+                        # alternating pairs, -c 16 -d 16 -s 64).
+                        pos += len(last_head)
+                        header = last_header
+                        stop = pos + last_length
+                        if stop <= end:  # pragma: no mutate  # (else: the same message below)
+                            message = new_message(Message)
+                            message._header = header  # type: ignore[assignment]  # (set with last_head)
+                            message._content = buf[pos:stop]
+                            append(message)
+                            pos = stop
+                            continue
+                        state = content_state
+                    elif end - pos < 2:
                         need = 2
                         break
-                    size = (buf[pos] << 8) | buf[pos + 1]
-                    pos += 2
-                    if size < _MIN_HEADER_SIZE:
-                        raise BadHeaderLength(
-                            f"The header length is {size}; the smallest header, {{}}, is 2."
-                        )
-                    if size > self._max_header_size:
-                        raise HeaderTooLarge(
-                            f"The header length is {size} bytes; this receiver's limit is "
-                            f"{self._max_header_size}."
-                        )
-                    self._header_size = size
-                    state = header_state
+                    else:
+                        size = (buf[pos] << 8) | buf[pos + 1]
+                        pos += 2
+                        if size < _MIN_HEADER_SIZE:
+                            raise BadHeaderLength(
+                                f"The header length is {size}; the smallest header, {{}}, is 2."
+                            )
+                        if size > self._max_header_size:
+                            raise HeaderTooLarge(
+                                f"The header length is {size} bytes; this receiver's limit is "
+                                f"{self._max_header_size}."
+                            )
+                        self._header_size = size
+                        state = header_state
                 if state is header_state:
                     size = self._header_size
                     if end - pos < size:
@@ -383,6 +425,12 @@ class Decoder:
                             f"content-length is {header.content_length}; this receiver's limit is "
                             f"{self._max_content_length} bytes."
                         )
+                    if size <= limits.HEADER_CACHE_MAX_SIZE and pos >= size + 2:  # pragma: no mutate
+                        # (Not when the length came in an earlier read: then its
+                        # two bytes are not in this buffer.)
+                        last_head = buf[pos - size - 2 : pos]  # pragma: no mutate
+                        last_header = header  # pragma: no mutate
+                        last_length = header.content_length  # pragma: no mutate
                     state = content_state
                 assert header is not None
                 size = header.content_length
@@ -403,6 +451,8 @@ class Decoder:
             raise
         self._state = state
         self._header = header
+        self._last_head = last_head
+        self._last_header = last_header
         self._need = need
         if pos < end:
             self._pending = [buf[pos:] if pos else buf]  # pragma: no mutate
