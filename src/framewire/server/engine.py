@@ -441,6 +441,11 @@ class ServerConnection:
         whole content: a peer that announces a large content and sends no
         more holds that memory until its message deadline.
         """
+        if self.message_started is None:
+            # Between messages (the usual case for small ones): no content to
+            # read in place. Saves two calls a read: 1000 connections +2.3 %
+            # (four alternating pairs, 142,204 against 145,527 msg/s, medians).
+            return None
         if self._held:
             return self.decoder.direct_buffer(0, self._held)
         minimum = self._config.large_content
