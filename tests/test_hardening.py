@@ -400,15 +400,18 @@ def test_max_in_flight_pauses_reading() -> None:
     assert all(m.content == b"q" * 2000 for m in answers)
 
 
-def test_reset_while_the_server_is_blocked_on_a_full_send_buffer() -> None:
+def test_reset_while_the_server_is_blocked_on_a_full_send_buffer(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="framewire.server")
     with running(echo, high_water=64 * 1024) as server:
         for _ in range(3):
             sock = connect(server.port)
             fill_until_paused(server, sock, encode(Message.from_bytes(b"r" * 30000)))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            reset(sock)
             wait_until(lambda: server.connections == 0)
         still_serves_echo(server)
+    # The reason in words, whichever way the driver learnt of the reset.
+    lost = [r.getMessage() for r in caplog.records if " lost: " in r.getMessage()]
+    assert lost and all("reset by peer" in line and "not sent" in line for line in lost), lost
 
 
 def test_reset_mid_response_and_mid_message() -> None:

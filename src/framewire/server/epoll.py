@@ -771,7 +771,7 @@ class Server:
         # or waiting for a handler): find out which, and close if it is fatal.
         code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
-            self._lost(conn, OSError(code, f"socket error {code}"))
+            self._lost(conn, OSError(code, os.strerror(code)))  # as a read would have said
 
     def _completions(self, now: float) -> None:
         for engine, slot, result in self._dispatcher.completed():
