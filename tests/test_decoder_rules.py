@@ -81,13 +81,16 @@ def test_the_fast_path_counts_and_builds_the_same_message_as_the_loop() -> None:
     decoder = Decoder()
     data = raw(binary(2, trace="t"), b"hi")
     first = decoder.feed(data)  # parsed
-    second = decoder.feed(data)  # cached: the fast path
+    second = decoder.feed(data)  # the last message's header again
     assert first == second and second[0].extensions == {"trace": "t"}
     assert decoder.messages_decoded == 2
+    decoder.feed(raw(binary(2), b"ok"))  # another header, parsed
+    third = decoder.feed(data)  # not the last header, but cached
+    assert third == first and decoder.messages_decoded == 4
     decoder.feed(data + data + data[:5])
-    assert decoder.messages_decoded == 4
+    assert decoder.messages_decoded == 6
     decoder.feed(data[5:])
-    assert decoder.messages_decoded == 5
+    assert decoder.messages_decoded == 7
 
 
 def test_a_content_joined_from_many_pieces_keeps_the_bytes_after_it() -> None:

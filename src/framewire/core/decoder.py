@@ -302,7 +302,7 @@ class Decoder:
             # (A fast path and a cache only save work: their mutants that
             # miss the cache fall through to the loop, which gives the same
             # messages, so they are not mutated; docs/mutation.md.)
-            head = self._last_head
+            head = self._last_head  # pragma: no mutate  # (None: the cache's path, the same message)
             if head is not None and data.startswith(head):  # pragma: no mutate
                 header = self._last_header
                 assert header is not None
@@ -357,7 +357,7 @@ class Decoder:
         need = 2  # pragma: no mutate  # (set before it is read)
         cache = self._cache
         cached = cache.get
-        last_head = self._last_head
+        last_head = self._last_head  # pragma: no mutate  # (None: the header is read again)
         last_header = self._last_header
         last_length = 0 if last_header is None else last_header.content_length  # pragma: no mutate
         # States as locals: this loop runs once per message and an enum
@@ -451,7 +451,7 @@ class Decoder:
             raise
         self._state = state
         self._header = header
-        self._last_head = last_head
+        self._last_head = last_head  # pragma: no mutate  # (None: the header is read again)
         self._last_header = last_header
         self._need = need
         if pos < end:
