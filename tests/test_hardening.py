@@ -329,6 +329,12 @@ def test_closed_connections_are_freed_without_the_cycle_collector() -> None:
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as load generators do."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def fill_until_paused(server: Server, sock: socket.socket, request: bytes) -> tuple[Any, memoryview, int]:
     """Pipeline copies of ``request`` without reading until the server stops
     reading this connection. Returns its state, the stream and bytes sent."""
@@ -424,16 +430,9 @@ def test_reset_mid_response_and_mid_message() -> None:
             sock.sendall(payload)
             if len(payload) > 100:
                 sock.recv(1000)  # the response has started
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            reset(sock)
         wait_until(lambda: server.connections == 0)
         still_serves_echo(server)
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with a reset (SO_LINGER 0), as load generators do."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def test_a_reset_after_the_answers_costs_no_more_than_a_close(caplog: pytest.LogCaptureFixture) -> None:
