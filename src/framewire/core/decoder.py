@@ -372,7 +372,9 @@ class Decoder:
                         # of the header, and its limits were checked when it was
                         # read. 16 pipelined 64-byte messages per feed: 490 ->
                         # 314 ns a message; the echo server +29 % (A/B, three
-                        # alternating pairs, -c 16 -d 16 -s 64).
+                        # alternating pairs, -c 16 -d 16 -s 64). The message is
+                        # built here, as it is in the content step below, not by
+                        # falling through to that step: that measured 346 ns.
                         pos += len(last_head)
                         header = last_header
                         stop = pos + last_length
