@@ -72,13 +72,13 @@ test-deploy: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 	FRAMEWIRE_REQUIRE_HAPROXY=1 $(BIN)/pytest -m deploy tests/test_deploy.py
 
-# The hot path compiled with mypyc (docs/performance.md): the decoder and
-# the connection engine. `make compiled` builds them beside their sources,
+# The hot path compiled with mypyc (docs/performance.md): the message, the
+# decoder and the connection engine. `make compiled` builds them beside their sources,
 # where Python imports them first; `make pure` goes back to pure Python.
 # `framewire --version` says which is running.
-COMPILED := framewire/core/decoder.py framewire/server/engine.py
+COMPILED := framewire/core/message.py framewire/core/decoder.py framewire/server/engine.py
 # What `make compiled` leaves in src/ (removed by `make pure` and `make clean`).
-COMPILED_OUTPUT := src/build src/*__mypyc*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
+COMPILED_OUTPUT := src/build src/*__mypyc*.so src/framewire/core/message.*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
 compiled: $(STAMP)
 	cd src && ../$(BIN)/mypyc $(COMPILED) >/dev/null
 	$(BIN)/framewire --version
@@ -95,7 +95,7 @@ compiled-copy: $(STAMP)
 	  | tar -xf - -C build/compiled
 	cd build/compiled/src && $(CURDIR)/$(BIN)/mypyc $(COMPILED) >/dev/null
 	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/python -m framewire --version \
-	  | grep -q "compiled with mypyc: decoder, engine" || { echo "the compiled build did not load"; exit 1; }
+	  | grep -q "compiled with mypyc: message, decoder, engine" || { echo "the compiled build did not load"; exit 1; }
 
 # The whole suite against the compiled build.
 test-compiled: compiled-copy

@@ -12,7 +12,7 @@ Results are stored as JSON in ``benchmarks/results/`` (one file per run),
 and the change against the last stored run is printed.
 
 The targets are the default build's. With ``--compiled SRC`` (a copy of the
-tree whose decoder and engine mypyc compiled: ``make compiled-copy``), that
+tree whose message, decoder and engine mypyc compiled: ``make compiled-copy``), that
 build runs once in each pair too, and its ratios are stored beside them.
 
     python benchmarks/targets.py [--seconds 3] [--pairs 3] [--compiled build/compiled/src]

@@ -66,7 +66,7 @@ def test_version_names_the_build() -> None:
 
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout == f"framewire {__version__} ({build_name()})\n"
-    assert build_name() == "pure Python" or build_name().startswith("compiled with mypyc: decoder")
+    assert build_name() == "pure Python" or build_name().startswith("compiled with mypyc: message, decoder")
 
 
 def test_demo_round_trips() -> None:

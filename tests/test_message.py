@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from framewire import BadContent, BadEncoding, Message, ProtocolError
-from framewire.core.message import UnencodableMessage, text_codec
+from framewire import BadContent, BadEncoding, Decoder, Message, ProtocolError, encode
+from framewire._build import compiled_modules
+from framewire.core.message import NATIVE, UnencodableMessage, text_codec
 
 
 def test_from_json_fills_the_required_keys() -> None:
@@ -238,3 +239,12 @@ def test_the_remaining_refusals_say_what_is_wrong_cut_to_sixty_characters() -> N
         str(undecodable.value)
         == f"bad-content: The content does not decode as {padded[:60]}: invalid start byte."
     )
+
+
+def test_the_decoder_knows_which_build_it_runs_in() -> None:
+    # message.NATIVE picks how the decoder makes messages: the wrong way fails
+    # in the compiled build (object.__new__ refuses a native class), where
+    # make test-compiled runs this.
+    assert ("framewire.core.message" in compiled_modules()) == NATIVE
+    (message,) = Decoder().feed(encode(Message.from_bytes(b"read", extensions={"x": 1})))
+    assert isinstance(message, Message) and message == Message.from_bytes(b"read", extensions={"x": 1})

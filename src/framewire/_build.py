@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 
-#: The modules ``make compiled`` compiles: the decoder and the connection engine.
-COMPILED_MODULES = ("framewire.core.decoder", "framewire.server.engine")
+#: The modules ``make compiled`` compiles: the message, the decoder and the connection engine.
+COMPILED_MODULES = ("framewire.core.message", "framewire.core.decoder", "framewire.server.engine")
 
 
 def compiled_modules() -> list[str]:

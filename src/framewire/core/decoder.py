@@ -30,7 +30,15 @@ from framewire.core.errors import (
     ProtocolError,
 )
 from framewire.core.frozen import freeze
-from framewire.core.message import _BYTEORDERS, _NO_EXTENSIONS, REQUIRED_KEYS, Message, _Header
+from framewire.core.message import (
+    _BYTEORDERS,
+    _NO_EXTENSIONS,
+    NATIVE,
+    REQUIRED_KEYS,
+    Message,
+    _Decoded,
+    _Header,
+)
 
 __all__ = ["Decoder", "HeaderCache", "State", "encode", "encode_many", "parse_header"]
 
@@ -350,6 +358,7 @@ class Decoder:
         else:
             buf = data
         new_message = _new_message
+        native = NATIVE  # pragma: no mutate  # (see message.NATIVE; each build's tests run one branch)
         pos = 0
         end = len(buf)
         state: State = self._state
@@ -379,10 +388,13 @@ class Decoder:
                         header = last_header
                         stop = pos + last_length
                         if stop <= end:  # pragma: no mutate  # (else: the same message below)
-                            message = new_message(Message)
-                            message._header = header  # type: ignore[assignment]  # (set with last_head)
-                            message._content = buf[pos:stop]
-                            append(message)
+                            if native:  # pragma: no mutate  # (compiled: see message.NATIVE)
+                                append(_Decoded(last_header, buf[pos:stop]))  # type: ignore[arg-type]  # pragma: no mutate
+                            else:
+                                message = new_message(Message)
+                                message._header = header  # type: ignore[assignment]  # (set with last_head)
+                                message._content = buf[pos:stop]
+                                append(message)
                             pos = stop
                             continue
                         state = content_state
@@ -439,10 +451,13 @@ class Decoder:
                 if end - pos < size:
                     need = size
                     break
-                message = new_message(Message)
-                message._header = header
-                message._content = buf[pos : pos + size]
-                append(message)
+                if native:  # pragma: no mutate
+                    append(_Decoded(header, buf[pos : pos + size]))  # pragma: no mutate
+                else:
+                    message = new_message(Message)
+                    message._header = header
+                    message._content = buf[pos : pos + size]
+                    append(message)
                 pos += size
                 state = length_state
         except ProtocolError as exc:
@@ -601,6 +616,8 @@ def _cost(raw: bytes, header: _Header) -> int:
 def _wire_message(header: _Header, content: bytes | bytearray) -> Message:
     # The decoder's constructor: the header is already validated and shared.
     # (The per-message loop in feed() does the same inline, to save the call.)
+    if NATIVE:  # pragma: no mutate  # (compiled only: make test-compiled runs it)
+        return _Decoded(header, content)  # pragma: no mutate
     message = _new_message(Message)
     message._header = header
     message._content = content

@@ -45,7 +45,7 @@ from framewire.core.errors import (
     ProtocolError,
     ServerBusy,
 )
-from framewire.core.message import Message, _Header
+from framewire.core.message import Message, _Decoded, _Header
 from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
@@ -550,8 +550,9 @@ class ServerConnection:
         self._waiting.append(slot)
         return slot
 
-    def fulfil(self, slot: Slot, result: Message | BaseException, now: float) -> None:
-        """The answer for ``slot`` came (or the handler raised ``result``)."""
+    def fulfil(self, slot: Slot, result: object, now: float) -> None:
+        """The answer for ``slot`` came (or the handler raised ``result``):
+        whatever the handler gave, which need not be a Message."""
         if self.lost:
             return  # the peer is gone: the answer is dropped without noise
         if isinstance(result, BaseException):
@@ -763,7 +764,16 @@ class ServerConnection:
                     raise DeadlineExceeded("The request's deadline had passed when it arrived.")
                 else:
                     response = call(request)
-                    if response.__class__ is not Message and adopt is not None and response is not LATER:
+                    # type() tests, not isinstance: cheaper in pure Python (the
+                    # pipelined row -1.4 % with isinstance, five alternating
+                    # pairs), and as cheap compiled, where a request echoed back
+                    # is a _Decoded (core/message.py).
+                    if (
+                        type(response) is not Message
+                        and type(response) is not _Decoded
+                        and adopt is not None
+                        and response is not LATER
+                    ):
                         response = adopt(self, request, response)
             except BaseException as exc:
                 if not isinstance(exc, Exception):
@@ -774,7 +784,7 @@ class ServerConnection:
                     if extensions:  # the reserved slot carries the id to the answer
                         waiting[-1].ident = request_id(extensions)
                     continue  # a slot is reserved; the answer comes later
-                if response.__class__ is Message and response._header.checked:
+                if (type(response) is Message or type(response) is _Decoded) and response._header.checked:
                     head = response._header.wire  # type: ignore[assignment]  # set once checked
                     content = response._content
                 else:

@@ -43,7 +43,8 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("framewire.server")
 
-Completion = tuple[ServerConnection, Slot, "Message | BaseException"]
+# (The result is whatever the handler returned or raised: the engine checks it.)
+Completion = tuple[ServerConnection, Slot, object]
 #: A request for the thread pool: its connection, slot, deadline and cancel flag.
 _Job = tuple[ServerConnection, Slot, Message, "float | None", Cancel]
 

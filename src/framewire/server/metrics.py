@@ -126,7 +126,7 @@ class Metrics:
             self.request(request)
             started = clock()
             result = call(request)
-            if result.__class__ is Message:  # else it answers later, and is timed then
+            if isinstance(result, Message):  # else it answers later, and is timed then
                 observe(clock() - started)
             return result
 
