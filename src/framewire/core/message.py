@@ -16,7 +16,7 @@ import pkgutil
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -43,8 +43,10 @@ _UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
 _NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
 #: True when this module runs compiled by mypyc (``make compiled``): Message
 #: is then a native class, which ``object.__new__`` refuses to make, and the
-#: decoder makes its messages with :class:`_Decoded` (see there).
-NATIVE: Final = not __file__.endswith((".py", ".pyc"))
+#: decoder makes its messages with :class:`_Decoded` (see there). (Asked of
+#: this module's own code, not of its file name, which a frozen or zipped
+#: install may not have: compiled, a function is a built-in.)
+NATIVE: Final = not isinstance(is_text_type, FunctionType)
 
 # Codecs that warn (DeprecationWarning) about invalid escapes in what they decode.
 _WARNING_CODECS: Final = frozenset({"unicode-escape", "raw-unicode-escape"})
