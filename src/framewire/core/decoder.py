@@ -396,7 +396,7 @@ class Decoder:
                         stop = pos + last_length
                         if stop <= end:  # pragma: no mutate  # (else: the same message below)
                             if native:  # pragma: no mutate  # (compiled: see message.NATIVE)
-                                append(_Decoded(last_header, buf[pos:stop]))  # type: ignore[arg-type]  # pragma: no mutate
+                                append(_Decoded(header, buf[pos:stop]))  # type: ignore[arg-type]  # pragma: no mutate
                             else:
                                 message = new_message(Message)
                                 message._header = header  # type: ignore[assignment]  # (set with last_head)

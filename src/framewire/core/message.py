@@ -303,7 +303,7 @@ class Message:
         if type(data) is not bytes:
             data = bytes(data)
         # The constructor's work, minus a call: this is the hot path of servers.
-        if NATIVE:  # (compiled, the constructor is as fast: see NATIVE)
+        if NATIVE:  # compiled, object.__new__ refuses a native class (see NATIVE)
             return cls(data, content_type, "binary", extensions=extensions)
         message = object.__new__(cls)
         message._content = data
@@ -485,7 +485,7 @@ class _Decoded(Message):
     to make one without running ``__init__``, as the pure-Python decoder
     does, and this native constructor is the fastest way left (the
     decoder's loop, 16 pipelined 64-byte messages a read: 155 ns a message
-    through ``Message.__new__``, 134 ns through this). In pure Python a
+    through a ``__new__`` defined on Message, 134 ns through this). In pure Python a
     call of this ``__init__`` would cost more than ``object.__new__`` and
     two stores, so the decoder does not use it there (message.NATIVE).
     """
