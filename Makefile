@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire test-deploy test-compiled compiled compiled-copy pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy test-compiled compiled compiled-wheel compiled-copy pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
@@ -21,18 +21,28 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-# Serving needs only framewire itself (the test tools are make test's).
-SERVE_STAMP := $(VENV)/.installed-serve
-$(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# make serve runs framewire as a user installs it (`pip install .`: the hot
+# path compiled with mypyc where a C compiler is present, hatch_build.py), in
+# a venv of its own: .venv holds the editable, pure-Python install that the
+# tests and tools use. Reinstalled when a source file changes.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+$(SERVE_VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml hatch_build.py $(shell find src -name '*.py') | $(SERVE_VENV)/bin/python
+	$(SERVE_VENV)/bin/python -m pip install --quiet .
+	$(SERVE_VENV)/bin/framewire --version
 	@touch $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP)
-	$(BIN)/framewire serve --host $(HOST) --port $(PORT)
+	$(SERVE_VENV)/bin/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py
-	$(BIN)/ruff format --check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py
+	$(BIN)/ruff check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py hatch_build.py
+	$(BIN)/ruff format --check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py hatch_build.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict
@@ -48,13 +58,14 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	@touch $(BENCH_STAMP)
 
 # The core beside a plain struct+json loop, then every server beside the
-# peers with one load client; writes docs/performance.md and its chart. The
-# targets are measured on the default (pure) build, with the compiled build
-# of a copy of the tree (compiled-copy) beside it in each pair.
+# peers with one load client; writes docs/performance.md and its chart.
+# framewire runs as `pip install .` builds it where a compiler is (the
+# wheel's compiled modules, in compiled-copy); the targets also measure the
+# pure-Python build (.venv's) in each pair.
 bench: $(BENCH_STAMP) compiled-copy
-	$(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
-	$(BIN)/python benchmarks/targets.py --compiled build/compiled/src
-	$(BIN)/python benchmarks/compare.py --core .venv/core-bench.json
+	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
+	$(BIN)/python benchmarks/targets.py --build build/compiled/src
+	$(BIN)/python benchmarks/compare.py --build build/compiled/src --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's
 # packages when it is missing, captures loopback traffic, dissects it.
@@ -72,28 +83,37 @@ test-deploy: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 	FRAMEWIRE_REQUIRE_HAPROXY=1 $(BIN)/pytest -m deploy tests/test_deploy.py
 
-# The hot path compiled with mypyc (docs/performance.md): the message, the
-# decoder and the connection engine. `make compiled` builds them beside their sources,
-# where Python imports them first; `make pure` goes back to pure Python.
-# `framewire --version` says which is running.
-COMPILED := framewire/core/message.py framewire/core/decoder.py framewire/server/engine.py
-# What `make compiled` leaves in src/ (removed by `make pure` and `make clean`).
-COMPILED_OUTPUT := src/build src/*__mypyc*.so src/framewire/core/message.*.so src/framewire/core/decoder.*.so src/framewire/server/engine.*.so
-compiled: $(STAMP)
-	cd src && ../$(BIN)/mypyc $(COMPILED) >/dev/null
+# The hot path compiled with mypyc (docs/performance.md, "The compiled
+# build"): the wheel pip builds from this tree (hatch_build.py), made to
+# compile or fail (FRAMEWIRE_BUILD=compiled). Its compiled modules are what
+# the targets below take, so that what CI tests is what `pip install` makes.
+WHEEL_DIR := build/wheel
+compiled-wheel: $(STAMP)
+	rm -rf $(WHEEL_DIR)
+	FRAMEWIRE_BUILD=compiled $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEEL_DIR) .
+
+# `make compiled` puts the compiled modules beside their sources in src/,
+# where Python imports them first (the editable .venv then runs them: an edit
+# to one of their sources has no effect until `make compiled` again); `make
+# pure` takes them away. `framewire --version` says which build runs.
+COMPILED_OUTPUT := src/*.so src/framewire/*.so src/framewire/*/*.so
+compiled: compiled-wheel
+	rm -f $(COMPILED_OUTPUT)
+	$(BIN)/python dev/wheel_extensions.py $(WHEEL_DIR)/framewire-*.whl src
 	$(BIN)/framewire --version
 
 pure:
-	rm -rf $(COMPILED_OUTPUT)
+	rm -f $(COMPILED_OUTPUT)
 	$(BIN)/framewire --version
 
-# A copy of the tree with the hot path compiled, in build/compiled (the
-# working tree stays pure): test-compiled runs the suite in it, bench measures it.
-compiled-copy: $(STAMP)
+# A copy of the tree with the wheel's compiled modules in it, in
+# build/compiled (the working tree stays pure): test-compiled runs the suite
+# in it, bench measures it.
+compiled-copy: compiled-wheel
 	rm -rf build/compiled && mkdir -p build/compiled
-	tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./mutants --exclude=./site -cf - . \
-	  | tar -xf - -C build/compiled
-	cd build/compiled/src && $(CURDIR)/$(BIN)/mypyc $(COMPILED) >/dev/null
+	tar --exclude=./.venv --exclude=./.venv-serve --exclude=./.git --exclude=./build --exclude=./mutants --exclude=./site \
+	  --exclude='*.so' -cf - . | tar -xf - -C build/compiled
+	$(BIN)/python dev/wheel_extensions.py $(WHEEL_DIR)/framewire-*.whl build/compiled/src
 	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/python -m framewire --version \
 	  | grep -q "compiled with mypyc: message, decoder, engine" || { echo "the compiled build did not load"; exit 1; }
 
@@ -155,4 +175,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants build $(COMPILED_OUTPUT)
+	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site mutants build $(COMPILED_OUTPUT)

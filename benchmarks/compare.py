@@ -62,9 +62,24 @@ TLS_SCENARIOS = [
 ]  # fmt: skip
 
 
-def tls_servers(cert: str, key: str) -> dict[str, list[str]]:
+def framewire(build: Path | None = None) -> list[str]:
+    """``python -m framewire`` of the build in the source tree ``build`` (the
+    default install's: ``make compiled-copy``), or of this environment."""
+    if build is None:
+        return [PY, "-m", "framewire"]
+    return ["env", f"PYTHONPATH={build.resolve()}", PY, "-m", "framewire"]
+
+
+def build_of(command: list[str]) -> str:
+    """What ``framewire --version`` says of the build ``command`` (``python -m
+    framewire`` and what precedes it) runs: "pure Python", or "compiled with mypyc: ..."."""
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False).stdout
+    return version.strip().split(" (", 1)[-1].rstrip(")")
+
+
+def tls_servers(cert: str, key: str, build: Path | None = None) -> dict[str, list[str]]:
     peers = HERE / "peers"
-    serve = [PY, "-m", "framewire", "serve", "--app", "echo", "--port", "{port}", "--tls-cert", cert,
+    serve = [*framewire(build), "serve", "--app", "echo", "--port", "{port}", "--tls-cert", cert,
              "--tls-key", key]  # fmt: skip
     found = {
         "framewire": serve,
@@ -98,9 +113,9 @@ def build(name: str) -> Path | None:
     return binary
 
 
-def servers() -> dict[str, list[str]]:
+def servers(build: Path | None = None) -> dict[str, list[str]]:
     peers = HERE / "peers"
-    serve = [PY, "-m", "framewire", "serve", "--app", "echo", "--port", "{port}"]  # the default options
+    serve = [*framewire(build), "serve", "--app", "echo", "--port", "{port}"]  # the default options
     found = {
         "framewire": serve,
         "framewire --loop asyncio": [*serve, "--loop", "asyncio"],
@@ -259,19 +274,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--core", type=Path, default=None, help="JSON from bench_core.py --json, to include")
+    parser.add_argument("--build", type=Path, help="framewire's servers run the build in this source tree")
     args = parser.parse_args()
-    peers = servers()
+    peers = servers(args.build)
     rows = run_all(SCENARIOS, peers, args.seconds)
     with tempfile.TemporaryDirectory() as folder:
         from framewire.tools.certs import write_certificates  # noqa: PLC0415
 
         ca, cert, key = (str(p) for p in write_certificates(Path(folder)).paths[:3])
-        tls_peers = tls_servers(cert, key)
+        tls_peers = tls_servers(cert, key, args.build)
         tls_rows = run_all(TLS_SCENARIOS, tls_peers, args.seconds, ("--tls-ca", ca))
     png = args.out.with_suffix(".png")
     drew = chart(rows, png)
     write_doc(args.out, rows, list(peers), png if drew else None, args.core, args.seconds,
-              (tls_rows, list(tls_peers)))  # fmt: skip
+              (tls_rows, list(tls_peers)), build_of(framewire(args.build)))  # fmt: skip
     print(f"wrote {args.out}" + (f" and {png}" if drew else " (no chart: matplotlib is missing)"))
     failed = any(
         r and (r["errors"] or r["mismatches"])
@@ -316,7 +332,9 @@ def targets_section() -> list[str]:
         "epoll, every answer checked) so that the client is never the bottleneck;",
         f"measured {result['date']} on {result['machine']}, {result['pairs']} pairs",
         f"of {result['seconds']:g} s, stored in `{stored}`. framewire runs with the",
-        "default options (`framewire serve --app echo`).",
+        "default options (`framewire serve --app echo`), built as `pip install .`",
+        f"builds it where a C compiler is ({result.get('default_build', 'pure Python')}); the last",
+        "column is the pure-Python build's ratio in the same pairs.",
         "",
         *markdown(result),
         "",
@@ -335,6 +353,7 @@ def write_doc(
     core: Path | None,
     seconds: float,
     tls: tuple[dict[str, dict[str, dict[str, object]]], list[str]] | None = None,
+    build_name: str = "pure Python",
 ) -> None:
     today = datetime.date.today().isoformat()
     lines = [
@@ -344,7 +363,8 @@ def write_doc(
         f"(`benchmarks/compare.py`, {seconds:g} s a run). Every server echoes; each is",
         "loaded by the same client, `framewire bench --check` (every answer checked),",
         "server pinned to CPU 0 and client to CPU 1. framewire runs with the default",
-        "options a user gets (`framewire serve --app echo`, logging at INFO), beside",
+        "options a user gets (`framewire serve --app echo`, logging at INFO), built",
+        f"as `pip install .` builds it ({build_name}), beside",
         "its other drivers. The client is Python too, so the fastest servers here are",
         "held back by it: these are ratios between servers under one client, not",
         "each server's ceiling. The machine is shared and noisy: compare ratios",

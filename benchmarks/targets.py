@@ -11,11 +11,15 @@ the peer, ``--pairs`` times alternating; the figures are the medians.
 Results are stored as JSON in ``benchmarks/results/`` (one file per run),
 and the change against the last stored run is printed.
 
-The targets are the default build's. With ``--compiled SRC`` (a copy of the
-tree whose message, decoder and engine mypyc compiled: ``make compiled-copy``), that
-build runs once in each pair too, and its ratios are stored beside them.
+The targets are those of the build a user installs by default: ``pip
+install .`` compiles the message, decoder and engine with mypyc where a C
+compiler is (hatch_build.py). ``--build SRC`` names a tree holding that
+build (``make compiled-copy`` puts the wheel's compiled modules in a copy of
+the tree); the pure-Python build (this environment's) then runs once in each
+pair too, and its ratios are stored beside them. Without ``--build``, the
+pure build alone is measured as "framewire".
 
-    python benchmarks/targets.py [--seconds 3] [--pairs 3] [--compiled build/compiled/src]
+    python benchmarks/targets.py [--seconds 3] [--pairs 3] [--build build/compiled/src]
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from compare import PY, ROOT, build, c_server, machine, pinned, servers, serving
-from stored import COMPILED, FRAMEWIRE, RESULTS, last_stored
+from compare import ROOT, build, build_of, c_server, machine, pinned, servers, serving
+from stored import FRAMEWIRE, PURE, RESULTS, by_build, last_stored
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,23 +82,16 @@ def figure(result: dict[str, object], large: bool) -> float:
     return float(str(result["mb_per_s" if large else "rps"]))
 
 
-def compiled_server(src: Path) -> list[str]:
-    """The echo server of the compiled build in ``src``; exits if that build
-    does not load (a stale or pure copy would be measured under its name)."""
-    command = ["env", f"PYTHONPATH={src.resolve()}", PY, "-m", "framewire"]
-    version = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False).stdout
-    if "compiled with mypyc" not in version:
-        sys.exit(f"targets.py: {src} holds no compiled build (make compiled-copy): {version.strip()!r}")
-    return [*command, "serve", "--app", "echo", "--port", "{port}"]
-
-
-def measure(seconds: float, pairs: int, compiled: Path | None = None) -> dict[str, object]:
+def measure(seconds: float, pairs: int, build: Path | None = None) -> dict[str, object]:
     binary = loadgen()
-    commands = servers()
+    commands = servers(build)
     if c_server() is None:
         sys.exit("targets.py: the C epoll server needs gcc (or cc)")
-    if compiled is not None:
-        commands[COMPILED] = compiled_server(compiled)
+    default_build = build_of(commands[FRAMEWIRE][: commands[FRAMEWIRE].index("serve")])
+    if build is not None:
+        if "compiled with mypyc" not in default_build:
+            sys.exit(f"targets.py: {build} holds no compiled build (make compiled-copy): {default_build!r}")
+        commands[PURE] = servers()[FRAMEWIRE]
     rows: dict[str, object] = {}
     for target in TARGETS:
         runs: dict[str, list[dict[str, object]]] = {FRAMEWIRE: []}
@@ -104,8 +101,8 @@ def measure(seconds: float, pairs: int, compiled: Path | None = None) -> dict[st
                     continue
                 runs[FRAMEWIRE].append(run(commands[FRAMEWIRE], target.args, seconds, binary))
                 runs.setdefault(peer, []).append(run(commands[peer], target.args, seconds, binary))
-            if COMPILED in commands:
-                runs.setdefault(COMPILED, []).append(run(commands[COMPILED], target.args, seconds, binary))
+            if PURE in commands:
+                runs.setdefault(PURE, []).append(run(commands[PURE], target.args, seconds, binary))
         medians = {name: statistics.median(figure(r, target.large) for r in rs) for name, rs in runs.items()}
         failures = sum(int(str(r["errors"])) + int(str(r["mismatches"])) for rs in runs.values() for r in rs)
         peers = [peer for peer, _ in target.goals if peer in medians]
@@ -118,9 +115,9 @@ def measure(seconds: float, pairs: int, compiled: Path | None = None) -> dict[st
             "errors_and_mismatches": failures,
         }
         said = ", ".join(f"{ratios[p]:.2f}x {p}" for p in ratios)
-        if COMPILED in medians:
-            row["compiled_ratios"] = {peer: medians[COMPILED] / medians[peer] for peer in peers}
-            said += f"; compiled {medians[COMPILED]:,.1f}"
+        if PURE in medians:
+            row["pure_ratios"] = {peer: medians[PURE] / medians[peer] for peer in peers}
+            said += f"; pure Python {medians[PURE]:,.1f}"
         rows[target.name] = row
         print(f"{target.name:38} framewire {medians[FRAMEWIRE]:>12,.1f} {row['unit']}: {said}"
               f" ({failures} errors and mismatches)", flush=True)  # fmt: skip
@@ -129,13 +126,15 @@ def measure(seconds: float, pairs: int, compiled: Path | None = None) -> dict[st
         "machine": machine(),
         "seconds": seconds,
         "pairs": pairs,
-        "command": f"{PY} -m framewire serve --app echo --port PORT",
+        "command": "framewire serve --app echo --port PORT",
+        "default_build": default_build,
         "targets": rows,
     }
 
 
 def changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
-    """framewire's figure and its ratios now against the last stored run."""
+    """framewire's figure and its ratios now against the last stored run, each
+    build against the same build (an earlier run may have named them otherwise)."""
     lines = [f"change against the run of {before['date']}:"]
     old_rows = before["targets"]
     assert isinstance(old_rows, dict)
@@ -145,15 +144,16 @@ def changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
         old = old_rows.get(name)
         if old is None:
             continue
-        was, now = old["medians"][FRAMEWIRE], row["medians"][FRAMEWIRE]
-        ratio_changes = ", ".join(
-            f"{peer} {old['ratios'][peer]:.2f}x -> {ratio:.2f}x"
-            for peer, ratio in row["ratios"].items()
-            if peer in old["ratios"]
-        )
-        line = f"  {name:38} {(now / was - 1) * 100:+6.1f}% ({ratio_changes})"
-        if COMPILED in old["medians"] and COMPILED in row["medians"]:
-            line += f"; compiled {(row['medians'][COMPILED] / old['medians'][COMPILED] - 1) * 100:+.1f}%"
+        was, now = by_build(before, old), by_build(after, row)
+        said = [f"{build} {(now[build] / was[build] - 1) * 100:+.1f}%" for build in now if build in was]
+        line = f"  {name:38} {', '.join(said)}"
+        if before.get("default_build") == after.get("default_build"):  # the ratios are the same build's
+            ratio_changes = ", ".join(
+                f"{peer} {old['ratios'][peer]:.2f}x -> {ratio:.2f}x"
+                for peer, ratio in row["ratios"].items()
+                if peer in old["ratios"]
+            )
+            line += f" ({ratio_changes})"
         lines.append(line)
     return lines
 
@@ -162,10 +162,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--compiled", type=Path, help="also measure the compiled build in this source tree")
+    parser.add_argument("--build", type=Path, help="the default install's build is in this source tree")
     args = parser.parse_args()
     before = last_stored()
-    result = measure(args.seconds, args.pairs, args.compiled)
+    result = measure(args.seconds, args.pairs, args.build)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     path = RESULTS / f"targets-{stamp}.json"

@@ -1,12 +1,13 @@
 """Which build of framewire is running: pure Python, or with its hot path
-compiled by mypyc (``make compiled``; docs/performance.md)."""
+compiled by mypyc (what ``pip install`` builds where a C compiler is:
+hatch_build.py compiles :data:`COMPILED_MODULES`; docs/performance.md)."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
 
-#: The modules ``make compiled`` compiles: the message, the decoder and the connection engine.
+#: The modules a wheel's build compiles: the message, the decoder and the connection engine.
 COMPILED_MODULES = ("framewire.core.message", "framewire.core.decoder", "framewire.server.engine")
 
 
