@@ -165,3 +165,23 @@ def test_close_from_python_answers_and_exits() -> None:
     assert read_until_closed(sock) == b""
     sock.close()
     assert server.connections == 0
+
+
+def test_the_server_can_be_subclassed_in_either_build() -> None:
+    # Compiled (a wheel built with a compiler), Server is a native class:
+    # a subclass written in Python must work as it does in pure Python.
+    class Counting(Server):
+        def __init__(self) -> None:
+            super().__init__(echo, "127.0.0.1", 0)
+            self.closes = 0
+
+        def close(self, timeout: float | None = None) -> None:
+            self.closes += 1
+            super().close(timeout)
+
+    with Counting() as server:
+        assert server.grace == 10.0  # the config's values, as attributes
+        with connect(server.port) as sock:
+            sock.sendall(encode(Message.from_bytes(b"sub")))
+            assert read_messages(sock, 1)[0].content == b"sub"
+    assert server.closes == 1  # __exit__ calls the override

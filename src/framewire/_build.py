@@ -7,8 +7,14 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 
-#: The modules a wheel's build compiles: the message, the decoder and the connection engine.
-COMPILED_MODULES = ("framewire.core.message", "framewire.core.decoder", "framewire.server.engine")
+#: The modules a wheel's build compiles: the message, the decoder, the
+#: connection engine and the epoll driver (docs/performance.md, "The compiled build").
+COMPILED_MODULES = (
+    "framewire.core.message",
+    "framewire.core.decoder",
+    "framewire.server.engine",
+    "framewire.server.epoll_loop",
+)
 
 
 def compiled_modules() -> list[str]:
