@@ -12,10 +12,13 @@ SOAK_SECONDS ?= 60
 
 .PHONY: serve test test-wire test-deploy test-compiled compiled compiled-wheel compiled-copy pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
-$(BIN)/python:
+# A venv (.venv, or make serve's .venv-serve) with an up-to-date pip; never
+# removed by make as an intermediate file.
+.PRECIOUS: %/bin/python
+%/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv $*
+	$*/bin/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -27,11 +30,6 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # tests and tools use. Reinstalled when a source file changes.
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
-$(SERVE_VENV)/bin/python:
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "framewire needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0])'
-	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
-
 $(SERVE_STAMP): pyproject.toml hatch_build.py $(shell find src -name '*.py') | $(SERVE_VENV)/bin/python
 	$(SERVE_VENV)/bin/python -m pip install --quiet .
 	$(SERVE_VENV)/bin/framewire --version

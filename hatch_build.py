@@ -112,7 +112,8 @@ class CompileHotPath(BuildHookInterface[BuilderConfig]):
             scratch / "framewire",
             ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"),
         )
-        sources = [name.replace(".", "/") + ".py" for name in compiled_modules(root)]
+        modules = compiled_modules(root)
+        sources = [name.replace(".", "/") + ".py" for name in modules]
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "mypyc", *sources],
@@ -129,7 +130,7 @@ class CompileHotPath(BuildHookInterface[BuilderConfig]):
             raise _CompileFailed((errors or lines or [f"mypyc exited with {done.returncode}"])[0])
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         made = sorted(p for p in scratch.rglob("*" + suffix) if "build" not in p.relative_to(scratch).parts)
-        expected = {name.rsplit(".", 1)[1] for name in compiled_modules(root)}
+        expected = {name.rsplit(".", 1)[1] for name in modules}
         found = {p.name.split(".", 1)[0] for p in made}
         if not expected <= found:
             raise _CompileFailed(f"mypyc made {sorted(found)}, not {sorted(expected)}")

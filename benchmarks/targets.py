@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from compare import ROOT, build, build_of, c_server, machine, pinned, servers, serving
+from compare import ROOT, build, build_of, c_server, framewire, machine, pinned, servers, serving
 from stored import FRAMEWIRE, PURE, RESULTS, by_build, last_stored
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +87,7 @@ def measure(seconds: float, pairs: int, build: Path | None = None) -> dict[str, 
     commands = servers(build)
     if c_server() is None:
         sys.exit("targets.py: the C epoll server needs gcc (or cc)")
-    default_build = build_of(commands[FRAMEWIRE][: commands[FRAMEWIRE].index("serve")])
+    default_build = build_of(framewire(build))
     if build is not None:
         if "compiled with mypyc" not in default_build:
             sys.exit(f"targets.py: {build} holds no compiled build (make compiled-copy): {default_build!r}")

@@ -41,9 +41,10 @@ def is_text_type(content_type: str) -> bool:
 _BYTEORDERS: Final = frozenset({"little", "big"})
 _UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
 _NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
-#: True when this module runs compiled by mypyc (``make compiled``): Message
-#: is then a native class, which ``object.__new__`` refuses to make, and the
-#: decoder makes its messages with :class:`_Decoded` (see there). (Asked of
+#: True when this module runs compiled by mypyc (a wheel built where a C
+#: compiler is, hatch_build.py): Message is then a native class, which
+#: ``object.__new__`` refuses to make, and the decoder makes its messages
+#: with :class:`_Decoded` (see there). (Asked of
 #: this module's own code, not of its file name, which a frozen or zipped
 #: install may not have: compiled, a function is a built-in.)
 NATIVE: Final = not isinstance(is_text_type, FunctionType)
@@ -223,7 +224,7 @@ def _check_fields(content_type: object, content_encoding: object, byteorder: obj
         raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
 
 
-# Compiled by mypyc (make compiled), Message is a native class, whose fields
+# Compiled by mypyc (a wheel built with a compiler), Message is a native class, whose fields
 # the compiled decoder and engine reach directly; users may still subclass it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Message:

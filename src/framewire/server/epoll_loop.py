@@ -138,9 +138,9 @@ class _Socket:
 
 # Compiled by mypyc (a wheel built with a compiler), this is a native class,
 # its fields at fixed offsets for the loop's code. It allows subclasses
-# written in Python (Server below is one, and a user's subclass of Server
-# works as in pure Python); mypyc then refuses a __getattr__ here, so the
-# config's values as attributes are Server's.
+# written in Python (framewire.server.epoll.Server is one, and a user's
+# subclass of Server works as in pure Python); mypyc then refuses a
+# __getattr__ here, so the config's values as attributes are Server's.
 # Its private methods call each other as _Serving._name(self, ...), not
 # self._name(...): compiled, the latter goes through the instance's vtable,
 # which for a Python subclass (every Server) looks the method up by name and
