@@ -944,6 +944,27 @@ def test_the_read_after_a_large_content_is_small_then_the_usual_size() -> None:
     assert [m.content for m in sent_messages(conn)] == [b"b" * 1500, b"small"]
 
 
+def test_the_driver_reads_again_while_a_message_comes_in_fast() -> None:
+    # The read policy of one poller turn (what the epoll driver asks after each read).
+    on, turn = limits.READ_ON, limits.READ_TURN
+    conn = engine(large_content=100)
+    assert not conn.read_again(10, limits.RECV_SIZE, 10)  # a short read: the kernel had no more
+    assert not conn.read_again(0, limits.RECV_SIZE, 0)  # the peer half-closed
+    big = req(b"b" * 3000)
+    feed(conn, big[:-2000], 0.0, echo_call)  # in the middle of a content, nothing owed
+    assert conn.read_again(2048, 2048, 2048)  # all it asked for: there is likely more
+    assert conn.read_again(on, 2 * on, on)  # a long read, if short of the buffer
+    assert not conn.read_again(on - 1, 2 * on, on - 1)
+    assert conn.read_again(on, on, turn - 1)
+    assert not conn.read_again(on, on, turn)  # the turn's bytes are spent: the others' turn
+    into(conn, big[-2000:], 1.0)  # complete: an answer is owed, and goes out first
+    assert conn.owed and not conn.read_again(on, on, on)
+    bad = engine()
+    feed(bad, b"\x00\x05{bad}" + b"x" * 100, 0.0, echo_call)  # an error answer, then the close
+    bad.sent(bad.out.size, 1.0)
+    assert bad.closing and not bad.owed and not bad.read_again(on, on, on)
+
+
 def test_an_engine_made_alone_has_a_budget_of_its_own() -> None:
     conn = engine(large_content=100, large_content_memory=3000)
     feed(conn, req(b"x" * 2000)[:-1500], 0.0, echo_call)

@@ -457,6 +457,22 @@ class ServerConnection:
             self._budget.available -= self._held
         return view
 
+    def read_again(self, count: int, asked: int, this_turn: int) -> bool:
+        """Whether the driver should read again before it goes back to its
+        poller, after a read that returned ``count`` of the ``asked`` bytes,
+        ``this_turn`` bytes read from this peer since the poller's last word.
+
+        Yes while a message is coming in fast (a read of all it asked, or of
+        :data:`~framewire.core.limits.READ_ON` bytes or more), nothing is
+        owed to the peer, and the turn has read less than
+        :data:`~framewire.core.limits.READ_TURN`: the poller would only say
+        "readable" again. A short read, an answer to send or a closing
+        connection goes back to the poller (and the answer out first).
+        """
+        if count < asked and count < limits.READ_ON:
+            return False  # the usual case: the kernel had no more
+        return this_turn < limits.READ_TURN and not self.closing and not self.owed
+
     def received_into(self, count: int, now: float) -> None:
         """``count`` bytes were read into the view :meth:`read_buffer` gave
         (0: the peer half-closed): answer the request they complete."""

@@ -653,31 +653,42 @@ class _Serving:
             _Serving._on_readable_tls(self, conn, now)
             return
         engine = conn.engine
-        # The rest of a large content is read into its own buffer (as much
-        # as the kernel holds, in one call); anything else in chunks.
-        view = engine.read_buffer()
-        try:
-            if view is None:
-                data = conn.sock.recv(engine.read_size)
-                count = len(data)
-            else:
-                count = conn.sock.recv_into(view)
-        except _WOULD_BLOCK:
-            return
-        except OSError as exc:
-            _Serving._lost(self, conn, exc)
-            return
-        if self.metrics is not None:
-            self.metrics.bytes_received.inc(count)
-        self._in_handler = conn  # named by a forced stop, should the handler hang
-        try:
-            if view is None:
-                engine.receive(data, now)
-            else:
-                engine.received_into(count, now)
-        finally:
-            self._in_handler = None
-        _Serving._received(self, conn, now)
+        sock = conn.sock
+        this_turn = 0
+        read = False
+        while True:
+            # The rest of a large content is read into its own buffer (as much
+            # as the kernel holds, in one call); anything else in chunks.
+            view = engine.read_buffer()
+            try:
+                if view is None:
+                    asked = engine.read_size
+                    data = sock.recv(asked)
+                    count = len(data)
+                else:
+                    asked = len(view)
+                    count = sock.recv_into(view)
+            except _WOULD_BLOCK:
+                break
+            except OSError as exc:
+                _Serving._lost(self, conn, exc)
+                return
+            read = True
+            if self.metrics is not None:
+                self.metrics.bytes_received.inc(count)
+            self._in_handler = conn  # named by a forced stop, should the handler hang
+            try:
+                if view is None:
+                    engine.receive(data, now)
+                else:
+                    engine.received_into(count, now)
+            finally:
+                self._in_handler = None
+            this_turn += count
+            if not engine.read_again(count, asked, this_turn):
+                break
+        if read:
+            _Serving._received(self, conn, now)
 
     def _on_readable_tls(self, conn: _Socket, now: float) -> None:
         # A TLS read returns one record (16 KiB at most): reading every
