@@ -32,6 +32,7 @@ from framewire.core.cache import BoundedCache
 from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
+from framewire.io.memory import keep_freed_memory
 from framewire.io.netio import (
     describe,
     listener_host,
@@ -394,6 +395,8 @@ class AioServer:
         self._buffer = memoryview(bytearray(limits.RECV_SIZE))
         self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
         self._budget = ContentBudget(config.large_content_memory)
+        if config.large_content:
+            keep_freed_memory(config.large_content_memory)  # (see framewire.io.memory)
         self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
         self._dispatcher = _LoopDispatcher(
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued

@@ -50,6 +50,7 @@ from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
+from framewire.io.memory import keep_freed_memory
 from framewire.io.netio import (
     describe,
     listener_host,
@@ -202,6 +203,8 @@ class _Serving:
         # encoded response headers by their fields.
         self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
         self._budget = ContentBudget(self.config.large_content_memory)
+        if self.config.large_content:
+            keep_freed_memory(self.config.large_content_memory)  # (see framewire.io.memory)
         self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
         self._stop_requested = False
         self._force_stop = False
