@@ -113,7 +113,7 @@ compiled-copy: compiled-wheel
 	  --exclude='*.so' -cf - . | tar -xf - -C build/compiled
 	$(BIN)/python dev/wheel_extensions.py $(WHEEL_DIR)/framewire-*.whl build/compiled/src
 	cd build/compiled && PYTHONPATH=src $(CURDIR)/$(BIN)/python -m framewire --version \
-	  | grep -q "compiled with mypyc: message, decoder, engine, epoll_loop" || { echo "the compiled build did not load"; exit 1; }
+	  | grep -q "compiled with mypyc: message, decoder, sendqueue, timers, engine, epoll_loop" || { echo "the compiled build did not load"; exit 1; }
 
 # The whole suite against the compiled build.
 test-compiled: compiled-copy

@@ -12,6 +12,8 @@ import importlib.util
 COMPILED_MODULES = (
     "framewire.core.message",
     "framewire.core.decoder",
+    "framewire.io.sendqueue",
+    "framewire.io.timers",
     "framewire.server.engine",
     "framewire.server.epoll_loop",
 )
