@@ -97,6 +97,15 @@ _NO_LINGER: Final = 0
 _LINGER_WANTED: Final = 1
 _LINGERING: Final = 2
 
+# The read limits used on every read, bound once here: compiled, a Final
+# module name is a C constant, where ``limits.RECV_SIZE`` is a look-up in the
+# limits module's dictionary on each read (1000 connections +2.9 %, four
+# alternating pairs, 183,860 against 189,263 msg/s, medians).
+_RECV_SIZE: Final = limits.RECV_SIZE
+_READ_AFTER_LARGE: Final = limits.READ_AFTER_LARGE
+_READ_ON: Final = limits.READ_ON
+_READ_TURN: Final = limits.READ_TURN
+
 
 class Slot:
     """An answer owed to the peer, in request order; filled when it is ready."""
@@ -286,7 +295,7 @@ class ServerConnection:
         self._responses: ResponseCache = responses if responses is not None else BoundedCache(64 * 1024)
         #: Bytes the driver asks for when it reads as usual (when
         #: :meth:`read_buffer` gives no buffer): small after a large content.
-        self.read_size = limits.RECV_SIZE
+        self.read_size = _RECV_SIZE
         #: Answers ready to send.
         self.out = SendQueue()
         # Answers owed but not yet in ``out``: the first is not ready, and
@@ -418,7 +427,7 @@ class ServerConnection:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: it half-closed): answer what they complete."""
         self.last_active = now
-        self.read_size = limits.RECV_SIZE
+        self.read_size = _RECV_SIZE
         if self.closing:
             self._dropped(len(data))  # after an error answer, or past the end
             return
@@ -469,9 +478,9 @@ class ServerConnection:
         "readable" again. A short read, an answer to send or a closing
         connection goes back to the poller (and the answer out first).
         """
-        if count < asked and count < limits.READ_ON:
+        if count < asked and count < _READ_ON:
             return False  # the usual case: the kernel had no more
-        return this_turn < limits.READ_TURN and not self.closing and not self.owed
+        return this_turn < _READ_TURN and not self.closing and not self.owed
 
     def received_into(self, count: int, now: float) -> None:
         """``count`` bytes were read into the view :meth:`read_buffer` gave
@@ -483,7 +492,7 @@ class ServerConnection:
         except ProtocolError as exc:
             requests, error = [], exc
         if requests:  # the next message is likely large too (see limits.READ_AFTER_LARGE)
-            self.read_size = limits.READ_AFTER_LARGE
+            self.read_size = _READ_AFTER_LARGE
         self._decoded(requests, error, not count, now)
 
     def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:
