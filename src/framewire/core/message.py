@@ -131,6 +131,7 @@ class _Header:
         "content_length",
         "content_type",
         "extensions",
+        "plain",
         "wire",
     )
 
@@ -148,6 +149,11 @@ class _Header:
         self.byteorder = byteorder
         self.content_length = content_length
         self.extensions = extensions
+        #: No extensions, and this machine's byte order: the header a server
+        #: would give an answer of the same content, type and encoding (a
+        #: handler that echoes can send the request back). Per header, and
+        #: headers are shared, so an echo pays one attribute read for it.
+        self.plain = not extensions and byteorder == sys.byteorder
         #: The 2-byte length and the JSON header, as sent; made when first needed.
         self.wire = wire
         #: True once :meth:`sendable` found this a valid message header.
