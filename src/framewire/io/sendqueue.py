@@ -9,7 +9,7 @@ responses are still owed to the peer: what backpressure counts.
 
 from __future__ import annotations
 
-import collections
+import bisect
 import os
 from typing import Final
 
@@ -35,7 +35,11 @@ class SendQueue:
         #: byte's position in the stream) is at most ``sent`` has gone out.
         self.queued = 0
         self.sent = 0
-        self.marks: collections.deque[int] = collections.deque()
+        # A list, not a deque: a response appends its mark, and a send that
+        # takes everything clears them all (the usual case), so the list's
+        # append, which compiled code calls directly, is what matters; a
+        # partial send drops the marks it passed in one slice.
+        self.marks: list[int] = []
 
     def __bool__(self) -> bool:
         return self.size > 0 or bool(self.parts)
@@ -71,9 +75,9 @@ class SendQueue:
         del parts[:i]
         if sent:
             parts[0] = memoryview(parts[0])[sent:]  # no copy of what is left
-        marks = self.marks
-        while marks and marks[0] <= self.sent:
-            marks.popleft()
+        passed = bisect.bisect_right(self.marks, self.sent)
+        if passed:
+            del self.marks[:passed]
 
     def clear(self) -> None:
         """Drop everything (the connection is gone)."""

@@ -780,11 +780,12 @@ class ServerConnection:
             call = self.metrics.measured(call)  # counts each request, times its handler
         for request in requests:
             extensions = request._header.extensions
+            extended = bool(extensions)  # one truth test a request, not two (a generic call compiled)
             try:
-                if extensions and PING_KEY in extensions:
+                if extended and PING_KEY in extensions:
                     # Probes are answered by the server itself, whatever the application.
                     response: object = probe_reply(request)
-                elif extensions and DEADLINE_KEY in extensions and _expired(extensions):
+                elif extended and DEADLINE_KEY in extensions and _expired(extensions):
                     # The client had stopped waiting when it sent it: not worth running.
                     raise DeadlineExceeded("The request's deadline had passed when it arrived.")
                 else:
@@ -806,7 +807,7 @@ class ServerConnection:
                 head, content = self._failed(exc)
             else:
                 if response is LATER:
-                    if extensions:  # the reserved slot carries the id to the answer
+                    if extended:  # the reserved slot carries the id to the answer
                         waiting[-1].ident = request_id(extensions)
                     continue  # a slot is reserved; the answer comes later
                 if (type(response) is Message or type(response) is _Decoded) and response._header.checked:
@@ -814,7 +815,7 @@ class ServerConnection:
                     content = response._content
                 else:
                     head, content = self._wire(response)
-            if extensions:
+            if extended:
                 ident = request_id(extensions)
                 if ident is not None:
                     head = with_id(head, ident)  # whatever the application answered
