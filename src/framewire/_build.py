@@ -7,8 +7,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 
-#: The modules a wheel's build compiles: the message, the decoder, the
-#: connection engine and the epoll driver (docs/performance.md, "The compiled build").
+#: The modules a wheel's build compiles: the message, the decoder, the send
+#: queue, the timer wheel, the connection engine and the epoll driver
+#: (docs/performance.md, "The compiled build").
 COMPILED_MODULES = (
     "framewire.core.message",
     "framewire.core.decoder",
