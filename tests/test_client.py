@@ -536,6 +536,19 @@ def test_after_send_and_receive_the_next_calls_get_their_own_answers() -> None:
             client.receive()
 
 
+def test_no_heartbeat_thread_without_a_heartbeat() -> None:
+    def beats() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "framewire-heartbeat"}
+
+    before = beats()  # other tests' clients may still have theirs
+    with fake_server(silent) as port:
+        client = Client("127.0.0.1", port, timeout=5).connect()  # heartbeat=0, the default
+        try:
+            assert beats() - before == set()
+        finally:
+            client.close()
+
+
 def test_the_heartbeat_runs_in_a_named_daemon_thread() -> None:
     with fake_server(silent) as port:
         client = Client("127.0.0.1", port, heartbeat=60, timeout=5).connect()

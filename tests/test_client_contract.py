@@ -11,6 +11,7 @@ resets). These tests are fast, and part of the mutation selection
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import random
@@ -401,6 +402,7 @@ def test_a_ping_has_the_call_s_timeout_for_its_connect_and_its_answer() -> None:
             client.ping(timeout=0.2)
     with scripted(echo()) as server, Client("127.0.0.1", server.port, timeout=5) as client:
         assert 0 <= client.ping() <= 5  # a round trip, within the call's timeout
+        assert client.ping(timeout=None) >= 0  # no bound at all
 
 
 def test_the_source_address_and_the_server_name_are_used() -> None:
@@ -451,6 +453,18 @@ def test_refused_connects_are_tried_again_within_the_call_s_deadline() -> None:
         if isinstance(info.value, TimeoutError):
             assert "before the call's deadline" in str(info.value)
         assert 2 <= len(waits) <= 15
+
+
+def test_a_call_with_no_time_left_does_not_try_to_connect() -> None:
+    # Nothing listens on the port: an attempt would be refused. A call whose
+    # deadline has already come ends on the deadline, before any attempt.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with pytest.raises(TimeoutError) as info:
+            Client("127.0.0.1", port).request(q(), timeout=0)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert info.value.strerror == f"no connection to 127.0.0.1:{port} before the call's deadline"
 
 
 def test_a_refused_connect_succeeds_once_the_server_is_up() -> None:
@@ -570,6 +584,25 @@ def test_a_big_batch_against_a_server_that_writes_as_it_reads(secure: bool) -> N
     ):
         answers = client.request_many(many)
         assert [a.content for a in answers] == [m.content for m in many]
+
+
+def test_a_read_that_would_block_after_a_readiness_event_waits_again(monkeypatch: Any) -> None:
+    # A TLS record only partly arrived makes the socket readable, and its
+    # read raise SSLWantReadError: the batch waits for the rest rather than
+    # ending with the answers it has. The first read is made to block so.
+    real = Client._recv_all
+    blocked: list[socket.socket] = []
+
+    def partly_arrived(sock: socket.socket) -> bytes:
+        if not blocked:
+            blocked.append(sock)
+            raise ssl.SSLWantReadError("the rest of the record has not come")
+        return real(sock)
+
+    monkeypatch.setattr(Client, "_recv_all", staticmethod(partly_arrived))
+    with scripted(echo()) as server, Client("127.0.0.1", server.port) as client:
+        assert [m.content for m in client.request_many([q("a"), q("b")])] == [b"a", b"b"]
+    assert blocked
 
 
 def test_close_twice_and_close_an_unused_client() -> None:

@@ -738,9 +738,13 @@ def test_a_failing_handler_is_logged_with_its_traceback_and_answered_in_words(
 def test_an_answer_that_cannot_be_sent_is_logged_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
     conn = engine()
     with caplog.at_level("ERROR", logger="framewire.server"):
-        feed(conn, req(b"x"), 0.0, lambda conn, request: Message(b"x", "text/plain", "zlib"))
+        # Both names are cut at 60 characters: a handler's strings must not
+        # flood the log.
+        answer = Message(b"x", "text/" + "t" * 70, "zlib" + "z" * 70)
+        feed(conn, req(b"x"), 0.0, lambda conn, request: answer)
     (record,) = caplog.records
-    assert record.getMessage().startswith("handler returned a message that cannot be sent (")
+    reason = f"A text/{'t' * 55} message needs a text encoding, not 'zlib{'z' * 56}'."
+    assert record.getMessage().startswith(f"handler returned a message that cannot be sent ({reason})")
     assert codes(sent_messages(conn)) == ["handler-error"]
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 
-import pytest
-
 from conftest import connect, half_closed_exchange, read_messages, read_until_closed, running
-from framewire import BadContent, BadEncoding, Decoder, Message, encode, encode_many
+from framewire import BadContent, Decoder, Message, encode, encode_many
 from framewire.server import Server
 from framewire.server.app import echo, search_app
 
@@ -49,29 +46,6 @@ def test_echo_keeps_type_and_encoding(echo_server: Server) -> None:
         "latin-1",
         request.content,
     )
-
-
-@pytest.mark.parametrize("byteorder", ["little", "big"])
-@pytest.mark.parametrize("extensions", [None, {"id": 7}])
-@pytest.mark.parametrize("encoding", ["utf-8", "base64"])
-def test_echo_sends_the_request_back_only_when_it_is_already_the_answer(
-    byteorder: str, extensions: dict[str, int] | None, encoding: str
-) -> None:
-    raw = encode(Message(b"abc", "text/plain", encoding, byteorder=byteorder, extensions=extensions))
-    decoder = Decoder()  # one header cache: the second request shares the first's header
-    for checked in (False, True):  # the header as first seen, then once the server has checked it
-        (request,) = decoder.feed(raw)
-        assert request._header.checked == (checked and encoding == "utf-8")
-        if encoding == "base64":
-            with pytest.raises(BadEncoding):  # echoed, it would not be a valid message
-                echo(request)
-            continue
-        answer = echo(request)
-        assert (answer is request) == (byteorder == sys.byteorder and not extensions)
-        assert (answer.content, answer.content_type) == (b"abc", "text/plain")
-        assert answer.content_encoding == encoding
-        assert (answer.byteorder, dict(answer.extensions)) == (sys.byteorder, {})
-        request._header.sendable()  # what the server does when it sends an answer of this header
 
 
 def test_200_connections_pipelining_50_requests_each(echo_server: Server) -> None:
