@@ -19,6 +19,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -453,6 +454,19 @@ def test_refused_connects_are_tried_again_within_the_call_s_deadline() -> None:
         if isinstance(info.value, TimeoutError):
             assert "before the call's deadline" in str(info.value)
         assert 2 <= len(waits) <= 15
+
+
+def test_a_wait_between_attempts_that_would_pass_the_deadline_is_not_taken() -> None:
+    # The next attempt would come 2.5 to 5 s later (equal jitter), after the
+    # call's deadline: the call ends at once with the refusal it met.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        port = holder.getsockname()[1]
+        client = Client("127.0.0.1", port, retry=Retry(attempts=2, backoff=5, max_backoff=5))
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
+            client.request(q(), timeout=1)
+        assert time.monotonic() - started < 1
 
 
 def test_a_call_with_no_time_left_does_not_try_to_connect() -> None:

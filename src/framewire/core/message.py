@@ -310,8 +310,10 @@ class Message:
         if type(data) is not bytes:
             data = bytes(data)
         # The constructor's work, minus a call: this is the hot path of servers.
-        if NATIVE:  # compiled, object.__new__ refuses a native class (see NATIVE)
-            return cls(data, content_type, "binary", extensions=extensions)
+        # Compiled, object.__new__ refuses a native class (see NATIVE); that
+        # branch runs only there (make test-compiled), never under mutmut.
+        if NATIVE:
+            return cls(data, content_type, "binary", extensions=extensions)  # pragma: no mutate
         message = object.__new__(cls)
         message._content = data
         message._header = _make_header(content_type, "binary", sys.byteorder, len(data), extensions)
@@ -500,8 +502,9 @@ class _Decoded(Message):
     __slots__ = ()
 
     def __init__(self, header: _Header, content: bytes | bytearray) -> None:
-        self._header = header
-        self._content = content
+        # Compiled only (make test-compiled runs it; mutation testing runs pure Python).
+        self._header = header  # pragma: no mutate
+        self._content = content  # pragma: no mutate
 
 
 def raise_first_error(responses: list[Message]) -> None:
