@@ -89,6 +89,17 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
         TRANSPORT[0] = "tcp"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A script that starts the suite in the background (a CI runner's shell,
+    # with no job control) makes it ignore SIGINT, and an ignored signal
+    # stays ignored across exec: the commands the tests interrupt as a person
+    # does, with Ctrl-C, would never see it (framewire bench ran its whole
+    # 30 s and failed test_bench_ctrl_c_prints_the_summary_so_far). A caught
+    # signal is reset to the default in every child, so catch it here.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Commands run as subprocesses do not follow the transport: their TLS
     # runs would repeat the TCP ones.
