@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from framewire import BadEncoding, Decoder, Message, encode
-from framewire.server.app import echo
+from framewire import BadContent, BadEncoding, Decoder, Message, encode
+from framewire.server.app import App, echo
 
 
 @pytest.mark.parametrize("byteorder", ["little", "big"])
@@ -32,3 +32,31 @@ def test_echo_sends_the_request_back_only_when_it_is_already_the_answer(
         assert answer.content_encoding == encoding
         assert (answer.byteorder, dict(answer.extensions)) == (sys.byteorder, {})
         request._header.sendable()  # what the server does when it sends an answer of this header
+
+
+@pytest.mark.parametrize("guide", [False, True])
+def test_text_that_is_not_json_goes_to_the_binary_handler_only_the_guide_s_way(guide: bool) -> None:
+    app = App(guide_text_as_binary=guide)
+    app.binary(lambda request: b"got " + request.content)
+    text = Message.from_text("plain", encoding="utf-8")
+    if guide:
+        answer = app(text)
+        assert isinstance(answer, Message)
+        assert (answer.content, answer.content_type) == (b"got plain", "binary/custom-server-binary-type")
+    else:
+        with pytest.raises(
+            BadContent,
+            match=r"^bad-content: This application takes text/json or binary requests, not text/plain\.$",
+        ):
+            app(text)
+    answer = app(Message.from_bytes(b"\x00\x01"))  # binary content, either way
+    assert isinstance(answer, Message) and answer.content == b"got \x00\x01"
+
+
+def test_an_app_without_a_binary_handler_refuses_any_content_but_json() -> None:
+    app = App(guide_text_as_binary=True)
+    for request in (Message.from_bytes(b"x"), Message.from_text("x")):
+        with pytest.raises(
+            BadContent, match=r"^bad-content: This application takes text/json requests, not "
+        ):
+            app(request)

@@ -35,12 +35,20 @@ def failures(port: int, level: str = "strict", **settings: Any) -> set[str]:
 
 
 @pytest.mark.usefixtures("driver")
-def test_framewire_serve_passes_every_case(spawn: Any) -> None:
-    server = spawn("serve", "--app", "echo", "--port", "0", "--message-timeout", "1")
+@pytest.mark.parametrize(
+    ("app", "summary"),
+    [
+        ("echo", "22 passed, 0 failed, 3 not applicable"),
+        # The default application (make serve's): the demo cases apply too.
+        ("search", "24 passed, 0 failed, 1 not applicable"),
+    ],
+)
+def test_framewire_serve_passes_every_case(spawn: Any, app: str, summary: str) -> None:
+    server = spawn("serve", "--app", app, "--port", "0", "--message-timeout", "1")
     port = server.wait_for(r"127\.0\.0\.1:(\d+)").group(1)
-    result = run_cli("conformance", "127.0.0.1", port, "--app", "echo", "--message-timeout", "1", timeout=60)
+    result = run_cli("conformance", "127.0.0.1", port, "--app", app, "--message-timeout", "1", timeout=60)
     assert result.returncode == 0, result.stdout
-    assert result.stdout.rstrip().endswith("22 passed, 0 failed, 3 not applicable")
+    assert result.stdout.rstrip().endswith(summary)
 
 
 @pytest.mark.usefixtures("driver")

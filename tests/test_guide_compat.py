@@ -224,6 +224,19 @@ def test_guide_client_binary(search_port: int) -> None:
     assert body == b"First 10 bytes of request: " + content[:10]
 
 
+def test_text_that_is_not_json_is_answered_as_the_guide_s_server_does(
+    search_port: int, guide_server: int
+) -> None:
+    # The guide's server takes every content type but text/json as binary.
+    content = "h\N{LATIN SMALL LETTER E WITH ACUTE}llo, plain text".encode("utf-16")
+    request = {"type": "text/plain", "encoding": "utf-16", "content": content}
+    theirs = guide_client(guide_server, request)
+    ours = guide_client(search_port, request)
+    assert ours == theirs
+    assert ours[0]["content-type"] == "binary/custom-server-binary-type"
+    assert ours[1] == b"First 10 bytes of request: " + content[:10]
+
+
 def test_guide_client_utf16_request(search_port: int) -> None:
     request = {"type": "text/json", "encoding": "utf-16", "content": {"action": "search", "value": DOG}}
     assert guide_client(search_port, request)[1] == {"result": SEARCH_TABLE[DOG]}

@@ -70,13 +70,21 @@ class App:
     success, ``{"result": "Error: invalid action 'A'."}``). To fail with a
     code of your own, raise :class:`~framewire.core.errors.Failure`:
     ``raise Failure("not-found", "There is no key 'a'.")``.
+
+    Text that is not JSON (``text/plain``) is answered with ``bad-content``;
+    ``App(guide_text_as_binary=True)`` hands it to the binary handler
+    instead, as the guide's server does with every content type but
+    ``text/json``.
     """
 
-    def __init__(self, *, guide_unknown_action: bool = False) -> None:
+    def __init__(self, *, guide_unknown_action: bool = False, guide_text_as_binary: bool = False) -> None:
         self._actions: dict[str, Action] = {}
         #: Answer an unknown action the guide's demo way (a success whose
         #: result says so) instead of the ``unknown-action`` error.
         self.guide_unknown_action = guide_unknown_action
+        #: Give text that is not JSON to the binary handler (the guide's
+        #: server's way) instead of answering it ``bad-content``.
+        self.guide_text_as_binary = guide_text_as_binary
         self._with_peer: set[str] = set()
         self._binary: BinaryHandler | None = None
         #: Content type of responses built from the bytes a binary handler returns.
@@ -100,7 +108,8 @@ class App:
         return list(self._actions)
 
     def binary(self, fn: BinaryHandler) -> BinaryHandler:
-        """Decorator: answer requests whose content is not text."""
+        """Decorator: answer requests whose content is not text (nor JSON,
+        with ``guide_text_as_binary``)."""
         self._binary = fn
         return fn
 
@@ -121,7 +130,7 @@ class App:
             if inspect.isawaitable(result):
                 return self._later(result, self._json_answer)
             return self._json_answer(result)
-        if request.is_text or self._binary is None:
+        if self._binary is None or (request.is_text and not self.guide_text_as_binary):
             kinds = "text/json" + (" or binary" if self._binary is not None else "")
             raise BadContent(f"This application takes {kinds} requests, not {request.content_type}.")
         answer = self._binary(request)
@@ -154,7 +163,7 @@ SEARCH_TABLE = {
 
 def search_app() -> App:
     """The guide's demo application (PROTOCOL.md, "The guide's demo application")."""
-    app = App(guide_unknown_action=True)
+    app = App(guide_unknown_action=True, guide_text_as_binary=True)
 
     @app.action("search")
     def search(value: Any) -> str:
