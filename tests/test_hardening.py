@@ -24,7 +24,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TRANSPORT, connect, engines, read_messages, read_until_closed, running, shut_write, tls
+from conftest import (
+    DRIVER,
+    TRANSPORT,
+    connect,
+    engines,
+    read_messages,
+    read_until_closed,
+    running,
+    shut_write,
+    tls,
+)
 from framewire import Client, Decoder, Message, encode, encode_many
 from framewire.core import limits
 from framewire.server import Server
@@ -412,7 +422,8 @@ def test_reset_while_the_server_is_blocked_on_a_full_send_buffer(caplog: pytest.
     assert lost and all("reset by peer" in line and "not sent" in line for line in lost), lost
 
 
-def test_reset_mid_response_and_mid_message() -> None:
+def test_reset_mid_response_and_mid_message(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="framewire.server")
     with running(echo) as server:
         for payload in (
             encode(Message.from_bytes(b"m" * 5_000_000)),
@@ -425,6 +436,14 @@ def test_reset_mid_response_and_mid_message() -> None:
             reset(sock)
         wait_until(lambda: server.connections == 0)
         still_serves_echo(server)
+    # A lost connection, in words: never an end of stream answered with
+    # incomplete-message. (asyncio's TLS transport may still read a reset as
+    # the end of the stream: it is left out.)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any("incomplete-message" in line for line in lines), lines
+    if DRIVER[0] == "epoll" or TRANSPORT[0] == "tcp":
+        lost = [line for line in lines if " lost: " in line and "reset by peer" in line]
+        assert any("a message half received" in line for line in lost), lines
 
 
 def test_a_reset_after_the_answers_costs_no_more_than_a_close(caplog: pytest.LogCaptureFixture) -> None:
@@ -441,8 +460,8 @@ def test_a_reset_after_the_answers_costs_no_more_than_a_close(caplog: pytest.Log
         still_serves_echo(server)
     lost = [r for r in caplog.records if " lost: " in r.getMessage()]
     assert all(r.levelno == logging.DEBUG and "reset by peer" in r.getMessage() for r in lost)
-    if TRANSPORT[0] == "tcp":  # (Python's TLS may read a reset as the end of the stream)
-        assert len(lost) == 3
+    if DRIVER[0] == "epoll" or TRANSPORT[0] == "tcp":  # (asyncio's TLS may read a reset as an end)
+        assert len(lost) == 3  # over TLS too, where OpenSSL reports the reset as an end of stream
 
 
 def test_requests_that_came_before_a_reset_still_reach_the_handler() -> None:

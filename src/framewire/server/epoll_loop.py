@@ -125,7 +125,7 @@ def raise_descriptor_limit(wanted: int) -> int:
 class _Socket:
     """What the driver keeps per connection: the socket beside its engine."""
 
-    __slots__ = ("closed", "engine", "events", "fd", "sock", "timer_slot", "tls")
+    __slots__ = ("closed", "engine", "events", "fd", "reset", "sock", "timer_slot", "tls")
 
     def __init__(self, sock: _socket.socket, fd: int, engine: ServerConnection, tls: bool = False) -> None:
         self.sock = sock
@@ -135,6 +135,7 @@ class _Socket:
         self.closed = False
         self.tls = tls
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
+        self.reset = 0  # TLS: the socket error the poller reported, until the end of the stream is read
 
 
 # Compiled by mypyc (a wheel built with a compiler), this is a native class,
@@ -722,6 +723,11 @@ class _Serving:
                 except OSError as exc:
                     _Serving._lost(self, conn, exc)
                     return
+                if not count and conn.reset:
+                    # The end that followed a reset: lost, as on a plain socket,
+                    # not an end of stream to answer (incomplete-message).
+                    _Serving._lost(self, conn, OSError(conn.reset, os.strerror(conn.reset)))
+                    return
                 if view is None:
                     engine.receive(data, now)
                 else:
@@ -763,7 +769,15 @@ class _Serving:
         # came before the reset are still read first, so every complete request
         # reaches its handler, and the log line says what the loss cost.
         engine = conn.engine
-        if conn.tls or engine.owed or engine.decoder.in_message:
+        if conn.tls:
+            # The records before the reset are still read; OpenSSL then reports
+            # the reset as an end of stream without a close_notify, which
+            # Python reads as an ordinary end (b""). The kernel's error is kept
+            # for that moment (reading SO_ERROR clears it, so it is read once).
+            if not conn.reset:
+                conn.reset = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return False
+        if engine.owed or engine.decoder.in_message:
             return False
         unread = self._unread
         fcntl.ioctl(conn.fd, termios.FIONREAD, unread)
