@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import errno
 import fcntl
 import logging
 import math
@@ -85,6 +86,7 @@ __all__ = ["raise_descriptor_limit"]
 
 log = logging.getLogger("framewire.server")
 
+_TCP_CLOSE: Final = 7  # tcp_info's tcpi_state of a connection closed (by a reset, here)
 _READ: Final = poller.READ
 _WRITE: Final = poller.WRITE
 _READABLE: Final = poller.READ | poller.ERROR
@@ -122,10 +124,27 @@ def raise_descriptor_limit(wanted: int) -> int:
     return soft
 
 
+def _ended_by_error(sock: _socket.socket) -> int:
+    """Under a TLS read, OpenSSL reports a reset as an end of stream without
+    a close_notify, which Python returns as b"": the errno of the error that
+    ended the connection, or 0 for a true end. The kernel knows: a reset
+    leaves the connection closed (TCP_CLOSE), a peer's FIN half-closed
+    (CLOSE_WAIT). (The poller's EPOLLERR is no proof: OpenSSL's own recv may
+    take the error before the poller sees it, 1 run in 15 with both cores busy.)"""
+    try:
+        code: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return code
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:  # not TCP (a Unix socket), or already gone
+        return 0
+    return errno.ECONNRESET if state == _TCP_CLOSE else 0
+
+
 class _Socket:
     """What the driver keeps per connection: the socket beside its engine."""
 
-    __slots__ = ("closed", "engine", "events", "fd", "reset", "sock", "timer_slot", "tls")
+    __slots__ = ("closed", "engine", "events", "fd", "sock", "timer_slot", "tls")
 
     def __init__(self, sock: _socket.socket, fd: int, engine: ServerConnection, tls: bool = False) -> None:
         self.sock = sock
@@ -135,7 +154,6 @@ class _Socket:
         self.closed = False
         self.tls = tls
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
-        self.reset = 0  # TLS: the socket error the poller reported, until the end of the stream is read
 
 
 # Compiled by mypyc (a wheel built with a compiler), this is a native class,
@@ -723,11 +741,16 @@ class _Serving:
                 except OSError as exc:
                     _Serving._lost(self, conn, exc)
                     return
-                if not count and conn.reset:
-                    # The end that followed a reset: lost, as on a plain socket,
-                    # not an end of stream to answer (incomplete-message).
-                    _Serving._lost(self, conn, OSError(conn.reset, os.strerror(conn.reset)))
-                    return
+                if not count and (engine.owed or engine.decoder.in_message):
+                    # An end here would be answered (incomplete-message) or
+                    # would cut answers off: say whether it was a reset. (With
+                    # nothing at stake an end is an end: many TLS clients close
+                    # with the server's session tickets unread, which the
+                    # kernel turns into a reset.)
+                    code = _ended_by_error(sock)
+                    if code:  # lost, as on a plain socket: not an end of stream to answer
+                        _Serving._lost(self, conn, OSError(code, os.strerror(code)))
+                        return
                 if view is None:
                     engine.receive(data, now)
                 else:
@@ -769,15 +792,7 @@ class _Serving:
         # came before the reset are still read first, so every complete request
         # reaches its handler, and the log line says what the loss cost.
         engine = conn.engine
-        if conn.tls:
-            # The records before the reset are still read; OpenSSL then reports
-            # the reset as an end of stream without a close_notify, which
-            # Python reads as an ordinary end (b""). The kernel's error is kept
-            # for that moment (reading SO_ERROR clears it, so it is read once).
-            if not conn.reset:
-                conn.reset = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            return False
-        if engine.owed or engine.decoder.in_message:
+        if conn.tls or engine.owed or engine.decoder.in_message:
             return False
         unread = self._unread
         fcntl.ioctl(conn.fd, termios.FIONREAD, unread)
