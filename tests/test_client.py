@@ -536,15 +536,17 @@ def test_after_send_and_receive_the_next_calls_get_their_own_answers() -> None:
             client.receive()
 
 
-def test_no_heartbeat_thread_without_a_heartbeat() -> None:
-    def beats() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name == "framewire-heartbeat"}
+def heartbeats() -> set[threading.Thread]:
+    """The clients' heartbeat threads alive now (other tests' may be among them)."""
+    return {t for t in threading.enumerate() if t.name == "framewire-heartbeat"}
 
-    before = beats()  # other tests' clients may still have theirs
+
+def test_no_heartbeat_thread_without_a_heartbeat() -> None:
+    before = heartbeats()  # other tests' clients may still have theirs
     with fake_server(silent) as port:
         client = Client("127.0.0.1", port, timeout=5).connect()  # heartbeat=0, the default
         try:
-            assert beats() - before == set()
+            assert heartbeats() - before == set()
         finally:
             client.close()
 
@@ -553,7 +555,7 @@ def test_the_heartbeat_runs_in_a_named_daemon_thread() -> None:
     with fake_server(silent) as port:
         client = Client("127.0.0.1", port, heartbeat=60, timeout=5).connect()
         try:
-            beats = [t for t in threading.enumerate() if t.name == "framewire-heartbeat"]
+            beats = list(heartbeats())
             assert len(beats) == 1 and beats[0].daemon  # it never keeps a program alive
         finally:
             client.close()

@@ -196,6 +196,14 @@ def full_backlog() -> Iterator[int]:
             yield port
 
 
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port bound but never listening: every connect to it is refused."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
 def counting_retry(attempts: int, waits: list[float]) -> Retry:
     """A retry rule of ``attempts`` with 50 ms waits, each recorded in ``waits``."""
 
@@ -438,9 +446,7 @@ def test_a_send_s_connect_is_bounded_by_the_client_s_timeout() -> None:
 
 
 def test_refused_connects_are_tried_again_within_the_call_s_deadline() -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
-        port = holder.getsockname()[1]
+    with refused_port() as port:
         waits: list[float] = []
         with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
             Client("127.0.0.1", port, retry=counting_retry(3, waits)).connect()
@@ -459,9 +465,7 @@ def test_refused_connects_are_tried_again_within_the_call_s_deadline() -> None:
 def test_a_wait_between_attempts_that_would_pass_the_deadline_is_not_taken() -> None:
     # The next attempt would come 2.5 to 5 s later (equal jitter), after the
     # call's deadline: the call ends at once with the refusal it met.
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
-        port = holder.getsockname()[1]
+    with refused_port() as port:
         client = Client("127.0.0.1", port, retry=Retry(attempts=2, backoff=5, max_backoff=5))
         started = time.monotonic()
         with pytest.raises(ConnectionRefusedError, match="nothing is listening"):
@@ -472,9 +476,7 @@ def test_a_wait_between_attempts_that_would_pass_the_deadline_is_not_taken() -> 
 def test_a_call_with_no_time_left_does_not_try_to_connect() -> None:
     # Nothing listens on the port: an attempt would be refused. A call whose
     # deadline has already come ends on the deadline, before any attempt.
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        port = holder.getsockname()[1]
+    with refused_port() as port:
         with pytest.raises(TimeoutError) as info:
             Client("127.0.0.1", port).request(q(), timeout=0)
     assert info.value.errno == errno.ETIMEDOUT
@@ -533,9 +535,7 @@ def test_a_lost_request_is_not_sent_again_past_the_call_s_deadline() -> None:
         with pytest.raises((ConnectionClosed, TimeoutError)):  # lost, or out of time to try again
             client.request(q(), timeout=0.3, idempotent=True)
         assert 1 <= len(waits) <= 15  # about 40 ms apart for 0.3 s: not a hundred
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))  # refused: the retries use the deadline up
-        port = holder.getsockname()[1]
+    with refused_port() as port:  # the retries use the deadline up
         client = Client("127.0.0.1", port, retry=counting_retry(100, []))
         with pytest.raises((ConnectionRefusedError, TimeoutError)) as info:
             client.request(q(), timeout=0.2)
