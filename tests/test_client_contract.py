@@ -1,4 +1,5 @@
-"""The blocking client's contract, call by call, against scripted servers.
+"""The blocking client's contract, call by call, against scripted servers
+(and the asyncio client's, where a test says so).
 
 Each scripted server runs one behaviour per connection it accepts, in
 order, so a test says exactly what the server did and when. What the client
@@ -10,6 +11,7 @@ resets). These tests are fast, and part of the mutation selection
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import itertools
@@ -20,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -481,6 +484,34 @@ def test_a_call_with_no_time_left_does_not_try_to_connect() -> None:
             Client("127.0.0.1", port).request(q(), timeout=0)
     assert info.value.errno == errno.ETIMEDOUT
     assert info.value.strerror == f"no connection to 127.0.0.1:{port} before the call's deadline"
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_a_deadline_passed_in_a_back_off_wait_names_the_refusal_as_its_cause(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry rule's clock runs a second late, so it allows a wait that
+    # outlasts the call's deadline, as a sleep that overslept on a loaded
+    # machine would. The call ends on its deadline, and the refusal that led
+    # to the wait is the timeout's cause.
+    from framewire.client import retry
+    from framewire.client.aio import AioClient
+
+    monkeypatch.setattr(retry, "time", types.SimpleNamespace(monotonic=lambda: time.monotonic() - 1.0))
+    rule = Retry(attempts=3, backoff=0.3, max_backoff=0.3)  # waits of 0.15 to 0.3 s
+
+    async def aio_request(port: int) -> None:
+        await AioClient("127.0.0.1", port, retry=rule).request(q(), timeout=0.1)
+
+    with refused_port() as port:
+        with pytest.raises(TimeoutError) as info:
+            if kind == "blocking":
+                Client("127.0.0.1", port, retry=rule).request(q(), timeout=0.1)
+            else:
+                asyncio.run(aio_request(port))
+    assert info.value.errno == errno.ETIMEDOUT
+    assert (info.value.strerror or "").startswith(f"no connection to 127.0.0.1:{port} ")
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
 def test_a_refused_connect_succeeds_once_the_server_is_up() -> None:

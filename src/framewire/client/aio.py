@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import socket
 import ssl as ssl_module
@@ -117,6 +118,7 @@ class AioClient:
         self._closed = False  # by close(): no more reconnecting
         self._last_used = 0.0
         self._beat: asyncio.Task[None] | None = None
+        self._refused: OSError | None = None  # the last refused attempt of the opening under way
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -199,13 +201,19 @@ class AioClient:
                 self._transport.abort()  # what is left of the old one
             self._transport = None
             delays = self.retry.delays()
+            self._refused = None
             while True:
                 try:
                     await self._dial(_left(deadline, self.connect_timeout))
                     break
                 except OSError as exc:
-                    if not (worth_reconnecting(exc) and await _wait(delays, deadline)):
+                    if not worth_reconnecting(exc):
                         raise
+                    # Kept for the call's timeout, which may come in the wait.
+                    self._refused = exc
+                    if not await _wait(delays, deadline):
+                        raise
+            self._refused = None
 
     def _idle_dropped(self) -> bool:
         # Before a call on an idle connection: has the server closed it
@@ -284,7 +292,8 @@ class AioClient:
                 async with asyncio.timeout(limit):
                     await self._open(deadline)
             except TimeoutError:
-                raise TimeoutError(f"no connection to {self.where} within {limit:g} s") from None
+                text = f"no connection to {self.where} within {limit:g} s"
+                raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
             futures = self._send(messages, deadline)
             try:
                 if single:
@@ -294,7 +303,8 @@ class AioClient:
                         async with asyncio.timeout(_left(deadline, None)):
                             answers = [await self._answer(future, None, check=False) for future in futures]
                     except TimeoutError:
-                        raise TimeoutError(f"no answer from {self.where} within {limit:g} s") from None
+                        text = f"no answer from {self.where} within {limit:g} s"
+                        raise TimeoutError(errno.ETIMEDOUT, text) from None
             except Exception as exc:
                 if idempotent and lost_in_exchange(exc) and await _wait(delays, deadline):
                     log.debug("connection lost under an idempotent request (%s): sending it again", exc)
@@ -340,7 +350,7 @@ class AioClient:
                 response = await asyncio.shield(future)
         except TimeoutError:
             future.cancel()
-            raise TimeoutError(f"no answer from {self.where} within {timeout:g} s") from None
+            raise TimeoutError(errno.ETIMEDOUT, f"no answer from {self.where} within {timeout:g} s") from None
         except asyncio.CancelledError:
             future.cancel()
             raise

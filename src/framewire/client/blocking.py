@@ -161,12 +161,16 @@ class Client:
             self.close()
         limit = self.timeout if self.connect_timeout is None else self.connect_timeout
         delays = self.retry.delays()
+        refused: OSError | None = None
         while True:
             seconds = limit
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:  # the call's own deadline bounds the connect too
+                # Reached after a back-off wait that overslept the deadline
+                # (a sleep may end late): the refusals before it are the
+                # cause a caller wants to see, not only the time.
                 text = f"no connection to {where(self.host, self.port)} before the call's deadline"
-                raise TimeoutError(errno.ETIMEDOUT, text)
+                raise TimeoutError(errno.ETIMEDOUT, text) from refused
             if left is not None:
                 seconds = left if limit is None else min(limit, left)
             try:
@@ -182,6 +186,7 @@ class Client:
             except OSError as exc:
                 if not (worth_reconnecting(exc) and _wait(delays, deadline)):
                     raise
+                refused = exc
                 continue
             self._sock = sock
             self._last_used = time.monotonic()
