@@ -425,25 +425,34 @@ def test_reset_while_the_server_is_blocked_on_a_full_send_buffer(caplog: pytest.
 def test_reset_mid_response_and_mid_message(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="framewire.server")
     with running(echo) as server:
-        for payload in (
-            encode(Message.from_bytes(b"m" * 5_000_000)),
-            encode(Message.from_bytes(b"x" * 100))[:30],
-        ):
-            sock = connect(server.port)
-            sock.sendall(payload)
-            if len(payload) > 100:
-                sock.recv(1000)  # the response has started
-            reset(sock)
+        # Mid-response: the answer to 5 MB has started to come back (more
+        # than the kernel's buffers hold: some of it is still owed).
+        sock = connect(server.port)
+        sock.sendall(encode(Message.from_bytes(b"m" * 5_000_000)))
+        sock.recv(1000)
+        reset(sock)
+        # Mid-message, on a connection that has served one first: over TLS
+        # the server's handshake and session tickets are then behind it, so
+        # the reset cannot meet a write of the server's before the half
+        # message is read (asyncio's transports close at a failed write
+        # without reading what is left: 2 runs in 15 did, before).
+        sock = connect(server.port)
+        sock.sendall(encode(Message.from_bytes(b"first")))
+        read_messages(sock, 1)
+        sock.sendall(encode(Message.from_bytes(b"x" * 100))[:30])
+        reset(sock)
         wait_until(lambda: server.connections == 0)
         still_serves_echo(server)
-    # A lost connection, in words: never an end of stream answered with
-    # incomplete-message. (asyncio's TLS transport may still read a reset as
-    # the end of the stream: it is left out.)
+    # A lost connection, in words, with what the loss cost: never an end of
+    # stream answered with incomplete-message, never OpenSSL's "EOF occurred
+    # in violation of protocol" for a reset.
     lines = [r.getMessage() for r in caplog.records]
     assert not any("incomplete-message" in line for line in lines), lines
-    if DRIVER[0] == "epoll" or TRANSPORT[0] == "tcp":
-        lost = [line for line in lines if " lost: " in line and "reset by peer" in line]
-        assert any("a message half received" in line for line in lost), lines
+    lost = [line for line in lines if " lost: " in line]
+    assert all("reset by peer" in line for line in lost), lines
+    assert any("a message half received" in line for line in lost), lines
+    if DRIVER[0] == "epoll":  # asyncio's transports hold the answers handed to them, uncounted
+        assert any("answer not sent" in line for line in lost), lines
 
 
 def test_a_reset_after_the_answers_costs_no_more_than_a_close(caplog: pytest.LogCaptureFixture) -> None:

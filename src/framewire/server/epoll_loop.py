@@ -918,6 +918,13 @@ class _Serving:
             _Serving._close(self, conn)
 
     def _lost(self, conn: _Socket, exc: OSError) -> None:
+        if conn.tls and isinstance(exc, ssl.SSLEOFError):
+            # OpenSSL names a write (or read) cut by the peer's reset "EOF
+            # occurred in violation of protocol": the kernel knows it was a
+            # reset, and the log says so, as for a plain socket.
+            code = _ended_by_error(conn.sock)
+            if code:
+                exc = OSError(code, os.strerror(code))
         conn.engine.log_lost(exc.strerror or exc)
         _Serving._close(self, conn)
 
