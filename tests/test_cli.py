@@ -345,6 +345,19 @@ def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path:
     assert (certs / "server-key.pem").stat().st_mode & 0o777 == 0o600
     again = run_cli("certs", str(certs))
     assert again.returncode == 1 and "--force" in again.stderr
+    (tmp_path / "a-file").write_text("")
+    for folder, expected in (
+        (
+            tmp_path / "a-file" / "certs",
+            f"framewire: cannot create the folder {tmp_path}/a-file/certs: Not a directory\n",
+        ),
+        (
+            "/proc/framewire-certs",
+            "framewire: cannot create the folder /proc/framewire-certs: No such file or directory\n",
+        ),
+    ):
+        refused = run_cli("certs", str(folder))
+        assert (refused.returncode, refused.stderr) == (1, expected)
     ca, cert, key = (str(certs / n) for n in ("ca.pem", "client.pem", "client-key.pem"))
     server = spawn("serve", "--port", "0", "--tls-cert", str(certs / "server.pem"),
                    "--tls-key", str(certs / "server-key.pem"), "--tls-client-ca", ca,

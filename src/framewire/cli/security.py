@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from framewire.cli.common import _fail, main
+from framewire.io.netio import describe
 
 
 @main.command("certs")
@@ -43,7 +44,9 @@ def certs_command(folder: Path, names: tuple[str, ...], client_name: str, days: 
 
     try:
         written = write_certificates(folder, names=names, client_name=client_name, days=days, force=force)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise _fail(describe(exc)) from None
+    except ValueError as exc:
         raise _fail(str(exc)) from None
     for path in written.paths:
         click.echo(str(path))

@@ -77,7 +77,10 @@ def write_certificates(
     (``FileExistsError``) to replace existing files unless ``force``."""
     if days < 1:
         raise ValueError(f"days must be at least 1, not {days}")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the folder {folder}: {exc.strerror}") from None
     paths = tuple(folder / name for name in FILES)
     present = [path.name for path in paths if path.exists()]
     if present and not force:
@@ -151,9 +154,12 @@ def write_certificates(
     for path, data in zip(paths, contents, strict=True):
         secret = path.name.endswith("-key.pem")
         # Keys are created readable by their owner only, never briefly wider.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        if secret:
-            os.chmod(path, 0o600)  # an existing file (with --force) keeps its old mode otherwise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            if secret:
+                os.chmod(path, 0o600)  # an existing file (with --force) keeps its old mode otherwise
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     return Written(paths, all_names, end)
