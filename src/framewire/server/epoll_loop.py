@@ -125,9 +125,10 @@ def raise_descriptor_limit(wanted: int) -> int:
 
 
 def _ended_by_error(sock: _socket.socket) -> int:
-    """Under a TLS read, OpenSSL reports a reset as an end of stream without
-    a close_notify, which Python returns as b"": the errno of the error that
-    ended the connection, or 0 for a true end. The kernel knows: a reset
+    """Under TLS, OpenSSL reports a reset as an end of stream without a
+    close_notify: a read returns b"", a write raises SSLEOFError ("EOF
+    occurred in violation of protocol"). The errno of the error that ended
+    the connection, or 0 for a true end. The kernel knows: a reset
     leaves the connection closed (TCP_CLOSE), a peer's FIN half-closed
     (CLOSE_WAIT). (The poller's EPOLLERR is no proof: OpenSSL's own recv may
     take the error before the poller sees it, 1 run in 15 with both cores busy.)"""
