@@ -53,6 +53,7 @@ from framewire.io.netio import show_address, unix_peer
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
 from framewire.server.peer import Peer
+from framewire.server.stopping import StopNow
 
 if TYPE_CHECKING:
     from framewire.server.metrics import Metrics
@@ -802,8 +803,12 @@ class ServerConnection:
                     ):
                         response = adopt(self, request, response)
             except BaseException as exc:
-                if not isinstance(exc, Exception):
-                    raise  # KeyboardInterrupt, SystemExit, a forced stop: not the peer's
+                # Whatever a handler raises, SystemExit and KeyboardInterrupt
+                # included (argparse exits on bad input, so a peer can cause
+                # it), is that request's handler-error. Only the server's own
+                # forced stop, raised by its signal handler, unwinds the loop.
+                if isinstance(exc, StopNow):
+                    raise
                 head, content = self._failed(exc)
             else:
                 if response is LATER:

@@ -49,26 +49,32 @@ Completion = tuple[ServerConnection, Slot, object]
 _Job = tuple[ServerConnection, Slot, Message, "float | None", Cancel]
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-async def _within(awaitable: Awaitable[Any], deadline: float) -> Any:
+async def _guarded(awaitable: Awaitable[Any], deadline: float | None) -> Any:
+    # Every async handler runs inside this. An exception that is not an
+    # Exception (SystemExit, KeyboardInterrupt, GeneratorExit) would end the
+    # event loop's run_forever, and with it every async handler of the
+    # server: it is returned instead, and the engine answers it as what the
+    # handler raised (handler-error). A cancellation stays a cancellation.
     # An async handler runs until its request's deadline, not beyond: the
     # client has stopped waiting by then (gRPC's rule for deadlines).
-    left = deadline - time.monotonic()
-    if left <= 0:
-        if inspect.iscoroutine(awaitable):
-            awaitable.close()  # never started, on purpose: no warning
-        raise DeadlineExceeded("The request waited past its deadline for its handler.")
-    scope = asyncio.timeout(left)
     try:
-        async with scope:
+        if deadline is None:
             return await awaitable
-    except TimeoutError:
-        if scope.expired():
-            raise DeadlineExceeded("The handler was still at work at the request's deadline.") from None
-        raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never started, on purpose: no warning
+            raise DeadlineExceeded("The request waited past its deadline for its handler.")
+        scope = asyncio.timeout(left)
+        try:
+            async with scope:
+                return await awaitable
+        except TimeoutError:
+            if scope.expired():
+                raise DeadlineExceeded("The handler was still at work at the request's deadline.") from None
+            raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
+        return exc
 
 
 #: Seconds a stopping server waits for the handlers' event loop to stop.
@@ -220,11 +226,7 @@ class Dispatcher:
         self, conn: ServerConnection, slot: Slot, awaitable: Awaitable[Any], deadline: float | None
     ) -> None:
         loop = self._event_loop()
-        if deadline is not None:
-            coroutine: Any = _within(awaitable, deadline)
-        else:
-            coroutine = awaitable if inspect.iscoroutine(awaitable) else _await(awaitable)
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        future = asyncio.run_coroutine_threadsafe(_guarded(awaitable, deadline), loop)
         # The peer leaving cancels the task (on the loop's thread); the
         # answer, a CancelledError, is then dropped with the connection.
         slot.cancel = future.cancel
