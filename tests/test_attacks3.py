@@ -5,17 +5,27 @@ class of input behind it rather than the one reproduction."""
 from __future__ import annotations
 
 import asyncio
-import sys
+import contextlib
+import os
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from conftest import DRIVER, connect, read_messages, running
+from conftest import connect, read_messages, running, tls
 from framewire import Message, encode
 from framewire.server.app import echo
 
 pytestmark = pytest.mark.usefixtures("driver")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came"
+        time.sleep(0.01)
 
 
 def _bin(content: bytes) -> Message:
@@ -63,3 +73,35 @@ def test_no_exception_a_handler_raises_stops_the_server(kind: type[BaseException
             assert first.json()["error"]["code"] == "handler-error"
             assert kind.__name__ in first.json()["error"]["message"]
             assert second.content == b"after"
+
+
+# -- 1. TLS handshakes count against the connection limit ---------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_handshakes_that_never_end_are_bounded_by_the_connection_limit() -> None:
+    limit = 10
+    with running(echo, ssl_context=tls().server(), max_connections=limit) as server:
+        before = _open_fds()
+        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
+        try:
+            # Each stalled peer sent nothing: the server holds at most the
+            # limit of them, and closes the rest at once.
+            for sock in stalled[limit:]:
+                sock.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):  # a reset is an end too
+                    assert sock.recv(1) == b""
+            assert server.connections <= limit
+            # The test's own 60 sockets, and at most the limit of the server's.
+            assert _open_fds() - before <= len(stalled) + limit + 2
+        finally:
+            for sock in stalled:
+                sock.close()
+        wait_until(lambda: server.connections == 0)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:  # served again
+            with tls().client().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(encode(_bin(b"in")))
+                assert read_messages(sock, 1)[0].content == b"in"

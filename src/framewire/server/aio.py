@@ -141,6 +141,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
+        server._adopting -= 1  # set up: counted in _conns (or refused) from here on
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = transport = cast(asyncio.Transport, transport)
         refused = len(server._conns) >= server.config.max_connections
@@ -456,8 +457,8 @@ class AioServer:
 
     @property
     def connections(self) -> int:
-        """Connections open now."""
-        return len(self._conns)
+        """Connections open now (with those in their TLS handshake)."""
+        return len(self._conns) + self._adopting
 
     @property
     def requests_total(self) -> int:
@@ -532,6 +533,14 @@ class AioServer:
         tls = self.ssl_context
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+            if tls is not None and len(self._conns) + self._adopting >= self.config.max_connections:
+                # Counted from its accept, its handshake included; a TLS peer
+                # could read server-busy only after the handshake the limit bounds.
+                sock.close()
+                if self.metrics is not None:
+                    self.metrics.refused()
+                log.warning("TLS connection closed at once: %d connections open (the limit)", self.connections)
+                continue
             sock.setblocking(False)
             peer = accepted_peer(sock, addr, self._host, self.config)
             if peer is None:
@@ -564,8 +573,9 @@ class AioServer:
             self._accept()
 
     def _adopted(self, peer: str, task: asyncio.Task[Any]) -> None:
-        self._adopting -= 1
         exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:
+            self._adopting -= 1  # never set up (else connection_made counted it)
         if isinstance(exc, ssl.SSLError):
             log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
         elif isinstance(exc, TimeoutError | ConnectionAbortedError) and self.ssl_context is not None:

@@ -538,10 +538,16 @@ class _Serving:
         conns = self._conns
         if accepted:
             acceptor.established()
+        handshakes = self._handshakes
         for fd, addr in accepted:
             sock = make_socket(family, socket.SOCK_STREAM, 0, fd)
-            # (Over TLS, the refusal waits for the handshake: see _handshake.)
-            refused = tls is None and len(conns) >= config.max_connections
+            # A connection counts against the limit from its accept, its TLS
+            # handshake included: handshakes that never end would otherwise
+            # hold descriptors past any limit.
+            refused = len(conns) + len(handshakes) >= config.max_connections
+            if refused and tls is not None:
+                _Serving._refuse_tls(self, sock)  # it could not read server-busy before its handshake
+                continue
             if refused and len(self._refusing) >= config.max_refusing:
                 _Serving._refuse_now(self, sock)
                 continue
@@ -565,10 +571,6 @@ class _Serving:
                 register(fd, _READ)
                 _Serving._refuse(self, conn, now)
                 continue
-            self._dispatcher.bind(engine)
-            self._connections_total += 1
-            if self.metrics is not None:
-                self.metrics.opened(engine)
             if tls is not None:
                 try:
                     sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)  # type: ignore[arg-type]
@@ -576,6 +578,11 @@ class _Serving:
                     log.info("connection from %s: TLS could not start: %s", peer, exc)
                     sock.close()
                     continue
+            self._dispatcher.bind(engine)
+            self._connections_total += 1
+            if self.metrics is not None:
+                self.metrics.opened(engine)
+            if tls is not None:
                 conn = engine.driver = _Socket(sock, fd, engine, tls=True)
                 self._handshakes[fd] = conn
                 register(fd, _READ)
@@ -619,18 +626,7 @@ class _Serving:
             engine = conn.engine
             del self._handshakes[conn.fd]
             engine.secured(now, sock.version(), peer_certificate(sock))
-            if len(self._conns) >= self.config.max_connections:
-                # Refused once secured: a TLS client can read server-busy only over TLS.
-                if len(self._refusing) < self.config.max_refusing:
-                    _Serving._refuse(self, conn, now)
-                    return
-                self._timers.cancel(conn)
-                self._poller.forget(conn.fd)
-                conn.closed = True
-                engine.connection_lost()
-                _Serving._refuse_now(self, sock)
-                return
-            self._conns[conn.fd] = conn
+            self._conns[conn.fd] = conn  # (counted against the limit since its accept)
             self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
             engine.log_secured(self.connections)
             if conn.events != _READ:
@@ -655,6 +651,15 @@ class _Serving:
         _Serving._flush(self, conn, now)
         if not conn.closed:
             self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # closing: never None
+
+    def _refuse_tls(self, sock: _socket.socket) -> None:
+        # Past the limit, a TLS peer is closed at once: it could read a
+        # server-busy only after a handshake, which is the very cost the
+        # limit is there to bound.
+        sock.close()
+        if self.metrics is not None:
+            self.metrics.refused()
+        log.warning("TLS connection closed at once: %d connections open (the limit)", self.connections)
 
     def _refuse_now(self, sock: _socket.socket) -> None:
         # Past max_refusing: the answer, then the close at once.

@@ -64,6 +64,12 @@ class Metrics:
             "framewire_bytes_received", "Bytes received from peers.", registry=registry
         )
         self.bytes_sent = Counter("framewire_bytes_sent", "Bytes sent to peers.", registry=registry)
+        self.refusals = Counter(
+            "framewire_connections_refused",
+            "TLS connections closed at once at the connection limit (they cannot read server-busy"
+            " before a handshake; plain ones are answered it, counted in framewire_errors).",
+            registry=registry,
+        )
         self.paused = Gauge(
             "framewire_paused_connections",
             "Connections not read for backpressure (their answers are not being read).",
@@ -108,6 +114,10 @@ class Metrics:
         engine.flow.watch = self.paused.inc  # +1 paused, -1 resumed
         self.connections_open.inc()
         self.connections_total.inc()
+
+    def refused(self) -> None:
+        """A TLS connection was closed at once at the connection limit."""
+        self.refusals.inc()
 
     def closed(self, engine: Any) -> None:
         """A connection closed."""
