@@ -105,3 +105,21 @@ def test_handshakes_that_never_end_are_bounded_by_the_connection_limit() -> None
             with tls().client().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
                 sock.sendall(encode(_bin(b"in")))
                 assert read_messages(sock, 1)[0].content == b"in"
+
+
+# -- 3. bytes a TLS layer holds are read when reading resumes --------------------------
+
+
+@pytest.mark.parametrize("size", [100_000, 300_000, 1_000_000])
+def test_a_pipelined_request_inside_a_tls_record_is_answered_after_a_pause(size: int) -> None:
+    # The small request shares a TLS record with the end of the large one:
+    # once the large answer passes the high-water mark, reading stops with
+    # the small one already decrypted inside OpenSSL, where no poller event
+    # announces it.
+    with running(echo, ssl_context=tls().server(), high_water=65536) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with tls().client().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(encode(_bin(b"L" * size)) + encode(_bin(b"small")))
+                large, small = read_messages(sock, 2)
+    assert len(large.content) == size
+    assert small.content == b"small"

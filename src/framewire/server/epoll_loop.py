@@ -210,6 +210,10 @@ class _Serving:
         self._waker = poller.Waker()
         self._conns: dict[int, _Socket] = {}
         self._handshakes: dict[int, _Socket] = {}  # TLS connections not yet secured
+        # TLS connections whose reading resumed with bytes already decrypted
+        # inside OpenSSL: no readiness event announces those, so the loop
+        # reads them itself on its next turn (see _flush).
+        self._tls_held: list[_Socket] = []
         self._unread = bytearray(4)  # FIONREAD's answer (see _reset)
         self._unix_file: tuple[str, int] | None = None
         self._timers: TimerWheel[_Socket] = TimerWheel()
@@ -433,6 +437,8 @@ class _Serving:
                 if due is None or summary.next_at < due:
                     due = summary.next_at if summary.next_at != math.inf else None
                 timeout = None if due is None else max(0.0, due - now)
+            if self._tls_held:
+                timeout = 0.0
             pause = acceptor.wait(now)
             if pause is not None:
                 timeout = pause if timeout is None else min(timeout, pause)
@@ -466,6 +472,8 @@ class _Serving:
                             _Serving._handshake(self, conn, now)
                         except Exception as exc:
                             _Serving._fault(self, conn, exc)
+            if self._tls_held:
+                _Serving._read_held(self, now)
             _Serving._run_timers(self, now)
             acceptor.tick(now)
             if now >= summary.next_at:
@@ -873,9 +881,24 @@ class _Serving:
                 return
             wanted = _READ
             self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # set by linger()
+        if conn.tls and wanted & _READ and conn.sock.pending():  # type: ignore[attr-defined]
+            # Reading stopped (the high-water mark) or resumes with bytes
+            # already decrypted inside OpenSSL: no readiness event will say so.
+            self._tls_held.append(conn)
         if wanted != conn.events:
             conn.events = wanted
             self._poller.modify(conn.fd, wanted)
+
+    def _read_held(self, now: float) -> None:
+        held = self._tls_held
+        self._tls_held = []
+        for conn in held:
+            if conn.closed or not conn.events & _READ:
+                continue
+            try:
+                _Serving._on_readable(self, conn, now)
+            except Exception as exc:
+                _Serving._fault(self, conn, exc)
 
     # -- timers and closing -------------------------------------------------------
 
