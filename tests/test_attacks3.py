@@ -123,3 +123,39 @@ def test_a_pipelined_request_inside_a_tls_record_is_answered_after_a_pause(size:
                 large, small = read_messages(sock, 2)
     assert len(large.content) == size
     assert small.content == b"small"
+
+
+# -- 4. one connection cannot take the whole handler queue ---------------------------
+
+
+@pytest.mark.parametrize("how", ["threads", "async"])
+def test_one_greedy_connection_cannot_starve_the_others(how: str) -> None:
+    ran: list[bytes] = []
+
+    def handler(request: Message) -> Message:
+        ran.append(request.content)
+        if request.content.startswith(b"slow"):
+            time.sleep(0.05)  # the work itself, not a wait in the test
+        return echo(request)
+
+    async def async_handler(request: Message) -> Message:
+        ran.append(request.content)
+        if request.content.startswith(b"slow"):
+            await asyncio.sleep(0.05)
+        return echo(request)
+
+    greedy_count = 20
+    options: dict[str, Any] = {"max_queued": 8, "threads": 1} if how == "threads" else {"max_queued": 8}
+    with running(handler if how == "threads" else async_handler, **options) as server:
+        with connect(server.port) as greedy, connect(server.port) as polite:
+            greedy.sendall(b"".join(encode(_bin(b"slow%d" % i)) for i in range(greedy_count)))
+            wait_until(lambda: len(ran) >= 1)
+            polite.sendall(encode(_bin(b"fast")))
+            (answer,) = read_messages(polite, 1)
+            assert answer.content == b"fast"  # not server-busy
+            answers = read_messages(greedy, greedy_count)
+    # The greedy connection's own excess is what is refused.
+    refused = [a.json()["error"]["code"] for a in answers if a.is_json]
+    assert refused and set(refused) == {"server-busy"}
+    if how == "threads":  # taken in turn: the polite request runs before the greedy backlog
+        assert ran.index(b"fast") <= 3

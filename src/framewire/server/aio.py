@@ -110,8 +110,7 @@ class _LoopDispatcher(Dispatcher):
             self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
 
     def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
-        self.outstanding -= 1
-        self._finished(slot)
+        self._finished(conn, slot)
         self._deliver(conn, slot, result)
 
 
@@ -539,7 +538,9 @@ class AioServer:
                 sock.close()
                 if self.metrics is not None:
                     self.metrics.refused()
-                log.warning("TLS connection closed at once: %d connections open (the limit)", self.connections)
+                log.warning(
+                    "TLS connection closed at once: %d connections open (the limit)", self.connections
+                )
                 continue
             sock.setblocking(False)
             peer = accepted_peer(sock, addr, self._host, self.config)

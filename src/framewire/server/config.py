@@ -108,7 +108,9 @@ class ServerConfig:
     )
     max_queued: int = _setting(
         limits.MAX_QUEUED,
-        "Requests waiting for a threaded or async handler, server-wide; more get server-busy.",
+        "Requests waiting for a threaded or async handler, server-wide, shared fairly between "
+        "connections (taken in turn; past it, only a connection under its share gets a place); "
+        "more get server-busy.",
         minimum=1,
     )
 

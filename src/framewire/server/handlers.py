@@ -12,8 +12,15 @@ only its own connection's answers, never the other connections.
 
 Answers that come later are posted back to the driver's thread (a queue
 and a wake-up): the connection engine puts them in request order. Work
-waiting for a handler is bounded server-wide (``max_queued``); beyond it a
-request is answered with ``server-busy`` at once.
+waiting for a handler is bounded server-wide (``max_queued``), and shared
+fairly between connections: the pool's threads take the connections' work
+in turn (round-robin, one request each), and once ``max_queued`` requests
+wait, only a connection holding less than its share (``max_queued``
+divided by the connections with work waiting) is still given a place, so
+one client pipelining slow requests cannot make every other client's
+request ``server-busy``. The rest get ``server-busy`` at once. (So at most
+twice ``max_queued`` requests wait: the greedy connections' and the
+others' shares.)
 
 The pool's threads and the loop's thread are daemon threads: a handler stuck
 for ever cannot keep the process alive once the server has stopped.
@@ -26,7 +33,6 @@ import collections
 import functools
 import inspect
 import logging
-import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -77,6 +83,48 @@ async def _guarded(awaitable: Awaitable[Any], deadline: float | None) -> Any:
         return exc
 
 
+class _FairQueue:
+    """The pool's work, one queue per connection, taken in turn: a worker
+    takes one request of the first connection in the ring, which then goes
+    to the back of it if it has more. ``None`` (from :meth:`close`) ends a
+    worker."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition(threading.Lock())
+        self._ring: collections.OrderedDict[ServerConnection, collections.deque[_Job]] = (
+            collections.OrderedDict()
+        )
+        self._closing = 0
+
+    def put(self, conn: ServerConnection, job: _Job) -> None:
+        with self._ready:
+            jobs = self._ring.get(conn)
+            if jobs is None:
+                jobs = self._ring[conn] = collections.deque()
+            jobs.append(job)
+            self._ready.notify()
+
+    def get(self) -> _Job | None:
+        with self._ready:
+            while not self._ring and not self._closing:
+                self._ready.wait()
+            if self._closing:
+                self._closing -= 1
+                return None
+            conn, jobs = next(iter(self._ring.items()))
+            job = jobs.popleft()
+            if jobs:
+                self._ring.move_to_end(conn)
+            else:
+                del self._ring[conn]
+            return job
+
+    def close(self, workers: int) -> None:
+        with self._ready:
+            self._closing += workers
+            self._ready.notify_all()
+
+
 #: Seconds a stopping server waits for the handlers' event loop to stop.
 _LOOP_STOP_WAIT = 1.0
 
@@ -120,9 +168,11 @@ class Dispatcher:
         self._done: collections.deque[Completion] = collections.deque()
         #: Requests handed to the pool or the loop and not yet answered.
         self.outstanding = 0
+        # The same, per connection (only those with some): for the shares.
+        self._held: dict[ServerConnection, int] = {}
         # Work under way, for the log of a forced stop: slot -> (peer, since).
         self._running: dict[Slot, tuple[str, float]] = {}
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs = _FairQueue()
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -149,9 +199,18 @@ class Dispatcher:
         else:
             conn.call = self.handler
 
+    def _full(self, conn: ServerConnection) -> bool:
+        # Past max_queued, a connection below its share still gets a place
+        # (see the module's text): the greedy one is refused, not the others.
+        if self.outstanding < self.max_queued:
+            return False
+        held = self._held
+        share = self.max_queued // (len(held) + (conn not in held))
+        return held.get(conn, 0) >= share
+
     def _submit(self, conn: ServerConnection, request: Message) -> object:
         # Threads: the request waits for a worker; its slot keeps its place.
-        if self.outstanding >= self.max_queued:
+        if self._full(conn):
             conn.count_error(ServerBusy.code)
             return self._busy
         slot = conn.reserve()
@@ -160,7 +219,7 @@ class Dispatcher:
         self._started(conn, slot)
         if len(self._workers) < self.threads:
             self._add_worker()
-        self._jobs.put((conn, slot, request, _deadline(request), cancel))
+        self._jobs.put(conn, (conn, slot, request, _deadline(request), cancel))
         return LATER
 
     def _adopt(self, conn: ServerConnection, request: Message, result: object) -> object:
@@ -176,12 +235,19 @@ class Dispatcher:
         done: list[Completion] = []
         while self._done:
             conn, slot, result = self._done.popleft()
-            self.outstanding -= 1
-            self._finished(slot)
+            self._finished(conn, slot)
             done.append((conn, slot, result))
         return done
 
-    def _finished(self, slot: Slot) -> None:
+    def _finished(self, conn: ServerConnection, slot: Slot) -> None:
+        # On the driver's thread, as _started.
+        self.outstanding -= 1
+        held = self._held
+        left = held[conn] - 1
+        if left:
+            held[conn] = left
+        else:
+            del held[conn]
         entry = self._running.pop(slot, None)
         if entry is not None and self.metrics is not None:
             self.metrics.observe(time.monotonic() - entry[1])
@@ -192,8 +258,7 @@ class Dispatcher:
 
     def close(self) -> None:
         """Stop the workers and the loop (work still running is abandoned)."""
-        for _ in self._workers:
-            self._jobs.put(None)
+        self._jobs.close(len(self._workers))
         with self._loop_lock:
             loop, thread = self._loop, self._loop_thread
         if loop is not None and thread is not None:
@@ -208,11 +273,12 @@ class Dispatcher:
 
     def _started(self, conn: ServerConnection, slot: Slot) -> None:
         self.outstanding += 1
+        self._held[conn] = self._held.get(conn, 0) + 1
         self._running[slot] = (conn.peer, time.monotonic())
 
     def _schedule(self, conn: ServerConnection, request: Message, awaitable: Awaitable[Any]) -> object:
         # An awaitable from an inline handler, on the driver's thread.
-        if self.outstanding >= self.max_queued:
+        if self._full(conn):
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited, on purpose: no warning
             conn.count_error(ServerBusy.code)
