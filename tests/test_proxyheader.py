@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import socket
 import struct
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -132,7 +137,7 @@ def test_trusted_proxies() -> None:
     config = ServerConfig(proxy_protocol=True, trusted_proxies=("10.0.0.0/8", "127.0.0.2"))
     assert config.trusts("10.9.8.7") and config.trusts("127.0.0.2") and config.trusts("::ffff:10.1.1.1")
     assert not config.trusts("127.0.0.3") and not config.trusts("not an address")
-    with pytest.raises(ValueError, match="not an address or a network"):
+    with pytest.raises(ValueError, match="not an address, a network"):
         ServerConfig(trusted_proxies=("10.0.0.0/33",))
 
 
@@ -192,3 +197,62 @@ def test_proxy_protocol_and_tls_together_are_refused() -> None:
 
     with pytest.raises(ValueError, match="PROXY protocol with TLS"):
         Server(echo, port=0, proxy_protocol=True, ssl_context=tls().server())
+
+
+def test_unix_socket_peers_are_trusted_by_user() -> None:
+    config = ServerConfig(proxy_protocol=True, trusted_proxies=("uid:1234",))
+    assert config.trusts_user(1234) and config.trusts_user(0) and config.trusts_user(os.getuid())
+    assert not config.trusts_user(4321) and not config.trusts_user(None)
+    with pytest.raises(ValueError, match="or uid:N"):
+        ServerConfig(trusted_proxies=("uid:someone",))
+
+
+_NOBODY = 65534
+
+
+def _as_another_user(path: Path, data: bytes) -> str:
+    """What a local process of another user gets when it connects, claims a
+    client's address and asks: "closed" (at once), or "answered". (A fork:
+    that user cannot run this interpreter, under /root.)"""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        outcome = b"failed"
+        try:
+            os.setgid(_NOBODY)
+            os.setuid(_NOBODY)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(data)
+            try:
+                outcome = b"answered" if sock.recv(65536) else b"closed"
+            except ConnectionResetError:
+                outcome = b"closed"
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root, to connect as another user"
+)
+@pytest.mark.usefixtures("driver")
+@pytest.mark.parametrize("trusted", [(), ("uid:65534",)], ids=["untrusted", "trusted-by-uid"])
+def test_a_proxy_header_on_a_unix_socket_is_taken_only_from_trusted_users(trusted: tuple[str, ...]) -> None:
+    # A folder the other user can reach (pytest's tmp_path is the owner's alone).
+    folder = Path(tempfile.mkdtemp(prefix="fw-unix-"))
+    folder.chmod(0o755)
+    path = folder / "fw.sock"
+    settings: dict[str, Any] = {"trusted_proxies": ("127.0.0.0/8", *trusted)}
+    with running(whoami, host=f"unix:{path}", unix_mode=0o666, proxy_protocol=True, **settings):
+        try:
+            outcome = _as_another_user(path, V1 + encode(Message.from_text("?")))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    assert outcome == ("answered" if trusted else "closed")

@@ -101,7 +101,9 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "for servers behind HAProxy, nginx stream, Envoy, a cloud balancer.",
 )
 @click.option("--trusted-proxies", default="127.0.0.0/8,::1/128", show_default=True, metavar="CIDR[,CIDR...]",
-              help="Who may send PROXY headers; connections from elsewhere are closed.")  # fmt: skip
+              help="Who may send PROXY headers: addresses or networks, and uid:N for a user connecting "
+                   "to a Unix socket (the server's own user and root always may); connections from "
+                   "elsewhere are closed.")  # fmt: skip
 @_limit_options
 @log_level_option
 @friendly_errors

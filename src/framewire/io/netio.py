@@ -135,6 +135,19 @@ def tls_problem(exc: ssl.SSLError, *, server: bool = False) -> str:
     return table.get(reason, (reason or str(exc)).replace("_", " ").lower())
 
 
+def unix_peer_uid(sock: _socket.socket) -> int | None:
+    """The user id of a Unix socket's peer (SO_PEERCRED), or None where the
+    system does not say."""
+    credentials = getattr(socket, "SO_PEERCRED", None)
+    if credentials is None:
+        return None
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, credentials, 12))
+    except OSError:
+        return None
+    return int(uid)
+
+
 def unix_peer(sock: _socket.socket, host: str) -> str:
     """A Unix socket client as logs show it: the server's address and, where
     the system says (SO_PEERCRED), the client's process id."""

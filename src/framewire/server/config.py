@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,11 +119,16 @@ class ServerConfig:
     #: that every connection must begin with; only from ``trusted_proxies``.
     proxy_protocol: bool = False
     #: The balancers allowed to send PROXY headers: addresses or networks
-    #: (CIDR). A connection from anywhere else is closed, with a log line.
+    #: (CIDR), and ``uid:N`` for a balancer connecting to a Unix socket as
+    #: user N (the kernel says who: SO_PEERCRED). On a Unix socket the
+    #: server's own user and root are trusted too (they can act as the
+    #: server anyway); any other local user only when listed. A connection
+    #: from anywhere else is closed, with a log line.
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False, repr=False, compare=False
     )
+    _uids: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy_protocol, bool):
@@ -130,13 +136,21 @@ class ServerConfig:
         if isinstance(self.trusted_proxies, str) or not all(isinstance(t, str) for t in self.trusted_proxies):
             raise TypeError("trusted_proxies must be a tuple of addresses or networks (CIDR)")
         networks = []
+        uids = {0, os.getuid()} if hasattr(os, "getuid") else set()
         for text in self.trusted_proxies:
+            text = text.strip()
+            if text.startswith("uid:") and text[4:].isdigit() and text[4:].isascii():
+                uids.add(int(text[4:]))
+                continue
             try:
-                networks.append(ipaddress.ip_network(text.strip(), strict=False))
+                networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
-                raise ValueError(f"trusted_proxies: {text!r} is not an address or a network (CIDR)") from None
+                raise ValueError(
+                    f"trusted_proxies: {text!r} is not an address, a network (CIDR) or uid:N"
+                ) from None
         object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         object.__setattr__(self, "_networks", tuple(networks))
+        object.__setattr__(self, "_uids", frozenset(uids))
         for item in dataclasses.fields(self):
             if "setting" not in item.metadata:
                 continue
@@ -162,6 +176,11 @@ class ServerConfig:
         if settings:
             raise TypeError("give either config or settings, not both")
         return config
+
+    def trusts_user(self, uid: int | None) -> bool:
+        """Whether a Unix socket peer running as ``uid`` (None: the system
+        does not say) may send a PROXY header."""
+        return uid is not None and uid in self._uids
 
     def trusts(self, host: str) -> bool:
         """Whether ``host`` (an IP address) may send a PROXY header."""

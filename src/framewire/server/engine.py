@@ -49,7 +49,7 @@ from framewire.core.message import Message, _Decoded, _Header
 from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
-from framewire.io.netio import show_address, unix_peer
+from framewire.io.netio import show_address, unix_peer, unix_peer_uid
 from framewire.io.sendqueue import SendQueue
 from framewire.server.config import ServerConfig
 from framewire.server.peer import Peer
@@ -204,7 +204,14 @@ def accepted_peer(sock: _socket.socket, addr: Any, host: str, config: ServerConf
     server's own address, for Unix sockets), or None when it came from a
     sender the PROXY protocol does not trust: then it is closed and logged."""
     if sock.family == socket.AF_UNIX:
-        return unix_peer(sock, host)
+        peer = unix_peer(sock, host)
+        if config.proxy_protocol and not config.trusts_user(uid := unix_peer_uid(sock)):
+            # Any local user may connect to the socket: only the trusted ones
+            # may name a client (else any process could claim any address).
+            log.info("connection from %s (uid %s): not a trusted proxy (see trusted_proxies): closing", peer, uid)
+            sock.close()
+            return None
+        return peer
     peer = show_address(addr)
     if config.proxy_protocol and not config.trusts(addr[0]):
         log.info("connection from %s: not a trusted proxy (see trusted_proxies): closing", peer)
