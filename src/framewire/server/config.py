@@ -137,8 +137,8 @@ class ServerConfig:
             raise TypeError("trusted_proxies must be a tuple of addresses or networks (CIDR)")
         networks = []
         uids = {0, os.getuid()} if hasattr(os, "getuid") else set()
-        for text in self.trusted_proxies:
-            text = text.strip()
+        for given in self.trusted_proxies:
+            text = given.strip()
             if text.startswith("uid:") and text[4:].isdigit() and text[4:].isascii():
                 uids.add(int(text[4:]))
                 continue

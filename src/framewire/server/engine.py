@@ -208,7 +208,7 @@ def accepted_peer(sock: _socket.socket, addr: Any, host: str, config: ServerConf
         if config.proxy_protocol and not config.trusts_user(uid := unix_peer_uid(sock)):
             # Any local user may connect to the socket: only the trusted ones
             # may name a client (else any process could claim any address).
-            log.info("connection from %s (uid %s): not a trusted proxy (see trusted_proxies): closing", peer, uid)
+            log.info("connection from %s (uid %s): not a trusted proxy: closing", peer, uid)
             sock.close()
             return None
         return peer
