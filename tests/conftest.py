@@ -222,6 +222,13 @@ def framewire_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "framewire", *args]
 
 
+def framewire_script(*args: str) -> list[str]:
+    """The ``framewire`` command itself, as a person runs it (not ``python
+    -m``, which puts the current folder first on the path before any of
+    framewire's code runs)."""
+    return [os.path.join(os.path.dirname(sys.executable), "framewire"), *args]
+
+
 def run_cli(*args: str, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         framewire_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False, input=input
@@ -231,12 +238,18 @@ def run_cli(*args: str, timeout: float = 30, input: str | None = None) -> subpro
 class Spawned:
     """A command running in the background, with its stderr read as it comes."""
 
-    def __init__(self, *args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: str | None = None,
+        preexec: Callable[[], None] | None = None,
+        script: bool = False,
+    ) -> None:
         if args and args[0] == "serve" and DRIVER[0] != "epoll" and "--loop" not in args:
             args = (*args, "--loop", DRIVER[0])  # the same test, on the test's driver
         # preexec only sets a resource limit in the child, before exec.
         self.proc = subprocess.Popen(
-            framewire_cmd(*args),
+            framewire_script(*args) if script else framewire_cmd(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
@@ -290,8 +303,10 @@ class Spawned:
 def spawn() -> Iterator[Any]:
     procs: list[Spawned] = []
 
-    def start(*args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None) -> Spawned:
-        spawned = Spawned(*args, cwd=cwd, preexec=preexec)
+    def start(
+        *args: str, cwd: str | None = None, preexec: Callable[[], None] | None = None, script: bool = False
+    ) -> Spawned:
+        spawned = Spawned(*args, cwd=cwd, preexec=preexec, script=script)
         procs.append(spawned)
         return spawned
 

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +160,41 @@ def test_one_greedy_connection_cannot_starve_the_others(how: str) -> None:
     assert refused and set(refused) == {"server-busy"}
     if how == "threads":  # taken in turn: the polite request runs before the greedy backlog
         assert ran.index(b"fast") <= 3
+
+
+# -- 6. the folder serve starts in never shadows a module ------------------------------
+
+_PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+raise ImportError("planted")
+"""
+
+
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")], ids=["one-process", "workers-2"])
+def test_files_in_the_starting_folder_never_replace_standard_modules(
+    spawn: Any, tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    marker = tmp_path / "marker"
+    # Imported lazily, after the server has started (resource for the
+    # descriptor limit, tempfile for the workers' metrics folder, ...).
+    for name in ("resource", "tempfile", "shlex", "ctypes", "multiprocessing"):
+        (tmp_path / f"{name}.py").write_text(_PLANTED.format(marker=str(marker)))
+    (tmp_path / "myapp.py").write_text("from framewire.server.app import echo as app\n")
+    for app in ("echo", "myapp:app"):
+        server = spawn("serve", "--app", app, "--port", "0", *workers, cwd=str(tmp_path), script=True)
+        port = server.port()
+        with connect(port) as sock:
+            sock.sendall(encode(_bin(b"served")))
+            assert read_messages(sock, 1)[0].content == b"served"
+        code, _, err = server.stop()
+        assert code == 0, err
+    assert not marker.exists()
+
+
+def test_app_dir_names_where_the_app_is_imported_from(spawn: Any, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere_app.py").write_text("from framewire.server.app import echo as app\n")
+    server = spawn("serve", "--app", "elsewhere_app:app", "--app-dir", str(tmp_path), "--port", "0")
+    with connect(server.port()) as sock:
+        sock.sendall(encode(_bin(b"found")))
+        assert read_messages(sock, 1)[0].content == b"found"

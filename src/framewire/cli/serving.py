@@ -67,6 +67,14 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="The application: the guide's search demo, echo, or your handler (a callable Message -> Message).",
 )
 @click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where a MODULE:CALLABLE app is imported from. It is searched after the standard library "
+    "and the installed packages, so a file there never replaces one of theirs.",
+)
+@click.option(
     "--loop",
     "loop_kind",
     type=click.Choice(["epoll", "asyncio", "uvloop"]),
@@ -113,6 +121,7 @@ def serve(
     unix: str | None,
     unix_mode: int | None,
     app_spec: str,
+    app_dir: str,
     loop_kind: str,
     log_level: str,
     ssl_context: Any,
@@ -149,8 +158,13 @@ def serve(
         host = f"unix:{unix}"
     elif unix_mode is not None:
         raise _fail("--unix-mode goes with --unix", 2)
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # MODULE:CALLABLE from the current folder, as python -m does
+    if ":" in app_spec:
+        # Only a user's app adds a folder to the path, and at its end: a
+        # resource.py or tempfile.py there must not run in place of the
+        # standard module the server imports later (as the server's user).
+        folder = os.path.abspath(app_dir)
+        if folder not in sys.path:
+            sys.path.append(folder)
     try:
         handler = load_handler(app_spec)
     except ValueError as exc:

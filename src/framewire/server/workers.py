@@ -286,4 +286,6 @@ def worker_command(argv: Sequence[str]) -> list[str]:
             skip = "=" not in arg
             continue
         out.append(arg)
-    return [sys.executable, "-m", "framewire", *out]
+    # -P: the current folder is not put first on the worker's path (a
+    # tempfile.py there would run in place of the standard module).
+    return [sys.executable, "-P", "-m", "framewire", *out]
