@@ -9,6 +9,6 @@ import sys
 if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]
 
-from framewire.cli import main  # noqa: E402
+from framewire.cli import main
 
 main()
