@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -198,3 +199,24 @@ def test_app_dir_names_where_the_app_is_imported_from(spawn: Any, tmp_path: Path
     with connect(server.port()) as sock:
         sock.sendall(encode(_bin(b"found")))
         assert read_messages(sock, 1)[0].content == b"found"
+
+
+# -- 12. a drain answers a request already on its way over a kept-open connection -------
+
+
+def test_a_request_sent_on_an_idle_connection_as_the_drain_starts_is_answered(spawn: Any) -> None:
+    server = spawn("serve", "--app", "echo", "--port", "0")
+    port = server.port()
+    with connect(port) as kept_open, connect(port) as fresh:
+        kept_open.sendall(encode(_bin(b"first")))
+        assert read_messages(kept_open, 1)[0].content == b"first"
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("no longer accepting")
+        # Sent after the server began to drain, as a request 50 ms away is.
+        kept_open.sendall(encode(_bin(b"in flight")))
+        fresh.sendall(encode(_bin(b"first of a new one")))
+        assert read_messages(kept_open, 1)[0].content == b"in flight"
+        assert read_messages(fresh, 1)[0].content == b"first of a new one"
+        assert kept_open.recv(1) == b""  # then closed
+    code, _, err = server.stop(None)
+    assert code == 0, err

@@ -441,12 +441,23 @@ def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request
     timed.timer(11.0)
     assert timed.finished
 
-    busy = engine()
-    busy.call = lambda request: request
-    busy.receive(req(b"one"), 0.0)
-    sent_messages(busy)
-    busy.drain(10.0)
-    assert busy.finished  # it had its requests: closed at once
+    # A kept-open connection, idle between requests, gets the same moment:
+    # its client may have sent just before the stop reached it (issue 37).
+    kept = engine()
+    kept.call = lambda request: request
+    kept.receive(req(b"one"), 0.0)
+    sent_messages(kept)
+    kept.drain(10.0)
+    assert not kept.finished and kept.deadline == 11.0
+    kept.receive(req(b"on its way"), 10.05)
+    assert [m.content for m in sent_messages(kept)] == [b"on its way"]
+    assert kept.finished
+
+    owing = engine()
+    owing.call = lambda request: request
+    owing.receive(req(b"owed"), 0.0)
+    owing.drain(10.0)
+    assert owing.draining  # an answer owed: it goes out, then the close
 
 
 def test_a_request_whose_deadline_has_passed_is_answered_timeout_without_its_handler() -> None:

@@ -78,8 +78,9 @@ log = logging.getLogger("framewire.server")
 ResponseCache = BoundedCache[tuple[str, str, str, int], bytes]
 
 
-#: Seconds a stopping server waits for the first request of a connection
-#: that has sent nothing yet (its client may have just connected).
+#: Seconds a stopping server keeps reading an idle connection, for a
+#: request that may be on its way (its client may have just connected, or
+#: sent on a kept-open connection just before the stop reached it).
 FIRST_REQUEST_WAIT: Final = 1.0
 
 #: :meth:`ServerConnection.interest` bits: read from the peer, write to it,
@@ -510,7 +511,7 @@ class ServerConnection:
         if requests:
             self._answer(requests)
             if self._drain_at is not None:
-                self.draining = True  # the first request came: answered, then closed
+                self.draining = True  # a request came while the server stopped: answered, then closed
         if error is not None:
             log.info("protocol error from %s: %s", self.peer, error)
             self._close_for(error, lingering=not ended)
@@ -674,7 +675,7 @@ class ServerConnection:
                 self._linger = _NO_LINGER  # long enough: closed, whatever the peer still sends
             return
         if self._drain_at is not None and not self.draining and now >= self._drain_at:
-            self.draining = True  # the first request did not come while the server stopped
+            self.draining = True  # no request came while the server stopped
         if self.awaiting_proxy:
             started = self.message_started
             if started is not None and started + self._config.message_timeout <= now:
@@ -715,12 +716,14 @@ class ServerConnection:
     def drain(self, now: float | None = None) -> None:
         """The server is stopping: finish what is owed, then close.
 
-        A connection that has sent nothing yet may be a client whose first
-        request is on its way: it is given until ``now`` + one second (or
-        the end of the grace period, if sooner) to send it, and answered."""
+        An idle connection, new or kept open, may be a client whose request
+        is on its way (with 50 ms between client and server, every request
+        sent in the last 50 ms is): it is given until ``now`` + one second
+        (or the end of the grace period, if sooner) to send it, and that
+        request is answered before the close."""
         if self.draining:
             return
-        if now is None or self.requests or self.out or self._waiting:
+        if now is None or self.out or self._waiting:
             self.draining = True
         elif self._drain_at is None:
             self._drain_at = now + FIRST_REQUEST_WAIT
