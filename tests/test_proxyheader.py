@@ -234,9 +234,9 @@ def _as_another_user(path: Path, data: bytes) -> str:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        outcome = pipe.read().decode()
+        said = pipe.read().decode()
     os.waitpid(pid, 0)
-    return outcome
+    return said
 
 
 @pytest.mark.skipif(

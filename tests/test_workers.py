@@ -164,7 +164,7 @@ def test_fd_that_is_not_a_listening_socket_is_one_line(tmp_path: Path) -> None:
 
 def test_the_worker_command_drops_what_the_supervisor_owns() -> None:
     command = worker_command(["serve", "--workers", "2", "--port=7000", "--host", "::", "--app", "echo"])
-    assert command == [sys.executable, "-m", "framewire", "serve", "--app", "echo"]
+    assert command == [sys.executable, "-P", "-m", "framewire", "serve", "--app", "echo"]
 
 
 @pytest.mark.parametrize("argv", [["--workers", "-1"], ["--workers", "x"]])
@@ -213,3 +213,158 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Pa
     assert proc.returncode == 0
     delays = re.findall(r"exited with status 3: starting another(?: in ([\d.]+) s)?", seen)
     assert delays[:4] == ["", "0.1", "0.2", "0.4"]
+
+
+# -- issue 37: signals, orphans, socket activation and reloads under --workers ---------
+
+SLOW_APP = """
+import time
+from framewire import Message
+
+def app(request):
+    if request.content == b"slow":
+        time.sleep(1.0)  # the work: a request in flight when the stop comes
+    return Message(request.content, request.content_type, request.content_encoding)
+"""
+
+
+def live_children(pid: int) -> list[Any]:
+    import psutil
+
+    return [p for p in psutil.Process(pid).children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("how", ["process-group", "control-group"])
+def test_one_stop_signal_however_delivered_is_one_graceful_drain(tmp_path: Path, how: str) -> None:
+    # Ctrl-C reaches the supervisor and every worker (one process group);
+    # systemd's KillMode=control-group sends SIGTERM to each process too.
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    proc = subprocess.Popen(
+        framewire_cmd(
+            "serve", "--app", "slowapp:app", "--app-dir", str(tmp_path), "--port", "0", "--workers", "2"
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        seen = read_until(proc, "2 workers serving")
+        port = int(re.findall(r"on 127\.0\.0\.1:(\d+) with 2 workers", seen)[0])
+        answers: list[str] = []
+        client = Client("127.0.0.1", port, timeout=20)
+        asker = threading.Thread(
+            target=lambda: answers.append(client.request(Message.from_text("slow")).text())
+        )
+        asker.start()
+        deadline = time.monotonic() + 10
+        while not any(c.net_connections("tcp4") for c in live_children(proc.pid)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # until a worker holds the connection
+        if how == "process-group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            for member in [proc.pid, *(c.pid for c in live_children(proc.pid))]:
+                os.kill(member, signal.SIGTERM)
+        asker.join(20)
+        client.close()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert answers == ["slow"], err
+    assert proc.returncode == 0 and "stopping now" not in err
+
+
+def test_workers_leave_when_their_supervisor_is_killed() -> None:
+    import psutil
+
+    proc = subprocess.Popen(
+        framewire_cmd("serve", "--app", "echo", "--port", "0", "--workers", "2"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = read_until(proc, "2 workers serving")
+        port = int(re.findall(r"on 127\.0\.0\.1:(\d+) with 2 workers", seen)[0])
+        workers = live_children(proc.pid)
+        assert len(workers) == 2
+        proc.kill()
+        proc.communicate(timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The port is free for the restart.
+    socket.create_server(("127.0.0.1", port)).close()
+
+
+def test_socket_activation_with_workers_supervises_and_reloads() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    serve = framewire_cmd("serve", "--app", "echo", "--workers", "2")
+    activate = (
+        f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        f"os.environ['LISTEN_FDS'] = '1'; os.execv(sys.executable, {serve!r})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", activate], pass_fds=(fd,), stderr=subprocess.PIPE, text=True
+    )
+    listener.close()
+    try:
+        read_until(proc, "2 workers serving")
+        assert ask(port, "activated") == "activated"
+        proc.send_signal(signal.SIGHUP)
+        read_until(proc, "SIGHUP: 2 workers replaced")
+        assert ask(port, "reloaded") == "reloaded"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_a_reload_of_code_that_does_not_start_ends_at_once_and_keeps_n_workers(tmp_path: Path) -> None:
+    app = tmp_path / "reloadapp.py"
+    app.write_text("from framewire.server.app import echo as app\n")
+    proc = subprocess.Popen(
+        framewire_cmd(
+            "serve", "--app", "reloadapp:app", "--app-dir", str(tmp_path), "--port", "0", "--workers", "2"
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = read_until(proc, "2 workers serving")
+        port = int(re.findall(r"on 127\.0\.0\.1:(\d+) with 2 workers", seen)[0])
+        app.write_text("raise ImportError('broken on purpose')\n")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        seen = read_until(proc, "the new code does not start: keeping the old workers")
+        assert time.monotonic() - started < 10  # not the 60 s readiness wait
+        # A worker that dies now is replaced at once, as ever.
+        survivors = [c.pid for c in live_children(proc.pid)]
+        assert len(survivors) == 2
+        victim = survivors[0]
+        os.kill(victim, signal.SIGKILL)
+        read_until(proc, f"(pid {victim}) was killed by SIGKILL: starting another")
+        read_until(proc, "started (pid")
+        app.write_text("from framewire.server.app import echo as app\n")
+        proc.send_signal(signal.SIGHUP)
+        read_until(proc, "SIGHUP: 2 workers replaced")
+        assert ask(port, "fixed") == "fixed"
+        deadline = time.monotonic() + 30
+        while len(live_children(proc.pid)) != 2:  # the old ones drain and leave
+            assert time.monotonic() < deadline, live_children(proc.pid)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)  # and once more: still exactly 2
+        read_until(proc, "SIGHUP: 2 workers replaced")
+        deadline = time.monotonic() + 30
+        while len(live_children(proc.pid)) != 2:
+            assert time.monotonic() < deadline, live_children(proc.pid)
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

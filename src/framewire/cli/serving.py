@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -216,12 +217,25 @@ def serve(
         click.echo(banner, err=True)
 
     sock = None
+    if listen_fd is not None and workers is not None:
+        # --workers on an inherited listener (systemd's socket activation, or
+        # --fd): the supervisor runs the workers on it, and reloads them.
+        from framewire.io.netio import adopt_listener
+
+        try:
+            inherited = adopt_listener(listen_fd)
+        except OSError as exc:
+            raise _fail(describe(exc), 2) from None
+        count = workers or os.cpu_count() or 1
+        _supervise(host, port, unix_mode, count, config.grace, app_spec, ssl_context, metrics_at, inherited)
+        return
     if listen_fd is not None:
         import signal
 
         from framewire.io.netio import adopt_listener
-        from framewire.server.workers import notify_ready
+        from framewire.server.workers import follow_supervisor, notify_ready
 
+        follow_supervisor()
         try:
             sock = adopt_listener(listen_fd)
         except OSError as exc:
@@ -316,6 +330,7 @@ def _supervise(
     app_spec: str,
     ssl_context: Any,
     metrics_at: str | None,
+    inherited: socket.socket | None = None,
 ) -> None:
     import tempfile
 
@@ -344,13 +359,20 @@ def _supervise(
             raise _bind_error(exc, where_[0], where_[1]) from None
         log.info("metrics of every worker on http://%s/metrics", show_address(bound))
 
-    path = unix_path(host)
-    try:
-        listener = listen_unix(path, unix_mode) if path is not None else listen(host, port)
-    except OSError as exc:
-        raise _bind_error(exc, host, port) from None
-    owned = unix_file(listener)
-    shown = host if path is not None else where(listener.getsockname()[0], listener.getsockname()[1])
+    if inherited is not None:
+        listener, owned = inherited, None  # the socket's file, if any, is its owner's (systemd's)
+        path = None if inherited.family != socket.AF_UNIX else inherited.getsockname()
+    else:
+        path = unix_path(host)
+        try:
+            listener = listen_unix(path, unix_mode) if path is not None else listen(host, port)
+        except OSError as exc:
+            raise _bind_error(exc, host, port) from None
+        owned = unix_file(listener)
+    if path is not None:
+        shown = f"unix:{path}"
+    else:
+        shown = where(listener.getsockname()[0], listener.getsockname()[1])
     secure = " over TLS" if ssl_context is not None else ""
     click.echo(f"framewire: serving the {app_spec} app on {shown}{secure} with {count} workers "
                "(Ctrl-C to stop, SIGHUP to reload).", err=True)  # fmt: skip

@@ -15,12 +15,17 @@ the interrupted code holds.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["StopNow", "Stopper", "log_stop_now"]
+__all__ = ["SUPERVISOR_ENV", "StopNow", "Stopper", "log_stop_now"]
+
+#: Set by ``serve --workers`` in each worker's environment: the
+#: supervisor's process id.
+SUPERVISOR_ENV = "FRAMEWIRE_SUPERVISOR_PID"
 
 
 class StopNow(SystemExit):
@@ -55,9 +60,19 @@ class Stopper:
         """Handle SIGINT and SIGTERM (main thread only). ``wakeup_fd``: a
         non-blocking descriptor the loop polls; the C-level handler writes to
         it, so that a loop blocked in its poller wakes even when the signal
-        was delivered to another thread of the process."""
+        was delivered to another thread of the process.
+
+        A worker of ``serve --workers`` (:data:`SUPERVISOR_ENV` set) gets one
+        stop signal several times: from the terminal (same process group),
+        from systemd (``KillMode=control-group``) and again through its
+        supervisor. There every SIGINT and SIGTERM means one graceful drain;
+        stopping at once is SIGQUIT, which the supervisor sends on its own
+        second signal."""
+        supervised = SUPERVISOR_ENV in os.environ
         for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+            self._previous[signum] = signal.signal(signum, self._on_drain if supervised else self._on_signal)
+        if supervised:
+            self._previous[signal.SIGQUIT] = signal.signal(signal.SIGQUIT, self._stop_now)
         self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
         if wakeup_fd is not None:
             self._wakeup = signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
@@ -82,6 +97,16 @@ class Stopper:
             if self._snapshot is not None:
                 self.at_stop = self._snapshot()
             raise StopNow(0)
+
+    def _on_drain(self, signum: int, frame: FrameType | None) -> None:
+        # A supervised worker: the same stop, however many times it comes.
+        if self.signals == 0:
+            self._on_signal(signum, frame)
+
+    def _stop_now(self, signum: int, frame: FrameType | None) -> None:
+        # A supervised worker's SIGQUIT: its supervisor was asked twice.
+        self.signals = max(self.signals, 1)
+        self._on_signal(signum, frame)
 
     def _grace_over(self, signum: int, frame: FrameType | None) -> None:
         # SIGALRM: the grace period is over and the loop has not ended it.

@@ -13,14 +13,20 @@ The supervisor (this module, in the parent process):
   delay (0.1 s doubling to 10 s) while it keeps dying within 5 s of its
   start, logging why (exit status or signal);
 - on SIGTERM/SIGINT, asks every worker to drain (SIGTERM), waits up to the
-  grace period (plus 5 s), kills what remains, and exits;
+  grace period (plus 5 s), kills what remains, and exits; a second signal
+  asks them to stop at once (SIGQUIT). A worker takes every SIGTERM and
+  SIGINT as the one drain, however many copies reach it (the terminal's
+  process group, systemd's control group, the supervisor);
 - on SIGHUP, replaces the workers one at a time: a new one (the code and
   the application loaded afresh from disk) is started and must say it
   serves before the old one is asked to drain, so no connection is refused
-  and no request in flight is dropped.
+  and no request in flight is dropped. A new worker that exits instead ends
+  the reload at once (the old ones are kept); workers that die meanwhile
+  are replaced meanwhile; there are always exactly N.
 
 A worker says it serves by writing one byte to the descriptor named by
-``FRAMEWIRE_READY_FD``.
+``FRAMEWIRE_READY_FD``, and leaves when its supervisor dies (a SIGKILL, the
+OOM killer), so that no orphan holds the port.
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["READY_FD", "Supervisor", "notify_ready"]
+from framewire.server.stopping import SUPERVISOR_ENV
+
+__all__ = ["READY_FD", "Supervisor", "follow_supervisor", "notify_ready"]
 
 log = logging.getLogger("framewire.server")
 
@@ -48,6 +57,36 @@ _QUICK_DEATH = 5.0  # a worker dying sooner than this after its start is failing
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 10.0
 _READY_TIMEOUT = 60.0
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_PARENT_CHECK = 1.0  # seconds between looks at the parent, where prctl is not
+
+
+def follow_supervisor() -> None:
+    """In a worker: drain and leave (SIGTERM to itself) when the supervisor
+    dies. Linux says so at once (``PR_SET_PDEATHSIG``); elsewhere a daemon
+    thread looks at the parent every second. Nothing outside a worker."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is None or not supervisor.isdigit():
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes  # noqa: PLC0415  (workers only)
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(supervisor):  # it died before the prctl
+        log.warning("the supervisor (pid %s) is gone: not serving", supervisor)
+        raise SystemExit(1)
+    if sys.platform.startswith("linux"):
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(supervisor):
+            time.sleep(_PARENT_CHECK)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="framewire-supervisor-watch", daemon=True).start()
 
 
 def notify_ready() -> None:
@@ -68,10 +107,14 @@ class _Worker:
     ready_fd: int  # the read end of its readiness pipe (-1 once read)
     ready: bool = False
     stopping: bool = False
+    #: A new worker of a reload: on probation until it serves (if it
+    #: exits first, the reload ends and it is not started again).
+    candidate: bool = False
 
 
-def _is_ready(worker: _Worker) -> bool:
-    return worker.ready
+def _settled(worker: _Worker) -> bool:
+    # A new worker of a reload has said it serves, or has exited.
+    return worker.ready or worker.proc.poll() is not None
 
 
 class Supervisor:
@@ -106,7 +149,7 @@ class Supervisor:
     def _start(self, number: int) -> _Worker:
         ready_r, ready_w = os.pipe()
         fd = self.listener.fileno()
-        env = dict(os.environ, **{READY_FD: str(ready_w)})
+        env = dict(os.environ, **{READY_FD: str(ready_w), SUPERVISOR_ENV: str(os.getpid())})
         env.pop("LISTEN_FDS", None)
         env.pop("LISTEN_PID", None)
         proc = subprocess.Popen([*self.command, "--fd", str(fd)], pass_fds=(fd, ready_w), env=env)
@@ -140,6 +183,12 @@ class Supervisor:
                 self.on_exit(pid)
             if worker.stopping:
                 continue
+            why_ = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            if worker.candidate:
+                log.error("the new worker %d (pid %d) exited (%s) before it served", worker.number, pid, why_)
+                continue  # the reload ends; its old worker is kept
+            if self._serving(worker.number):
+                continue  # its number is served (by a reload's new worker): N stay N
             why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             failures = self._failures.get(worker.number, 0) + 1 if now - worker.started < _QUICK_DEATH else 1
             self._failures[worker.number] = failures
@@ -152,6 +201,17 @@ class Supervisor:
                 f" in {delay:g} s (it keeps failing)" if delay else "",
             )
             self._restart_at[worker.number] = now + delay
+
+    def _serving(self, number: int) -> bool:
+        # A live worker, not on its way out, has this number.
+        return any(w.number == number and not w.stopping for w in self._workers.values())
+
+    def _restart_due(self, now: float) -> None:
+        for number, when in list(self._restart_at.items()):
+            if when <= now:
+                del self._restart_at[number]
+                if not self._serving(number):
+                    self._start(number)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -172,10 +232,7 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 self._reap(now)
-                for number, when in list(self._restart_at.items()):
-                    if when <= now:
-                        del self._restart_at[number]
-                        self._start(number)
+                self._restart_due(now)
                 for worker in list(self._workers.values()):
                     self._read_ready(worker)
                 if not announced and sum(w.ready for w in self._workers.values()) >= self.count:
@@ -204,9 +261,12 @@ class Supervisor:
                 signal.signal(signum, handler)
 
     def _wait(self, condition: Callable[[], bool], deadline: float) -> bool:
-        # Wait for ``condition()`` (with reaping) until ``deadline``; False on time out.
+        # Wait for ``condition()`` until ``deadline``, False on time out or
+        # a stop signal; meanwhile workers are reaped and replaced as usual.
         while time.monotonic() < deadline:
-            self._reap(time.monotonic())
+            now = time.monotonic()
+            self._reap(now)
+            self._restart_due(now)
             for worker in list(self._workers.values()):
                 self._read_ready(worker)
             if condition():
@@ -224,22 +284,28 @@ class Supervisor:
             "SIGHUP: replacing %d workers one by one, the code and the application loaded afresh", len(old)
         )
         for worker in old:
+            if worker.proc.poll() is not None or worker.stopping:
+                continue  # it died meanwhile: replaced as any dead worker is
             fresh = self._start(worker.number)
-            if not self._wait(functools.partial(_is_ready, fresh), time.monotonic() + _READY_TIMEOUT):
-                if fresh.proc.poll() is None and not self._signals:
-                    log.error(
-                        "worker %d (pid %d) never said it serves: keeping the old one",
-                        fresh.number,
-                        fresh.proc.pid,
-                    )
+            fresh.candidate = True
+            # Ready, or exited (then reaped at once, and not started again).
+            self._wait(functools.partial(_settled, fresh), time.monotonic() + _READY_TIMEOUT)
+            fresh.candidate = False
+            if not fresh.ready:
+                if fresh.proc.poll() is None:
+                    if not self._signals:
+                        log.error(
+                            "worker %d (pid %d) never said it serves: keeping the old one",
+                            fresh.number,
+                            fresh.proc.pid,
+                        )
                     fresh.stopping = True
                     fresh.proc.kill()
-                elif fresh.proc.poll() is not None:
-                    log.error(
-                        "the new worker %d exited with status %s: keeping the old one (is the code broken?)",
-                        fresh.number,
-                        fresh.proc.returncode,
-                    )
+                else:
+                    self._reap(time.monotonic())
+                    log.error("SIGHUP: the new code does not start: keeping the old workers")
+                if not self._serving(worker.number):  # the old one died meanwhile
+                    self._restart_at[worker.number] = time.monotonic()
                 return
             worker.stopping = True
             with contextlib.suppress(ProcessLookupError):
@@ -258,16 +324,28 @@ class Supervisor:
             worker.stopping = True
             with contextlib.suppress(ProcessLookupError):
                 worker.proc.send_signal(signal.SIGTERM)
+        self._signals.clear()
         deadline = time.monotonic() + self.grace + 5
+        forced = False
+        while any(w.proc.poll() is None for w in workers) and time.monotonic() < deadline:
+            if not forced and any(s in (signal.SIGTERM, signal.SIGINT) for s in self._signals):
+                forced = True  # asked again: the workers stop at once
+                log.warning("asked again: stopping the workers now")
+                for worker in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.send_signal(signal.SIGQUIT)
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], 0.05)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
         for worker in workers:
-            try:
-                worker.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if worker.proc.poll() is None:
                 log.warning(
                     "worker %d (pid %d) did not stop in time: killing it", worker.number, worker.proc.pid
                 )
                 worker.proc.kill()
-                worker.proc.wait()
+            worker.proc.wait()
         log.info("all workers stopped")
 
 
