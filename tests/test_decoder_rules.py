@@ -444,3 +444,22 @@ def test_a_buffer_made_without_zeroing_is_a_bytearray_of_its_size() -> None:
     assert type(buffer) is bytearray and len(buffer) == 3 * 1024 * 1024
     buffer[-3:] = b"end"
     assert buffer[-3:] == b"end" and len(uninitialized(0)) == 0
+
+
+# -- per-request extensions do not fill the header cache (issue 37, item 13) ---------------------------
+
+
+def test_request_ids_and_deadlines_leave_the_header_cache_to_headers_that_return() -> None:
+    from framewire.core.probe import tagged
+
+    cache = HeaderCache(1 << 20)
+    decoder = Decoder(cache=cache)
+    plain = encode(Message(b"x", "binary/test", "binary"))
+    stream = b"".join(
+        encode(tagged(Message(b"x", "binary/test", "binary"), ident=i, deadline=5000)) + plain
+        for i in range(5000)
+    )
+    messages = decoder.feed(stream)
+    assert len(messages) == 10000
+    assert messages[-2].extensions["framewire-id"] == 4999
+    assert len(cache) == 1  # the plain header, which comes back; none of the 5000 unique ones

@@ -136,6 +136,19 @@ def _not_an_object(first: int, length: bytes) -> str:
     return text
 
 
+#: Extensions whose value is new on every request (an id, a deadline, a
+#: trace): a header that carries one is never seen again, so it is not
+#: cached, where it would only push out the headers that do come back.
+PER_REQUEST_KEYS: Final = frozenset(
+    {"framewire-id", "framewire-deadline", "framewire-cancel", "traceparent", "tracestate"}
+)
+
+
+def _reusable(header: _Header) -> bool:
+    extensions = header.extensions
+    return not extensions or PER_REQUEST_KEYS.isdisjoint(extensions)
+
+
 def parse_header(data: bytes) -> _Header:
     """Parse and validate one JSON header (without its 2-byte length).
 
@@ -439,7 +452,7 @@ class Decoder:
                     header = cached(raw)  # pragma: no mutate
                     if header is None:
                         header = parse_header(raw)
-                        if size <= limits.HEADER_CACHE_MAX_SIZE:  # pragma: no mutate
+                        if size <= limits.HEADER_CACHE_MAX_SIZE and _reusable(header):  # pragma: no mutate
                             cache.put(raw, header, _cost(raw, header))  # pragma: no mutate
                     if header.content_length > self._max_content_length:
                         raise ContentTooLarge(
