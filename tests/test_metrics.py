@@ -3,7 +3,10 @@ command line (one process and --workers)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
 import struct
 import time
 import urllib.request
@@ -12,10 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from conftest import connect, read_until_closed, running
+from conftest import connect, read_until_closed, running, tls
 from framewire import Client, Message, encode_many
 from framewire.server.app import App, echo, search_app
-from framewire.server.metrics import LABEL_LIMIT, Metrics
+from framewire.server.metrics import LABEL_LENGTH, LABEL_LIMIT, Metrics
 from test_hardening import fill_until_paused, finish_and_read
 
 
@@ -53,11 +56,93 @@ def test_every_request_byte_connection_and_error_is_counted() -> None:
     del sent, received
 
 
-def test_content_type_labels_are_bounded() -> None:
+def test_peers_never_choose_a_content_type_label() -> None:
+    # Issue 37: the first 16 types any peer sent, of any length, became
+    # permanent labels. Now a fixed set, plus what the deployment names.
+    metrics = Metrics(echo, CollectorRegistry(), content_types=("binary/mine",))
+    kinds = {metrics.kind(Message.from_bytes(b"", content_type=f"binary/t{i}" * 50)) for i in range(100)}
+    kinds |= {metrics.kind(Message.from_text("", content_type=f"text/t{i}")) for i in range(100)}
+    assert kinds == {("", "other"), ("", "text/other")}
+    assert metrics.kind(Message.from_bytes(b"", content_type="binary/mine")) == ("", "binary/mine")
+    assert metrics.kind(Message.from_json(1)) == ("", "text/json")
+    with pytest.raises(ValueError, match="at most"):
+        Metrics(echo, CollectorRegistry(), content_types=tuple(f"t/{i}" for i in range(LABEL_LIMIT + 1)))
+    with pytest.raises(ValueError, match="characters"):
+        Metrics(echo, CollectorRegistry(), content_types=("t/" + "x" * LABEL_LENGTH,))
+
+
+def test_idle_clients_of_the_metrics_port_never_take_the_protocol_port() -> None:
+    from framewire.server.metrics import METRICS_CONNECTIONS, serve_metrics
+
+    _, port = serve_metrics(("127.0.0.1", 0), None)
+    before = len(os.listdir("/proc/self/fd"))
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        # Past the cap, each is closed at once, never queued with a thread.
+        closed = 0
+        for sock in idle[METRICS_CONNECTIONS + 8 :]:
+            sock.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                closed += sock.recv(1) == b""
+        assert closed >= 100 - METRICS_CONNECTIONS - 8 - 1
+        # The server side holds at most the cap of them (beside the test's 100).
+        assert len(os.listdir("/proc/self/fd")) - before <= 100 + METRICS_CONNECTIONS + 2
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the slots free as the idle ones go: scraped again
+        try:
+            text = scrape(port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert "python_info" in text
+
+
+def test_a_client_that_trickles_is_cut_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from framewire.server import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "METRICS_DEADLINE", 0.5)
+    _, port = metrics_module.serve_metrics(("127.0.0.1", 0), None)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            sock.recv(65536)
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.usefixtures("driver")
+def test_every_tls_path_that_opens_a_connection_closes_it_in_the_gauge() -> None:
+    # Issue 37: a TLS refusal was counted open at the accept and never closed.
     registry = CollectorRegistry()
     metrics = Metrics(echo, registry)
-    kinds = {metrics.kind(Message.from_bytes(b"", content_type=f"binary/t{i}")) for i in range(100)}
-    assert len(kinds) == LABEL_LIMIT + 1 and ("", "other") in kinds
+    context = tls().server()
+    with running(echo, metrics=metrics, ssl_context=context, max_connections=1) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as plain:  # a failed handshake
+            plain.sendall(b"not TLS at all" * 100)
+            with contextlib.suppress(OSError):
+                plain.recv(100)
+        deadline = time.monotonic() + 5
+        while server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server closes it on its own thread
+        with connect_tls(server.port) as first:
+            first.sendall(encode_many([Message.from_bytes(b"in")]))
+            for _ in range(3):  # past the limit: closed at once
+                with pytest.raises(OSError):
+                    connect_tls(server.port).close()
+        deadline = time.monotonic() + 5
+        while value(registry, "framewire_connections_open") and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server counts the close on its own thread
+    assert value(registry, "framewire_connections_open") == 0
+    assert value(registry, "framewire_connections_refused_total") == 3
+
+
+def connect_tls(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return tls().client().wrap_socket(sock, server_hostname="127.0.0.1")
 
 
 @pytest.mark.usefixtures("driver")
@@ -122,3 +207,15 @@ def test_app_actions_name_the_label() -> None:
     assert metrics.kind(Message.from_json({"action": "get"})) == ("get", "text/json")
     assert metrics.kind(Message.from_json({"action": "x" * 1000})) == ("other", "text/json")
     assert metrics.kind(Message.from_json([1, 2])) == ("other", "text/json")
+
+
+def test_error_code_labels_are_the_protocol_s_and_a_bounded_few_of_the_app_s() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(echo, registry)
+    metrics.error("server-busy")
+    for i in range(100):  # an application making codes from what peers send
+        metrics.error(f"no-such-key-{i}")
+    codes = {s.labels["code"] for m in registry.collect() for s in m.samples if "code" in s.labels}
+    assert "server-busy" in codes and "other" in codes
+    assert len(codes) == 1 + LABEL_LIMIT + 1
+    assert value(registry, "framewire_errors_total", code="other") == 100 - LABEL_LIMIT

@@ -4,8 +4,10 @@ Off by default (``--metrics [HOST:]PORT`` turns them on): when off, the
 connection engine's hot path does not change at all. When on, every
 request is counted under labels that are bounded whatever peers send:
 ``action``, the App's action when it has one (an action it does not know
-counts as ``other``; empty for other handlers), and ``content_type``, among
-the first 16 seen (then ``other``).
+counts as ``other``; empty for other handlers), and ``content_type``, one
+of a fixed set (:data:`CONTENT_TYPES`, plus those a deployment names,
+:data:`LABEL_LIMIT` at most, each :data:`LABEL_LENGTH` characters at most);
+any other is ``text/other`` or ``other``, so no peer chooses a label.
 Error codes are those the server itself sends (a fixed set). Handler time
 is measured around the handler (for threaded and async handlers, from the
 request's arrival to its answer: the time a client waits for it).
@@ -17,25 +19,74 @@ supervisor serves their sum.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import Any, Final
 
 from framewire.core.message import Message
 
-__all__ = ["LABEL_LIMIT", "MULTIPROCESS_ENV", "Metrics", "serve_metrics"]
+__all__ = [
+    "CONTENT_TYPES",
+    "LABEL_LENGTH",
+    "LABEL_LIMIT",
+    "METRICS_CONNECTIONS",
+    "METRICS_DEADLINE",
+    "MULTIPROCESS_ENV",
+    "Metrics",
+    "serve_metrics",
+]
 
 #: The client library's variable naming the multiprocess folder.
 MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-#: Distinct content-type labels before the rest count as ``other``.
+#: The content types counted under their own name; any other text type is
+#: ``text/other``, any other type ``other``.
+CONTENT_TYPES: Final = frozenset(
+    {
+        "text/json",
+        "application/json",
+        "text/plain",
+        "text/html",
+        "text/csv",
+        "binary/custom-client-binary-type",
+        "binary/custom-server-binary-type",
+        "binary/octet-stream",
+        "application/octet-stream",
+    }
+)
+#: Content types a deployment may add to :data:`CONTENT_TYPES`, at most, and
+#: the longest of them.
 LABEL_LIMIT: Final = 16
+LABEL_LENGTH: Final = 64
+#: HTTP connections the metrics endpoint serves at once (more are closed at
+#: once), and the seconds each may take, all told: its descriptors are its
+#: own budget, never the protocol port's.
+METRICS_CONNECTIONS: Final = 8
+METRICS_DEADLINE: Final = 10.0
 _DURATION_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                             0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+
+
+def _protocol_codes() -> frozenset[str]:
+    from framewire.core import errors  # noqa: PLC0415
+
+    return frozenset(
+        {
+            klass.code
+            for klass in vars(errors).values()
+            if isinstance(klass, type) and issubclass(klass, errors.ProtocolError) and klass.code
+        }
+    )
+
+
+#: The error codes of the protocol itself.
+_PROTOCOL_CODES: Final = _protocol_codes()
 
 
 class Metrics:
     """The metrics of one server process (see the module's text)."""
 
-    def __init__(self, handler: Any, registry: Any = None) -> None:
+    def __init__(self, handler: Any, registry: Any = None, content_types: tuple[str, ...] = ()) -> None:
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram  # noqa: PLC0415  (only when on)
 
         registry = registry if registry is not None else REGISTRY
@@ -78,7 +129,11 @@ class Metrics:
         )
         actions = getattr(handler, "action_names", None)
         self._actions: frozenset[str] | None = frozenset(actions()) if callable(actions) else None
-        self._types: dict[str, Any] = {}
+        if len(content_types) > LABEL_LIMIT or any(len(t) > LABEL_LENGTH for t in content_types):
+            raise ValueError(
+                f"at most {LABEL_LIMIT} content types of {LABEL_LENGTH} characters each may be labels"
+            )
+        self._types = CONTENT_TYPES | frozenset(content_types)
         self._by_kind: dict[tuple[str, str], Any] = {}
         self._by_code: dict[str, Any] = {}
 
@@ -87,10 +142,7 @@ class Metrics:
         handlers and non-JSON requests) and its content type."""
         content_type = request.content_type
         if content_type not in self._types:
-            if len(self._types) >= LABEL_LIMIT:
-                content_type = "other"
-            else:
-                self._types[content_type] = True
+            content_type = "text/other" if request.is_text else "other"
         if self._actions is None or not request.is_json:
             return "", content_type
         try:
@@ -147,10 +199,17 @@ class Metrics:
         self.duration.observe(seconds)
 
     def error(self, code: str) -> None:
-        """The server sent an error response with ``code``."""
+        """The server sent an error response with ``code``: the protocol's
+        own codes, and the first :data:`LABEL_LIMIT` codes of the
+        application's (``Failure``); any later one counts as ``other``, in
+        case an application makes codes from what peers send."""
         child = self._by_code.get(code)
         if child is None:
-            child = self._by_code[code] = self.errors.labels(code)
+            if code not in _PROTOCOL_CODES and len(self._by_code.keys() - _PROTOCOL_CODES) >= LABEL_LIMIT:
+                code = "other"
+                child = self._by_code.get(code)
+            if child is None:
+                child = self._by_code[code] = self.errors.labels(code)
         child.inc()
 
 
@@ -158,7 +217,7 @@ def serve_metrics(where: tuple[str, int], multiprocess_dir: str | None = None) -
     """Serve the text format on ``where`` (a thread of its own; port 0: any
     free port); with a multiprocess folder, the sum of every worker's
     figures. Returns the address served."""
-    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app  # noqa: PLC0415
 
     registry: Any = REGISTRY
     if multiprocess_dir is not None:
@@ -167,6 +226,64 @@ def serve_metrics(where: tuple[str, int], multiprocess_dir: str | None = None) -
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     host, port = where
-    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    httpd = _bounded_http_server(host, port, make_wsgi_app(registry))
+    threading.Thread(target=httpd.serve_forever, name="framewire-metrics", daemon=True).start()
     address = httpd.server_address
     return str(address[0]), int(address[1])
+
+
+def _bounded_http_server(host: str, port: int, app: Any) -> Any:
+    # The client library's own server gives every connection a thread with
+    # no timeout and no cap: idle clients on the metrics port took the
+    # descriptors the protocol port needed. This one serves at most
+    # METRICS_CONNECTIONS at once (the next is closed at once), each within
+    # METRICS_DEADLINE seconds all told (and a read timeout below it).
+    import socket  # noqa: PLC0415
+    import socketserver  # noqa: PLC0415
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer  # noqa: PLC0415
+
+    class Handler(WSGIRequestHandler):
+        timeout = METRICS_DEADLINE / 2  # each read
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds: not worth a line
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+        def __init__(self) -> None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.address_family = family
+            self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+            super().__init__((host, port), Handler)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
+                self.shutdown_request(request)  # at the cap: closed, never queued
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            # The whole exchange within the deadline, however slowly it trickles.
+            timer = threading.Timer(METRICS_DEADLINE, _cut, (request,))
+            timer.daemon = True
+            timer.start()
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                timer.cancel()
+                self._slots.release()
+
+    server = Server()
+    server.set_app(app)
+    return server
+
+
+def _cut(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(2)  # SHUT_RDWR: the handler's read or write ends
