@@ -798,3 +798,67 @@ def test_an_error_response_to_request_is_raised_with_it() -> None:
         with pytest.raises(ErrorResponse) as info:
             client.request(q())
         assert info.value.code == "bad-content"
+
+
+# -- issue 37: a hung server, answers nobody asked for ------------------------------
+
+
+def hold(server: Scripted, conn: socket.socket) -> None:
+    """Read nothing at all, answer nothing, until the test is over."""
+    server.go.wait(20)
+    with contextlib.suppress(OSError):
+        conn.recv(1)
+
+
+def test_the_asyncio_client_recovers_from_a_hung_server_with_bounded_buffers() -> None:
+    from framewire.client.aio import _WRITE_HIGH, AioClient
+
+    big = Message.from_bytes(b"x" * 200_000)
+    biggest = [0]
+
+    async def main(server: Scripted) -> Message:
+        client = AioClient("127.0.0.1", server.port, timeout=0.3)
+
+        async def one() -> None:
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                await client.request(big)
+            if client._transport is not None:
+                biggest[0] = max(biggest[0], client._transport.get_write_buffer_size())
+
+        await asyncio.gather(*(one() for _ in range(100)))
+        assert not client._waiting  # no future left queued
+        server.go.set()  # the hung connection ends (the scripted server serves one at a time)
+        answer = await client.request(q("after"), timeout=10)  # a new connection
+        await client.close()
+        return answer
+
+    with scripted(or_reset(hold), more=echo()) as server:
+        answer = asyncio.run(main(server))
+    assert answer.content == b"after"
+    assert biggest[0] <= _WRITE_HIGH + len(big.encode())
+
+
+def doubled(server: Scripted, conn: socket.socket) -> None:
+    """Answer each request with itself and then a message nobody asked for."""
+    decoder = Decoder()
+    with contextlib.suppress(ConnectionResetError):
+        while data := conn.recv(65536):
+            for message in decoder.feed(data):
+                conn.sendall(message.encode() + q("unsolicited").encode())
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_call(kind: str, caplog: Any) -> None:
+    from framewire.client.aio import AioClient
+
+    async def aio_calls(port: int) -> list[bytes]:
+        async with AioClient("127.0.0.1", port, timeout=10) as client:
+            return [(await client.request(q(text))).content for text in ("one", "two", "three")]
+
+    with scripted(doubled, doubled, doubled, more=doubled) as server:
+        if kind == "blocking":
+            with Client("127.0.0.1", server.port, timeout=10) as client:
+                contents = [client.request(q(text)).content for text in ("one", "two", "three")]
+        else:
+            contents = asyncio.run(aio_calls(server.port))
+    assert contents == [b"one", b"two", b"three"]

@@ -43,6 +43,9 @@ from framewire.io.netio import plain_host, readable_now, set_keepalive, translat
 
 log = logging.getLogger("framewire.client")
 
+#: Unsent bytes the transport may hold before callers wait to send more.
+_WRITE_HIGH = 1024 * 1024
+
 __all__ = ["AioClient", "connect"]
 
 
@@ -65,6 +68,15 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.generation == self.client._generation:
             self.client._lost(exc)
+        self.resume_writing()  # no caller waits for a connection that is gone
+
+    def pause_writing(self) -> None:
+        if self.generation == self.client._generation:
+            self.client._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self.generation == self.client._generation:
+            self.client._writable.set()
 
 
 class AioClient:
@@ -119,6 +131,11 @@ class AioClient:
         self._last_used = 0.0
         self._beat: asyncio.Task[None] | None = None
         self._refused: OSError | None = None  # the last refused attempt of the opening under way
+        # Cleared while the transport holds more than _WRITE_HIGH unsent
+        # bytes (a server that does not read): callers wait, within their
+        # timeout, rather than grow the buffer without a bound.
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -250,6 +267,8 @@ class AioClient:
         # A new connection: a new decoder, nothing of the old one's failure.
         self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
         self._failure = None
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        self._writable.set()
         self._transport = transport
         self._last_used = time.monotonic()
         if self.heartbeat > 0 and (self._beat is None or self._beat.done()):
@@ -291,7 +310,12 @@ class AioClient:
             try:
                 async with asyncio.timeout(limit):
                     await self._open(deadline)
+                    await self._writable.wait()
             except TimeoutError:
+                if self.connected:  # it would not take the request: a hung server
+                    self._abort()
+                    text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
+                    raise TimeoutError(errno.ETIMEDOUT, text) from None
                 text = f"no connection to {self.where} within {limit:g} s"
                 raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
             futures = self._send(messages, deadline)
@@ -306,6 +330,12 @@ class AioClient:
                         text = f"no answer from {self.where} within {limit:g} s"
                         raise TimeoutError(errno.ETIMEDOUT, text) from None
             except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    # As the blocking client: the answer may still come, and
+                    # the server may be hung. The connection goes (a reset:
+                    # the server drops the work), with every request queued
+                    # in it; the next call opens a new one.
+                    self._abort()
                 if idempotent and lost_in_exchange(exc) and await _wait(delays, deadline):
                     log.debug("connection lost under an idempotent request (%s): sending it again", exc)
                     continue

@@ -157,8 +157,10 @@ class Client:
         if sock is not None:
             if self._owed or self._ready or not idle_dropped(sock):
                 return sock
+            # Readable while idle: the server closed it, or sent what nobody
+            # asked for; either way it is not to be used again.
             log.debug("%s closed the idle connection: opening a new one", where(self.host, self.port))
-            self.close()
+            self._abort()
         limit = self.timeout if self.connect_timeout is None else self.connect_timeout
         delays = self.retry.delays()
         refused: OSError | None = None
@@ -207,6 +209,17 @@ class Client:
             self._ready.clear()
             self._owed = 0
             self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
+
+    def _unsolicited(self) -> None:
+        # More came than was asked for (nothing is owed to a send()): the
+        # server is out of step, and an extra answer must never be taken for
+        # the next call's. The connection goes; the next call opens another.
+        log.warning(
+            "%s sent %d answer(s) nobody asked for: the connection is closed",
+            where(self.host, self.port),
+            len(self._ready),
+        )
+        self._abort()
 
     def _abort(self) -> None:
         # Closed with a reset (SO_LINGER 0), not a FIN: the server learns at
@@ -335,6 +348,8 @@ class Client:
         count = len(sent)
         self._ready.extend(responses[count:])
         answers = responses[:count]
+        if self._ready and not self._owed:
+            self._unsolicited()
         if single:
             return [self._checked(answers[0])]
         if self.check:
