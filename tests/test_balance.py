@@ -143,16 +143,24 @@ def test_a_pool_s_settings_reach_its_balancer_and_its_connections() -> None:
         "127.0.0.1:1",
         "127.0.0.1:2",
     ]
-    options = pool._client_options()
+    options = pool._client_options(pool.members[0])
     assert options["timeout"] == 3.0 and options["retry"] == NO_RETRY  # the pool fails over itself
-    assert PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, keepalive=5)._client_options()["keepalive"] == 5
+    assert options["server_hostname"] == "127.0.0.1"
+    one = PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, keepalive=5)
+    assert one._client_options(one.members[0])["keepalive"] == 5
     assert PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, timeout_override=1)._options == {
         "timeout_override": 1
     }
     defaults = PoolBase(["127.0.0.1:1"], size=1)
     assert (defaults.timeout, defaults.balancer.max_failures, defaults.balancer.probe_after) == (10.0, 2, 1.0)
     assert defaults.balancer.strategy == "round-robin" and defaults.retry == Retry()
-    assert PoolBase(["127.0.0.1:1"], size=1, timeout=None)._client_options()["timeout"] is None
+    untimed = PoolBase(["127.0.0.1:1"], size=1, timeout=None)
+    assert untimed._client_options(untimed.members[0])["timeout"] is None
+    named = PoolBase(["localhost:1"], size=1)  # issue 37: TLS checks the name given, not the address
+    assert {named._client_options(m)["server_hostname"] for m in named.members} == {"localhost"}
+    assert "server_hostname" not in PoolBase(["unix:/x"], size=1)._client_options(
+        Member("unix:/x", 0, "unix:/x")
+    )
     with pytest.raises(ValueError, match=r"^a pool keeps at least one connection per member \(size >= 1\)$"):
         PoolBase(["127.0.0.1:1"], size=0)
 
@@ -199,3 +207,12 @@ def test_next_delay_is_none_when_the_wait_reaches_the_deadline() -> None:
     assert next_delay(iter([]), None) is None
     assert next_delay(iter([100.0]), now + 100.0) is None  # it would end at (or past) the deadline
     assert next_delay(iter([1.0]), now - 10.0) is None  # the deadline has passed
+
+
+def test_a_connection_is_retired_within_a_tenth_below_its_age() -> None:
+    from framewire.client.retry import retire_at
+
+    rng = random.Random(7)
+    times = [retire_at(100.0, 10.0, rng) for _ in range(1000)]
+    assert 109.0 <= min(times) < 109.2 and 109.8 < max(times) <= 110.0  # spread over the tenth
+    assert retire_at(100.0, None) == float("inf")

@@ -432,3 +432,79 @@ def test_the_asyncio_pool_survives_one_killed() -> None:
 
     with three_servers() as servers:
         asyncio.run(main(servers))
+
+
+# -- issue 37: outliers that time out, TLS names, connection age -------------------------
+
+
+@contextmanager
+def black_hole() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+def _pool_calls(pool_kind: str, addresses: list[tuple[str, int]], count: int, **options: Any) -> list[str]:
+    """Each call's outcome: its answer's text, or the name of what it raised."""
+
+    def outcome_of(call: Callable[[], Message]) -> str:
+        try:
+            return call().text()
+        except TimeoutError:
+            return "timeout"
+
+    if pool_kind == "blocking":
+        with Pool(addresses, **options) as pool:
+            return [outcome_of(lambda: pool.request(Message.from_text("ok"))) for _ in range(count)]
+
+    async def main() -> list[str]:
+        async with aio.AioPool(addresses, **options) as pool:
+            outcomes = []
+            for _ in range(count):
+                try:
+                    outcomes.append((await pool.request(Message.from_text("ok"))).text())
+                except TimeoutError:
+                    outcomes.append("timeout")
+            return outcomes
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("pool_kind", ["blocking", "asyncio"])
+def test_a_member_whose_calls_time_out_is_taken_out(pool_kind: str) -> None:
+    with running(echo) as good, black_hole() as hole:
+        outcomes = _pool_calls(
+            pool_kind, [("127.0.0.1", good.port), ("127.0.0.1", hole)], 20, timeout=0.3, probe_after=60
+        )
+    # Until max_failures (2) timeouts take the black hole out; then all answer.
+    assert outcomes.count("timeout") <= 2
+    assert outcomes[-10:] == ["ok"] * 10
+
+
+@pytest.mark.parametrize("pool_kind", ["blocking", "asyncio"])
+def test_a_pool_checks_a_certificate_against_the_name_it_was_given(pool_kind: str) -> None:
+    import ssl
+
+    from conftest import tls
+
+    only_the_name = tls().ca.issue_cert("localhost")  # no IP address in it
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    only_the_name.configure_cert(context)
+    with running(echo, ssl_context=context) as server:
+        option = "ssl_context" if pool_kind == "blocking" else "ssl"
+        outcomes = _pool_calls(pool_kind, [("localhost", server.port)], 3, **{option: tls().client()})
+    assert outcomes == ["ok"] * 3
+
+
+def test_a_connection_is_replaced_once_it_reaches_its_age(kind: str) -> None:
+    with running(echo) as server, client_of(kind, server.port, max_connection_age=0.01) as client:
+        client.request(hello("one"))
+        time.sleep(0.02)  # the connection's age passes (the time itself is the subject)
+        client.request(hello("two"))
+        assert server.connections_total == 2
+    with running(echo) as server, client_of(kind, server.port) as client:
+        for _ in range(5):
+            client.request(hello("kept"))
+        assert server.connections_total == 1  # the default age is minutes

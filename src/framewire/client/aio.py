@@ -25,6 +25,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import socket
 import ssl as ssl_module
 import struct
@@ -33,7 +34,14 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from framewire.client.retry import Retry, lost_in_exchange, next_delay, worth_reconnecting
+from framewire.client.retry import (
+    MAX_CONNECTION_AGE,
+    Retry,
+    lost_in_exchange,
+    next_delay,
+    retire_at,
+    worth_reconnecting,
+)
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
@@ -100,7 +108,10 @@ class AioClient:
         deadlines: bool = False,
         retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
         heartbeat: float = 0.0,
+        max_connection_age: float | None = MAX_CONNECTION_AGE,
     ) -> None:
+        if max_connection_age is not None and max_connection_age <= 0:
+            raise ValueError(f"max_connection_age must be > 0 seconds or None, not {max_connection_age}")
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -117,6 +128,9 @@ class AioClient:
         self.retry = retry
         #: Seconds of idleness before a ping (0: no heartbeat).
         self.heartbeat = heartbeat
+        #: Seconds before a connection is replaced between calls (None: kept).
+        self.max_connection_age = max_connection_age
+        self._retire_at = math.inf
         self.where = where(host, port)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
         # One future per request sent and not yet answered, in order.
@@ -205,17 +219,21 @@ class AioClient:
         # Open the connection if it is not (again, after a loss), connects
         # that are refused retried with back-off; one task opens, the others
         # wait for it.
-        if self.connected and not self._idle_dropped():
+        if self.connected and not self._idle_dropped() and not self._retiring():
             return
         if self._closed:
             raise ConnectionClosed(f"{self.where}: the connection was closed by this client")
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
-            if self.connected and not self._idle_dropped():
+            if self.connected and not self._idle_dropped() and not self._retiring():
                 return
             if self._transport is not None:
-                self._transport.abort()  # what is left of the old one
+                if self._retiring():
+                    log.debug("%s: the connection reached its age: opening a new one", self.where)
+                    self._transport.close()  # nothing is owed on it: a plain close
+                else:
+                    self._transport.abort()  # what is left of the old one
             self._transport = None
             delays = self.retry.delays()
             self._refused = None
@@ -231,6 +249,10 @@ class AioClient:
                     if not await _wait(delays, deadline):
                         raise
             self._refused = None
+
+    def _retiring(self) -> bool:
+        # Old enough to be replaced, and nothing is waiting on it.
+        return not self._waiting and time.monotonic() >= self._retire_at
 
     def _idle_dropped(self) -> bool:
         # Before a call on an idle connection: has the server closed it
@@ -271,6 +293,7 @@ class AioClient:
         self._writable.set()
         self._transport = transport
         self._last_used = time.monotonic()
+        self._retire_at = retire_at(self._last_used, self.max_connection_age)
         if self.heartbeat > 0 and (self._beat is None or self._beat.done()):
             self._beat = asyncio.create_task(self._heartbeat())
 
@@ -401,7 +424,11 @@ class AioClient:
         self._next_id += 1
         sequence = self._next_id
         (future,) = self._send([probe(sequence)], None)
-        reply = await self._answer(future, _left(deadline, None), check=False)
+        try:
+            reply = await self._answer(future, _left(deadline, None), check=False)
+        except BaseException:
+            self._abort()  # as the blocking client: a ping not answered in time ends the connection
+            raise
         if reply.get(PING_KEY) != sequence:
             self._abort()
             raise ProtocolError("the reply to a ping is not the server's echo of it")
@@ -500,6 +527,7 @@ async def connect(
     deadlines: bool = False,
     retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
     heartbeat: float = 0.0,
+    max_connection_age: float | None = MAX_CONNECTION_AGE,
 ) -> AioClient:
     """Open a connection. ``host`` may be ``"unix:PATH"``; ``ssl`` speaks
     TLS, the server's certificate checked against ``server_hostname`` (the
@@ -507,7 +535,8 @@ async def connect(
     handshake (by default ``timeout``, each call's deadline); ``keepalive``
     sets TCP keepalive (0: off); ``ids`` tags each request with a
     ``framewire-id`` and checks its answer carries it, ``deadlines`` with a
-    ``framewire-deadline``; ``retry`` and ``heartbeat`` as for the blocking
+    ``framewire-deadline``; ``retry``, ``heartbeat`` and
+    ``max_connection_age`` as for the blocking
     :class:`~framewire.client.blocking.Client`."""
     client = AioClient(
         host,
@@ -524,6 +553,7 @@ async def connect(
         deadlines=deadlines,
         retry=retry,
         heartbeat=heartbeat,
+        max_connection_age=max_connection_age,
     )
     await client._open(None)
     return client

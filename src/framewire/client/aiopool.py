@@ -79,7 +79,7 @@ class AioPool(PoolBase):
                 try:
                     await client._open(attempts.deadline)
                     if probe:
-                        await client.ping(timeout=left)
+                        await client.ping(timeout=self.probe_time(left))
                 except (OSError, ProtocolError) as exc:
                     balancer.failed(member, time.monotonic())  # nothing was sent: try another
                     attempts.failed(balancer.index(member), exc)
@@ -88,6 +88,9 @@ class AioPool(PoolBase):
                     answers = await exchange(client, left)
                 except ErrorResponse:
                     balancer.succeeded(member)
+                    raise
+                except TimeoutError:
+                    balancer.failed(member, time.monotonic())  # an outlier: counted, as a refusal is
                     raise
                 except Exception as exc:
                     if not lost_in_exchange(exc):
@@ -111,7 +114,7 @@ class AioPool(PoolBase):
             best = min(clients, key=lambda client: client.in_flight)
             if best.in_flight == 0 or len(clients) >= self.size:
                 return best
-        client = AioClient(member.host, member.port, **self._client_options())
+        client = AioClient(member.host, member.port, **self._client_options(member))
         clients.append(client)  # opened by the caller
         return client
 

@@ -2,7 +2,9 @@
 and the choice, with no I/O (the pools do the connecting and the timing).
 
 A member that fails ``max_failures`` times in a row (a refused connect, a
-connection lost under a request) is taken out; after ``probe_after``
+connection lost under a request, a call that timed out: a member that
+accepts and never answers is an outlier as much as one that refuses) is
+taken out; after ``probe_after``
 seconds (doubled at each failed probe, up to ``max_probe_after``) the next
 pick hands it out *with a probe*: the pool pings it before use, and a
 success puts it back. When every member is out, the one due soonest is
@@ -31,6 +33,9 @@ class Member:
 
     host: str
     port: int
+    #: The name the pool was given for it (a host name, before it was
+    #: resolved): what its TLS certificate is checked against.
+    name: str = ""
     #: Requests under way on this member now.
     in_flight: int = 0
     #: Failures in a row (0 after any success).
@@ -72,7 +77,7 @@ def expand(addresses: Iterable[str | tuple[str, int]]) -> list[Member]:
         for ip in found:
             if (ip, port) not in seen:
                 seen.add((ip, port))
-                members.append(Member(ip, port))
+                members.append(Member(ip, port, name=plain_host(host)))
     if not members:
         raise ValueError("a pool needs at least one address")
     return members
@@ -164,6 +169,7 @@ class PoolBase:
         probe_after: float = 1.0,
         timeout: float | None = 10.0,
         retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
+        probe_timeout: float = 1.0,
         **client_options: Any,
     ) -> None:
         if size < 1:
@@ -174,6 +180,9 @@ class PoolBase:
         self.size = size
         self.timeout = timeout
         self.retry = retry
+        #: Seconds a probe (a ping before a member is used again) may take,
+        #: at most: a member still hung does not eat the call's whole time.
+        self.probe_timeout = probe_timeout
         self._options = client_options
         self._closed = False
 
@@ -182,13 +191,21 @@ class PoolBase:
         """The pool's members (addresses) and their health."""
         return self.balancer.members
 
-    def _client_options(self) -> dict[str, Any]:
+    def _client_options(self, member: Member) -> dict[str, Any]:
         # The pool fails over to another member itself: its connections
-        # do not retry on their own.
+        # do not retry on their own. A member's certificate is checked
+        # against the name the pool was given, not the address it resolved
+        # to (as Client("localhost", port) checks "localhost").
         options = dict(self._options)
         options.setdefault("timeout", self.timeout)
         options["retry"] = NO_RETRY
+        if member.name and unix_path(member.name) is None:
+            options.setdefault("server_hostname", member.name)
         return options
+
+    def probe_time(self, left: float | None) -> float:
+        """Seconds for a probe, within the call's ``left``."""
+        return self.probe_timeout if left is None else min(left, self.probe_timeout)
 
 
 class Attempts:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import selectors
 import socket
 import ssl
@@ -25,7 +26,14 @@ import weakref
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-from framewire.client.retry import Retry, lost_in_exchange, next_delay, worth_reconnecting
+from framewire.client.retry import (
+    MAX_CONNECTION_AGE,
+    Retry,
+    lost_in_exchange,
+    next_delay,
+    retire_at,
+    worth_reconnecting,
+)
 from framewire.core import limits
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
@@ -85,6 +93,10 @@ class Client:
     thread sends a ping (``framewire-ping``) to keep it open through NATs
     and firewalls and to find out that the server has gone (the connection
     is then closed, and the next call opens a new one). 0: off.
+    ``max_connection_age``: seconds (less up to a tenth, at random) after
+    which a connection is replaced by a new one between calls, so that load
+    spreads again over servers that restarted or were added behind a
+    balancer (gRPC's ``max_connection_age``); None: kept for ever.
 
     Answers are handed out in the order they arrive: a call made while
     answers to :meth:`send` are still owed takes those first (take them with
@@ -114,7 +126,10 @@ class Client:
         deadlines: bool = False,
         retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
         heartbeat: float = 0.0,
+        max_connection_age: float | None = MAX_CONNECTION_AGE,
     ) -> None:
+        if max_connection_age is not None and max_connection_age <= 0:
+            raise ValueError(f"max_connection_age must be > 0 seconds or None, not {max_connection_age}")
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -133,6 +148,9 @@ class Client:
         self.retry = retry
         #: Seconds of idleness before a ping (0: no heartbeat).
         self.heartbeat = heartbeat
+        #: Seconds before a connection is replaced between calls (None: kept).
+        self.max_connection_age = max_connection_age
+        self._retire_at = math.inf
         self._owed = 0  # answers to send() not yet taken by receive()
         self._lock = threading.RLock()  # the heartbeat thread against the caller's
         self._last_used = 0.0
@@ -155,7 +173,15 @@ class Client:
     def _open(self, deadline: float | None) -> socket.socket:
         sock = self._sock
         if sock is not None:
-            if self._owed or self._ready or not idle_dropped(sock):
+            if self._owed or self._ready:
+                return sock
+            if time.monotonic() >= self._retire_at:
+                log.debug(
+                    "%s: the connection reached its age: opening a new one", where(self.host, self.port)
+                )
+                self.close()  # a plain close: nothing is owed on it
+                return self._open(deadline)
+            if not idle_dropped(sock):
                 return sock
             # Readable while idle: the server closed it, or sent what nobody
             # asked for; either way it is not to be used again.
@@ -192,6 +218,7 @@ class Client:
                 continue
             self._sock = sock
             self._last_used = time.monotonic()
+            self._retire_at = retire_at(self._last_used, self.max_connection_age)
             if self.heartbeat > 0:
                 self._start_heartbeat()
             return sock

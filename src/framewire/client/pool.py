@@ -9,7 +9,8 @@ with the fewest requests under way), idle connections kept for the next
 A member that refuses connections is skipped at once for another (nothing
 was sent); a connection lost under a request moves the request to another
 member only when the call says it is ``idempotent``. Members failing in a
-row are taken out and probed back with a ping (see
+row (refusing, losing connections, or letting calls time out) are taken out
+and probed back with a ping of at most ``probe_timeout`` seconds (see
 :mod:`framewire.client.balance`).
 """
 
@@ -87,7 +88,7 @@ class Pool(PoolBase):
                 try:
                     client.connect()
                     if probe:
-                        client.ping(timeout=left)
+                        client.ping(timeout=self.probe_time(left))
                 except (OSError, ProtocolError) as exc:
                     # Nothing was sent: another member can take the request.
                     self._failed(member, client, exc)
@@ -97,6 +98,9 @@ class Pool(PoolBase):
                     answers: list[Message] = exchange(client, left)
                 except ErrorResponse:
                     self._done(member, client, ok=True)
+                    raise
+                except TimeoutError as exc:
+                    self._failed(member, client, exc)  # an outlier: counted, as a refusal is
                     raise
                 except BaseException as exc:
                     if not lost_in_exchange(exc):
@@ -120,7 +124,7 @@ class Pool(PoolBase):
             idle = self._idle[id(member)]
             if idle:
                 return idle.pop()  # the most recently used: the likeliest still open
-        return Client(member.host, member.port, **self._client_options())
+        return Client(member.host, member.port, **self._client_options(member))
 
     def _done(self, member: Member, client: Client, *, ok: bool) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ differ only in how they wait (``time.sleep`` or ``asyncio.sleep``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -78,3 +79,18 @@ def lost_in_exchange(exc: BaseException) -> bool:
     """The connection failed under a request already sent: the request may
     or may not have been acted on (so it is retried only if idempotent)."""
     return isinstance(exc, ConnectionClosed | ConnectionResetError | BrokenPipeError | IncompleteMessage)
+
+
+#: Seconds a client keeps one connection by default before it opens a new
+#: one between calls (gRPC's ``max_connection_age`` idea, client side): a
+#: server that restarted, or joined behind a balancer, gets its share again.
+MAX_CONNECTION_AGE = 300.0
+
+
+def retire_at(opened: float, max_age: float | None, rng: random.Random | None = None) -> float:
+    """When a connection opened at ``opened`` is to be replaced (between
+    calls): ``max_age`` less up to a tenth, at random, so that many clients
+    started together do not all reconnect at once. None: never."""
+    if max_age is None:
+        return math.inf
+    return opened + max_age * (rng or random).uniform(0.9, 1.0)
