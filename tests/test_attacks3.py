@@ -220,3 +220,17 @@ def test_a_request_sent_on_an_idle_connection_as_the_drain_starts_is_answered(sp
         assert kept_open.recv(1) == b""  # then closed
     code, _, err = server.stop(None)
     assert code == 0, err
+
+
+# -- 21. a TLS client half-closes and still reads its answers ---------------------------
+
+
+def test_a_tls_client_half_closes_and_reads_every_answer() -> None:
+    from framewire import Client
+
+    with running(echo, ssl_context=tls().server()) as server:
+        client = Client("127.0.0.1", server.port, ssl_context=tls().client(), timeout=10)
+        with client:
+            client.send(*(_bin(b"%d" % i) for i in range(3)))
+            client.shutdown_write()
+            assert [client.receive().content for _ in range(3)] == [b"0", b"1", b"2"]

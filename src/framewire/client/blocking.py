@@ -40,6 +40,7 @@ from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
 from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
 from framewire.io.netio import connect, idle_dropped, translated, where
+from framewire.io.tls import half_close_tls
 
 log = logging.getLogger("framewire.client")
 
@@ -259,8 +260,15 @@ class Client:
         self.close()
 
     def shutdown_write(self) -> None:
-        """Half-close: tell the server no more requests will come."""
-        self._connected().shutdown(socket.SHUT_WR)
+        """Half-close: tell the server no more requests will come; its
+        answers can still be read. Over TLS this is a close_notify alert
+        (TLS 1.3's half-close), not a TCP one, so the answers still come
+        encrypted and are read as such."""
+        sock = self._connected()
+        if isinstance(sock, ssl.SSLSocket):
+            half_close_tls(sock)
+        else:
+            sock.shutdown(socket.SHUT_WR)
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -493,7 +501,10 @@ class Client:
         # TLS record's 16 KiB, one read empties the record OpenSSL holds, so
         # this loop is a guard no test can reach: not mutated,
         # docs/mutation.md.)
-        data = sock.recv(limits.RECV_SIZE)
+        try:
+            data = sock.recv(limits.RECV_SIZE)
+        except ssl.SSLZeroReturnError:
+            return b""  # the server's close_notify, after our own (see shutdown_write)
         if isinstance(sock, ssl.SSLSocket):
             more = sock.pending()  # pragma: no mutate
             while more and data:  # pragma: no mutate
