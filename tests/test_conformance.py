@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -263,3 +264,53 @@ def test_the_command_against_nothing_is_one_line() -> None:
     assert result.returncode == 125
     assert result.stderr.startswith("framewire: cannot run the suite: nothing is listening")
     assert "Traceback" not in result.stderr
+
+
+@contextmanager
+def streaming_server(header: bytes) -> Iterator[int]:
+    """A hostile server: to every connection, ``header`` then zeros, without end."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    chunk = bytes(1 << 16)
+
+    def flood(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(struct.pack(">H", len(header)) + header)
+            while not stop.is_set():
+                conn.sendall(chunk)
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=flood, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_suite_is_bounded_in_memory_against_a_server_that_streams_without_end() -> None:
+    import tracemalloc
+
+    from framewire.tools.conformance import MAX_RECEIVED
+
+    huge = b'{"content-length":1073741824,"content-type":"binary/x","content-encoding":"binary","byteorder":"little"}'
+    with streaming_server(huge) as port:
+        tracemalloc.start()
+        try:
+            failed = failures(port)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert failed  # judged, not hung
+    assert peak < 6 * MAX_RECEIVED, f"the suite held {peak >> 20} MiB"

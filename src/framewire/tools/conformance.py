@@ -115,8 +115,15 @@ def json_frame(value: Any, encoding: str = "utf-8", **keys: Any) -> bytes:
     )
 
 
+#: Bytes a case keeps of what one connection received: more than any
+#: answer of the suite needs (its largest requests are 4 MiB), so that a
+#: server that streams without end costs the suite no more than this.
+MAX_RECEIVED = 16 * 1024 * 1024
+
+
 class _Wire:
-    """One connection of a case: everything sent and received is kept."""
+    """One connection of a case: what is sent and received is kept (what is
+    received up to :data:`MAX_RECEIVED`, past which the case stops reading)."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -124,6 +131,7 @@ class _Wire:
         self.received = bytearray()
         self.closed = False
         self.reset = False
+        self.overflowed = False
         self.sock = connect(
             target.host, target.port, target.patience, target.ssl_context, target.server_hostname, keepalive=0
         )
@@ -145,7 +153,7 @@ class _Wire:
     def messages(self, count: int, seconds: float | None = None) -> tuple[list[Message], str | None]:
         """Read until ``count`` messages came (or the end, or the time):
         the messages, and what went wrong, if anything."""
-        decoder = Decoder(max_content_length=1 << 40)
+        decoder = Decoder(max_content_length=MAX_RECEIVED)
         out: list[Message] = []
         try:
             if self.received:
@@ -165,6 +173,8 @@ class _Wire:
             except ProtocolError as exc:
                 return out, f"the server's bytes are not valid messages: {exc}"
         if len(out) < count:
+            if self.overflowed:
+                return out, f"the server sent over {MAX_RECEIVED >> 20} MiB without {count} whole answers"
             return out, f"the connection ended after {len(out)} of {count} answers"
         return out, None
 
@@ -189,6 +199,13 @@ class _Wire:
             return b""
         if not data:
             self.closed = True
+        room = MAX_RECEIVED - len(self.received)
+        if len(data) > room:
+            # Stop reading here: a server streaming without end (or one
+            # message larger than any answer the suite asks for) is judged on
+            # what it sent so far, and costs the suite no more memory.
+            data = data[:room]
+            self.closed = self.overflowed = True
         self.received += data
         return data
 
