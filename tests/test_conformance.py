@@ -304,7 +304,14 @@ def test_the_suite_is_bounded_in_memory_against_a_server_that_streams_without_en
 
     from framewire.tools.conformance import MAX_RECEIVED
 
-    huge = b'{"content-length":1073741824,"content-type":"binary/x","content-encoding":"binary","byteorder":"little"}'
+    huge = json.dumps(
+        {
+            "content-length": 1 << 30,
+            "content-type": "binary/x",
+            "content-encoding": "binary",
+            "byteorder": "little",
+        }
+    ).encode()
     with streaming_server(huge) as port:
         tracemalloc.start()
         try:
