@@ -541,3 +541,30 @@ def test_the_banner_names_the_command_as_it_can_be_typed(tmp_path: Path) -> None
         proc.communicate(timeout=20)
     command = banner.split("Try:\n  ", 1)[1].split(" request ", 1)[0]
     assert command != "framewire" and Path(command).resolve() == script.resolve(), banner
+
+
+def test_certs_force_replaces_files_never_writing_through_an_old_descriptor_or_a_link(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    assert run_cli("certs", str(certs)).returncode == 0
+    old_key = certs / "server-key.pem"
+    old_key.chmod(0o644)  # as if someone had made it readable
+    reader = old_key.open("rb")  # a descriptor opened on the old, readable file
+    before = reader.read()
+    victim = tmp_path / "victim"
+    victim.write_text("not a key")
+    (certs / "client-key.pem").unlink()
+    (certs / "client-key.pem").symlink_to(victim)  # planted in a key's place
+    try:
+        assert run_cli("certs", str(certs), "--force").returncode == 0
+        reader.seek(0)
+        assert reader.read() == before  # the old file, not the new key
+    finally:
+        reader.close()
+    assert victim.read_text() == "not a key"  # the link was replaced, not followed
+    assert not (certs / "client-key.pem").is_symlink()
+    for name in ("server-key.pem", "client-key.pem"):
+        assert (certs / name).stat().st_mode & 0o777 == 0o600
+    assert (certs / "server.pem").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
+    )  # no temporary file left behind

@@ -11,8 +11,10 @@ development CA should be. For production, use certificates from your own CA.
 from __future__ import annotations
 
 import datetime
+import contextlib
 import ipaddress
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,14 +154,28 @@ def write_certificates(
         _pem_key(client_key),
     )
     for path, data in zip(paths, contents, strict=True):
-        secret = path.name.endswith("-key.pem")
-        # Keys are created readable by their owner only, never briefly wider.
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            if secret:
-                os.chmod(path, 0o600)  # an existing file (with --force) keeps its old mode otherwise
+            _write_new(path, data, 0o600 if path.name.endswith("-key.pem") else 0o644)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     return Written(paths, all_names, end)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    # A new file, with its final mode from its creation (a key is never
+    # readable by others, not even for a moment), then renamed over the old
+    # one. Writing in place (--force) would let a descriptor opened on the
+    # old, readable file read the new key, and would follow a symbolic link
+    # planted in the key's place; a rename replaces the name, never a target.
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
