@@ -10,8 +10,8 @@ development CA should be. For production, use certificates from your own CA.
 
 from __future__ import annotations
 
-import datetime
 import contextlib
+import datetime
 import ipaddress
 import os
 import tempfile
