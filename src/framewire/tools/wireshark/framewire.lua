@@ -16,6 +16,14 @@
 -- framewire.content_encoding, framewire.content_length, framewire.byteorder,
 -- framewire.status, framewire.header, framewire.content, framewire.error.
 
+-- Loaded once, whichever way it is given: with an installed copy (a
+-- personal plugin), `-X lua_script:framewire.lua` would register a second
+-- Proto of the same name, which fails ("there cannot be two protocols with
+-- the same description"). The first one loaded serves; its dissector is
+-- registered by then.
+local loaded_ok, loaded = pcall(Dissector.get, "framewire")
+if loaded_ok and loaded then return end
+
 local framewire = Proto("framewire", "framewire framed JSON messages")
 
 local f = framewire.fields
@@ -226,15 +234,33 @@ local function content_length_of(header)
     return n
 end
 
--- The length of the message starting at offset, or 0 while the header is incomplete.
+-- The most one message may span and still be reassembled: TCP reassembly
+-- counts in 32 bits, and a longer length would wrap and show the content
+-- as further messages that never were.
+local MAX_MESSAGE = 0x7FFFFFFF
+
+-- Per direction of a TCP stream, the frame from which its bytes are no
+-- longer framewire messages (a message too large to follow: the server
+-- refuses it with content-too-large and closes).
+local framing_lost = {}
+local function direction_key(pinfo)
+    return tostring(pinfo.src) .. ":" .. pinfo.src_port .. ">" .. tostring(pinfo.dst) .. ":" .. pinfo.dst_port
+end
+
+-- The length of the message starting at offset. While its header is
+-- incomplete that is the length and header together: the 2-byte length
+-- says how much to wait for, so reassembly asks for exactly the bytes
+-- missing, not one more segment at a time (which re-parses everything so
+-- far at each segment: quadratic).
 local function get_message_length(tvb, pinfo, offset)
     local available = tvb:len() - offset
     if available < 2 then return 0 end
     local hlen = tvb(offset, 2):uint()
-    if available < 2 + hlen then return 0 end
+    if available < 2 + hlen then return 2 + hlen end
     local header = parse_header(tvb(offset + 2, hlen):raw())
     local length = header and content_length_of(header)
     if not length then return 2 + hlen end  -- a broken header: show it alone
+    if 2 + hlen + length > MAX_MESSAGE then return available end  -- shown as too large, below
     return 2 + hlen + length
 end
 
@@ -288,9 +314,16 @@ local function dissect_message(tvb, pinfo, tree)
         local n = header["content-length"]
         if type(n) == "table" and n.huge and n.huge:sub(1, 1) ~= "-" then
             subtree:add(f.error, header_tvb, "content-too-large: content-length")
+            framing_lost[direction_key(pinfo)] = pinfo.number
         else
             subtree:add(f.error, header_tvb, "bad-header-value: content-length")
         end
+        return tvb:len()
+    end
+    if 2 + hlen + length > MAX_MESSAGE then
+        subtree:add(f.error, header_tvb, "content-too-large: content-length " .. string.format("%.0f", length)
+            .. " (what follows in this direction is not decoded)")
+        framing_lost[direction_key(pinfo)] = pinfo.number
         return tvb:len()
     end
     for _, key in ipairs({ "content-type", "content-encoding" }) do
@@ -318,6 +351,14 @@ local function dissect_message(tvb, pinfo, tree)
 end
 
 function framewire.dissector(tvb, pinfo, tree)
+    local lost_at = framing_lost[direction_key(pinfo)]
+    if lost_at and pinfo.number > lost_at then
+        -- After a message too large to follow: content, not messages.
+        pinfo.cols.protocol = "FRAMEWIRE"
+        pinfo.cols.info:set("content of a message too large to follow (not decoded)")
+        tree:add(framewire, tvb(), "framewire: content of the too-large message of frame " .. lost_at)
+        return tvb:len()
+    end
     pinfo.cols.info:clear()
     dissect_tcp_pdus(tvb, tree, 2, get_message_length, dissect_message)
     return tvb:len()
