@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 
-from framewire import Decoder
-from framewire.tools.wireview import event_lines, event_record, json_line, watch
+from framewire.tools.wireview import Watcher, event_lines, event_record, json_line, watch
 
 
 def check_printing(data: bytes) -> None:
     """Every event of ``data`` renders, as lines and as one JSON line."""
-    events, _lost = watch(Decoder(max_content_length=1 << 16), data, 0.0, "#1", "->")
+    events, _lost = watch(Watcher(shown=1 << 10), data, 0.0, "#1", "->")
     for event in events:
         for line in event_lines(event):
             line.encode("utf-8", "backslashreplace")  # what the CLI's streams do

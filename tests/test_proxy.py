@@ -66,3 +66,49 @@ def test_upstream_refused(spawn: Any) -> None:
             sock.sendall(encode(Message.from_bytes(b"x")))
             assert read_until_closed(sock) == b""
         proxy.wait_for(r"#1 -- closed: .*refused", stream="stdout")
+
+
+def test_large_contents_pass_through_without_being_held(spawn: Any, tmp_path: Path) -> None:
+    # Issue 37: the proxy's watchers held whole messages (64 MiB per direction
+    # per connection). Four connections of 24 MiB each way now cost it no
+    # more than its forwarding buffers; the messages are still shown.
+    import threading
+
+    import psutil
+
+    size = 24 * 1024 * 1024
+    log = tmp_path / "wire.jsonl"
+    with running() as server:  # echo
+        proxy, port = start_proxy(spawn, server.port, "--quiet", "--log", str(log))
+        process = psutil.Process(proxy.proc.pid)
+        before = process.memory_info().rss
+        peak = [before]
+        errors: list[BaseException] = []
+
+        def one(number: int) -> None:
+            try:
+                content = bytes([number]) * size
+                with connect(port, timeout=60) as sock:
+                    sender = threading.Thread(
+                        target=sock.sendall, args=(encode(Message.from_bytes(content)),)
+                    )
+                    sender.start()
+                    (answer,) = read_messages(sock, 1)
+                    sender.join(60)
+                assert answer.content == content
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            peak[0] = max(peak[0], process.memory_info().rss)
+            threads[0].join(0.05)  # sampling the proxy's memory meanwhile
+        assert not errors, errors
+        code, _, err = proxy.stop()
+    assert code == 0, err
+    assert peak[0] - before < 32 * 1024 * 1024, f"the proxy grew by {(peak[0] - before) >> 20} MiB"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    shown = [r for r in records if "size" in r]
+    assert len(shown) == 8 and {r["size"] for r in shown} == {size}  # each way, header and size

@@ -130,7 +130,7 @@ def wait_until_captured(path: Path, port: int, timeout: float = 30.0) -> None:
         try:
             with path.open("rb") as handle:
                 last = {"result": "No match for 'end'."}
-                if any(e.message is not None and e.message.is_json and e.message.json() == last
+                if any(isinstance(e.message, Message) and e.message.is_json and e.message.json() == last
                        for e in read_capture(handle, port)):  # fmt: skip
                     return
         except (CaptureError, OSError):

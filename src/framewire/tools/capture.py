@@ -24,9 +24,8 @@ from typing import Any, BinaryIO
 
 import dpkt
 
-from framewire.core.decoder import Decoder
 from framewire.io.netio import show_address
-from framewire.tools.wireview import Event, watch
+from framewire.tools.wireview import Event, Watcher, watch
 
 __all__ = ["CaptureError", "read_capture"]
 
@@ -82,7 +81,7 @@ class _Direction:
     #: reassembly is O(n log n) in held segments, however they arrive.
     held: dict[int, bytes] = field(default_factory=dict)
     heap: list[int] = field(default_factory=list)
-    decoder: Decoder | None = field(default_factory=Decoder)
+    decoder: Watcher | None = field(default_factory=Watcher)
 
 
 @dataclass

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framewire.core import limits
-from framewire.core.decoder import Decoder
 from framewire.io import poller
 from framewire.io.acceptor import Acceptor
 from framewire.io.netio import dial, remove_unix, resolve, show_address, unix_file, where
 from framewire.io.netio import listen as listen_on
-from framewire.tools.wireview import Event, watch
+from framewire.tools.wireview import Event, Watcher, watch
 
 __all__ = ["Event", "Proxy"]
 
@@ -40,7 +39,7 @@ _DRAIN_ON_CLOSE = 64 * 1024  # unforwarded bytes read and dropped at a close (se
 class _Side:
     sock: socket.socket
     direction: str  # the direction of what this side sends
-    decoder: Decoder | None = field(default_factory=Decoder)
+    decoder: Watcher | None = field(default_factory=Watcher)
     out: bytearray = field(default_factory=bytearray)  # bytes waiting to be written to this side
     eof: bool = False  # this side sent FIN
     shut: bool = False  # we shut down writing to this side

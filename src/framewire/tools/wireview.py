@@ -16,11 +16,14 @@ from typing import Any
 import orjson
 
 from framewire.core.decoder import Decoder
-from framewire.core.errors import ProtocolError
+from framewire.core.errors import IncompleteMessage, ProtocolError
 from framewire.core.message import Message
 
 __all__ = [
+    "SHOWN",
     "Event",
+    "Skimmed",
+    "Watcher",
     "event_lines",
     "event_record",
     "hexdump",
@@ -33,6 +36,25 @@ __all__ = [
 ]
 
 PREVIEW_BYTES = 64
+#: Bytes of one content a watcher holds: a message whose content is larger is
+#: shown by its header and its first SHOWN bytes, the rest counted, never held.
+SHOWN = 64 * 1024
+
+
+@dataclass
+class Skimmed:
+    """A message too large to hold whole, as a watcher saw it: its header
+    (as on the wire, and parsed), its content's size and first bytes."""
+
+    header_text: str
+    header: dict[str, Any]
+    size: int
+    prefix: bytes
+
+    @property
+    def is_text(self) -> bool:
+        """A text content type."""
+        return str(self.header.get("content-type", "")).startswith("text/")
 
 
 @dataclass
@@ -42,9 +64,116 @@ class Event:
     time: float
     connection: str
     direction: str  # "->" client to server, "<-" server to client, "--" connection events
-    message: Message | None = None
+    message: Message | Skimmed | None = None
     error: ProtocolError | None = None
     note: str = ""
+
+
+class Watcher:
+    """Follows one direction of a connection, message by message, for the
+    wire tools, holding at most one header and :data:`SHOWN` bytes of a
+    content, whatever the peers send: a message with a larger content is
+    :class:`Skimmed`. Every message is framed and checked as the server's
+    decoder does (it is handed each whole small message, and the head of a
+    large one), so the same bytes give the same errors."""
+
+    def __init__(self, shown: int = SHOWN) -> None:
+        self._decoder = Decoder()
+        self._shown = shown
+        self._frame = bytearray()  # the message under way (of a large one: its head)
+        self._need = 2  # bytes of the frame that make its head (length and header)
+        self._large: Skimmed | None = None
+        self._prefix = bytearray()
+        self._left = 0  # content bytes of the large message still to come
+        self._started = False  # the header's first byte was checked
+
+    @property
+    def in_message(self) -> bool:
+        """A message has begun and not ended."""
+        return bool(self._frame) or self._large is not None
+
+    def feed(self, data: bytes) -> tuple[list[Message | Skimmed], ProtocolError | None]:
+        """The messages ``data`` completes and the protocol error it holds,
+        if any (after which nothing more can be framed). ``b""``: the end."""
+        out: list[Message | Skimmed] = []
+        if not data:
+            if self.in_message:
+                return out, IncompleteMessage("The stream ended in the middle of a message.")
+            return out, None
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            if self._large is not None:
+                take = min(self._left, len(view) - pos)
+                room = self._shown - len(self._prefix)
+                if room > 0:
+                    self._prefix += view[pos : pos + min(room, take)]
+                self._left -= take
+                pos += take
+                if not self._left:
+                    self._large.prefix = bytes(self._prefix)
+                    out.append(self._large)
+                    self._large = None
+                    self._prefix = bytearray()
+                continue
+            take = min(self._need - len(self._frame), len(view) - pos)
+            self._frame += view[pos : pos + take]
+            pos += take
+            if len(self._frame) < self._need:
+                if self._need > 2 and not self._started:
+                    # The header's first byte is in: a header that cannot be
+                    # JSON (a TLS ClientHello) is refused now, as the decoder
+                    # does, not when its claimed length has come.
+                    self._started = True
+                    _, error = Decoder().feed_checked(bytes(self._frame[:3]))
+                    if error is not None:
+                        return out, error
+                continue
+            error = self._framed(out)
+            if error is not None:
+                return out, error
+        return out, None
+
+    def _framed(self, out: list[Message | Skimmed]) -> ProtocolError | None:
+        # The frame has the bytes it needed: its length, its head, or all of it.
+        frame = self._frame
+        if self._need == 2:  # the length: now the header
+            self._started = False
+            self._need = 2 + ((frame[0] << 8) | frame[1])
+            if self._need < 4:
+                return self._decoder.feed_checked(bytes(frame))[1]
+            return None
+        head_size = 2 + ((frame[0] << 8) | frame[1])
+        if self._need == head_size:  # the header: now its content
+            messages, error = Decoder().feed_checked(bytes(frame))  # the decoder's checks and limits
+            if error is not None:
+                return error
+            if messages:  # no content at all: that was the whole message
+                self._frame = bytearray()
+                self._need = 2
+                out.extend(messages)
+                return None
+            size = _content_length(bytes(frame[2:]))
+            if size <= self._shown:
+                self._need = head_size + size
+                return None
+            header_text = bytes(frame[2:]).decode("utf-8", "backslashreplace")
+            self._large = Skimmed(header_text, orjson.loads(bytes(frame[2:])), size, b"")
+            self._left = size
+            self._frame = bytearray()
+            self._need = 2
+            return None
+        messages, error = self._decoder.feed_checked(bytes(frame))  # a whole small message
+        self._frame = bytearray()
+        self._need = 2
+        out.extend(messages)
+        return error
+
+
+def _content_length(header: bytes) -> int:
+    length = orjson.loads(header)["content-length"]
+    assert isinstance(length, int)
+    return length
 
 
 def timestamp(when: float) -> str:
@@ -108,15 +237,38 @@ def _content_lines(message: Message) -> list[str]:
     return [f"({message.content_length} bytes)", *hexdump(message.content)]
 
 
-def message_lines(when: float, connection: str, direction: str, message: Message) -> list[str]:
+def _skimmed_lines(message: Skimmed) -> list[str]:
+    shown = f"({message.size} bytes; the first {len(message.prefix)} shown)"
+    if message.is_text:
+        text = message.prefix.decode(str(message.header.get("content-encoding", "utf-8")), "replace")
+        return [shown, *text[:1024].splitlines()]
+    return [shown, *hexdump(message.prefix)]
+
+
+def message_lines(when: float, connection: str, direction: str, message: Message | Skimmed) -> list[str]:
     """A message for a person: a heading line, the header, the content, indented."""
+    if isinstance(message, Skimmed):
+        lines = [f"{timestamp(when)} {connection} {direction} {message.header_text}"]
+        return lines + [f"    {line}" for line in _skimmed_lines(message)]
     lines = [f"{timestamp(when)} {connection} {direction} {_header_text(message)}"]
     lines += [f"    {line}" for line in _content_lines(message)]
     return lines
 
 
-def message_record(when: float, connection: str, direction: str, message: Message) -> dict[str, Any]:
-    """A message as one JSON-ready object (content as JSON, text, or base64)."""
+def message_record(
+    when: float, connection: str, direction: str, message: Message | Skimmed
+) -> dict[str, Any]:
+    """A message as one JSON-ready object (content as JSON, text, or base64;
+    of a message too large to hold, its size and the base64 of its first bytes)."""
+    if isinstance(message, Skimmed):
+        return {
+            "time": when,
+            "connection": connection,
+            "direction": direction,
+            "header": message.header if _writable(message.header) else message.header_text,
+            "size": message.size,
+            "base64_prefix": base64.b64encode(message.prefix).decode(),
+        }
     header: Any = message.header
     if not _writable(header):
         header = _header_text(message)  # too deep to write back as JSON: as sent
@@ -180,14 +332,14 @@ def event_record(event: Event) -> dict[str, Any]:
 
 
 def watch(
-    decoder: Decoder, data: bytes, when: float, connection: str, direction: str
+    watcher: Watcher, data: bytes, when: float, connection: str, direction: str
 ) -> tuple[list[Event], bool]:
-    """Feed a watcher's decoder; return the events and whether the framing is lost.
+    """Feed a watcher; return the events and whether the framing is lost.
 
     After a protocol error a watcher cannot find the next message boundary:
     it reports the error and stops decoding that direction.
     """
-    messages, error = decoder.feed_checked(data)
+    messages, error = watcher.feed(data)
     events = [Event(when, connection, direction, message=m) for m in messages]
     if error is not None:
         events.append(Event(when, connection, direction, error=error, note="the rest is not decoded"))
