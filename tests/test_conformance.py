@@ -11,7 +11,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,17 @@ def broken_server(
                 if not data:
                     return
 
+    with accepting(listener, stop, serve) as port:
+        yield port
+
+
+@contextmanager
+def accepting(
+    listener: socket.socket, stop: threading.Event, serve: Callable[[socket.socket], None]
+) -> Iterator[int]:
+    """``serve`` each connection ``listener`` accepts, on a thread of its
+    own, until ``stop``; yields the port."""
+
     def accept() -> None:
         listener.settimeout(0.2)
         while not stop.is_set():
@@ -279,23 +290,8 @@ def streaming_server(header: bytes) -> Iterator[int]:
             while not stop.is_set():
                 conn.sendall(chunk)
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=flood, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(10)
-        listener.close()
+    with accepting(listener, stop, flood) as port:
+        yield port
 
 
 @pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["client_context", "half_close_tls", "peer_certificate", "server_context", "tls_version"]
+__all__ = ["client_context", "peer_certificate", "server_context", "tls_version"]
 
 
 def _load_chain(context: ssl.SSLContext, cert: str, key: str | None, whose: str) -> None:
@@ -137,22 +137,3 @@ def send_parts(sock: ssl.SSLSocket, parts: list[bytes | memoryview]) -> int:
     except _WOULD_BLOCK:
         pass
     return sent
-
-
-def half_close_tls(sock: ssl.SSLSocket) -> None:
-    """Send TLS's close_notify and keep reading: the half-close of TLS 1.3
-    (RFC 8446, 6.1), where ``sock.shutdown(SHUT_WR)`` would end the TCP
-    stream under the TLS layer and ``unwrap()`` would wait for the peer's
-    own close_notify. OpenSSL's first SSL_shutdown step sends the alert and
-    asks to read the peer's; a non-blocking socket stops there, and the
-    answers still on their way are read as usual, the peer's close_notify
-    ending them (``SSLZeroReturnError``: an end of stream)."""
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        # (The SSLObject's own shutdown: SSLSocket.unwrap() also detaches.)
-        sock._sslobj.shutdown()  # type: ignore[attr-defined]
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass  # sent; the peer's close_notify comes after its answers
-    finally:
-        sock.settimeout(timeout)
