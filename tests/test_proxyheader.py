@@ -224,10 +224,10 @@ def _as_another_user(path: Path, data: bytes) -> str:
             sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(10)
             sock.connect(str(path))
-            sock.sendall(data)
             try:
+                sock.sendall(data)
                 outcome = b"answered" if sock.recv(65536) else b"closed"
-            except ConnectionResetError:
+            except (BrokenPipeError, ConnectionResetError):  # closed before all was sent or read
                 outcome = b"closed"
         finally:
             os.write(write_end, outcome)
