@@ -862,3 +862,31 @@ def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_call(kind: str, 
         else:
             contents = asyncio.run(aio_calls(server.port))
     assert contents == [b"one", b"two", b"three"]
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+        TimeoutError("timed out"),
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        BrokenPipeError(errno.EPIPE, "broken pipe"),
+        socket.gaierror(socket.EAI_NONAME, "unknown"),
+        FileNotFoundError(errno.ENOENT, "no file"),
+        ssl.SSLError(1, "bad"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_a_translated_socket_error_keeps_the_original_as_its_cause(raised: OSError) -> None:
+    # As trio does: the sentence for a person, and the error that led to it.
+    from framewire.io.netio import translated
+
+    with pytest.raises(OSError) as info, translated("127.0.0.1", 1, 1.0):
+        raise raised
+    assert info.value is not raised and info.value.__cause__ is raised
+
+
+def test_a_refused_call_names_the_refusal_as_its_cause() -> None:
+    with refused_port() as port, pytest.raises(ConnectionRefusedError) as info:
+        Client("127.0.0.1", port, retry=Retry(attempts=1)).request(q())
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)

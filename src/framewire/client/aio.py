@@ -334,11 +334,11 @@ class AioClient:
                 async with asyncio.timeout(limit):
                     await self._open(deadline)
                     await self._writable.wait()
-            except TimeoutError:
+            except TimeoutError as exc:
                 if self.connected:  # it would not take the request: a hung server
                     self._abort()
                     text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
-                    raise TimeoutError(errno.ETIMEDOUT, text) from None
+                    raise TimeoutError(errno.ETIMEDOUT, text) from exc
                 text = f"no connection to {self.where} within {limit:g} s"
                 raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
             futures = self._send(messages, deadline)
@@ -349,9 +349,9 @@ class AioClient:
                     try:
                         async with asyncio.timeout(_left(deadline, None)):
                             answers = [await self._answer(future, None, check=False) for future in futures]
-                    except TimeoutError:
+                    except TimeoutError as exc:
                         text = f"no answer from {self.where} within {limit:g} s"
-                        raise TimeoutError(errno.ETIMEDOUT, text) from None
+                        raise TimeoutError(errno.ETIMEDOUT, text) from exc
             except Exception as exc:
                 if isinstance(exc, TimeoutError):
                     # As the blocking client: the answer may still come, and
@@ -401,9 +401,9 @@ class AioClient:
                 # shield: a timeout cancels the wait, not the place in line,
                 # which _received skips (and drops the answer) once done.
                 response = await asyncio.shield(future)
-        except TimeoutError:
+        except TimeoutError as exc:
             future.cancel()
-            raise TimeoutError(errno.ETIMEDOUT, f"no answer from {self.where} within {timeout:g} s") from None
+            raise TimeoutError(errno.ETIMEDOUT, f"no answer from {self.where} within {timeout:g} s") from exc
         except asyncio.CancelledError:
             future.cancel()
             raise

@@ -72,7 +72,7 @@ def expand(addresses: Iterable[str | tuple[str, int]]) -> list[Member]:
             try:
                 infos = socket.getaddrinfo(plain_host(host), port, type=socket.SOCK_STREAM)
             except socket.gaierror as exc:
-                raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
             found = [str(info[4][0]) for info in infos]
         for ip in found:
             if (ip, port) not in seen:

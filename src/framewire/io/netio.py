@@ -165,23 +165,23 @@ def translated(host: str, port: int, timeout: float | None = None) -> Iterator[N
     where_ = where(host, port)
     try:
         yield
-    except ConnectionRefusedError:
+    except ConnectionRefusedError as exc:
         raise ConnectionRefusedError(
             errno.ECONNREFUSED, f"nothing is listening on {where_} (connection refused)"
-        ) from None
-    except TimeoutError:
+        ) from exc
+    except TimeoutError as exc:
         after = f" within {timeout:g} s" if timeout is not None else ""
-        raise TimeoutError(errno.ETIMEDOUT, f"no answer from {where_}{after}") from None
+        raise TimeoutError(errno.ETIMEDOUT, f"no answer from {where_}{after}") from exc
     except (BrokenPipeError, ConnectionAbortedError, ConnectionResetError) as exc:
         raise ConnectionResetError(
             exc.errno or errno.ECONNRESET, f"{where_} reset the connection ({exc.strerror or exc})"
-        ) from None
+        ) from exc
     except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
-    except FileNotFoundError:
-        raise ConnectionRefusedError(errno.ENOENT, f"no socket at {where_}: is the server running?") from None
+        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
+    except FileNotFoundError as exc:
+        raise ConnectionRefusedError(errno.ENOENT, f"no socket at {where_}: is the server running?") from exc
     except ssl.SSLError as exc:
-        raise OSError(errno.EPROTO, f"TLS with {where_} failed: {tls_problem(exc)}") from None
+        raise OSError(errno.EPROTO, f"TLS with {where_} failed: {tls_problem(exc)}") from exc
 
 
 def connect(
@@ -242,7 +242,7 @@ def resolve(host: str, port: int, timeout: float = 2.0) -> tuple[int, Any]:
     try:
         found = socket.getaddrinfo(plain_host(host), port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
     candidates = list(dict.fromkeys((family, address) for family, _, _, _, address in found))
     if len(candidates) > 1:
         for family, address in candidates:
@@ -335,7 +335,7 @@ def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
@@ -404,7 +404,7 @@ def adopt_listener(fd: int) -> socket.socket:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise OSError(exc.errno, f"descriptor {fd} is not an open socket ({exc.strerror})") from None
+        raise OSError(exc.errno, f"descriptor {fd} is not an open socket ({exc.strerror})") from exc
     if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         sock.detach()
         raise OSError(errno.EINVAL, f"descriptor {fd} is not a listening stream socket")

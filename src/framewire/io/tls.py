@@ -27,9 +27,9 @@ def _load_chain(context: ssl.SSLContext, cert: str, key: str | None, whose: str)
     except ssl.SSLError as exc:
         raise OSError(
             0, f"the {whose} certificate {cert} and key {key or cert} do not load ({exc.reason or exc})"
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot read the {whose} certificate or key: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot read the {whose} certificate or key: {exc.strerror}") from exc
 
 
 def _load_ca(context: ssl.SSLContext, cafile: str) -> None:
@@ -38,9 +38,9 @@ def _load_ca(context: ssl.SSLContext, cafile: str) -> None:
     try:
         context.load_verify_locations(cafile=cafile)
     except ssl.SSLError as exc:
-        raise OSError(0, f"the CA file {cafile} does not load ({exc.reason or exc})") from None
+        raise OSError(0, f"the CA file {cafile} does not load ({exc.reason or exc})") from exc
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot read the CA file {cafile}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot read the CA file {cafile}: {exc.strerror}") from exc
 
 
 def server_context(cert: str, key: str | None = None, client_ca: str | None = None) -> ssl.SSLContext:

@@ -82,7 +82,7 @@ def write_certificates(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the folder {folder}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"cannot create the folder {folder}: {exc.strerror}") from exc
     paths = tuple(folder / name for name in FILES)
     present = [path.name for path in paths if path.exists()]
     if present and not force:
@@ -157,7 +157,7 @@ def write_certificates(
         try:
             _write_new(path, data, 0o600 if path.name.endswith("-key.pem") else 0o644)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     return Written(paths, all_names, end)
 
 
