@@ -1,4 +1,4 @@
-"""The decoder and encoder against PROTOCOL.md: every error row, every split."""
+"""The decoder and encoder against docs/protocol.md: every error row, every split."""
 
 from __future__ import annotations
 

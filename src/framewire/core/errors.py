@@ -1,4 +1,4 @@
-"""The exception hierarchy: one class per error code of PROTOCOL.md.
+"""The exception hierarchy: one class per error code of the protocol (docs/protocol.md).
 
 Every error a peer can cause is a :class:`ProtocolError` carrying the spec's
 machine-readable ``code`` and a sentence for a person. ``framing`` tells
@@ -16,7 +16,7 @@ from typing import Any
 class ProtocolError(Exception):
     """A violation of the wire protocol, with the spec's error ``code``."""
 
-    #: The machine-readable code of PROTOCOL.md's error table.
+    #: The machine-readable code of the error table in docs/protocol.md.
     code: str = "protocol-error"
     #: True when the stream can no longer be trusted and must be closed.
     framing: bool = True

@@ -5,7 +5,7 @@ parameter is also given a :class:`~framewire.server.peer.Context` (the peer's ad
 TLS client certificate). :class:`App` routes the
 guide's ``{"action": ..., "value": ...}`` JSON requests to functions and
 binary requests to one more; :func:`search_app` is the guide's demo and
-:func:`echo` the load-testing application of PROTOCOL.md.
+:func:`echo` the load-testing application of the protocol (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ SEARCH_TABLE = {
 
 
 def search_app() -> App:
-    """The guide's demo application (PROTOCOL.md, "The guide's demo application")."""
+    """The guide's demo application (docs/protocol.md, "The guide's demo application")."""
     app = App(guide_unknown_action=True, guide_text_as_binary=True)
 
     @app.action("search")
