@@ -183,13 +183,12 @@ class Supervisor:
                 self.on_exit(pid)
             if worker.stopping:
                 continue
-            why_ = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             if worker.candidate:
-                log.error("the new worker %d (pid %d) exited (%s) before it served", worker.number, pid, why_)
+                log.error("the new worker %d (pid %d) %s before it served", worker.number, pid, why)
                 continue  # the reload ends; its old worker is kept
             if self._serving(worker.number):
                 continue  # its number is served (by a reload's new worker): N stay N
-            why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             failures = self._failures.get(worker.number, 0) + 1 if now - worker.started < _QUICK_DEATH else 1
             self._failures[worker.number] = failures
             delay = 0.0 if failures == 1 else min(_FIRST_DELAY * 2 ** (failures - 2), _MAX_DELAY)
