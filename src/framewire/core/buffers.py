@@ -2,9 +2,9 @@
 
 ``bytearray(size)`` fills its memory with zeros, which a content read in
 place (:meth:`framewire.core.decoder.Decoder.direct_buffer`) overwrites at
-once: for 1 MiB contents the zeroing was 8 % of the echo server's CPU
-(``perf``, ``memset`` in libc), and leaving it out gave 2,048 -> 2,129 MB/s
-(medians of 5 alternating pairs, ``-c 4 -d 2 -s 1048576``). CPython makes
+once: for 1 MiB contents the zeroing was a visible part of the echo
+server's CPU (``perf``: ``memset`` in libc; docs/performance.md, "Large
+contents, read in place"). CPython makes
 the same kind of buffer for ``socket.recv(n)``, through the C API's
 ``PyByteArray_FromStringAndSize(NULL, size)`` counterpart for bytes.
 

@@ -199,7 +199,7 @@ def parse_header(data: bytes) -> _Header:
 
 
 # The states as module constants: reading an Enum member through its class
-# costs about 120 ns (the enum metaclass), and feed() checks one per call.
+# goes through the enum metaclass, and feed() checks one per call.
 _LENGTH: Final[State] = State.LENGTH
 _HEADER_STATE: Final[State] = State.HEADER
 _CONTENT: Final[State] = State.CONTENT
@@ -318,8 +318,7 @@ class Decoder:
             # Fast path: exactly one whole message whose header was seen before
             # (a request/response exchange); anything else takes the loop below.
             # The last message's header is matched by its bytes in place, with
-            # no slice, hash or look-up (a 64-byte message: 600 -> 490 ns a
-            # feed); another cached one, by the cache.
+            # no slice, hash or look-up; another cached one, by the cache.
             # (A fast path and a cache only save work: their mutants that
             # miss the cache fall through to the loop, which gives the same
             # messages, so they are not mutated; docs/mutation.md.)
@@ -392,18 +391,14 @@ class Decoder:
                     if last_head is not None and buf[pos : pos + last_size] == last_head:  # pragma: no mutate
                         # The same length and header bytes as the last message
                         # (a stream of like messages): no hash or look-up of the
-                        # header, and its limits were checked when it was read.
-                        # 16 pipelined 64-byte messages per feed: 490 -> 314 ns
-                        # a message; the echo server +29 % (A/B, three
-                        # alternating pairs, -c 16 -d 16 -s 64). The message is
+                        # header, and its limits were checked when it was read:
+                        # the pipelined row's largest single gain. The message is
                         # built here, as it is in the content step below, not by
-                        # falling through to that step: that measured 346 ns.
+                        # falling through to that step, which measured slower.
                         # A slice compared, not buf.startswith(last_head, pos):
-                        # as fast alone in pure Python (59 ns each), and compiled
-                        # it is mypyc's own slice and compare where startswith is
-                        # a generic method call. This loop: pure 295 -> 268 ns a
-                        # message, compiled 139 -> 75; the server +2.4 % pure,
-                        # +11.3 % compiled (three alternating pairs each).
+                        # as fast in pure Python, and compiled it is mypyc's own
+                        # slice and compare where startswith is a generic method
+                        # call. (The figures: benchmarks/results/performance-notebook.md.)
                         pos += last_size
                         header = last_header
                         stop = pos + last_length

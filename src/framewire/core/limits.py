@@ -64,8 +64,7 @@ GRACE = 10.0
 #: Seconds between the server's INFO summaries (connections, requests and
 #: errors in the interval; nothing when nothing happened). Each connection's
 #: own lines are at DEBUG: one INFO line per connection cost more than the
-#: rest of a short connection's work (about 24k against 14k connections/s,
-#: one request each).
+#: rest of a short connection's work.
 LOG_SUMMARY = 10.0
 
 #: Headers up to this size are remembered, parsed and validated, by their
@@ -86,28 +85,23 @@ RESPONSE_CACHE_BYTES = 1024 * 1024
 
 #: Bytes asked of the kernel per ``recv``. Not larger: CPython allocates the
 #: whole size for every call before shrinking it, and at 256 KiB that costs
-#: more than the system call itself (measured: 26 us against 4 us per
-#: 64-byte message).
+#: more than the system call itself.
 RECV_SIZE = 64 * 1024
 
 #: Bytes asked of the kernel by the first read after a large content read in
 #: place: the next message is likely large too, and this read takes its
 #: header and little more, so that its content too is read in place nearly
 #: from its first byte. (With RECV_SIZE, up to 64 KiB of it would come in
-#: the read's chunk and be copied into the content's buffer: 1 MiB
-#: messages, -c 4 -d 2, four alternating pairs under a C load generator,
-#: medians 1,951 against 1,990 MB/s with it.) The next read is RECV_SIZE again.
+#: the read's chunk and be copied into the content's buffer.) The next read
+#: is RECV_SIZE again.
 READ_AFTER_LARGE = 4 * 1024
 
 #: A read that returns at least this many bytes (or all it asked for) is
 #: followed by another before the driver goes back to its poller, while a
 #: message is coming in and nothing is owed to the peer: the peer is most
 #: likely still sending, and the next read finds more (see
-#: ``ServerConnection.read_again``). 1 MiB messages, -c 4 -d 2, three
-#: alternating pairs under a C load generator, compiled, medians 2,153
-#: against 2,229 MB/s (+3.6 %) with it; reading on only after a read that
-#: filled its buffer gained 0.9 %. Smaller messages come in reads below it and pay
-#: one comparison.
+#: ``ServerConnection.read_again``), which the 1 MiB row gains from.
+#: Smaller messages come in reads below it and pay one comparison.
 READ_ON = 64 * 1024
 
 #: Bytes a driver reads from one connection in one poller turn at most, by

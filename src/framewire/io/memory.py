@@ -5,14 +5,11 @@ freed once its answer is sent. glibc's ``malloc`` returns freed memory at
 the top of its heap to the kernel once more than a few MiB of it is free
 (its trim threshold follows the largest block freed, twice 1 MiB for 1 MiB
 contents), so a server echoing large messages gave memory back and faulted
-it in again, zeroed by the kernel, over and over: 66,240 page faults in
-3 s of 1 MiB echo, ``-c 4 -d 2`` (``perf stat``), about ten per message,
-against 3,190 for the C server, which keeps its buffers. With the heap
-kept up to the server's ``large_content_memory``: 208 (50,864 without, the
-same run). A small gain for the kernel work it saves: under a C load
-generator, compiled, six alternating pairs made medians of 2,170 against
-2,198 MB/s (+1.3 %, ahead in five), four more 2,188 against 2,212 (+1.1 %,
-ahead in three).
+it in again, zeroed by the kernel, over and over: about ten page faults
+per 1 MiB message, where the C server, which keeps its buffers, makes
+almost none. With the heap kept up to the server's ``large_content_memory``
+they are gone, a small gain (the figures:
+benchmarks/results/performance-notebook.md).
 
 What is kept is bounded by the budget the server already has for large
 contents, and it is memory the server had in use a moment before. The

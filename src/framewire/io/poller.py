@@ -174,9 +174,8 @@ class BusyPoll:
 
     Sleeping in ``epoll_wait`` and being woken when a peer's bytes come
     costs the scheduler's work on both sides: on the machine this was
-    measured on, most of a request/response round trip on loopback (the
-    echo server under the C load generator: about 10,000 round trips a
-    second without polling, 29,000 with; docs/performance.md). Polling a
+    measured on, most of a request/response round trip on loopback
+    (docs/performance.md, "Busy polling"). Polling a
     while before sleeping catches what comes soon, at the price of the CPU
     spent polling.
 

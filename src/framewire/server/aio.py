@@ -119,9 +119,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     A BufferedProtocol, measured faster than a Protocol: asyncio's Protocol
     path calls ``recv(256 KiB)``, and CPython allocates the whole size before
-    every read (10 us a call against 1.6 for 64 KiB, at 500 connections);
-    here every read lands in one 64 KiB buffer the server shares (the loop
-    fills it and hands it over in one go, so no two connections hold it).
+    every read; here every read lands in one 64 KiB buffer the server shares
+    (the loop fills it and hands it over in one go, so no two connections
+    hold it).
     """
 
     def __init__(self, server: AioServer, peer: str) -> None:
@@ -697,8 +697,8 @@ async def start_server(
 
 def _loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
     # The loop polls a while before it sleeps, as the epoll loop does
-    # (busy_poll): ping-pong on --loop asyncio went from 10,736 to 21,547
-    # round trips a second (medians of three alternating pairs).
+    # (busy_poll): sleeping and waking is most of a round trip here
+    # (docs/performance.md, "Busy polling").
     if not config.busy_poll:
         return None
     limit = config.busy_poll / 1e6

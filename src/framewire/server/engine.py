@@ -101,8 +101,8 @@ _LINGERING: Final = 2
 
 # The read limits used on every read, bound once here: compiled, a Final
 # module name is a C constant, where ``limits.RECV_SIZE`` is a look-up in the
-# limits module's dictionary on each read (1000 connections +2.9 %, four
-# alternating pairs, 183,860 against 189,263 msg/s, medians).
+# limits module's dictionary on each read (a measurable share of the 1000
+# connections row: benchmarks/results/performance-notebook.md).
 _RECV_SIZE: Final = limits.RECV_SIZE
 _READ_AFTER_LARGE: Final = limits.READ_AFTER_LARGE
 _READ_ON: Final = limits.READ_ON
@@ -461,8 +461,8 @@ class ServerConnection:
         """
         if self.message_started is None:
             # Between messages (the usual case for small ones): no content to
-            # read in place. Saves two calls a read: 1000 connections +2.3 %
-            # (four alternating pairs, 142,204 against 145,527 msg/s, medians).
+            # read in place. Saves two calls a read, which the 1000
+            # connections row notices.
             return None
         if self._held:
             return self.decoder.direct_buffer(0, self._held)
@@ -737,9 +737,8 @@ class ServerConnection:
         received); DEBUG when it came between messages with nothing owed,
         which loses no more than a close: clients that end with a reset
         (``SO_LINGER`` 0) would otherwise log a line per connection, which
-        costs more than the connection's own work (one request per
-        connection, the C load generator resetting each: 22,100 connections
-        a second with an INFO line each, 30,700 without; medians).
+        costs more than the connection's own work (docs/performance.md,
+        "Where the time goes").
         """
         owed = self.owed
         partial = self.decoder.in_message
@@ -761,8 +760,7 @@ class ServerConnection:
         # The driver's record and the engine refer to each other: left as it
         # is, each closed connection would be garbage that only the cycle
         # collector frees, and its collections cost a tenth of the throughput
-        # of one request per connection (A/B, four alternating pairs, -o -c 16:
-        # 34.2k against 37.6k connections/s).
+        # of one request per connection.
         self.driver = None
         self.out.clear()
         if self._held:
@@ -802,9 +800,8 @@ class ServerConnection:
                 else:
                     response = call(request)
                     # type() tests, not isinstance: cheaper in pure Python (the
-                    # pipelined row -1.4 % with isinstance, five alternating
-                    # pairs), and as cheap compiled, where a request echoed back
-                    # is a _Decoded (core/message.py).
+                    # pipelined row notices), and as cheap compiled, where a
+                    # request echoed back is a _Decoded (core/message.py).
                     if (
                         type(response) is not Message
                         and type(response) is not _Decoded

@@ -165,9 +165,8 @@ class _Socket:
 # Its private methods call each other as _Serving._name(self, ...), not
 # self._name(...): compiled, the latter goes through the instance's vtable,
 # which for a Python subclass (every Server) looks the method up by name and
-# calls it through Python; the former is a direct C call. Measured on the
-# compiled build, pipelined: 1,372,780 msg/s with self._name against
-# 1,473,300 for the same loop in a class no Python class may subclass.
+# calls it through Python; the former is a direct C call (measured on the
+# pipelined row: benchmarks/results/performance-notebook.md).
 @mypyc_attr(allow_interpreted_subclasses=True)
 class _Serving:
     """Everything of :class:`Server` but the config's values as attributes."""
@@ -532,15 +531,12 @@ class _Serving:
         config = self.config
         tls = self.ssl_context
         # A plain connection is the C socket type itself, not socket.socket,
-        # whose Python __init__ and close() layers cost 7 % of a connection
-        # that carries one request (A/B, alternating, -o -c 16: 31.8k against
-        # 34.2k connections/s). ssl needs a socket.socket to wrap.
+        # whose Python __init__ and close() layers are a noticeable part of a
+        # connection that carries one request. ssl needs a socket.socket to wrap.
         make_socket = _socket.socket if tls is None else socket.socket
         accepted = acceptor.accept(now)
         # Looked up once per batch, not per connection: with one request per
-        # connection, these and the direct naming of TCP peers below made 3 %
-        # (A/B, five alternating pairs, -o -c 16, twice: 36.7k and 37.0k
-        # against 38.0k and 38.0k connections/s).
+        # connection, per-connection look-ups are a measurable share of its work.
         debug = log.isEnabledFor(logging.DEBUG)
         named_by_address = family != socket.AF_UNIX and not config.proxy_protocol
         conns = self._conns
@@ -729,8 +725,7 @@ class _Serving:
     def _on_readable_tls(self, conn: _Socket, now: float) -> None:
         # A TLS read returns one record (16 KiB at most): reading every
         # record that is in before going back to the poller saves a loop
-        # turn per record (1 MiB messages, with the copy-free send_parts: from
-        # 390 to about 590 msg/s on this machine, -c 4 -d 2 over TLS).
+        # turn per record (with 1 MiB messages over TLS, most of the loop's turns).
         # Bounded per turn, so that one busy peer does not starve the others.
         sock = conn.sock
         engine = conn.engine
@@ -800,9 +795,8 @@ class _Serving:
         # The peer reset the connection (or it failed otherwise). With nothing
         # owed, nothing half received and nothing unread, it is closed without
         # the read, which would only raise ECONNRESET: clients that end every
-        # connection with SO_LINGER 0 pay that raise on each (one request per
-        # connection, the C load generator: 35.3k against 37.2k connections/s,
-        # five alternating rounds, medians). False: read as usual. Bytes that
+        # connection with SO_LINGER 0 pay that raise on each, a cost of the
+        # order of the connection's own work. False: read as usual. Bytes that
         # came before the reset are still read first, so every complete request
         # reaches its handler, and the log line says what the loss cost.
         engine = conn.engine

@@ -1,11 +1,11 @@
 """The periodic INFO summary a server logs instead of a line per connection.
 
 A line per connection at INFO cost more than the rest of a short
-connection's work (one request per connection: about 14k connections/s
-with it, 24k without). So every ``log_summary`` seconds in which anything
-happened, one line says what: connections opened and closed, requests
-received, error responses sent, connections open now. The connection lines
-themselves are at DEBUG (``--log-level debug``).
+connection's work (docs/performance.md, "Where the time goes"). So every
+``log_summary`` seconds in which anything happened, one line says what:
+connections opened and closed, requests received, error responses sent,
+connections open now. The connection lines themselves are at DEBUG
+(``--log-level debug``).
 
 It costs the hot path nothing: the drivers already keep the totals (for
 ``requests_total`` and the metrics), and sum them over their connections
