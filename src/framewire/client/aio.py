@@ -37,6 +37,7 @@ from typing import Any
 from framewire.client.retry import (
     MAX_CONNECTION_AGE,
     Retry,
+    checked_age,
     lost_in_exchange,
     next_delay,
     retire_at,
@@ -110,8 +111,6 @@ class AioClient:
         heartbeat: float = 0.0,
         max_connection_age: float | None = MAX_CONNECTION_AGE,
     ) -> None:
-        if max_connection_age is not None and max_connection_age <= 0:
-            raise ValueError(f"max_connection_age must be > 0 seconds or None, not {max_connection_age}")
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -129,7 +128,7 @@ class AioClient:
         #: Seconds of idleness before a ping (0: no heartbeat).
         self.heartbeat = heartbeat
         #: Seconds before a connection is replaced between calls (None: kept).
-        self.max_connection_age = max_connection_age
+        self.max_connection_age = checked_age(max_connection_age)
         self._retire_at = math.inf
         self.where = where(host, port)
         self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)

@@ -29,6 +29,7 @@ from types import TracebackType
 from framewire.client.retry import (
     MAX_CONNECTION_AGE,
     Retry,
+    checked_age,
     lost_in_exchange,
     next_delay,
     retire_at,
@@ -128,8 +129,6 @@ class Client:
         heartbeat: float = 0.0,
         max_connection_age: float | None = MAX_CONNECTION_AGE,
     ) -> None:
-        if max_connection_age is not None and max_connection_age <= 0:
-            raise ValueError(f"max_connection_age must be > 0 seconds or None, not {max_connection_age}")
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -149,7 +148,7 @@ class Client:
         #: Seconds of idleness before a ping (0: no heartbeat).
         self.heartbeat = heartbeat
         #: Seconds before a connection is replaced between calls (None: kept).
-        self.max_connection_age = max_connection_age
+        self.max_connection_age = checked_age(max_connection_age)
         self._retire_at = math.inf
         self._owed = 0  # answers to send() not yet taken by receive()
         self._lock = threading.RLock()  # the heartbeat thread against the caller's

@@ -87,6 +87,13 @@ def lost_in_exchange(exc: BaseException) -> bool:
 MAX_CONNECTION_AGE = 300.0
 
 
+def checked_age(max_age: float | None) -> float | None:
+    """``max_age`` as given, or ``ValueError`` unless it is None or > 0."""
+    if max_age is not None and max_age <= 0:
+        raise ValueError(f"max_connection_age must be > 0 seconds or None, not {max_age}")
+    return max_age
+
+
 def retire_at(opened: float, max_age: float | None, rng: random.Random | None = None) -> float:
     """When a connection opened at ``opened`` is to be replaced (between
     calls): ``max_age`` less up to a tenth, at random, so that many clients

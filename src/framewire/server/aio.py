@@ -59,6 +59,7 @@ from framewire.server.engine import (
     Slot,
     accepted_peer,
     busy_error,
+    close_at_limit,
 )
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
@@ -532,15 +533,9 @@ class AioServer:
         tls = self.ssl_context
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-            if tls is not None and len(self._conns) + self._adopting >= self.config.max_connections:
-                # Counted from its accept, its handshake included; a TLS peer
-                # could read server-busy only after the handshake the limit bounds.
-                sock.close()
-                if self.metrics is not None:
-                    self.metrics.refused()
-                log.warning(
-                    "TLS connection closed at once: %d connections open (the limit)", self.connections
-                )
+            if tls is not None and self.connections >= self.config.max_connections:
+                # Counted from its accept, its handshake included.
+                close_at_limit(sock, self.metrics, self.connections)
                 continue
             sock.setblocking(False)
             peer = accepted_peer(sock, addr, self._host, self.config)

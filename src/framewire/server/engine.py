@@ -221,6 +221,16 @@ def accepted_peer(sock: _socket.socket, addr: Any, host: str, config: ServerConf
     return peer
 
 
+def close_at_limit(sock: _socket.socket, metrics: Metrics | None, open_now: int) -> None:
+    """Past the connection limit, a TLS peer is closed at once: it could read
+    a ``server-busy`` only after a handshake, which is the very cost the
+    limit is there to bound (a plain peer is answered ``server-busy``)."""
+    sock.close()
+    if metrics is not None:
+        metrics.refused()
+    log.warning("TLS connection closed at once: %d connections open (the limit)", open_now)
+
+
 def busy_error(max_connections: int) -> ServerBusy:
     """What a connection beyond the limit is answered before it is closed
     (see :meth:`ServerConnection.refuse`)."""

@@ -76,6 +76,7 @@ from framewire.server.engine import (
     ServerConnection,
     accepted_peer,
     busy_error,
+    close_at_limit,
 )
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
@@ -550,7 +551,7 @@ class _Serving:
             # hold descriptors past any limit.
             refused = len(conns) + len(handshakes) >= config.max_connections
             if refused and tls is not None:
-                _Serving._refuse_tls(self, sock)  # it could not read server-busy before its handshake
+                close_at_limit(sock, self.metrics, self.connections)
                 continue
             if refused and len(self._refusing) >= config.max_refusing:
                 _Serving._refuse_now(self, sock)
@@ -655,15 +656,6 @@ class _Serving:
         _Serving._flush(self, conn, now)
         if not conn.closed:
             self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # closing: never None
-
-    def _refuse_tls(self, sock: _socket.socket) -> None:
-        # Past the limit, a TLS peer is closed at once: it could read a
-        # server-busy only after a handshake, which is the very cost the
-        # limit is there to bound.
-        sock.close()
-        if self.metrics is not None:
-            self.metrics.refused()
-        log.warning("TLS connection closed at once: %d connections open (the limit)", self.connections)
 
     def _refuse_now(self, sock: _socket.socket) -> None:
         # Past max_refusing: the answer, then the close at once.

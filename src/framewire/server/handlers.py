@@ -96,7 +96,8 @@ class _FairQueue:
         )
         self._closing = 0
 
-    def put(self, conn: ServerConnection, job: _Job) -> None:
+    def put(self, job: _Job) -> None:
+        conn = job[0]
         with self._ready:
             jobs = self._ring.get(conn)
             if jobs is None:
@@ -219,7 +220,7 @@ class Dispatcher:
         self._started(conn, slot)
         if len(self._workers) < self.threads:
             self._add_worker()
-        self._jobs.put(conn, (conn, slot, request, _deadline(request), cancel))
+        self._jobs.put((conn, slot, request, _deadline(request), cancel))
         return LATER
 
     def _adopt(self, conn: ServerConnection, request: Message, result: object) -> object:

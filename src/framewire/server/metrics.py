@@ -8,7 +8,8 @@ counts as ``other``; empty for other handlers), and ``content_type``, one
 of a fixed set (:data:`CONTENT_TYPES`, plus those a deployment names,
 :data:`LABEL_LIMIT` at most, each :data:`LABEL_LENGTH` characters at most);
 any other is ``text/other`` or ``other``, so no peer chooses a label.
-Error codes are those the server itself sends (a fixed set). Handler time
+Error codes are the protocol's own and the first :data:`LABEL_LIMIT` of the
+application's (then ``other``). Handler time
 is measured around the handler (for threaded and async handlers, from the
 request's arrival to its answer: the time a client waits for it).
 
@@ -285,5 +286,7 @@ def _bounded_http_server(host: str, port: int, app: Any) -> Any:
 
 
 def _cut(sock: Any) -> None:
+    import socket  # noqa: PLC0415
+
     with contextlib.suppress(OSError):
-        sock.shutdown(2)  # SHUT_RDWR: the handler's read or write ends
+        sock.shutdown(socket.SHUT_RDWR)  # the handler's read or write ends
