@@ -39,6 +39,7 @@ from framewire.core.message import (
     _Decoded,
     _Header,
 )
+from framewire.core.probe import DEADLINE_KEY, ID_KEY
 
 __all__ = ["Decoder", "HeaderCache", "State", "encode", "encode_many", "parse_header"]
 
@@ -139,9 +140,7 @@ def _not_an_object(first: int, length: bytes) -> str:
 #: Extensions whose value is new on every request (an id, a deadline, a
 #: trace): a header that carries one is never seen again, so it is not
 #: cached, where it would only push out the headers that do come back.
-PER_REQUEST_KEYS: Final = frozenset(
-    {"framewire-id", "framewire-deadline", "framewire-cancel", "traceparent", "tracestate"}
-)
+PER_REQUEST_KEYS: Final = frozenset({ID_KEY, DEADLINE_KEY, "framewire-cancel", "traceparent", "tracestate"})
 
 
 def _reusable(header: _Header) -> bool:
