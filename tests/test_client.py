@@ -307,7 +307,7 @@ def accepted_socket(server: Any) -> Any:
 
     (engine,) = engines(server)
     driver = engine.driver
-    return driver.sock if hasattr(driver, "sock") else driver.transport.get_extra_info("socket")
+    return driver.io.sock if hasattr(driver, "io") else driver.transport.get_extra_info("socket")
 
 
 @pytest.mark.usefixtures("driver")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 import struct
 from typing import Any
 
@@ -15,7 +14,7 @@ from framewire import Decoder, Message, encode, encode_many
 from framewire.core import limits
 from framewire.core.errors import BadContent, BadHeader
 from framewire.core.probe import PING_KEY
-from framewire.io.netio import unix_peer
+from framewire.server.app import echo
 from framewire.server.config import ServerConfig
 from framewire.server.engine import (
     CLOSE,
@@ -25,11 +24,12 @@ from framewire.server.engine import (
     WRITE,
     ContentBudget,
     FlowControl,
+    Phase,
     ServerConnection,
     Slot,
-    accepted_peer,
-    busy_error,
 )
+from framewire.server.handlers import Dispatcher
+from framewire.server.state import ServerState
 
 
 def engine(**settings: Any) -> ServerConnection:
@@ -53,7 +53,7 @@ class Later:
 
 def feed(conn: ServerConnection, data: bytes, now: float, call: Any) -> None:
     """``data`` from the peer at ``now``, answered by ``call(conn, request)``."""
-    conn.call = functools.partial(call, conn)
+    conn.bind(functools.partial(call, conn))
     conn.receive(data, now)
 
 
@@ -115,7 +115,7 @@ def test_a_framing_error_is_answered_after_the_answers_owed() -> None:
     conn = engine()
     later = Later()
     feed(conn, req(b"a") + struct.pack(">H", 1) + b"{", 0.0, later)
-    assert conn.closing and not conn.out
+    assert conn.phase >= Phase.CLOSING and not conn.out
     conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 0.1)
     assert codes(sent_messages(conn)) == [None, "bad-header-length"]
     assert conn.interest() == LINGER  # then the lingering close (below)
@@ -152,7 +152,7 @@ def test_the_lingering_close_ends_at_its_time() -> None:
     conn.timer(11.9)
     assert conn.interest() == READ
     conn.timer(12.0)
-    assert conn.finished and not conn.lost
+    assert conn.finished and not conn.closed
 
 
 def test_the_lingering_close_ends_after_its_bytes_counted_from_the_error(caplog: Any) -> None:
@@ -240,7 +240,7 @@ def test_whatever_the_handler_does_the_answer_is_a_valid_message(outcome: object
     conn = engine()
     feed(conn, req(b"x"), 0.0, call)
     assert codes(sent_messages(conn)) == [code]
-    assert not conn.closing  # content errors keep the connection
+    assert conn.phase < Phase.CLOSING  # content errors keep the connection
     # The same outcome arriving later (a thread, a coroutine) is answered the same way.
     later = Later()
     feed(conn, req(b"y"), 1.0, later)
@@ -299,9 +299,9 @@ def test_the_message_deadline_is_absolute_from_the_first_byte() -> None:
         feed(conn, whole[i : i + 1], float(i), echo_call)  # one byte a second
     assert conn.deadline == 30.0
     conn.timer(29.9)
-    assert not conn.closing
+    assert conn.phase < Phase.CLOSING
     conn.timer(30.0)
-    assert conn.closing and codes(sent_messages(conn)) == ["timeout"]
+    assert conn.phase >= Phase.CLOSING and codes(sent_messages(conn)) == ["timeout"]
 
 
 @pytest.mark.parametrize(
@@ -323,7 +323,7 @@ def test_complete_requests_restart_the_deadline_of_a_healthy_pipelined_stream() 
     for i, start in enumerate(range(0, len(stream), step)):
         feed(conn, stream[start : start + step], 4.0 * i, echo_call)
         conn.timer(4.0 * i)
-        assert not conn.closing, i
+        assert conn.phase < Phase.CLOSING, i
     assert len(sent_messages(conn)) == 50
 
 
@@ -352,7 +352,7 @@ def test_half_close_answers_everything_then_finishes() -> None:
     later = Later()
     feed(conn, req(b"a"), 0.0, later)
     feed(conn, b"", 0.0, later)
-    assert conn.closing and not conn.finished
+    assert conn.phase >= Phase.CLOSING and not conn.finished
     conn.fulfil(later.slots[0][0], Message.from_bytes(b"a!"), 1.0)
     assert not conn.finished  # still to send
     sent_messages(conn)
@@ -404,9 +404,9 @@ def test_a_tls_handshake_must_end_within_the_message_deadline() -> None:
     conn = ServerConnection(ServerConfig(message_timeout=2.0, idle_timeout=30.0), now=10.0, handshaking=True)
     assert conn.deadline == 12.0  # from the accept, not from a first byte
     conn.timer(11.9)
-    assert not conn.lost
+    assert not conn.closed
     conn.timer(12.0)
-    assert conn.lost and conn.finished and not conn.out  # closed without an answer: no channel yet
+    assert conn.closed and conn.finished and not conn.out  # closed without an answer: no channel yet
 
 
 def test_a_secured_connection_is_idle_from_the_handshake_and_knows_its_peer() -> None:
@@ -415,7 +415,7 @@ def test_a_secured_connection_is_idle_from_the_handshake_and_knows_its_peer() ->
     conn.secured(11.0, "TLSv1.3", {"commonName": "alice"})
     assert not conn.handshaking and conn.deadline == 41.0
     conn.timer(12.5)  # the handshake deadline has passed, but the handshake is done
-    assert not conn.lost
+    assert not conn.closed
     peer = conn.peer_info()
     assert (peer.address, peer.tls, peer.common_name) == ("p:1", "TLSv1.3", "alice")
     assert engine().peer_info().tls is None and engine().peer_info().certificate is None
@@ -423,7 +423,7 @@ def test_a_secured_connection_is_idle_from_the_handshake_and_knows_its_peer() ->
 
 def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request() -> None:
     conn = engine()
-    conn.call = lambda request: request
+    conn.bind(lambda request: request)
     conn.drain(10.0)
     assert conn.interest() & READ and conn.deadline == 11.0  # a client that just connected
     conn.receive(req(b"first"), 10.5)
@@ -444,7 +444,7 @@ def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request
     # A kept-open connection, idle between requests, gets the same moment:
     # its client may have sent just before the stop reached it (issue 37).
     kept = engine()
-    kept.call = lambda request: request
+    kept.bind(lambda request: request)
     kept.receive(req(b"one"), 0.0)
     sent_messages(kept)
     kept.drain(10.0)
@@ -454,10 +454,10 @@ def test_a_stopping_server_waits_a_moment_for_a_fresh_connection_s_first_request
     assert kept.finished
 
     owing = engine()
-    owing.call = lambda request: request
+    owing.bind(lambda request: request)
     owing.receive(req(b"owed"), 0.0)
     owing.drain(10.0)
-    assert owing.draining  # an answer owed: it goes out, then the close
+    assert owing.phase is Phase.DRAINING  # an answer owed: it goes out, then the close
 
 
 def test_a_request_whose_deadline_has_passed_is_answered_timeout_without_its_handler() -> None:
@@ -477,7 +477,7 @@ def test_a_request_whose_deadline_has_passed_is_answered_timeout_without_its_han
     assert codes(answers) == ["timeout", None, None, None]
     assert answers[0].get("framewire-id") == 7  # the id still comes back
     assert ran == [b"fine", b"odd", b"huge"]
-    assert not conn.closing  # a content error: the framing is intact, the connection kept
+    assert conn.phase < Phase.CLOSING  # a content error: the framing is intact, the connection kept
 
 
 def test_losing_the_peer_cancels_the_work_still_under_way() -> None:
@@ -502,13 +502,13 @@ def test_a_proxy_header_names_the_peer_then_the_requests_are_answered(
 ) -> None:
     conn = engine(proxy_protocol=True)
     conn.peer = "127.0.0.1:40000"
-    assert conn.awaiting_proxy and conn.deadline == 30.0  # the header too must come within the deadline
+    assert conn.phase is Phase.PROXY and conn.deadline == 30.0  # the header too must come within the deadline
     line = b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n"
     with caplog.at_level("DEBUG", logger="framewire.server"):
         feed(conn, line[:10], 0.0, echo_call)  # split anywhere
-        assert conn.awaiting_proxy and conn.peer == "127.0.0.1:40000"
+        assert conn.phase is Phase.PROXY and conn.peer == "127.0.0.1:40000"
         feed(conn, line[10:] + req(b"hi"), 0.1, echo_call)
-    assert not conn.awaiting_proxy and conn.message_started is None
+    assert conn.phase is not Phase.PROXY and conn.message_started is None
     assert conn.peer == "203.0.113.7:51000" and conn.peer_info().address == "203.0.113.7:51000"
     assert [m.content for m in sent_messages(conn)] == [b"hi"]
     assert "connection from 203.0.113.7:51000 opened, through 127.0.0.1:40000 (PROXY v1)" in caplog.messages
@@ -518,17 +518,17 @@ def test_a_bad_or_missing_proxy_header_closes_without_an_answer(caplog: pytest.L
     with caplog.at_level("INFO", logger="framewire.server"):
         bad = engine(proxy_protocol=True)
         feed(bad, b"GET / HTTP/1.1\r\n\r\n", 0.0, echo_call)
-        assert bad.lost and not bad.out and bad.finished
+        assert bad.closed and not bad.out and bad.finished
         cut = engine(proxy_protocol=True)
         feed(cut, b"PROXY TCP4 1.2.3.4", 0.0, echo_call)
         feed(cut, b"", 0.1, echo_call)
-        assert cut.lost and not cut.out
+        assert cut.closed and not cut.out
         slow = engine(proxy_protocol=True, message_timeout=2)
         feed(slow, b"PROXY TCP4 ", 0.0, echo_call)
         slow.timer(1.9)
-        assert not slow.lost
+        assert not slow.closed
         slow.timer(2.0)
-        assert slow.lost and not slow.out
+        assert slow.closed and not slow.out
     assert "connection from test closed before its PROXY header: closing" in caplog.messages
     assert (
         "connection from test: no complete PROXY header 2 s after the connection opened: closing"
@@ -543,27 +543,25 @@ def test_a_balancer_health_check_is_quiet() -> None:
     local = build_v2(("1.2.3.4", 1), ("5.6.7.8", 2))
     local = local[:12] + bytes([0x20]) + local[13:]  # version 2, command LOCAL: no client
     feed(conn, local, 0.0, echo_call)
-    assert conn.quiet and not conn.awaiting_proxy and conn.peer == "test"
+    assert conn.quiet and conn.phase is not Phase.PROXY and conn.peer == "test"
 
 
 def test_the_deadlines_say_what_ran_out(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="framewire.server"):
-        tls = engine(message_timeout=3)
-        tls.handshaking = True
-        tls.message_started = 0.0
+        tls = ServerConnection(ServerConfig(message_timeout=3), now=0.0, peer="test", handshaking=True)
         tls.timer(2.9)
-        assert not tls.lost
+        assert not tls.closed
         tls.timer(3.0)
-        assert tls.lost
+        assert tls.closed
         slow = engine(message_timeout=3)
         feed(slow, req(b"x")[:4], 0.0, echo_call)
         slow.timer(3.0)
-        assert codes(sent_messages(slow, 3.0)) == ["timeout"] and slow.closing
+        assert codes(sent_messages(slow, 3.0)) == ["timeout"] and slow.phase >= Phase.CLOSING
         idle = engine(idle_timeout=5)
         idle.timer(4.9)
-        assert not idle.lost
+        assert not idle.closed
         idle.timer(5.0)
-        assert idle.lost
+        assert idle.closed
     assert caplog.messages == [
         "connection from test: TLS handshake not done 3 s after the connection opened: closing",
         "connection from test: timeout: The message was not complete 3 s after its first byte.",
@@ -605,41 +603,10 @@ def test_the_connection_asks_to_write_only_while_it_has_bytes_queued() -> None:
     assert conn.interest() == READ
 
 
-class _Sock:
-    def __init__(self, family: int) -> None:
-        self.family = family
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_only_trusted_balancers_may_send_a_proxy_header(caplog: pytest.LogCaptureFixture) -> None:
-    plain, proxied = ServerConfig(), ServerConfig(proxy_protocol=True, trusted_proxies=("10.0.0.0/8",))
-    sock = _Sock(socket.AF_INET)
-    assert accepted_peer(sock, ("192.0.2.1", 4000), "", plain) == "192.0.2.1:4000"  # type: ignore[arg-type]
-    assert accepted_peer(sock, ("10.1.2.3", 4000), "", proxied) == "10.1.2.3:4000"  # type: ignore[arg-type]
-    assert not sock.closed
-    with caplog.at_level("INFO", logger="framewire.server"):
-        assert accepted_peer(sock, ("192.0.2.1", 10), "", proxied) is None  # type: ignore[arg-type]
-    assert sock.closed
-    assert caplog.messages == [
-        "connection from 192.0.2.1:10: not a trusted proxy (see trusted_proxies): closing"
-    ]
-
-
-def test_a_unix_peer_is_named_by_the_server_s_path() -> None:
-    left, right = socket.socketpair(socket.AF_UNIX)
-    with left, right:
-        assert accepted_peer(left, "", "unix:/run/app.sock", ServerConfig()) == unix_peer(
-            left, "unix:/run/app.sock"
-        )
-        assert "unix:/run/app.sock" in unix_peer(left, "unix:/run/app.sock")
-
-
 def test_a_connection_beyond_the_limit_is_told_why_and_lingers_like_an_error_answer() -> None:
     conn = engine()
-    conn.refuse(busy_error(7))
+    dispatcher = Dispatcher(echo, threads=0, max_queued=1, wake=lambda: None)
+    conn.refuse(ServerState(ServerConfig(max_connections=7), dispatcher).busy_error)
     feed(conn, req(b"the request it sent at once"), 0.0, echo_call)  # dropped, never answered
     (answer,) = sent_messages(conn)
     error = answer.error()
@@ -678,19 +645,17 @@ def test_the_engine_s_decoder_has_the_configured_limits() -> None:
 def test_a_secured_connection_s_debug_line_names_its_tls_and_certificate(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    conn = ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True)
-    conn.secured(0.5, "TLSv1.3", {"commonName": "alice"})
     with caplog.at_level("INFO", logger="framewire.server"):
-        conn.log_secured(3)
+        ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True).secured(0.5, "TLSv1.3", None)
     assert caplog.messages == []  # at INFO: nothing (the summary counts it)
     with caplog.at_level("DEBUG", logger="framewire.server"):
-        conn.log_secured(3)
+        conn = ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True)
+        conn.secured(0.5, "TLSv1.3", {"commonName": "alice"})
         plain = ServerConnection(ServerConfig(), 0.0, "q:2", handshaking=True)
         plain.secured(0.5, "TLSv1.2", None)
-        plain.log_secured(4)
     assert caplog.messages == [
-        "connection from p:1 opened, TLSv1.3, client certificate alice (3 open)",
-        "connection from q:2 opened, TLSv1.2 (4 open)",
+        "connection from p:1 opened, TLSv1.3, client certificate alice",
+        "connection from q:2 opened, TLSv1.2",
     ]
 
 
@@ -776,7 +741,7 @@ def test_a_framing_code_raised_by_a_handler_is_named_in_the_answer() -> None:
 def test_error_responses_are_counted_by_code_and_requests_measured() -> None:
     conn = engine(message_timeout=3)
     metrics = CountingMetrics()
-    conn.metrics = metrics  # type: ignore[assignment]  # the engine's side of Metrics
+    conn._answers.metrics = metrics  # type: ignore[assignment]  # the engine's side of Metrics
 
     def call(conn: ServerConnection, request: Message) -> object:
         if request.content == b"boom":
@@ -793,7 +758,7 @@ def test_error_responses_are_counted_by_code_and_requests_measured() -> None:
     assert metrics.codes == ["handler-error", "bad-content", "timeout"] and conn.errors == 3
     framing = engine()
     counted = CountingMetrics()
-    framing.metrics = counted  # type: ignore[assignment]
+    framing._answers.metrics = counted  # type: ignore[assignment]
     feed(framing, b"\x00\x00", 0.0, echo_call)
     assert counted.codes == ["bad-header-length"] and framing.errors == 1
 
@@ -831,23 +796,23 @@ def test_the_proxy_header_s_refusals_and_health_checks_are_logged(caplog: pytest
     first, health, long = caplog.messages
     assert first.startswith("connection from test: ") and first.endswith(": closing") and "PROXY" in first
     assert health == "connection from test opened (PROXY v2, no client: a health check)"
-    assert long.startswith("connection from test: ") and too_long.lost
+    assert long.startswith("connection from test: ") and too_long.closed
 
 
 def test_a_drain_deadline_is_kept_to_the_instant() -> None:
     timed = engine()
     timed.drain(10.0)
     timed.timer(10.99)
-    assert not timed.finished and not timed.draining
+    assert not timed.finished and timed.phase is not Phase.DRAINING
     timed.timer(11.0)
-    assert timed.finished and timed.draining
+    assert timed.finished and timed.phase is Phase.DRAINING
     timed.timer(12.0)
-    assert timed.draining  # stays so
+    assert timed.phase is Phase.DRAINING  # stays so
     queued = engine()
-    queued.call = lambda request: request
+    queued.bind(lambda request: request)
     queued.receive(req(b"one"), 0.0)  # answered, not yet sent
     queued.drain(10.0)
-    assert queued.draining and not queued.finished
+    assert queued.phase is Phase.DRAINING and not queued.finished
     sent_messages(queued)
     assert queued.finished
 
@@ -855,7 +820,8 @@ def test_a_drain_deadline_is_kept_to_the_instant() -> None:
 def test_the_call_given_to_the_engine_answers_and_without_one_the_log_says_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    given = ServerConnection(ServerConfig(), now=0.0, call=lambda request: Message.from_bytes(b"given"))
+    given = ServerConnection(ServerConfig(), now=0.0)
+    given.bind(lambda request: Message.from_bytes(b"given"))
     given.receive(req(b"x"), 0.0)
     assert [m.content for m in sent_messages(given)] == [b"given"]
     with caplog.at_level("ERROR", logger="framewire.server"):
@@ -863,7 +829,7 @@ def test_the_call_given_to_the_engine_answers_and_without_one_the_log_says_why(
         bare.receive(req(b"x"), 0.0)
     (record,) = caplog.records
     assert record.exc_info is not None
-    assert str(record.exc_info[1]) == "this connection has no handler (ServerConnection.call)"
+    assert str(record.exc_info[1]) == "this connection has no handler (ServerConnection.bind)"
 
 
 def test_a_subclass_of_message_is_an_answer_like_any() -> None:
@@ -893,7 +859,7 @@ def test_the_idle_clock_restarts_when_an_answer_is_given_or_a_timeout_sent() -> 
     feed(slow, req(b"y")[:4], 0.0, echo_call)
     slow.timer(3.0)
     assert slow.deadline == 13.0
-    assert codes(sent_messages(slow, 3.0)) == ["timeout"] and slow.closing
+    assert codes(sent_messages(slow, 3.0)) == ["timeout"] and slow.phase >= Phase.CLOSING
 
 
 def test_a_response_shape_cached_by_one_connection_is_sent_right_by_another() -> None:
@@ -912,7 +878,7 @@ def into(conn: ServerConnection, data: bytes, now: float) -> None:
     view = conn.read_buffer()
     assert view is not None and len(view) >= len(data)
     view[: len(data)] = data
-    conn.call = functools.partial(echo_call, conn)
+    conn.bind(functools.partial(echo_call, conn))
     conn.received_into(len(data), now)
 
 
@@ -933,7 +899,7 @@ def test_large_contents_share_the_server_s_budget_and_give_it_back() -> None:
     assert budget.available == 500 and not first.out
     into(first, big[-100:], 2.0)
     assert budget.available == 2000
-    assert first.last_active == 2.0 and not first.closing
+    assert first.last_active == 2.0 and first.phase < Phase.CLOSING
     assert [m.content for m in sent_messages(first)] == [b"b" * 1500]
     feed(first, big[:start], 3.0, echo_call)  # the next large content: in place again
     assert first.read_buffer() is not None and budget.available == 500
@@ -977,14 +943,14 @@ def test_the_driver_reads_again_while_a_message_comes_in_fast() -> None:
     bad = engine()
     feed(bad, b"\x00\x05{bad}" + b"x" * 100, 0.0, echo_call)  # an error answer, then the close
     bad.sent(bad.out.size, 1.0)
-    assert bad.closing and not bad.owed and not bad.read_again(on, on, on)
+    assert bad.phase >= Phase.CLOSING and not bad.owed and not bad.read_again(on, on, on)
 
 
 def test_an_engine_made_alone_has_a_budget_of_its_own() -> None:
     conn = engine(large_content=100, large_content_memory=3000)
     feed(conn, req(b"x" * 2000)[:-1500], 0.0, echo_call)
     assert conn.read_buffer() is not None
-    assert conn._budget.available == 1000
+    assert conn._in_place.budget.available == 1000
 
 
 @pytest.mark.parametrize("how", ["timeout", "lost", "half-close"])
@@ -1024,7 +990,7 @@ def test_a_lost_connection_is_logged_at_info_only_when_the_loss_cost_something(c
     feed(partial, req(b"abc")[:-1], 0.0, echo_call)
     feed(both, req(b"a") + req(b"abc")[:-1], 0.0, echo_call)
     for conn in (clean, owing, one, partial, both):
-        conn.log_lost("Connection reset by peer")
+        conn.connection_lost("Connection reset by peer")
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if "lost" in r.getMessage()]
     lost = "connection from test lost: Connection reset by peer"
     assert lines == [

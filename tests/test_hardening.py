@@ -314,7 +314,7 @@ def test_closed_connections_are_freed_without_the_cycle_collector() -> None:
     # would wait for the cycle collector, whose runs cost a tenth of the
     # throughput of one request per connection.
     def closed_engines() -> int:
-        return sum(isinstance(o, ServerConnection) and o.lost for o in gc.get_objects())
+        return sum(isinstance(o, ServerConnection) and o.closed for o in gc.get_objects())
 
     with running(echo, max_connections=1) as server:
         gc.collect()
@@ -329,7 +329,7 @@ def test_closed_connections_are_freed_without_the_cycle_collector() -> None:
                 wait_until(lambda: server.connections == 1)
                 for _ in range(10):
                     assert_refused(server.port)
-            wait_until(lambda: server.connections == 0 and not server._refusing)
+            wait_until(lambda: server.connections == 0 and not server._state.refusing)
             # The driver's loop may still name the last one it closed.
             assert closed_engines() <= 2
         finally:
@@ -640,4 +640,4 @@ def test_large_contents_read_in_place_come_back_whole(handler: Any, memory: int)
             result = client.request_many(requests)
         want = [r.content if handler is echo else r.content[::-1] for r in requests]
         assert [m.content for m in result] == want
-        wait_until(lambda: server._budget.available == memory)  # every buffer given back
+        wait_until(lambda: server._state.budget.available == memory)  # every buffer given back

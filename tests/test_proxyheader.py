@@ -22,7 +22,7 @@ from framewire import Message, Server, encode
 from framewire.core.proxyheader import V1_MAX, V2_SIGNATURE, ProxyHeader, ProxyHeaderError, build_v2, parse
 from framewire.server.app import echo
 from framewire.server.config import ServerConfig
-from framewire.server.engine import ServerConnection
+from framewire.server.engine import Phase, ServerConnection
 from framewire.server.peer import Context
 
 V1 = b"PROXY TCP4 198.51.100.7 203.0.113.1 40000 7000\r\n"
@@ -88,7 +88,7 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
 
 def proxied(**settings: object) -> ServerConnection:
     conn = ServerConnection(ServerConfig(proxy_protocol=True, **settings), 0.0, "127.0.0.1:5000")  # type: ignore[arg-type]
-    conn.call = lambda request: request
+    conn.bind(lambda request: request)
     return conn
 
 
@@ -101,19 +101,19 @@ def test_the_engine_takes_the_peer_from_the_header_split_anywhere() -> None:
         conn.receive(stream[cut:], 0.1)
         assert conn.peer == "198.51.100.7:40000"
         assert conn.peer_info().address == "198.51.100.7:40000"
-        assert conn.out.size and not conn.lost
+        assert conn.out.size and not conn.closed
 
 
 def test_a_local_header_keeps_the_connection_address() -> None:
     conn = proxied()
     conn.receive(V2_SIGNATURE + bytes([0x20, 0x00, 0, 0]), 0.0)
-    assert conn.peer == "127.0.0.1:5000" and not conn.awaiting_proxy and not conn.lost
+    assert conn.peer == "127.0.0.1:5000" and conn.phase is not Phase.PROXY and not conn.closed
 
 
 def test_no_header_closes_without_an_answer() -> None:
     conn = proxied()
     conn.receive(encode(Message.from_text("sneaky")), 0.0)
-    assert conn.lost and not conn.out and conn.finished
+    assert conn.closed and not conn.out and conn.finished
 
 
 def test_the_header_must_come_within_the_message_deadline() -> None:
@@ -121,16 +121,16 @@ def test_the_header_must_come_within_the_message_deadline() -> None:
     conn.receive(V1[:10], 0.5)
     assert conn.deadline == 2.0  # from the connection's opening
     conn.timer(1.9)
-    assert not conn.lost
+    assert not conn.closed
     conn.timer(2.0)
-    assert conn.lost and not conn.out
+    assert conn.closed and not conn.out
 
 
 def test_a_close_before_the_header_is_complete_is_quiet() -> None:
     conn = proxied()
     conn.receive(V1[:10], 0.0)
     conn.receive(b"", 0.1)
-    assert conn.lost and not conn.out
+    assert conn.closed and not conn.out
 
 
 def test_trusted_proxies() -> None:

@@ -15,7 +15,11 @@ COMPILED_MODULES = (
     "framewire.core.decoder",
     "framewire.io.sendqueue",
     "framewire.io.timers",
+    "framewire.io.transport",
+    "framewire.server.answers",
+    "framewire.server.flow",
     "framewire.server.engine",
+    "framewire.server.state",
     "framewire.server.epoll_loop",
 )
 

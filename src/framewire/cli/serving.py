@@ -184,7 +184,7 @@ def serve(
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
     if proxy_protocol and ssl_context is not None:
-        from framewire.server.engine import PROXY_AND_TLS
+        from framewire.server.state import PROXY_AND_TLS
 
         raise _fail(PROXY_AND_TLS, 2)
     # Each connection is a descriptor: make room for the connection limit.

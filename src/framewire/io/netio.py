@@ -33,6 +33,7 @@ __all__ = [
     "listener_host",
     "open_listener",
     "plain_host",
+    "raise_descriptor_limit",
     "readable_now",
     "remove_unix",
     "resolve",
@@ -472,3 +473,19 @@ def open_listener(
     listener.setblocking(False)
     set_keepalive(listener, keepalive)
     return listener, owned
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE toward ``wanted``, within the
+    hard limit (raising that needs root). Returns the soft limit in force."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft

@@ -1,15 +1,16 @@
 """The asyncio driver: the same connection engine, driven by an event loop.
 
-Each connection is an :class:`asyncio.Protocol` around a
-:class:`~framewire.server.engine.ServerConnection`: bytes from
-``data_received`` go to the engine, what it queues goes to the transport,
-its deadlines become ``loop.call_at`` timers, and its backpressure pauses
-the transport's reading. So every limit, error code, deadline and
-backpressure rule is the epoll server's, by construction. ``async def``
-handlers run as tasks on the server's own loop; with ``threads`` > 0, sync
-handlers run on a pool and post their answers back with
-``call_soon_threadsafe``. It runs on uvloop when that is installed and
-asked for.
+Each connection is an :class:`asyncio.BufferedProtocol` around a
+:class:`~framewire.server.engine.ServerConnection`: bytes from the transport
+go to the engine, what it queues goes to the transport, its deadlines
+become ``loop.call_at`` timers, and its backpressure pauses the transport's
+reading. Admission, counting and stopping are the server's
+:class:`~framewire.server.state.ServerState`, as on the epoll driver; so
+every limit, error code, deadline and backpressure rule is the epoll
+server's, by construction. ``async def`` handlers run as tasks on the
+server's own loop; with ``threads`` > 0, sync handlers run on a pool and
+post their answers back with ``call_soon_threadsafe``. It runs on uvloop
+when that is installed and asked for.
 """
 
 from __future__ import annotations
@@ -19,52 +20,25 @@ import contextlib
 import functools
 import logging
 import math
-import signal
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
 from framewire.core import limits
-from framewire.core.cache import BoundedCache
-from framewire.core.decoder import HeaderCache
 from framewire.core.message import Message
-from framewire.io.acceptor import Acceptor
-from framewire.io.memory import keep_freed_memory
-from framewire.io.netio import (
-    describe,
-    listener_host,
-    open_listener,
-    readable_now,
-    remove_unix,
-    show_address,
-    tls_problem,
-    unix_path,
-)
+from framewire.io.netio import describe, readable_now, tls_problem
 from framewire.io.poller import BusyPollSelector
 from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.tls import peer_certificate, tls_version
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
-from framewire.server.engine import (
-    CLOSE,
-    LINGER,
-    PROXY_AND_TLS,
-    READ,
-    ContentBudget,
-    ResponseCache,
-    ServerConnection,
-    Slot,
-    accepted_peer,
-    busy_error,
-    close_at_limit,
-)
+from framewire.server.engine import CLOSE, LINGER, READ, ServerConnection, Slot
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
+from framewire.server.state import ServerState
 from framewire.server.stopping import StopNow, Stopper, log_stop_now
-from framewire.server.summary import Summary
 
 __all__ = ["AioServer", "run", "start_server"]
 
@@ -125,10 +99,9 @@ class _Connection(asyncio.BufferedProtocol):
     hold it).
     """
 
-    def __init__(self, server: AioServer, peer: str) -> None:
+    def __init__(self, server: AioServer, engine: ServerConnection) -> None:
         self.server = server
-        self.peer = peer
-        self.engine: ServerConnection | None = None
+        self.engine = engine
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -141,71 +114,34 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
-        server._adopting -= 1  # set up: counted in _conns (or refused) from here on
+        engine = self.engine
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance.
         self.transport = transport = cast(asyncio.Transport, transport)
-        refused = len(server._conns) >= server.config.max_connections
-        if refused:
-            log.warning("connection refused with server-busy: %d connections open", len(server._conns))
-            if len(server._refusing) >= server.config.max_refusing:
-                if server.metrics is not None:
-                    server.metrics.error("server-busy")
-                transport.write(server._busy_response)
-                transport.close()  # past max_refusing: the answer, then the close at once
-                return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH)
         now = server._loop.time()
-        engine = ServerConnection(
-            server.config,
-            now,
-            self.peer,
-            headers=server._headers,
-            responses=server._responses,
-            budget=server._budget,
-        )
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:  # the loop did the handshake before calling us
             engine.secured(now, tls_version(tls), peer_certificate(tls))
             self._tls = True
         engine.driver = self
-        self.engine = engine
-        if refused:
-            # server-busy, then the lingering close of an error answer: the
-            # client's request, sent as soon as it connected, is read and
-            # dropped, where closing with it unread would reset the
-            # connection and could cost the client the answer.
-            engine.metrics = server.metrics  # counts the error; the connection is not counted open
-            engine.refuse(server._busy_error)
-            server._refusing.add(self)
-            self.flush()
-            return
-        server._dispatcher.bind(engine)
-        if server.metrics is not None:
-            server.metrics.opened(engine)
         server._conns.add(self)
-        server.connections_total += 1
-        if tls is not None:
-            engine.log_secured(len(server._conns))
-        elif not engine.awaiting_proxy and log.isEnabledFor(logging.DEBUG):  # else: once the header names it
-            log.debug("connection from %s opened (%d open)", engine.peer, len(server._conns))
         self._schedule(engine.deadline)
-        if server._stopping:
-            engine.drain(self.server._loop.time())
+        self.flush()  # (a refusal's server-busy, or a stop that came during the set-up)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # The rest of a large content is read into its own buffer; anything
         # else into the server's one read buffer, and copied out.
         engine = self.engine
-        view = engine.read_buffer() if engine is not None else None
+        view = engine.read_buffer()
         self._direct = view is not None
         if view is not None:
             return view
         buffer = self.server._buffer
-        return buffer if engine is None or engine.read_size == len(buffer) else buffer[: engine.read_size]
+        return buffer if engine.read_size == len(buffer) else buffer[: engine.read_size]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct:
@@ -220,43 +156,37 @@ class _Connection(asyncio.BufferedProtocol):
     def _received(self, count: int, data: bytes | None) -> None:
         # ``count`` bytes came, in ``data`` or (None) in the large content's buffer.
         engine = self.engine
-        if engine is None:
-            return
-        if self.server.metrics is not None:
-            self.server.metrics.bytes_received.inc(count)
+        state = self.server._state
+        if state.metrics is not None:
+            state.metrics.bytes_received.inc(count)
         try:
-            self.server._in_handler = self  # named by a forced stop, should the handler hang
+            state.in_handler = engine  # named by a forced stop, should the handler hang
             try:
                 if data is None:
                     engine.received_into(count, self.server._loop.time())
                 else:
                     engine.receive(data, self.server._loop.time())
             finally:
-                self.server._in_handler = None
-            started = engine.message_started
-            if started is not None:
-                self._schedule(started + self.server.config.message_timeout)
+                state.in_handler = None
             self.flush()
         except Exception as exc:
             self.fault(exc)
 
     def eof_received(self) -> bool:
-        if self.engine is not None:
-            try:
-                self.engine.receive(b"", self.server._loop.time())
-                self.flush()
-            except Exception as exc:
-                self.fault(exc)
+        try:
+            self.engine.receive(b"", self.server._loop.time())
+            self.flush()
+        except Exception as exc:
+            self.fault(exc)
         # Keep the transport open: every answer still goes out. (Over TLS,
         # asyncio cannot: it answers the peer's close_notify by closing,
         # after what was written; answers not yet written are lost.)
-        return self.engine is None or not self.engine.tls
+        return not self._tls
 
     def fault(self, exc: Exception) -> None:
         """The last line of defence: a fault of framewire's own while serving
         this connection closes this connection, never the server."""
-        peer = self.engine.peer if self.engine is not None else "-"
-        log.error("internal error while serving %s: closing that connection", peer, exc_info=exc)
+        log.error("internal error while serving %s: closing that connection", self.engine.peer, exc_info=exc)
         if self.transport is not None:
             self.transport.abort()
 
@@ -269,28 +199,16 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
-        engine = self.engine
         # asyncio's TLS transport and this protocol refer to each other, and
         # the transport does not let go: dropped here, so that the closed
         # connection is freed at once, not by the cycle collector.
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()
-        if engine is None or self not in server._conns:
-            server._refusing.discard(self)
-            if engine is not None:
-                engine.connection_lost()
-            return
+        if self not in server._conns:
+            return  # (closed already: by abort())
         server._conns.discard(self)
-        if server.metrics is not None:
-            server.metrics.closed(engine)
-        if exc is not None:
-            engine.log_lost(exc)
-        engine.connection_lost()
-        server._requests_closed += engine.requests
-        server._errors_closed += engine.errors
-        if log.isEnabledFor(logging.DEBUG) and not engine.quiet:
-            log.debug("connection from %s closed (%d open)", engine.peer, len(server._conns))
+        server._state.closed(self.engine, exc)
         server._check_all_closed()
 
     # -- driving the engine ---------------------------------------------------------
@@ -298,23 +216,22 @@ class _Connection(asyncio.BufferedProtocol):
     def flush(self) -> None:
         engine = self.engine
         transport = self.transport
-        if engine is None or transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():
             return
         now = self.server._loop.time()
-        out = engine.out
-        if out.size and self._writing:
-            size = out.size
+        size = engine.unsent
+        if size and self._writing:
             if self._tls and size <= JOIN_BELOW:
                 # asyncio's TLS makes a record of each buffer written: joined,
                 # small answers share records (6.7x the pipelined throughput, 64 B).
-                transport.write(b"".join(out.parts))
+                transport.write(b"".join(engine.to_send()))
             else:
-                transport.writelines(out.parts)
+                transport.writelines(engine.to_send())
             engine.sent(size, now)
             if self.server.metrics is not None:
                 self.server.metrics.bytes_sent.inc(size)
         if self.server._stopping:
-            engine.drain(self.server._loop.time())
+            engine.drain(now)
         wanted = engine.interest()
         if wanted == CLOSE and engine.idle_drained:
             sock = transport.get_extra_info("socket")
@@ -343,9 +260,7 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.resume_reading()
             else:
                 transport.pause_reading()
-        deadline = engine.deadline
-        if deadline is not None and deadline < self._timer_at:
-            self._schedule(deadline)
+        self._schedule(engine.deadline)
 
     def _schedule(self, when: float | None) -> None:
         # Only ever earlier: a later deadline is found when this one fires.
@@ -361,11 +276,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._timer_at = float("inf")
         engine = self.engine
         transport = self.transport
-        if engine is None or transport is None:
+        if transport is None:
             return
         try:
             engine.timer(self.server._loop.time())
-            if engine.lost:
+            if engine.closed:
                 transport.abort()  # idle: closed without an answer
                 return
             self.flush()
@@ -385,52 +300,28 @@ class AioServer:
         ssl_context: ssl.SSLContext | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        if ssl_context is not None and config.proxy_protocol:
-            raise ValueError(PROXY_AND_TLS)
         self.config = config
         self.ssl_context = ssl_context
         self.handler = handler
+        #: Prometheus metrics (:mod:`framewire.server.metrics`), when on.
+        self.metrics = metrics
         self._loop = loop
         self._conns: set[_Connection] = set()
         # Every read lands here first (see _Connection).
         self._buffer = memoryview(bytearray(limits.RECV_SIZE))
-        self._headers = HeaderCache(limits.HEADER_CACHE_BYTES)
-        self._budget = ContentBudget(config.large_content_memory)
-        if config.large_content:
-            keep_freed_memory(config.large_content_memory)  # (see framewire.io.memory)
-        self._responses: ResponseCache = BoundedCache(limits.RESPONSE_CACHE_BYTES)
         self._dispatcher = _LoopDispatcher(
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued
         )
-        self._busy_error = busy_error(config.max_connections)
-        self._busy_response = Message.for_error(self._busy_error).encode()
-        # Connections refused with server-busy, lingering (see _Connection.connection_made).
-        self._refusing: set[_Connection] = set()
-        #: Prometheus metrics (:mod:`framewire.server.metrics`), when on.
-        self.metrics = metrics
-        self._dispatcher.metrics = metrics
-        self._listener: socket.socket | None = None
-        self._unix_file: tuple[str, int] | None = None
-        self._shared = False  # the listener came from elsewhere and others may accept on it
-        self._address: tuple[str, int] = ("", 0)
-        self._host = ""
-        self._acceptor: Acceptor | None = None
-        self._adopting = 0  # connections taken from the backlog at the stop, not yet made
+        self._state = ServerState(config, self._dispatcher, ssl_context, metrics)
         self._stopping = False
-        self._in_handler: _Connection | None = None  # whose inline handler call is under way
         self._all_closed = asyncio.Event()
         self._closed = asyncio.Event()
-        self._requests_closed = 0
-        self._errors_closed = 0
-        self._summary: Summary | None = None
         self._summary_timer: asyncio.TimerHandle | None = None
-        #: Connections accepted since the start.
-        self.connections_total = 0
 
     def _deliver(self, engine: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
         engine.fulfil(slot, result, self._loop.time())
         conn = engine.driver
-        if isinstance(conn, _Connection) and not engine.lost:
+        if isinstance(conn, _Connection) and not engine.closed:
             try:
                 conn.flush()
             except Exception as exc:
@@ -441,14 +332,13 @@ class AioServer:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets."""
-        return (self._listener,) if self._listener is not None else ()
+        listener = self._state.listener
+        return (listener,) if listener is not None else ()
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) listened on; ``("unix:PATH", 0)`` on a Unix socket."""
-        if self._unix_file is not None or unix_path(self._host) is not None:
-            return self._host, 0
-        return self._address
+        return self._state.address or ("", 0)
 
     @property
     def port(self) -> int:
@@ -458,12 +348,17 @@ class AioServer:
     @property
     def connections(self) -> int:
         """Connections open now (with those in their TLS handshake)."""
-        return len(self._conns) + self._adopting
+        return self._state.open
+
+    @property
+    def connections_total(self) -> int:
+        """Connections accepted since the start."""
+        return self._state.connections_total
 
     @property
     def requests_total(self) -> int:
         """Requests received since the start."""
-        return self._requests_closed + sum(c.engine.requests for c in self._conns if c.engine is not None)
+        return self._state.requests_total([c.engine for c in self._conns])
 
     async def _listen(
         self,
@@ -479,70 +374,35 @@ class AioServer:
         # (asyncio's own accept hands each to a task of its own, which a
         # stop would cancel, resetting connections whose requests came
         # before the signal).
-        if sock is not None:
-            host = listener_host(sock)
-        self._host = host
-        path = unix_path(host)
-        listener, self._unix_file = open_listener(
-            host, port, backlog, unix_mode=unix_mode, sock=sock, keepalive=self.config.keepalive
-        )
-        self._shared = sock is not None
-        self._listener = listener
-        if listener.family != socket.AF_UNIX:
-            self._address = listener.getsockname()[:2]
-        self._acceptor = Acceptor(listener, _LoopReaders(self._loop, self._accept), log)
-        self._acceptor.listen()
-        where = host if path is not None else show_address(self.address)
-        log.info("listening on %s%s", where, " (TLS)" if self.ssl_context is not None else "")
-        self._summary = Summary(self.config.log_summary, self._loop.time())
+        self._state.bind(host, port, backlog, unix_mode, sock)
+        self._state.listening(_LoopReaders(self._loop, self._accept), self._loop.time())
         self._summary_tick()
 
-    def _summary_tick(self, last: bool = False) -> None:
-        # Summed over the connections only when a line is due (every
-        # log_summary seconds), so counting costs the hot path nothing.
-        summary = self._summary
-        if summary is None:
+    def _summary_tick(self) -> None:
+        state = self._state
+        if state.summary is None:
             return
-        engines = [c.engine for c in self._conns if c.engine is not None]
-        line = summary.line(
-            self._loop.time(),
-            connections=self.connections_total,
-            open_now=len(engines),
-            requests=self.requests_total,
-            errors=self._errors_closed + sum(e.errors for e in engines),
-            last=last,
-        )
-        if line is not None:
-            log.info("%s", line)
-        if last:
-            self._summary = None
-        if self._summary_timer is not None:
-            self._summary_timer.cancel()
-            self._summary_timer = None
-        if not last and summary.next_at != math.inf:
-            self._summary_timer = self._loop.call_at(summary.next_at, self._summary_tick)
+        state.summary_line(self._loop.time(), [c.engine for c in self._conns])
+        if state.summary.next_at != math.inf:
+            self._summary_timer = self._loop.call_at(state.summary.next_at, self._summary_tick)
 
     def _accept(self) -> None:
-        acceptor = self._acceptor
-        listener = self._listener
+        state = self._state
+        acceptor = state.acceptor
+        listener = state.listener
         if acceptor is None or listener is None:
             return
-        accepted = acceptor.accept(self._loop.time())
+        now = self._loop.time()
+        accepted = acceptor.accept(now)
         if accepted:
             acceptor.established()
         tls = self.ssl_context
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-            if tls is not None and self.connections >= self.config.max_connections:
-                # Counted from its accept, its handshake included.
-                close_at_limit(sock, self.metrics, self.connections)
-                continue
-            sock.setblocking(False)
-            peer = accepted_peer(sock, addr, self._host, self.config)
-            if peer is None:
-                continue  # an untrusted balancer: closed, logged
-            self._adopting += 1
-            factory = functools.partial(_Connection, self, peer)
+            engine = state.admit(sock, addr, now)
+            if engine is None:
+                continue  # refused at once, or an untrusted balancer: closed, logged
+            factory = functools.partial(_Connection, self, engine)
             if tls is None:
                 setup = self._loop.connect_accepted_socket(factory, sock)
             else:
@@ -556,22 +416,15 @@ class AioServer:
                     ssl_shutdown_timeout=_TLS_SHUTDOWN,
                 )
             task = self._loop.create_task(setup)
-            task.add_done_callback(functools.partial(self._adopted, peer))
+            task.add_done_callback(functools.partial(self._adopted, engine))
         if acceptor.paused_until is not None:
             self._loop.call_at(acceptor.paused_until, acceptor.tick, acceptor.paused_until)
 
-    def _take_backlog(self) -> None:
-        # Connections the kernel completed before the stop are the clients'
-        # as much as any: closing the listener would reset them, and with
-        # them requests sent before the signal. Take them in, then stop.
-        # A shared listener's queue (workers, systemd) is the other processes' to serve.
-        if self._acceptor is not None and self._acceptor.paused_until is None and not self._shared:
-            self._accept()
-
-    def _adopted(self, peer: str, task: asyncio.Task[Any]) -> None:
+    def _adopted(self, engine: ServerConnection, task: asyncio.Task[Any]) -> None:
         exc = None if task.cancelled() else task.exception()
-        if task.cancelled() or exc is not None:
-            self._adopting -= 1  # never set up (else connection_made counted it)
+        if engine.driver is not None or engine.closed:
+            return  # made (connection_made counted it from here on)
+        peer = engine.peer
         if isinstance(exc, ssl.SSLError):
             log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
         elif isinstance(exc, TimeoutError | ConnectionAbortedError) and self.ssl_context is not None:
@@ -584,10 +437,11 @@ class AioServer:
             log.info("connection from %s: %s", peer, describe(exc))
         elif exc is not None:
             log.info("connection from %s could not be set up: %s", peer, exc)
+        self._state.closed(engine)  # never set up: the handshake failed
         self._check_all_closed()
 
     def _check_all_closed(self) -> None:
-        if self._stopping and not self._conns and not self._adopting:
+        if self._stopping and not self._state.open:
             self._all_closed.set()
 
     async def serve_forever(self) -> None:
@@ -595,11 +449,7 @@ class AioServer:
         await self._closed.wait()
 
     def _signalled(self, signum: int) -> None:
-        log.info(
-            "%s received: answering in-flight requests (up to %g s; again to stop now)",
-            signal.Signals(signum).name,
-            self.config.grace,
-        )
+        self._state.stop_signalled(signum)
         self.close()
 
     def close(self) -> None:
@@ -607,50 +457,35 @@ class AioServer:
         if self._stopping:
             return
         self._stopping = True
-        self._take_backlog()
-        if self._acceptor is not None:
-            self._acceptor.stop()
-        if self._listener is not None:
-            # Closed now: a client connecting during the grace period is
-            # refused at once (a balancer sends it elsewhere) rather than
-            # left in a backlog the close would reset.
-            self._listener.close()
-        log.info(
-            "no longer accepting; %d connections open, %d more taken from the backlog",
-            len(self._conns),
-            self._adopting,
-        )
+        self._state.stop_accepting(self._accept)
         for conn in list(self._conns):
             conn.flush()  # each closes once nothing is owed or half-received
         self._check_all_closed()
         self._loop.create_task(self._finish())
 
     async def _finish(self) -> None:
+        since = self._loop.time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_closed.wait(), self.config.grace)
+        self._state.stop_over(since + self.config.grace, since, forced=False)  # (logs what it cuts off)
         self.abort()
 
     def abort(self) -> None:
         """Close every connection now."""
-        if self._conns:
-            log.warning(
-                "grace period of %g s over: closing %d connections", self.config.grace, len(self._conns)
-            )
-        for conn in [*self._conns, *self._refusing]:
+        for conn in list(self._conns):
             if conn.transport is not None:
                 conn.transport.abort()
             conn.connection_lost(None)
         self._dispatcher.close()
-        self._summary_tick(last=True)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+        self._state.summary_line(self._loop.time(), (), last=True)
         self._closed.set()
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
         await self._closed.wait()
-        if self._listener is not None:
-            self._listener.close()
-            remove_unix(self._unix_file)
-            self._unix_file = None
+        self._state.unbind()
 
     async def __aenter__(self) -> AioServer:
         return self
@@ -725,13 +560,7 @@ def run(
             server._loop.call_soon_threadsafe(server._signalled, signum)
 
     def snapshot() -> tuple[list[str], int]:
-        if not holder:
-            return [], 0
-        server = holder[0]
-        busy = server._dispatcher.still_running(time.monotonic())
-        if server._in_handler is not None and server._in_handler.engine is not None:
-            busy.insert(0, server._in_handler.engine.peer)
-        return busy, server.connections
+        return holder[0]._state.snapshot() if holder else ([], 0)
 
     stopper = Stopper(config.grace, drain, snapshot)
 

@@ -190,15 +190,14 @@ class Dispatcher:
         """Give ``conn`` its way of answering: the handler itself when it runs
         inline (no call layer on the hot path), else the thread pool."""
         if self.threads:
-            conn.call = functools.partial(self._submit, conn)
-            conn.adopt = None
+            conn.bind(functools.partial(self._submit, conn))
             return
-        conn.adopt = self._adopt
+        adopt = functools.partial(self._adopt, conn)
         if self._with_peer:
             handler = self.handler
-            conn.call = lambda request: handler(request, _context(request, conn))
+            conn.bind(lambda request: handler(request, _context(request, conn)), adopt)
         else:
-            conn.call = self.handler
+            conn.bind(self.handler, adopt)
 
     def _full(self, conn: ServerConnection) -> bool:
         # Past max_queued, a connection below its share still gets a place

@@ -163,8 +163,7 @@ class Metrics:
 
     def opened(self, engine: Any) -> None:
         """A connection was accepted: its engine reports to these metrics."""
-        engine.metrics = self
-        engine.flow.watch = self.paused.inc  # +1 paused, -1 resumed
+        engine.watch(self)
         self.connections_open.inc()
         self.connections_total.inc()
 
