@@ -131,7 +131,7 @@ def test_the_window_never_passes_the_limit() -> None:
 
 
 def test_an_asyncio_loop_on_the_polling_selector_serves_and_its_window_grows() -> None:
-    # framewire serve --loop asyncio makes its loop so (server.aio.run).
+    # framewire serve --loop asyncio makes its loop so (server.aiorun.run).
     selector = BusyPollSelector(0.05)  # far above the time between this test's requests
     loop = asyncio.SelectorEventLoop(selector)
     thread = threading.Thread(target=loop.run_forever, daemon=True)

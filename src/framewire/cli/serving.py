@@ -266,10 +266,10 @@ def serve(
             raise _bind_error(exc, host, port) from None
         server.serve_forever(handle_signals=True, on_ready=lambda: ready(*server.address))
         return
-    from framewire.server import aio
+    from framewire.server import aiorun
 
     try:
-        aio.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop", ssl_context=ssl_context,
+        aiorun.run(handler, host, port, config, use_uvloop=loop_kind == "uvloop", ssl_context=ssl_context,
                 unix_mode=unix_mode, sock=sock, metrics=metrics,
                 on_ready=lambda s: ready(*s.address))  # fmt: skip
     except OSError as exc:

@@ -9,15 +9,17 @@ connections already open are served throughout.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Final
 
 from framewire.io import poller
 
-__all__ = ["Acceptor"]
+__all__ = ["Acceptor", "LoopReaders"]
 
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BACKOFF: Final = (0.05, 1.0)  # first and longest pause, seconds
@@ -124,3 +126,18 @@ class Acceptor:
             )
         self.paused_until = now + self._backoff
         self._backoff = min(self._backoff * 2, _BACKOFF[1])
+
+
+class LoopReaders:
+    """What the io Acceptor needs of a poller, on an event loop: a reader
+    callback for the listener, added and removed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+
+    def register(self, fd: int, events: int) -> None:
+        self._loop.add_reader(fd, self._callback)
+
+    def unregister(self, fd: int) -> None:
+        self._loop.remove_reader(fd)

@@ -183,6 +183,18 @@ class TlsTransport(Transport):
 
     __slots__ = ()
 
+    @staticmethod
+    def wrap(context: ssl.SSLContext, sock: _socket.socket, fd: int) -> TlsTransport:
+        """The server side of TLS over an accepted ``sock``, its handshake
+        not begun (:meth:`handshake` drives it). Raises OSError or
+        ValueError if TLS cannot start; the socket is then closed."""
+        try:
+            wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)  # type: ignore[arg-type]
+        except BaseException:
+            sock.close()
+            raise
+        return TlsTransport(wrapped, fd)
+
     def read_size(self, asked: int) -> int:
         # One record at most: a read that completes a large content's buffer
         # may stop inside a record, and the rest stays in OpenSSL (pending()).

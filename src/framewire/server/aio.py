@@ -22,25 +22,24 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
 from framewire.core import limits
 from framewire.core.message import Message
-from framewire.io.netio import describe, readable_now, tls_problem
-from framewire.io.poller import BusyPollSelector
+from framewire.io.acceptor import LoopReaders
+from framewire.io.netio import readable_now
 from framewire.io.sendqueue import JOIN_BELOW
 from framewire.io.tls import peer_certificate, tls_version
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import CLOSE, LINGER, READ, ServerConnection, Slot
-from framewire.server.handlers import Dispatcher
+from framewire.server.handlers import LoopDispatcher
 from framewire.server.metrics import Metrics
 from framewire.server.state import ServerState
-from framewire.server.stopping import StopNow, Stopper, log_stop_now
+from framewire.server.view import ServerView
 
-__all__ = ["AioServer", "run", "start_server"]
+__all__ = ["AioServer", "start_server"]
 
 log = logging.getLogger("framewire.server")
 
@@ -49,44 +48,6 @@ log = logging.getLogger("framewire.server")
 _TRANSPORT_HIGH = 64 * 1024
 # Seconds a closing TLS connection waits for the peer's close_notify.
 _TLS_SHUTDOWN = 5.0
-
-
-class _LoopReaders:
-    """What the io Acceptor needs of a poller, on an event loop: a reader
-    callback for the listener, added and removed."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-        self._loop = loop
-        self._callback = callback
-
-    def register(self, fd: int, events: int) -> None:
-        self._loop.add_reader(fd, self._callback)
-
-    def unregister(self, fd: int) -> None:
-        self._loop.remove_reader(fd)
-
-
-class _LoopDispatcher(Dispatcher):
-    """The dispatcher of an event loop server: coroutines run on that loop,
-    answers from the pool come back with ``call_soon_threadsafe``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[..., None], **kwargs: Any) -> None:
-        super().__init__(wake=lambda: None, **kwargs)
-        self._server_loop = loop
-        self._deliver = deliver
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        return self._server_loop
-
-    def _post(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
-        # RuntimeError: the loop is closed, the server has stopped, and the
-        # answer has nowhere to go.
-        with contextlib.suppress(RuntimeError):
-            self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
-
-    def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
-        self._finished(conn, slot)
-        self._deliver(conn, slot, result)
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -289,7 +250,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.fault(exc)
 
 
-class AioServer:
+class AioServer(ServerView):
     """A framewire server on an asyncio event loop (:func:`start_server`)."""
 
     def __init__(
@@ -309,7 +270,7 @@ class AioServer:
         self._conns: set[_Connection] = set()
         # Every read lands here first (see _Connection).
         self._buffer = memoryview(bytearray(limits.RECV_SIZE))
-        self._dispatcher = _LoopDispatcher(
+        self._dispatcher = LoopDispatcher(
             loop, self._deliver, handler=handler, threads=config.threads, max_queued=config.max_queued
         )
         self._state = ServerState(config, self._dispatcher, ssl_context, metrics)
@@ -335,30 +296,8 @@ class AioServer:
         listener = self._state.listener
         return (listener,) if listener is not None else ()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The (host, port) listened on; ``("unix:PATH", 0)`` on a Unix socket."""
-        return self._state.address or ("", 0)
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the real one when 0 was asked)."""
-        return self.address[1]
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (with those in their TLS handshake)."""
-        return self._state.open
-
-    @property
-    def connections_total(self) -> int:
-        """Connections accepted since the start."""
-        return self._state.connections_total
-
-    @property
-    def requests_total(self) -> int:
-        """Requests received since the start."""
-        return self._state.requests_total([c.engine for c in self._conns])
+    def _engines(self) -> list[ServerConnection]:
+        return [conn.engine for conn in self._conns]
 
     async def _listen(
         self,
@@ -375,7 +314,7 @@ class AioServer:
         # stop would cancel, resetting connections whose requests came
         # before the signal).
         self._state.bind(host, port, backlog, unix_mode, sock)
-        self._state.listening(_LoopReaders(self._loop, self._accept), self._loop.time())
+        self._state.listening(LoopReaders(self._loop, self._accept), self._loop.time())
         self._summary_tick()
 
     def _summary_tick(self) -> None:
@@ -421,24 +360,9 @@ class AioServer:
             self._loop.call_at(acceptor.paused_until, acceptor.tick, acceptor.paused_until)
 
     def _adopted(self, engine: ServerConnection, task: asyncio.Task[Any]) -> None:
-        exc = None if task.cancelled() else task.exception()
-        if engine.driver is not None or engine.closed:
-            return  # made (connection_made counted it from here on)
-        peer = engine.peer
-        if isinstance(exc, ssl.SSLError):
-            log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
-        elif isinstance(exc, TimeoutError | ConnectionAbortedError) and self.ssl_context is not None:
-            log.info(
-                "connection from %s: TLS handshake not done %g s after the connection opened: closing",
-                peer,
-                self.config.message_timeout,
-            )
-        elif isinstance(exc, OSError):
-            log.info("connection from %s: %s", peer, describe(exc))
-        elif exc is not None:
-            log.info("connection from %s could not be set up: %s", peer, exc)
-        self._state.closed(engine)  # never set up: the handshake failed
-        self._check_all_closed()
+        if engine.driver is None and not engine.closed:  # never made: the handshake failed
+            self._state.handshake_failed(engine, None if task.cancelled() else task.exception())
+            self._check_all_closed()
 
     def _check_all_closed(self) -> None:
         if self._stopping and not self._state.open:
@@ -476,16 +400,14 @@ class AioServer:
             if conn.transport is not None:
                 conn.transport.abort()
             conn.connection_lost(None)
-        self._dispatcher.close()
         if self._summary_timer is not None:
             self._summary_timer.cancel()
-        self._state.summary_line(self._loop.time(), (), last=True)
+        self._state.close(self._loop.time())
         self._closed.set()
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
         await self._closed.wait()
-        self._state.unbind()
 
     async def __aenter__(self) -> AioServer:
         return self
@@ -504,7 +426,7 @@ async def start_server(
     *,
     config: ServerConfig | None = None,
     backlog: int = 4096,
-    ssl: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     unix_mode: int | None = None,
     sock: socket.socket | None = None,
     metrics: Metrics | None = None,
@@ -515,85 +437,11 @@ async def start_server(
     ``handler``: an ``async def (Message) -> Message``, a plain function, or
     an :class:`~framewire.server.app.App`. Every setting of
     :class:`~framewire.server.config.ServerConfig` is a keyword. ``host``
-    may be ``"unix:PATH"`` (with permission ``unix_mode``); ``ssl`` serves
+    may be ``"unix:PATH"`` (with permission ``unix_mode``); ``ssl_context`` serves
     TLS (see :func:`framewire.io.tls.server_context`). ``sock``: serve a
     socket already listening instead of binding one.
     """
     config = ServerConfig.of(config, settings)
-    server = AioServer(handler, config, asyncio.get_running_loop(), ssl, metrics)
+    server = AioServer(handler, config, asyncio.get_running_loop(), ssl_context, metrics)
     await server._listen(host, port, backlog, unix_mode, sock)
     return server
-
-
-def _loop_factory(config: ServerConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # The loop polls a while before it sleeps, as the epoll loop does
-    # (busy_poll): sleeping and waking is most of a round trip here
-    # (docs/performance.md, "Busy polling").
-    if not config.busy_poll:
-        return None
-    limit = config.busy_poll / 1e6
-    return lambda: asyncio.SelectorEventLoop(BusyPollSelector(limit))
-
-
-def run(
-    handler: Handler,
-    host: str,
-    port: int,
-    config: ServerConfig,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    unix_mode: int | None = None,
-    sock: socket.socket | None = None,
-    metrics: Metrics | None = None,
-    use_uvloop: bool = False,
-    on_ready: Callable[[AioServer], None] | None = None,
-) -> None:
-    """Serve in this (main) thread until SIGINT/SIGTERM, the command line's
-    driver: the first signal drains within ``grace``; a second, or the end
-    of the grace period, stops at once even if a handler is stuck."""
-    holder: list[AioServer] = []
-
-    def drain(signum: int) -> None:
-        # In the signal handler: hand the work to the loop.
-        if holder:
-            server = holder[0]
-            server._loop.call_soon_threadsafe(server._signalled, signum)
-
-    def snapshot() -> tuple[list[str], int]:
-        return holder[0]._state.snapshot() if holder else ([], 0)
-
-    stopper = Stopper(config.grace, drain, snapshot)
-
-    async def main() -> None:
-        server = await start_server(
-            handler,
-            host,
-            port,
-            config=config,
-            ssl=ssl_context,
-            unix_mode=unix_mode,
-            sock=sock,
-            metrics=metrics,
-        )
-        holder.append(server)
-        if on_ready is not None:
-            on_ready(server)
-        await server.wait_closed()
-
-    stopper.install()
-    stopper.serving = True
-    try:
-        if use_uvloop:
-            import uvloop  # noqa: PLC0415  (optional)
-
-            uvloop.run(main())  # (libuv's loop: no polling before it sleeps)
-        else:
-            with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
-                runner.run(main())
-    except StopNow:
-        busy, connections = stopper.at_stop or snapshot()
-        log_stop_now(log, busy, connections)
-    finally:
-        stopper.serving = False
-        stopper.restore()
-    log.info("server stopped")

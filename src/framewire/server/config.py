@@ -10,31 +10,18 @@ drift apart.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from framewire.core import limits
+from framewire.core.settings import Setting, check, declared, setting
 
 __all__ = ["ServerConfig", "Setting", "settings"]
 
 
-@dataclass(frozen=True)
-class Setting:
-    """What a setting accepts and how to explain it."""
-
-    help: str
-    minimum: float = 0
-    #: True when the minimum itself is not allowed (a timeout of 0).
-    above_minimum: bool = False
-    maximum: float = math.inf
-
-
-def _setting(default: Any, help: str, **bounds: Any) -> Any:
-    return field(default=default, metadata={"setting": Setting(help, **bounds)})
+_setting = setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,22 +138,7 @@ class ServerConfig:
         object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         object.__setattr__(self, "_networks", tuple(networks))
         object.__setattr__(self, "_uids", frozenset(uids))
-        for item in dataclasses.fields(self):
-            if "setting" not in item.metadata:
-                continue
-            setting: Setting = item.metadata["setting"]
-            value = getattr(self, item.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{item.name} must be a number, not {value!r}")
-            if item.type == "int" and not isinstance(value, int):
-                raise TypeError(f"{item.name} must be an integer, not {value!r}")
-            low = value <= setting.minimum if setting.above_minimum else value < setting.minimum
-            if low or value > setting.maximum or math.isnan(value):
-                relation = ">" if setting.above_minimum else ">="
-                allowed = f"{relation} {setting.minimum:g}"
-                if setting.maximum != math.inf:
-                    allowed = f"within {setting.minimum:g}..{setting.maximum:g}"
-                raise ValueError(f"{item.name} must be {allowed}, not {value}")
+        check(self)
 
     @classmethod
     def of(cls, config: ServerConfig | None, settings: dict[str, Any]) -> ServerConfig:
@@ -200,8 +172,4 @@ class ServerConfig:
 
 def settings() -> list[tuple[str, type, Any, Setting]]:
     """Each setting: its name, type (int or float), default and description."""
-    return [
-        (item.name, int if item.type == "int" else float, item.default, item.metadata["setting"])
-        for item in dataclasses.fields(ServerConfig)
-        if "setting" in item.metadata
-    ]
+    return declared(ServerConfig)

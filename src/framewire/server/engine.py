@@ -241,11 +241,6 @@ class ServerConnection:
             wanted |= READ
         return wanted
 
-    def reading(self) -> bool:
-        """Whether the driver should read from the peer now (see :meth:`interest`)."""
-        wanted = self.interest()
-        return wanted != CLOSE and bool(wanted & READ)
-
     @property
     def finished(self) -> bool:
         """Nothing more will be sent: the driver closes the connection (see :meth:`interest`)."""

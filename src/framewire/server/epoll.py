@@ -8,18 +8,28 @@ attributes (``server.grace``), and subclasses of a user's own, in either build.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
+from framewire.io import poller
 from framewire.io.netio import raise_descriptor_limit
 from framewire.server.config import ServerConfig
+from framewire.server.engine import ServerConnection
 from framewire.server.epoll_loop import _Serving
+from framewire.server.stopping import StopNow, log_stop_now
+from framewire.server.view import ServerView
 
 __all__ = ["Server", "raise_descriptor_limit"]
 
+log = logging.getLogger("framewire.server")
 
-class Server(_Serving):
+
+class Server(_Serving, ServerView):
     """A framed-message server for one handler (``Message -> Message``).
 
     >>> from framewire.server.app import echo
@@ -48,33 +58,8 @@ class Server(_Serving):
             return getattr(self.config, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The (host, port) the server listens on; the real port when 0 was
-        asked; ``("unix:PATH", 0)`` on a Unix socket."""
-        if self._state.address is None:
-            raise RuntimeError("the server is not bound yet: call start() or bind()")
-        return self._state.address
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on."""
-        return self.address[1]
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (with those in their TLS handshake)."""
-        return self._state.open
-
-    @property
-    def connections_total(self) -> int:
-        """Connections accepted since the start."""
-        return self._state.connections_total
-
-    @property
-    def requests_total(self) -> int:
-        """Requests received since the start."""
-        return self._state.requests_total([c.engine for c in list(self._conns.values())])
+    def _engines(self) -> list[ServerConnection]:
+        return [conn.engine for conn in list(self._conns.values())]
 
     def start(self) -> Self:
         """Bind, then serve in a background thread; returns self."""
@@ -99,3 +84,52 @@ class Server(_Serving):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def bind(self) -> None:
+        """Create the listening socket (done by :meth:`start`/:meth:`serve_forever`).
+
+        Raises ``OSError`` (``EADDRINUSE`` when the port is taken).
+        """
+        if self._listener is None:
+            self._listener = self._state.bind(
+                self.host, self.requested_port, self.backlog, self.unix_mode, self._given
+            )
+
+    def serve_forever(
+        self, *, handle_signals: bool = False, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        """Serve until :meth:`shutdown` (or SIGINT/SIGTERM with ``handle_signals``).
+
+        ``handle_signals`` works only in the main thread. The first signal
+        drains (answers what is in flight, up to ``grace`` seconds); a
+        second signal, or the end of the grace period, stops at once, even
+        while a handler is stuck. ``on_ready`` is called once the server
+        listens and its signal handlers are in place.
+        """
+        self.bind()
+        assert self._listener is not None
+        if handle_signals:
+            self._stopper.install(self._waker.write_fileno())
+        poll = self._poller = poller.Poller()
+        poll.register(self._waker.fileno(), poller.READ)
+        self._running.set()
+        try:
+            if on_ready is not None:
+                on_ready()
+            self._state.listening(poll, time.monotonic())
+            self._stopper.serving = True
+            self._loop(poll)
+        except StopNow:
+            busy, connections = self._stopper.at_stop or self._state.snapshot()
+            log_stop_now(log, busy, connections)
+        finally:
+            self._stopper.serving = False
+            for conn in list(self._conns.values()):
+                with contextlib.suppress(Exception):
+                    self._close(conn)
+            poll.close()
+            self._state.close(time.monotonic())
+            self._waker.close()
+            self._stopper.restore()
+            self._finished.set()
+            log.info("server stopped")

@@ -1,18 +1,12 @@
 """The epoll driver's loop: one thread, one poller, any number of connections.
 
-(Compiled by mypyc in a wheel built with a compiler; the public class,
-:class:`framewire.server.epoll.Server`, is a Python subclass of its
-:class:`_Serving`.)
-
-Only a loop: readiness, reads, writes, timers. Each connection is a
-transport (:mod:`framewire.io.transport`, plain or TLS alike) beside its
-engine (:mod:`framewire.server.engine`); what the server decides about
-connections (admission, counting, stopping) is its
-:class:`~framewire.server.state.ServerState`. The poller is epoll on Linux
-(``selectors`` elsewhere) and asks for write readiness only while an engine
-has bytes to send; answers go out coalesced into as few sends as possible.
-Timers live in one timing wheel, moved only when a deadline moves earlier.
-Handlers that answer later post back through a wake-up.
+Only a loop (compiled by mypyc where a compiler is; the public class is
+:class:`framewire.server.epoll.Server`): readiness, reads, writes, timers.
+Each connection is a transport (:mod:`framewire.io.transport`, plain or TLS
+alike) beside its engine (:mod:`framewire.server.engine`); admission,
+counting and stopping are the :class:`~framewire.server.state.ServerState`'s.
+Write readiness is asked for only while an engine has bytes to send, and
+timers live in one wheel, moved only when a deadline moves earlier.
 """
 
 from __future__ import annotations
@@ -20,23 +14,18 @@ from __future__ import annotations
 import _socket
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
 from framewire.io import poller
-from framewire.io.netio import (
-    describe,
-    listener_host,
-    readable_now,
-    tls_problem,
-)
+from framewire.io.netio import listener_host, readable_now
 from framewire.io.poller import BusyPoll, poll_busily
 from framewire.io.timers import TimerWheel
 from framewire.io.transport import TlsTransport, Transport
@@ -46,7 +35,7 @@ from framewire.server.engine import LINGER, ServerConnection
 from framewire.server.handlers import Dispatcher
 from framewire.server.metrics import Metrics
 from framewire.server.state import ServerState, check_listen
-from framewire.server.stopping import StopNow, Stopper, log_stop_now
+from framewire.server.stopping import Stopper
 
 __all__: list[str] = []
 
@@ -76,12 +65,9 @@ class _Socket:
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
 
 
-# Compiled by mypyc, a native class that allows subclasses written in Python
-# (framewire.server.epoll.Server is one; mypyc then refuses a __getattr__
-# here, so the config's values as attributes are Server's). Its private
-# methods call each other as _Serving._name(self, ...), not self._name(...):
-# compiled, the latter goes through the vtable, which for a Python subclass
-# looks the method up by name; the former is a direct C call.
+# A native class open to Python subclasses (Server). Its methods call each
+# other as _Serving._name(self, ...): compiled, a direct C call, where
+# self._name(...) on a Python subclass is a look-up by name.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class _Serving:
     """Everything of :class:`Server` but the config's values as attributes."""
@@ -118,9 +104,8 @@ class _Serving:
         self._poller: Any = None
         self._waker = poller.Waker()
         self._conns: dict[int, _Socket] = {}  # every connection with a socket, by descriptor
-        # TLS connections whose reading resumed with bytes already decrypted
-        # inside OpenSSL: no readiness event announces those, so the loop
-        # reads them itself on its next turn (see _flush).
+        # Connections with bytes held above the socket (TLS), which no
+        # readiness event announces: read on the loop's next turn (see _flush).
         self._held: list[_Socket] = []
         self._timers: TimerWheel[_Socket] = TimerWheel()
         self._dispatcher = Dispatcher(
@@ -136,18 +121,6 @@ class _Serving:
         self._running = threading.Event()
         self._finished = threading.Event()
 
-    # -- life cycle (the rest is Server's, in framewire.server.epoll) ----------
-
-    def bind(self) -> None:
-        """Create the listening socket (done by :meth:`start`/:meth:`serve_forever`).
-
-        Raises ``OSError`` (``EADDRINUSE`` when the port is taken).
-        """
-        if self._listener is None:
-            self._listener = self._state.bind(
-                self.host, self.requested_port, self.backlog, self.unix_mode, self._given
-            )
-
     def shutdown(self) -> None:
         """Ask the server to stop: stop accepting, answer what is in flight
         within the grace period, close everything. Safe from any thread and
@@ -157,55 +130,12 @@ class _Serving:
         self._stop_requested = True
         self._waker.wake()
 
-    def serve_forever(
-        self, *, handle_signals: bool = False, on_ready: Callable[[], None] | None = None
-    ) -> None:
-        """Serve until :meth:`shutdown` (or SIGINT/SIGTERM with ``handle_signals``).
-
-        ``handle_signals`` works only in the main thread. The first signal
-        drains (answers what is in flight, up to ``grace`` seconds); a
-        second signal, or the end of the grace period, stops at once, even
-        while a handler is stuck. ``on_ready`` is called once the server
-        listens and its signal handlers are in place.
-        """
-        self.bind()
-        assert self._listener is not None
-        if handle_signals:
-            self._stopper.install(self._waker.write_fileno())
-        poll = self._poller = poller.Poller()
-        poll.register(self._waker.fileno(), _READ)
-        self._running.set()
-        try:
-            if on_ready is not None:
-                on_ready()
-            self._state.listening(poll, time.monotonic())
-            self._stopper.serving = True
-            _Serving._loop(self, poll)
-        except StopNow:
-            busy, connections = self._stopper.at_stop or self._state.snapshot()
-            log_stop_now(log, busy, connections)
-        finally:
-            self._stopper.serving = False
-            self._dispatcher.close()
-            for conn in list(self._conns.values()):
-                with contextlib.suppress(Exception):
-                    _Serving._close(self, conn)
-            poll.close()
-            self._state.unbind()
-            self._waker.close()
-            self._stopper.restore()
-            self._state.summary_line(time.monotonic(), (), last=True)
-            self._finished.set()
-            log.info("server stopped")
-
     def _on_signal(self, signum: int) -> None:
         # The first signal (see stopping.py for the second): only flags and a
         # wake-up here, since logging from a signal handler can re-enter a
         # stream write the handler interrupted.
         self._signal_received = signum
         self.shutdown()
-
-    # -- the loop -------------------------------------------------------------
 
     def _loop(self, poll: Any) -> None:
         wait = poll.poll
@@ -221,14 +151,12 @@ class _Serving:
         now = time.monotonic()
         polling = BusyPoll(self.config.busy_poll / 1e6) if self.config.busy_poll else None
         while True:
-            due = timers.next_due()
-            if due is None or state.summary.next_at < due:
-                due = state.summary.next_at if state.summary.next_at != float("inf") else None
-            timeout = None if due is None else max(0.0, due - now)
+            due = min(timers.next_due() or math.inf, state.summary.next_at)
+            if stopping_since is not None:
+                due = min(due, now + 0.05)  # the stop's turns: answered, closed, checked
+            timeout = None if due == math.inf else max(0.0, due - now)
             if self._held or (stopping_since is not None and turns_stopping < 2):
                 timeout = 0.0
-            elif stopping_since is not None:
-                timeout = min(timeout if timeout is not None else 0.05, 0.05)
             pause = acceptor.wait(now)
             if pause is not None:
                 timeout = pause if timeout is None else min(timeout, pause)
@@ -286,8 +214,6 @@ class _Serving:
             if conn.engine.handshaking:
                 _Serving._close(self, conn)  # not yet a channel: nothing is owed on it
 
-    # -- accepting ------------------------------------------------------------
-
     def _accept(self, now: float) -> None:
         state = self._state
         acceptor = state.acceptor
@@ -295,9 +221,8 @@ class _Serving:
         assert acceptor is not None and listener is not None
         family = listener.family
         tls = self.ssl_context
-        # A plain connection is the C socket type itself, not socket.socket,
-        # whose Python __init__ and close() layers are a noticeable part of a
-        # connection that carries one request. ssl needs a socket.socket to wrap.
+        # The C socket type itself where ssl need not wrap it: socket.socket's
+        # Python layers are a noticeable part of a one-request connection.
         make_socket = _socket.socket if tls is None else socket.socket
         accepted = acceptor.accept(now)
         if accepted:
@@ -309,16 +234,12 @@ class _Serving:
                 continue  # refused at once, or an untrusted balancer: closed, logged
             if family != socket.AF_UNIX and not _NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            io = Transport(sock, fd)
-            if engine.handshaking:
-                try:
-                    wrapped = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)  # type: ignore[union-attr,arg-type]
-                except (OSError, ValueError) as exc:
-                    log.info("connection from %s: TLS could not start: %s", engine.peer, exc)
-                    sock.close()
-                    state.closed(engine)
-                    continue
-                io = TlsTransport(wrapped, fd)
+            try:
+                io = Transport(sock, fd) if tls is None else TlsTransport.wrap(tls, sock, fd)
+            except (OSError, ValueError) as exc:
+                log.info("connection from %s: TLS could not start: %s", engine.peer, exc)
+                state.closed(engine)
+                continue
             conn = engine.driver = _Socket(io, engine)
             self._conns[fd] = conn
             self._poller.register(fd, _READ)
@@ -342,24 +263,20 @@ class _Serving:
         try:
             wanted = conn.io.handshake()
         except OSError as exc:  # refused certificate, not TLS at all, reset, closed
-            problem = tls_problem(exc, server=True) if isinstance(exc, ssl.SSLError) else describe(exc)
-            log.info("connection from %s: TLS handshake failed: %s", conn.engine.peer, problem)
-            _Serving._close(self, conn)
+            conn.closed = True
+            _Serving._forget(self, conn)
+            conn.io.close(goodbye=False)
+            self._state.handshake_failed(conn.engine, exc)
             return
         if wanted:
-            if wanted > 0 and wanted != conn.events:
-                conn.events = wanted
-                self._poller.modify(conn.fd, wanted)
+            if wanted > 0:
+                _Serving._want(self, conn, wanted)
             return
         engine = conn.engine
         engine.secured(now, *conn.io.secured())
         self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
-        if conn.events != _READ:
-            conn.events = _READ
-            self._poller.modify(conn.fd, _READ)
+        _Serving._want(self, conn, _READ)
         _Serving._on_readable(self, conn, now)  # the first request may have come with the handshake
-
-    # -- reading, answering, writing ----------------------------------------------
 
     def _on_readable(self, conn: _Socket, now: float) -> None:
         engine = conn.engine
@@ -409,20 +326,21 @@ class _Serving:
         finally:
             state.in_handler = None
         if read:
-            # A message under way may have a deadline earlier than the
-            # connection's timer (which the wheel only ever moves earlier).
-            deadline = engine.deadline
-            if deadline is not None and deadline < self._timers.scheduled_at(conn):
-                self._timers.schedule(conn, deadline)
+            _Serving._sooner(self, conn)
             _Serving._flush(self, conn, now)
 
+    def _sooner(self, conn: _Socket) -> None:
+        # A message under way, or an answer sent, may bring the deadline
+        # earlier than the connection's timer (the wheel only moves earlier).
+        deadline = conn.engine.deadline
+        if not conn.closed and deadline is not None and deadline < self._timers.scheduled_at(conn):
+            self._timers.schedule(conn, deadline)
+
     def _reset(self, conn: _Socket) -> bool:
-        # The peer reset the connection (or it failed otherwise). With nothing
-        # owed, nothing half received and nothing unread, it is closed without
-        # the read, which would only raise ECONNRESET: clients that end every
-        # connection with SO_LINGER 0 pay that raise on each, a cost of the
-        # order of the connection's own work. False: read as usual, so every
-        # complete request that came before the reset reaches its handler.
+        # A reset with nothing at stake and nothing unread is closed without
+        # the read, which would only raise ECONNRESET (a cost of the order of
+        # a connection's work, for clients that end with SO_LINGER 0). False:
+        # read as usual, so every request sent before the reset is answered.
         if conn.engine.at_stake or not conn.io.nothing_unread():
             return False
         _Serving._close(self, conn, conn.io.error() if log.isEnabledFor(logging.DEBUG) else None)
@@ -436,9 +354,7 @@ class _Serving:
                 continue  # the peer left before its answer: dropped quietly
             try:
                 _Serving._flush(self, conn, now)
-                deadline = engine.deadline
-                if not conn.closed and deadline is not None and deadline < self._timers.scheduled_at(conn):
-                    self._timers.schedule(conn, deadline)
+                _Serving._sooner(self, conn)
             except Exception as exc:
                 _Serving._fault(self, conn, exc)
 
@@ -459,15 +375,22 @@ class _Serving:
         wanted = engine.interest()
         if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
             wanted = _READ  # the peer's last requests are still unread: read them first
+        if wanted == LINGER:
+            # The lingering close after an error answer (ServerConnection.linger):
+            # a FIN after the answer, then the peer's bytes are read and dropped.
+            engine.linger(now)
+            self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # set by linger()
+            wanted = _READ if conn.io.half_close() else -1
         if wanted < 0:
-            if wanted != LINGER or not _Serving._half_close(self, conn, now):
-                _Serving._close(self, conn)
-                return
-            wanted = _READ
+            _Serving._close(self, conn)
+            return
         if wanted & _READ and conn.io.pending():
             # Reading stopped (the high-water mark) or resumes with bytes
             # already decrypted inside OpenSSL: no readiness event will say so.
             self._held.append(conn)
+        _Serving._want(self, conn, wanted)
+
+    def _want(self, conn: _Socket, wanted: int) -> None:
         if wanted != conn.events:
             conn.events = wanted
             self._poller.modify(conn.fd, wanted)
@@ -482,16 +405,6 @@ class _Serving:
                 _Serving._on_readable(self, conn, now)
             except Exception as exc:
                 _Serving._fault(self, conn, exc)
-
-    # -- timers and closing -------------------------------------------------------
-
-    def _half_close(self, conn: _Socket, now: float) -> bool:
-        # The lingering close after an error answer (see ServerConnection.linger):
-        # a FIN after the answer, then the peer's bytes are read and dropped.
-        # False: the socket is gone, close it now.
-        conn.engine.linger(now)
-        self._timers.schedule(conn, conn.engine.deadline)  # type: ignore[arg-type]  # set by linger()
-        return conn.io.half_close()
 
     def _run_timers(self, now: float) -> None:
         # Deadlines are checked when their slot comes, not moved on every
@@ -524,10 +437,13 @@ class _Serving:
         if conn.closed:
             return
         conn.closed = True
+        _Serving._forget(self, conn)
+        engine = conn.engine
+        conn.io.close(goodbye=lost is None and not engine.closed and not engine.handshaking)
+        self._state.closed(engine, None if lost is None else lost.strerror or lost)
+
+    def _forget(self, conn: _Socket) -> None:
         del self._conns[conn.fd]
         self._timers.cancel(conn)
         if self._poller is not None:
             self._poller.forget(conn.fd)
-        engine = conn.engine
-        conn.io.close(goodbye=lost is None and not engine.closed and not engine.handshaking)
-        self._state.closed(engine, None if lost is None else lost.strerror or lost)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import inspect
 import logging
@@ -45,7 +46,7 @@ from framewire.server.app import takes_peer
 from framewire.server.engine import LATER, ServerConnection, Slot
 from framewire.server.peer import Cancel, Context
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "LoopDispatcher"]
 
 log = logging.getLogger("framewire.server")
 
@@ -354,3 +355,26 @@ class Dispatcher:
                 self._on_loop(conn, slot, result, deadline)
             else:
                 self._post(conn, slot, result)
+
+
+class LoopDispatcher(Dispatcher):
+    """The dispatcher of an event loop server: coroutines run on that loop,
+    answers from the pool come back with ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[..., None], **kwargs: Any) -> None:
+        super().__init__(wake=lambda: None, **kwargs)
+        self._server_loop = loop
+        self._deliver = deliver
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._server_loop
+
+    def _post(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        # RuntimeError: the loop is closed, the server has stopped, and the
+        # answer has nowhere to go.
+        with contextlib.suppress(RuntimeError):
+            self._server_loop.call_soon_threadsafe(self._arrived, conn, slot, result)
+
+    def _arrived(self, conn: ServerConnection, slot: Slot, result: Message | BaseException) -> None:
+        self._finished(conn, slot)
+        self._deliver(conn, slot, result)

@@ -37,10 +37,12 @@ from framewire.core.message import Message
 from framewire.io.acceptor import Acceptor
 from framewire.io.memory import keep_freed_memory
 from framewire.io.netio import (
+    describe,
     listener_host,
     open_listener,
     remove_unix,
     show_address,
+    tls_problem,
     unix_path,
     unix_peer,
     unix_peer_uid,
@@ -270,6 +272,24 @@ class ServerState:
         if debug and not (handshaking or engine.quiet):
             log.debug("connection from %s closed (%d open)", engine.peer, self.open)
 
+    def handshake_failed(self, engine: ServerConnection, exc: BaseException | None) -> None:
+        """``engine``'s TLS handshake failed with ``exc`` (None: for no
+        reason given): log why, in words, and count it closed."""
+        peer = engine.peer
+        if isinstance(exc, ssl.SSLError):
+            log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
+        elif isinstance(exc, TimeoutError | ConnectionAbortedError):
+            log.info(
+                "connection from %s: TLS handshake not done %g s after the connection opened: closing",
+                peer,
+                self.config.message_timeout,
+            )
+        elif isinstance(exc, OSError):
+            log.info("connection from %s: TLS handshake failed: %s", peer, describe(exc))
+        elif exc is not None:
+            log.info("connection from %s could not be set up: %s", peer, exc)
+        self.closed(engine)
+
     # -- counting ----------------------------------------------------------------------
 
     def requests_total(self, engines: Iterable[ServerConnection]) -> int:
@@ -345,6 +365,13 @@ class ServerState:
             f" (handlers still running for {', '.join(busy)})" if busy else "",
         )
         return True
+
+    def close(self, now: float) -> None:
+        """The server has stopped: the handlers' pool and loop end, the
+        listener closes, the last summary line is logged."""
+        self.dispatcher.close()
+        self.unbind()
+        self.summary_line(now, (), last=True)
 
     def snapshot(self) -> tuple[list[str], int]:
         """Who is at work and how many are open: what a forced stop logs."""
