@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from framewire import Decoder, Message, encode_many
+from framewire.client import Client
 from framewire.server import Server
 from framewire.server.app import Handler, echo
 
@@ -131,9 +132,6 @@ def running(handler: Handler = echo, **options: Any) -> Iterator[Any]:
 def running_aio(handler: Handler = echo, **options: Any) -> Iterator[Any]:
     """framewire.aio's server, on an event loop in a background thread."""
     from framewire import aio
-
-    if "ssl_context" in options:
-        options["ssl"] = options.pop("ssl_context")
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-aio-loop", daemon=True)
@@ -323,3 +321,64 @@ def pytest_ignore_collect(collection_path: Any, config: Any) -> bool | None:
     if only and name.startswith("test_") and name.endswith(".py"):
         return name not in only.split(",")
     return None
+
+
+class SyncAioClient:
+    """The asyncio client, called as the blocking one is: each call runs on
+    an event loop of its own in a background thread. So one contract test
+    can run every client through the same cases."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 65432, **options: Any) -> None:
+        from framewire.client.aio import AioClient
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-aio-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> AioClient:
+            return AioClient(host, port, **options)
+
+        self.client = self._run(make())
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(60)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def connect(self) -> SyncAioClient:
+        self._run(self.client._open(None))
+        return self
+
+    def request(self, message: Message, **kwargs: Any) -> Message:
+        return self._run(self.client.request(message, **kwargs))  # type: ignore[no-any-return]
+
+    def request_many(self, messages: Any, **kwargs: Any) -> list[Message]:
+        return self._run(self.client.request_many(list(messages), **kwargs))  # type: ignore[no-any-return]
+
+    def ping(self, **kwargs: Any) -> float:
+        return self._run(self.client.ping(**kwargs))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self.client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncAioClient:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+CLIENTS = ["blocking", "asyncio"]
+
+
+def make_client(kind: str, host: str = "127.0.0.1", port: int = 65432, **options: Any) -> Any:
+    """A client of ``kind`` ("blocking" or "asyncio"), called the blocking way."""
+    if kind == "blocking":
+        return Client(host, port, **options)
+    return SyncAioClient(host, port, **options)

@@ -144,23 +144,21 @@ def test_a_pool_s_settings_reach_its_balancer_and_its_connections() -> None:
         "127.0.0.1:2",
     ]
     options = pool._client_options(pool.members[0])
-    assert options["timeout"] == 3.0 and options["retry"] == NO_RETRY  # the pool fails over itself
-    assert options["server_hostname"] == "127.0.0.1"
+    assert options.timeout == 3.0 and options.retry == NO_RETRY  # the pool fails over itself
+    assert options.server_hostname == "127.0.0.1"
     one = PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, keepalive=5)
-    assert one._client_options(one.members[0])["keepalive"] == 5
-    assert PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, timeout_override=1)._options == {
-        "timeout_override": 1
-    }
+    assert one._client_options(one.members[0]).keepalive == 5
+    with pytest.raises(TypeError, match="timeout_override"):  # an option no client has: refused, named
+        PoolBase(["127.0.0.1:1"], size=1, timeout=3.0, timeout_override=1)
     defaults = PoolBase(["127.0.0.1:1"], size=1)
     assert (defaults.timeout, defaults.balancer.max_failures, defaults.balancer.probe_after) == (10.0, 2, 1.0)
-    assert defaults.balancer.strategy == "round-robin" and defaults.retry == Retry()
+    assert defaults.balancer.strategy == "round-robin" and defaults.options.retry == Retry()
     untimed = PoolBase(["127.0.0.1:1"], size=1, timeout=None)
-    assert untimed._client_options(untimed.members[0])["timeout"] is None
+    assert untimed._client_options(untimed.members[0]).timeout is None
     named = PoolBase(["localhost:1"], size=1)  # issue 37: TLS checks the name given, not the address
-    assert {named._client_options(m)["server_hostname"] for m in named.members} == {"localhost"}
-    assert "server_hostname" not in PoolBase(["unix:/x"], size=1)._client_options(
-        Member("unix:/x", 0, "unix:/x")
-    )
+    assert {named._client_options(m).server_hostname for m in named.members} == {"localhost"}
+    unix = PoolBase(["unix:/x"], size=1)._client_options(Member("unix:/x", 0, "unix:/x"))
+    assert unix.server_hostname is None
     with pytest.raises(ValueError, match=r"^a pool keeps at least one connection per member \(size >= 1\)$"):
         PoolBase(["127.0.0.1:1"], size=0)
 

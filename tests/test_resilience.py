@@ -493,8 +493,7 @@ def test_a_pool_checks_a_certificate_against_the_name_it_was_given(pool_kind: st
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     only_the_name.configure_cert(context)
     with running(echo, ssl_context=context) as server:
-        option = "ssl_context" if pool_kind == "blocking" else "ssl"
-        outcomes = _pool_calls(pool_kind, [("localhost", server.port)], 3, **{option: tls().client()})
+        outcomes = _pool_calls(pool_kind, [("localhost", server.port)], 3, ssl_context=tls().client())
     assert outcomes == ["ok"] * 3
 
 

@@ -186,7 +186,7 @@ def test_a_stalled_handshake_is_cut_at_the_message_deadline(caplog: pytest.LogCa
 
 def test_the_asyncio_client_speaks_tls() -> None:
     async def exchange(port: int) -> dict[str, Any]:
-        client = await aio_connect("127.0.0.1", port, ssl=tls().client(with_cert=True))
+        client = await aio_connect("127.0.0.1", port, ssl_context=tls().client(with_cert=True))
         try:
             return (await client.request(Message.from_text("hi"))).json()  # type: ignore[no-any-return]
         finally:

@@ -38,6 +38,7 @@ from framewire.core.message import Message
 if TYPE_CHECKING:
     from framewire.client import Client
     from framewire.client.concurrent import ConnectionReport, echo_concurrently, request_concurrently
+    from framewire.client.options import DEFAULT, ClientOptions
     from framewire.client.pool import Pool
     from framewire.client.retry import Retry
     from framewire.server import Server
@@ -52,6 +53,8 @@ _LAZY = {
     "echo": "framewire.server.app",
     "search_app": "framewire.server.app",
     "Client": "framewire.client",
+    "ClientOptions": "framewire.client.options",
+    "DEFAULT": "framewire.client.options",
     "ConnectionReport": "framewire.client.concurrent",
     "Context": "framewire.server.peer",
     "Pool": "framewire.client.pool",
@@ -85,11 +88,13 @@ __all__ = [
     "BadHeaderLength",
     "BadHeaderValue",
     "Client",
+    "ClientOptions",
     "ConnectionClosed",
     "ConnectionReport",
     "ContentError",
     "ContentTooLarge",
     "Context",
+    "DEFAULT",
     "Decoder",
     "ErrorResponse",
     "Failure",

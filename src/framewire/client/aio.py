@@ -2,11 +2,14 @@
 
 Many tasks may call :meth:`AioClient.request` on one connection at once: each
 request is written at once (pipelined) and its caller waits for the answer
-in its place, since the server answers in request order. A caller that is
-cancelled or times out leaves its place in the queue: its answer, when it
-comes, is dropped, so no later caller ever gets an earlier call's answer. A
-connection lost mid-way fails every waiting call with the blocking
-client's errors (``ConnectionClosed``, ``IncompleteMessage``,
+in its place, since the server answers in request order. The client engine
+(:mod:`framewire.client.connection`) is the blocking client's: the same
+options, ids, deadlines, pings and checks, and the same meaning for an
+answer nobody asked for, a wrong id, a timeout or a loss. A caller that is
+cancelled leaves its place in the queue: its answer, when it comes, is
+dropped; a caller that times out aborts the connection, as the blocking
+client does. A connection lost mid-way fails every waiting call with the
+blocking client's errors (``ConnectionClosed``, ``IncompleteMessage``,
 ``ConnectionResetError``); error responses raise :class:`ErrorResponse`
 (or are returned, with ``check=False``).
 
@@ -21,33 +24,21 @@ a framewire server cancels the work under way for it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import logging
-import math
 import socket
-import ssl as ssl_module
 import struct
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from framewire.client.retry import (
-    MAX_CONNECTION_AGE,
-    Retry,
-    checked_age,
-    lost_in_exchange,
-    next_delay,
-    retire_at,
-    worth_reconnecting,
-)
-from framewire.core import limits
-from framewire.core.decoder import Decoder, encode_many
-from framewire.core.errors import ConnectionClosed, ErrorResponse, IncompleteMessage, ProtocolError
+from framewire.client.connection import ClientConnection
+from framewire.client.options import DEFAULT, ClientOptions, Default
+from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
+from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
 log = logging.getLogger("framewire.client")
@@ -90,58 +81,28 @@ class _Protocol(asyncio.Protocol):
 
 class AioClient:
     """A connection to a framewire (or guide-written) server, for asyncio
-    (made by :func:`connect`, whose parameters it keeps)."""
+    (made by :func:`connect`). Every option of
+    :class:`~framewire.client.options.ClientOptions` is a keyword, or pass
+    ``options=``; the client's values read as attributes."""
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 65432,
         *,
-        timeout: float | None = 10.0,
-        check: bool = True,
-        max_header_size: int = limits.MAX_HEADER_SIZE,
-        max_content_length: int = limits.MAX_CONTENT_LENGTH,
-        ssl: ssl_module.SSLContext | None = None,
-        server_hostname: str | None = None,
-        connect_timeout: float | None = -1.0,
-        keepalive: float = limits.KEEPALIVE,
-        ids: bool = False,
-        deadlines: bool = False,
-        retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
-        heartbeat: float = 0.0,
-        max_connection_age: float | None = MAX_CONNECTION_AGE,
+        options: ClientOptions | None = None,
+        **settings: Any,
     ) -> None:
         self.host = host
         self.port = port
-        self.timeout = timeout
-        self.check = check
-        self._limits = (max_header_size, max_content_length)
-        self._ssl = ssl
-        self._server_hostname = server_hostname
-        self.connect_timeout = timeout if connect_timeout == -1.0 else connect_timeout  # -1: as timeout
-        self.keepalive = keepalive
-        #: Tag each request with a framewire-id and check its answer carries it.
-        self.ids = ids
-        #: Tell the server how long each call will wait (framewire-deadline).
-        self.deadlines = deadlines
-        self.retry = retry
-        #: Seconds of idleness before a ping (0: no heartbeat).
-        self.heartbeat = heartbeat
-        #: Seconds before a connection is replaced between calls (None: kept).
-        self.max_connection_age = checked_age(max_connection_age)
-        self._retire_at = math.inf
+        #: Every option of the client (also readable as its attributes).
+        self.options = ClientOptions.of(options, settings)
         self.where = where(host, port)
-        self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
-        # One future per request sent and not yet answered, in order.
-        self._waiting: collections.deque[asyncio.Future[Message]] = collections.deque()
+        self._conn: ClientConnection | None = None
         self._transport: asyncio.Transport | None = None
-        self._failure: BaseException | None = None
-        self._idents: collections.deque[int] = collections.deque()  # with ids: in step with _waiting
-        self._next_id = 0
         self._opening: asyncio.Lock | None = None
         self._generation = 0  # of the connection: one per dial
         self._closed = False  # by close(): no more reconnecting
-        self._last_used = 0.0
         self._beat: asyncio.Task[None] | None = None
         self._refused: OSError | None = None  # the last refused attempt of the opening under way
         # Cleared while the transport holds more than _WRITE_HIGH unsent
@@ -150,61 +111,37 @@ class AioClient:
         self._writable = asyncio.Event()
         self._writable.set()
 
+    def __getattr__(self, name: str) -> Any:
+        # client.timeout, client.ids...: the options' values.
+        if name in ClientOptions.__dataclass_fields__:
+            return getattr(self.options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- the protocol's side ----------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
-        try:
-            messages = self._decoder.feed(data)
-        except IncompleteMessage as exc:
-            self._fail(exc)
+        conn = self._conn
+        if conn is None:
             return
-        except ProtocolError as exc:
-            self._fail(exc)
-            if self._transport is not None:
-                self._transport.close()  # the stream cannot be trusted after this
-            return
-        waiting = self._waiting
-        for message in messages:
-            if not waiting:
-                self._fail(ProtocolError("The server sent an answer nobody asked for."))
-                if self._transport is not None:
-                    self._transport.close()
-                return
-            future = waiting.popleft()  # this answer's place, in request order
-            if self.ids:
-                sent = self._idents.popleft()
-                if message.get(ID_KEY) != sent:
-                    self._fail(
-                        ProtocolError(
-                            f"the answer to request {sent!r} carries framewire-id {message.get(ID_KEY)!r}: "
-                            "the connection is out of step"
-                        ),
-                        first=future,
-                    )
-                    if self._transport is not None:
-                        self._transport.close()
-                    return
-            if not future.done():  # done: its caller gave up, and the answer is dropped
+        for future, message in conn.receive(data, time.monotonic()):
+            if isinstance(future, asyncio.Future) and not future.done():  # done: its caller gave up
                 future.set_result(message)
-        if not data:
-            self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
+        if conn.failure is not None:
+            # As the blocking client: the stream cannot be trusted after
+            # this; a reset tells the server to drop the work under way.
+            self._abort()
 
     def _lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self._fail(ConnectionResetError(f"{self.where} reset the connection ({exc})"))
-        else:
-            self._fail(ConnectionClosed(f"{self.where} closed the connection before answering"))
+        if self._conn is not None:
+            self._conn.lost(exc)
+            self._fail_waiting()
 
-    def _fail(self, exc: BaseException, first: asyncio.Future[Message] | None = None) -> None:
-        if self._failure is None:
-            self._failure = exc
-        if first is not None and not first.done():
-            first.set_exception(self._failure)
-        self._idents.clear()
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(self._failure)
+    def _fail_waiting(self) -> None:
+        conn = self._conn
+        assert conn is not None and conn.failure is not None
+        for future in conn.take_failed():
+            if isinstance(future, asyncio.Future) and not future.done():
+                future.set_exception(conn.failure)
 
     # -- the connection -------------------------------------------------------------------
 
@@ -212,33 +149,52 @@ class AioClient:
     def connected(self) -> bool:
         """True while the connection is open and usable."""
         transport = self._transport
-        return transport is not None and not transport.is_closing() and self._failure is None
+        conn = self._conn
+        return (
+            transport is not None and not transport.is_closing() and conn is not None and conn.failure is None
+        )
+
+    def _usable(self) -> bool:
+        # Open, not closed by the server meanwhile, not old enough to be replaced.
+        conn = self._conn
+        return (
+            self.connected
+            and conn is not None
+            and conn.reusable(time.monotonic())
+            and not self._idle_dropped()
+        )
 
     async def _open(self, deadline: float | None) -> None:
         # Open the connection if it is not (again, after a loss), connects
         # that are refused retried with back-off; one task opens, the others
         # wait for it.
-        if self.connected and not self._idle_dropped() and not self._retiring():
+        if self._usable():
             return
         if self._closed:
             raise ConnectionClosed(f"{self.where}: the connection was closed by this client")
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
-            if self.connected and not self._idle_dropped() and not self._retiring():
+            if self._usable():
                 return
             if self._transport is not None:
-                if self._retiring():
+                conn = self._conn
+                if self.connected and conn is not None and not conn.reusable(time.monotonic()):
                     log.debug("%s: the connection reached its age: opening a new one", self.where)
                     self._transport.close()  # nothing is owed on it: a plain close
                 else:
                     self._transport.abort()  # what is left of the old one
             self._transport = None
-            delays = self.retry.delays()
+            delays = self.options.retry.delays()
             self._refused = None
             while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    # The call's own deadline bounds the connect too; the
+                    # refusals before it are the cause a caller wants to see.
+                    text = f"no connection to {self.where} before the call's deadline"
+                    raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
                 try:
-                    await self._dial(_left(deadline, self.connect_timeout))
+                    await self._dial(_left(deadline, self.options.connect_limit))
                     break
                 except OSError as exc:
                     if not worth_reconnecting(exc):
@@ -249,15 +205,12 @@ class AioClient:
                         raise
             self._refused = None
 
-    def _retiring(self) -> bool:
-        # Old enough to be replaced, and nothing is waiting on it.
-        return not self._waiting and time.monotonic() >= self._retire_at
-
     def _idle_dropped(self) -> bool:
         # Before a call on an idle connection: has the server closed it
         # (its end of stream not yet seen by the loop)? Plain sockets only:
         # under TLS the loop's own reads are the check.
-        if self._waiting or self._ssl is not None or self._transport is None:
+        conn = self._conn
+        if conn is None or conn.in_flight or self.options.ssl_context is not None or self._transport is None:
             return False
         sock = self._transport.get_extra_info("socket")
         return sock is not None and readable_now(sock.fileno())
@@ -265,18 +218,23 @@ class AioClient:
     async def _dial(self, limit: float | None) -> None:
         loop = asyncio.get_running_loop()
         self._generation += 1
+        options = self.options
         path = unix_path(self.host)
-        server_hostname = self._server_hostname
-        if self._ssl is not None and server_hostname is None and path is None:
-            server_hostname = plain_host(self.host)
         tls: dict[str, Any] = {}
-        if self._ssl is not None:
-            tls = {"ssl": self._ssl, "server_hostname": server_hostname}
+        if options.ssl_context is not None:
+            server_hostname = options.server_hostname
+            if server_hostname is None and path is None:
+                server_hostname = plain_host(self.host)
+            tls = {"ssl": options.ssl_context, "server_hostname": server_hostname}
+        elif options.source_address is not None and path is None:
+            tls = {"local_addr": options.source_address}
         with translated(self.host, self.port, limit):
             async with asyncio.timeout(limit):
                 if path is not None:
                     transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), path, **tls)
                 else:
+                    if options.ssl_context is not None and options.source_address is not None:
+                        tls["local_addr"] = options.source_address
                     transport, _ = await loop.create_connection(
                         lambda: _Protocol(self), plain_host(self.host), self.port, **tls
                     )
@@ -284,22 +242,19 @@ class AioClient:
         if sock is not None and sock.family != socket.AF_UNIX:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                set_keepalive(sock, self.keepalive)
-        # A new connection: a new decoder, nothing of the old one's failure.
-        self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
-        self._failure = None
+                set_keepalive(sock, options.keepalive)
+        # A new connection: a new engine, nothing of the old one's failure.
+        self._conn = ClientConnection(options, time.monotonic(), self.where)
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         self._writable.set()
         self._transport = transport
-        self._last_used = time.monotonic()
-        self._retire_at = retire_at(self._last_used, self.max_connection_age)
-        if self.heartbeat > 0 and (self._beat is None or self._beat.done()):
+        if options.heartbeat > 0 and (self._beat is None or self._beat.done()):
             self._beat = asyncio.create_task(self._heartbeat())
 
     # -- the caller's side --------------------------------------------------------------
 
     async def request(
-        self, message: Message, *, timeout: float | None = -1.0, idempotent: bool = False
+        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
     ) -> Message:
         """Send ``message``; return its answer (raises as the module says).
 
@@ -311,7 +266,11 @@ class AioClient:
         return answer
 
     async def request_many(
-        self, messages: Iterable[Message], *, timeout: float | None = -1.0, idempotent: bool = False
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | Default | None = DEFAULT,
+        idempotent: bool = False,
     ) -> list[Message]:
         """Send every message at once (pipelined); return the answers, in order.
 
@@ -323,34 +282,21 @@ class AioClient:
         return await self._call(list(messages), timeout, idempotent, single=False)
 
     async def _call(
-        self, messages: list[Message], timeout: float | None, idempotent: bool, *, single: bool
+        self, messages: list[Message], timeout: float | Default | None, idempotent: bool, *, single: bool
     ) -> list[Message]:
-        limit = self.timeout if timeout == -1.0 else timeout
+        limit = self.options.seconds(timeout)
         deadline = None if limit is None else time.monotonic() + limit
-        delays = self.retry.delays()
+        delays = self.options.retry.delays()
         while True:
-            try:
-                async with asyncio.timeout(limit):
-                    await self._open(deadline)
-                    await self._writable.wait()
-            except TimeoutError as exc:
-                if self.connected:  # it would not take the request: a hung server
-                    self._abort()
-                    text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
-                    raise TimeoutError(errno.ETIMEDOUT, text) from exc
-                text = f"no connection to {self.where} within {limit:g} s"
-                raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
+            await self._ready_to_send(limit, deadline)
             futures = self._send(messages, deadline)
             try:
-                if single:
-                    answers = [await self._answer(futures[0], _left(deadline, None))]
-                else:
-                    try:
-                        async with asyncio.timeout(_left(deadline, None)):
-                            answers = [await self._answer(future, None, check=False) for future in futures]
-                    except TimeoutError as exc:
-                        text = f"no answer from {self.where} within {limit:g} s"
-                        raise TimeoutError(errno.ETIMEDOUT, text) from exc
+                try:
+                    async with asyncio.timeout(_left(deadline, None)):
+                        answers = [await asyncio.shield(future) for future in futures]
+                except TimeoutError as exc:
+                    text = f"no answer from {self.where} within {limit:g} s"
+                    raise TimeoutError(errno.ETIMEDOUT, text) from exc
             except Exception as exc:
                 if isinstance(exc, TimeoutError):
                     # As the blocking client: the answer may still come, and
@@ -365,94 +311,91 @@ class AioClient:
             finally:
                 for future in futures:
                     future.cancel()  # the answers not yet come are dropped when they do
-            self._last_used = time.monotonic()
-            if not single and self.check:
+            if single:
+                return [self._checked(answers[0])]
+            if self.options.check:
                 raise_first_error(answers)
             return answers
 
+    async def _ready_to_send(self, limit: float | None, deadline: float | None) -> None:
+        # Connected, and the transport taking more bytes, within the call's time.
+        try:
+            async with asyncio.timeout(limit):
+                await self._open(deadline)
+                await self._writable.wait()
+        except TimeoutError as exc:
+            if exc.errno is not None:
+                raise  # worded already (the deadline came before a connect)
+            if self.connected:  # it would not take the request: a hung server
+                self._abort()
+                text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
+                raise TimeoutError(errno.ETIMEDOUT, text) from exc
+            text = f"no connection to {self.where} within {limit:g} s"
+            raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
+
     def _send(self, messages: list[Message], deadline: float | None) -> list[asyncio.Future[Message]]:
-        if self._failure is not None:
-            raise self._failure
+        conn = self._conn
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if conn is not None and conn.failure is not None:
+            raise conn.failure
+        if conn is None or transport is None or transport.is_closing():
             raise ConnectionClosed(f"{self.where}: the connection is closed")
         loop = asyncio.get_running_loop()
-        ms = None
-        if self.deadlines and deadline is not None:
-            ms = (deadline - time.monotonic()) * 1000
-        if self.ids or ms is not None:
-            first = None
-            if self.ids:
-                first = self._next_id + 1
-                self._next_id += len(messages)
-                self._idents.extend(range(first, self._next_id + 1))
-            messages = tag_requests(messages, first, ms)
         futures = [loop.create_future() for _ in messages]
-        self._waiting.extend(futures)
-        transport.write(encode_many(messages))
+        transport.write(conn.send(messages, futures, deadline, time.monotonic()))
         return futures
 
-    async def _answer(
-        self, future: asyncio.Future[Message], timeout: float | None, *, check: bool = True
-    ) -> Message:
-        try:
-            async with asyncio.timeout(timeout):
-                # shield: a timeout cancels the wait, not the place in line,
-                # which _received skips (and drops the answer) once done.
-                response = await asyncio.shield(future)
-        except TimeoutError as exc:
-            future.cancel()
-            raise TimeoutError(errno.ETIMEDOUT, f"no answer from {self.where} within {timeout:g} s") from exc
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        if check and self.check and response.is_error:
+    def _checked(self, response: Message) -> Message:
+        if self.options.check and response.is_error:
             error = response.error()
             assert error is not None
             raise ErrorResponse(error)
         return response
 
-    async def ping(self, *, timeout: float | None = -1.0) -> float:
+    async def ping(self, *, timeout: float | Default | None = DEFAULT) -> float:
         """Send a ``framewire-ping`` probe and wait for its echo; return the
         round trip in seconds (``ProtocolError`` if the reply is not the
         echo: a server that does not know the extension)."""
-        limit = self.timeout if timeout == -1.0 else timeout
+        limit = self.options.seconds(timeout)
         started = time.monotonic()
         deadline = None if limit is None else started + limit
-        await self._open(deadline)
-        self._next_id += 1
-        sequence = self._next_id
-        (future,) = self._send([probe(sequence)], None)
+        await self._ready_to_send(limit, deadline)
+        conn, transport = self._conn, self._transport
+        assert conn is not None and transport is not None
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        transport.write(conn.ping(future))
         try:
-            reply = await self._answer(future, _left(deadline, None), check=False)
-        except BaseException:
+            async with asyncio.timeout(_left(deadline, None)):
+                await asyncio.shield(future)
+        except TimeoutError as exc:
             self._abort()  # as the blocking client: a ping not answered in time ends the connection
-            raise
-        if reply.get(PING_KEY) != sequence:
+            raise TimeoutError(errno.ETIMEDOUT, f"no answer from {self.where} within {limit:g} s") from exc
+        except BaseException:
             self._abort()
-            raise ProtocolError("the reply to a ping is not the server's echo of it")
-        self._last_used = time.monotonic()
-        return self._last_used - started
+            raise
+        finally:
+            future.cancel()
+        return time.monotonic() - started
 
     @property
     def in_flight(self) -> int:
         """Requests sent on this connection and not yet answered."""
-        return len(self._waiting)
+        return self._conn.in_flight if self._conn is not None else 0
 
     async def _heartbeat(self) -> None:
         # A ping when the connection has been idle ``heartbeat`` seconds: in
         # line with the calls (the server answers in order), so it needs no
         # lock; a ping not answered in time aborts the connection, and the
         # next call opens a new one.
-        while not self._closed and self.connected:
-            await asyncio.sleep(max(0.0, self._last_used + self.heartbeat - time.monotonic()))
-            if self._closed or not self.connected:
-                return
-            if self._waiting or time.monotonic() - self._last_used < self.heartbeat:
-                continue  # not idle
-            seconds = self.timeout if self.timeout is not None else max(self.heartbeat, 1.0)
+        beat = self.options.heartbeat
+        while not self._closed and self.connected and self._conn is not None:
+            due = self._conn.heartbeat_in(time.monotonic())
+            if due > 0:
+                await asyncio.sleep(min(due, beat))
+                continue
+            timeout = self.options.timeout
             try:
-                await self.ping(timeout=seconds)
+                await self.ping(timeout=timeout if timeout is not None else max(beat, 1.0))
             except (OSError, ProtocolError) as exc:
                 log.info("heartbeat to %s failed (%s): connection closed", self.where, exc)
                 self._abort()
@@ -469,7 +412,13 @@ class AioClient:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
-        self._fail(ConnectionClosed(f"{self.where}: the connection was aborted by this client"))
+        self._end("aborted")
+
+    def _end(self, how: str) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.fail(ConnectionClosed(f"{self.where}: the connection was {how} by this client"))
+            self._fail_waiting()
 
     async def close(self) -> None:
         """Close the connection for good (answers still owed are dropped,
@@ -477,11 +426,11 @@ class AioClient:
         self._closed = True
         if self._beat is not None:
             self._beat.cancel()
-        if self._waiting:  # answers still owed, to callers waiting or gone
+        if self.in_flight:  # answers still owed, to callers waiting or gone
             self._abort()
         elif self._transport is not None and not self._transport.is_closing():
             self._transport.close()
-        self._fail(ConnectionClosed(f"{self.where}: the connection was closed by this client"))
+        self._end("closed")
 
     async def __aenter__(self) -> AioClient:
         return self
@@ -511,48 +460,12 @@ async def _wait(delays: Iterator[float], deadline: float | None) -> bool:
 
 
 async def connect(
-    host: str = "127.0.0.1",
-    port: int = 65432,
-    *,
-    timeout: float | None = 10.0,
-    check: bool = True,
-    max_header_size: int = limits.MAX_HEADER_SIZE,
-    max_content_length: int = limits.MAX_CONTENT_LENGTH,
-    ssl: ssl_module.SSLContext | None = None,
-    server_hostname: str | None = None,
-    connect_timeout: float | None = -1.0,
-    keepalive: float = limits.KEEPALIVE,
-    ids: bool = False,
-    deadlines: bool = False,
-    retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
-    heartbeat: float = 0.0,
-    max_connection_age: float | None = MAX_CONNECTION_AGE,
+    host: str = "127.0.0.1", port: int = 65432, *, options: ClientOptions | None = None, **settings: Any
 ) -> AioClient:
-    """Open a connection. ``host`` may be ``"unix:PATH"``; ``ssl`` speaks
-    TLS, the server's certificate checked against ``server_hostname`` (the
-    host by default). ``connect_timeout`` bounds the connect and the TLS
-    handshake (by default ``timeout``, each call's deadline); ``keepalive``
-    sets TCP keepalive (0: off); ``ids`` tags each request with a
-    ``framewire-id`` and checks its answer carries it, ``deadlines`` with a
-    ``framewire-deadline``; ``retry``, ``heartbeat`` and
-    ``max_connection_age`` as for the blocking
-    :class:`~framewire.client.blocking.Client`."""
-    client = AioClient(
-        host,
-        port,
-        timeout=timeout,
-        check=check,
-        max_header_size=max_header_size,
-        max_content_length=max_content_length,
-        ssl=ssl,
-        server_hostname=server_hostname,
-        connect_timeout=connect_timeout,
-        keepalive=keepalive,
-        ids=ids,
-        deadlines=deadlines,
-        retry=retry,
-        heartbeat=heartbeat,
-        max_connection_age=max_connection_age,
-    )
+    """Open a connection. ``host`` may be ``"unix:PATH"``; every option of
+    :class:`~framewire.client.options.ClientOptions` is a keyword
+    (``ssl_context``, ``timeout``, ``ids``, ``retry``, ``heartbeat``, ...),
+    as for the blocking :class:`~framewire.client.blocking.Client`."""
+    client = AioClient(host, port, options=options, **settings)
     await client._open(None)
     return client

@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import Any
 
 from framewire.client.aio import AioClient
-from framewire.client.balance import Attempts, Member, PoolBase
+from framewire.client.balance import Member, PoolBase
+from framewire.client.options import DEFAULT, Default
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
@@ -40,7 +41,7 @@ class AioPool(PoolBase):
         self._clients: dict[int, list[AioClient]] = {id(m): [] for m in self.balancer.members}
 
     async def request(
-        self, message: Message, *, timeout: float | None = -1.0, idempotent: bool = False
+        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
     ) -> Message:
         """Send ``message`` to a member, return its answer (as :meth:`AioClient.request`)."""
 
@@ -51,7 +52,11 @@ class AioPool(PoolBase):
         return answer
 
     async def request_many(
-        self, messages: Iterable[Message], *, timeout: float | None = -1.0, idempotent: bool = False
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | Default | None = DEFAULT,
+        idempotent: bool = False,
     ) -> list[Message]:
         """Send ``messages`` pipelined on one connection, return the answers in order."""
         batch = list(messages)
@@ -61,8 +66,10 @@ class AioPool(PoolBase):
 
         return await self._call(many, timeout, idempotent)
 
-    async def _call(self, exchange: Exchange, timeout: float | None, idempotent: bool) -> list[Message]:
-        attempts = Attempts(self.timeout if timeout == -1.0 else timeout, self.retry)
+    async def _call(
+        self, exchange: Exchange, timeout: float | Default | None, idempotent: bool
+    ) -> list[Message]:
+        attempts = self.attempts(timeout)
         balancer = self.balancer
         while True:
             if self._closed:
@@ -114,7 +121,7 @@ class AioPool(PoolBase):
             best = min(clients, key=lambda client: client.in_flight)
             if best.in_flight == 0 or len(clients) >= self.size:
                 return best
-        client = AioClient(member.host, member.port, **self._client_options(member))
+        client = AioClient(member.host, member.port, options=self._client_options(member))
         clients.append(client)  # opened by the caller
         return client
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
+from framewire.client.options import ClientOptions, Default
 from framewire.client.retry import NO_RETRY, Retry, next_delay
 from framewire.io.netio import plain_host, split_address, unix_path
 
@@ -167,10 +168,9 @@ class PoolBase:
         strategy: Strategy = "round-robin",
         max_failures: int = 2,
         probe_after: float = 1.0,
-        timeout: float | None = 10.0,
-        retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
         probe_timeout: float = 1.0,
-        **client_options: Any,
+        options: ClientOptions | None = None,
+        **settings: Any,
     ) -> None:
         if size < 1:
             raise ValueError("a pool keeps at least one connection per member (size >= 1)")
@@ -178,12 +178,13 @@ class PoolBase:
             expand(addresses), strategy, max_failures=max_failures, probe_after=probe_after
         )
         self.size = size
-        self.timeout = timeout
-        self.retry = retry
+        #: The options of the connections the pool opens; its calls take
+        #: ``timeout`` (failovers and retries included) and ``retry`` (the
+        #: back-off when every member has failed a call) from them.
+        self.options = ClientOptions.of(options, settings)
         #: Seconds a probe (a ping before a member is used again) may take,
         #: at most: a member still hung does not eat the call's whole time.
         self.probe_timeout = probe_timeout
-        self._options = client_options
         self._closed = False
 
     @property
@@ -191,17 +192,24 @@ class PoolBase:
         """The pool's members (addresses) and their health."""
         return self.balancer.members
 
-    def _client_options(self, member: Member) -> dict[str, Any]:
+    @property
+    def timeout(self) -> float | None:
+        """Each call's deadline, failovers and retries included."""
+        return self.options.timeout
+
+    def _client_options(self, member: Member) -> ClientOptions:
         # The pool fails over to another member itself: its connections
         # do not retry on their own. A member's certificate is checked
         # against the name the pool was given, not the address it resolved
         # to (as Client("localhost", port) checks "localhost").
-        options = dict(self._options)
-        options.setdefault("timeout", self.timeout)
-        options["retry"] = NO_RETRY
-        if member.name and unix_path(member.name) is None:
-            options.setdefault("server_hostname", member.name)
-        return options
+        hostname = self.options.server_hostname
+        if hostname is None and member.name and unix_path(member.name) is None:
+            hostname = member.name
+        return dataclasses.replace(self.options, retry=NO_RETRY, server_hostname=hostname)
+
+    def attempts(self, timeout: float | Default | None) -> Attempts:
+        """The tries of one call given ``timeout`` (DEFAULT: the pool's)."""
+        return Attempts(self.options.seconds(timeout), self.options.retry)
 
     def probe_time(self, left: float | None) -> float:
         """Seconds for a probe, within the call's ``left``."""

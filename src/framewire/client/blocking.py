@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import logging
-import math
 import selectors
 import socket
 import ssl
@@ -23,23 +23,16 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableSequence
 from types import TracebackType
+from typing import Any
 
-from framewire.client.retry import (
-    MAX_CONNECTION_AGE,
-    Retry,
-    checked_age,
-    lost_in_exchange,
-    next_delay,
-    retire_at,
-    worth_reconnecting,
-)
+from framewire.client.connection import ClientConnection
+from framewire.client.options import DEFAULT, ClientOptions, Default
+from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
-from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
 from framewire.io.netio import connect, idle_dropped, translated, where
 
 log = logging.getLogger("framewire.client")
@@ -49,11 +42,8 @@ __all__ = ["Client"]
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-class _Default:
-    """The type of the "use the client's timeout" default (None means no timeout)."""
-
-
-_DEFAULT = _Default()
+# Whom the answers to send() are owed to: receive().
+_RECEIVE = object()
 
 
 class Client:
@@ -68,45 +58,24 @@ class Client:
 
     ``host`` is a name, an IPv4 or IPv6 address (a name with several
     addresses is tried in each in turn), or ``"unix:PATH"`` (``port`` is then
-    ignored). ``ssl_context`` speaks TLS (see
-    :func:`framewire.io.tls.client_context`), checking the server's
-    certificate against ``server_hostname`` (the host by default).
-    ``source_address``: the local ``(host, port)`` to connect from.
-    ``connect_timeout``: seconds for the connect and TLS handshake alone
-    (default: ``timeout``); ``timeout`` is each call's deadline, which
-    ``request(..., timeout=)`` and ``request_many(..., timeout=)`` override.
-    ``keepalive``: seconds of silence before TCP keepalive probes check that
-    the server is still there (0: off); a half-open connection then fails
-    instead of hanging. ``ids``: each request carries a ``framewire-id``
-    extension and its answer must carry the same (a framewire server copies
-    it); a mismatch closes the connection and raises ``ProtocolError``.
-    ``deadlines``: each request carries a ``framewire-deadline`` (the
-    milliseconds left of its call's timeout), so a framewire server does not
-    run a request its client has stopped waiting for.
-
-    ``retry``: how connecting is retried (a server restarting refuses
-    connections for a moment), and how a request lost with its connection
-    is sent again when the call says it is safe (``idempotent=True``); see
-    :class:`~framewire.client.retry.Retry`. A connection kept open between
+    ignored). Every option of :class:`~framewire.client.options.ClientOptions`
+    is a keyword (``timeout``, ``ssl_context``, ``ids``, ``retry``,
+    ``heartbeat``, ...), or pass ``options=``; the client's values read as
+    attributes (``client.timeout``). ``timeout`` is each call's deadline,
+    which a call's own ``timeout=`` overrides. A connection kept open between
     calls is checked before it is used again: if the server closed it
-    meanwhile (a restart, its idle timeout), a new one is opened.
-    ``heartbeat``: seconds; when the connection has been idle that long, a
-    thread sends a ping (``framewire-ping``) to keep it open through NATs
-    and firewalls and to find out that the server has gone (the connection
-    is then closed, and the next call opens a new one). 0: off.
-    ``max_connection_age``: seconds (less up to a tenth, at random) after
-    which a connection is replaced by a new one between calls, so that load
-    spreads again over servers that restarted or were added behind a
-    balancer (gRPC's ``max_connection_age``); None: kept for ever.
+    meanwhile (a restart, its idle timeout), a new one is opened. With
+    ``heartbeat``, a thread pings an idle connection to keep it open through
+    NATs and firewalls and to find out that the server has gone.
 
-    Answers are handed out in the order they arrive: a call made while
-    answers to :meth:`send` are still owed takes those first (take them with
-    :meth:`receive` before). A call that fails mid-way (timeout, reset,
-    Ctrl-C; a :meth:`send` cut short too) aborts its connection
-    (a TCP reset), so no late answer can reach a later call and a framewire
-    server stops the work it was doing for it. One client is for one thread
-    at a time (the heartbeat excepted); a :class:`~framewire.client.pool.Pool`
-    shares connections among threads.
+    Each answer goes to the call it answers: answers to :meth:`send` wait
+    for :meth:`receive`, whatever calls are made meanwhile. A call that
+    fails mid-way (timeout, reset, Ctrl-C; a :meth:`send` cut short too)
+    aborts its connection (a TCP reset), so no late answer can reach a later
+    call and a framewire server stops the work it was doing for it; so does
+    an answer nobody asked for, or one with the wrong id. One client is for
+    one thread at a time (the heartbeat excepted); a
+    :class:`~framewire.client.pool.Pool` shares connections among threads.
     """
 
     def __init__(
@@ -114,50 +83,30 @@ class Client:
         host: str = "127.0.0.1",
         port: int = 65432,
         *,
-        timeout: float | None = 10.0,
-        check: bool = True,
-        max_header_size: int = limits.MAX_HEADER_SIZE,
-        max_content_length: int = limits.MAX_CONTENT_LENGTH,
-        ssl_context: ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
-        source_address: tuple[str, int] | None = None,
-        keepalive: float = limits.KEEPALIVE,
-        ids: bool = False,
-        connect_timeout: float | None = None,
-        deadlines: bool = False,
-        retry: Retry = Retry(),  # noqa: B008  # frozen: one shared default is safe
-        heartbeat: float = 0.0,
-        max_connection_age: float | None = MAX_CONNECTION_AGE,
+        options: ClientOptions | None = None,
+        **settings: Any,
     ) -> None:
         self.host = host
         self.port = port
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname
-        self.source_address = source_address
-        self.keepalive = keepalive
-        #: Tag each request with a framewire-id and check its answer carries it.
-        self.ids = ids
-        self._next_id = 0
-        self.timeout = timeout
-        #: Seconds for the connect (and TLS handshake) alone; None: ``timeout``.
-        self.connect_timeout = connect_timeout
-        self.check = check
-        #: Tell the server how long each call will wait (framewire-deadline).
-        self.deadlines = deadlines
-        self.retry = retry
-        #: Seconds of idleness before a ping (0: no heartbeat).
-        self.heartbeat = heartbeat
-        #: Seconds before a connection is replaced between calls (None: kept).
-        self.max_connection_age = checked_age(max_connection_age)
-        self._retire_at = math.inf
-        self._owed = 0  # answers to send() not yet taken by receive()
+        #: Every option of the client (also readable as its attributes).
+        self.options = ClientOptions.of(options, settings)
         self._lock = threading.RLock()  # the heartbeat thread against the caller's
-        self._last_used = 0.0
         self._beating: threading.Event | None = None  # set: the heartbeat thread stops
-        self._limits = (max_header_size, max_content_length)
-        self._decoder = Decoder(max_header_size=max_header_size, max_content_length=max_content_length)
-        self._ready: collections.deque[Message] = collections.deque()
         self._sock: socket.socket | None = None
+        self._conn: ClientConnection | None = None
+        self._received: collections.deque[Message] = collections.deque()  # answers to send()
+
+    def __getattr__(self, name: str) -> Any:
+        # client.timeout, client.ids...: the options' values.
+        if name in ClientOptions.__dataclass_fields__:
+            return getattr(self.options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # client.timeout = 2: the options with that one changed (checked as when made).
+        if name in ClientOptions.__dataclass_fields__:
+            name, value = "options", dataclasses.replace(self.options, **{name: value})
+        object.__setattr__(self, name, value)
 
     # -- connection -----------------------------------------------------------
 
@@ -169,25 +118,24 @@ class Client:
             self._open(None)
         return self
 
-    def _open(self, deadline: float | None) -> socket.socket:
-        sock = self._sock
-        if sock is not None:
-            if self._owed or self._ready:
-                return sock
-            if time.monotonic() >= self._retire_at:
-                log.debug(
-                    "%s: the connection reached its age: opening a new one", where(self.host, self.port)
-                )
+    def _open(self, deadline: float | None) -> tuple[socket.socket, ClientConnection]:
+        sock, conn = self._sock, self._conn
+        if sock is not None and conn is not None:
+            if conn.in_flight:
+                return sock, conn
+            if not conn.reusable(time.monotonic()):
+                log.debug("%s: the connection reached its age: opening a new one", self._where)
                 self.close()  # a plain close: nothing is owed on it
-                return self._open(deadline)
-            if not idle_dropped(sock):
-                return sock
-            # Readable while idle: the server closed it, or sent what nobody
-            # asked for; either way it is not to be used again.
-            log.debug("%s closed the idle connection: opening a new one", where(self.host, self.port))
-            self._abort()
-        limit = self.timeout if self.connect_timeout is None else self.connect_timeout
-        delays = self.retry.delays()
+            elif not idle_dropped(sock):
+                return sock, conn
+            else:
+                # Readable while idle: the server closed it, or sent what nobody
+                # asked for; either way it is not to be used again.
+                log.debug("%s closed the idle connection: opening a new one", self._where)
+                self._abort()
+        options = self.options
+        limit = options.connect_limit
+        delays = options.retry.delays()
         refused: OSError | None = None
         while True:
             seconds = limit
@@ -196,7 +144,7 @@ class Client:
                 # Reached after a back-off wait that overslept the deadline
                 # (a sleep may end late): the refusals before it are the
                 # cause a caller wants to see, not only the time.
-                text = f"no connection to {where(self.host, self.port)} before the call's deadline"
+                text = f"no connection to {self._where} before the call's deadline"
                 raise TimeoutError(errno.ETIMEDOUT, text) from refused
             if left is not None:
                 seconds = left if limit is None else min(limit, left)
@@ -205,10 +153,10 @@ class Client:
                     self.host,
                     self.port,
                     seconds,
-                    self.ssl_context,
-                    self.server_hostname,
-                    self.source_address,
-                    self.keepalive,
+                    options.ssl_context,
+                    options.server_hostname,
+                    options.source_address,
+                    options.keepalive,
                 )
             except OSError as exc:
                 if not (worth_reconnecting(exc) and _wait(delays, deadline)):
@@ -216,11 +164,14 @@ class Client:
                 refused = exc
                 continue
             self._sock = sock
-            self._last_used = time.monotonic()
-            self._retire_at = retire_at(self._last_used, self.max_connection_age)
-            if self.heartbeat > 0:
+            self._conn = conn = ClientConnection(options, time.monotonic(), self._where)
+            if options.heartbeat > 0:
                 self._start_heartbeat()
-            return sock
+            return sock, conn
+
+    @property
+    def _where(self) -> str:
+        return where(self.host, self.port)
 
     def close(self) -> None:
         """Close the connection (the next request opens a new one)."""
@@ -228,24 +179,13 @@ class Client:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            if self._conn is not None:
+                self._conn.abandon()
+                self._conn = None
             if self._beating is not None:
                 self._beating.set()
                 self._beating = None
-            # Nothing of this connection may reach the next one's callers.
-            self._ready.clear()
-            self._owed = 0
-            self._decoder = Decoder(max_header_size=self._limits[0], max_content_length=self._limits[1])
-
-    def _unsolicited(self) -> None:
-        # More came than was asked for (nothing is owed to a send()): the
-        # server is out of step, and an extra answer must never be taken for
-        # the next call's. The connection goes; the next call opens another.
-        log.warning(
-            "%s sent %d answer(s) nobody asked for: the connection is closed",
-            where(self.host, self.port),
-            len(self._ready),
-        )
-        self._abort()
+            self._received.clear()  # nothing of this connection may reach the next one's callers
 
     def _abort(self) -> None:
         # Closed with a reset (SO_LINGER 0), not a FIN: the server learns at
@@ -266,7 +206,8 @@ class Client:
         close_notify, cannot be sent by Python's ssl module without also
         reading, which loses an answer that arrives meanwhile (1 run in 6 on
         loopback). Read the answers, then :meth:`close`."""
-        sock = self._connected()
+        with self._lock:
+            sock, _ = self._open(None)
         if isinstance(sock, ssl.SSLSocket):
             raise OSError(
                 errno.EOPNOTSUPP,
@@ -282,15 +223,8 @@ class Client:
     ) -> None:
         self.close()
 
-    def _connected(self) -> socket.socket:
-        with self._lock:
-            return self._open(None)
-
-    def _deadline(self, timeout: float | _Default | None = _DEFAULT) -> float | None:
-        seconds = self.timeout if isinstance(timeout, _Default) else timeout
-        return None if seconds is None else time.monotonic() + seconds
-
-    def _remaining(self, deadline: float | None) -> float | None:
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
         if deadline is None:
             return None
         left = deadline - time.monotonic()
@@ -303,30 +237,36 @@ class Client:
     def send(self, *messages: Message) -> None:
         """Send one or more messages without waiting for answers (take them
         with :meth:`receive`)."""
+        timeout = self.options.timeout
         with self._lock:
-            sock = self._open(self._deadline())
+            sock, conn = self._open(self.options.deadline(DEFAULT))
             try:
-                with translated(self.host, self.port, self.timeout):
-                    sock.settimeout(self.timeout)
-                    sock.sendall(encode_many(messages))
+                with translated(self.host, self.port, timeout):
+                    data = conn.send(list(messages), [_RECEIVE] * len(messages), None, time.monotonic())
+                    sock.settimeout(timeout)
+                    sock.sendall(data)
             except BaseException:
                 # Part of a message may have gone out: nothing more can be
                 # sent on this stream, nor its answers trusted.
                 self._abort()
                 raise
-            self._owed += len(messages)
 
     def receive(self) -> Message:
-        """The next message from the server (an error response is raised if ``check``)."""
-        deadline = self._deadline()
-        with self._lock, translated(self.host, self.port, self.timeout):
-            message = self._next(deadline)
-            self._owed = max(0, self._owed - 1)
-            self._last_used = time.monotonic()
+        """The next answer to :meth:`send` (an error response is raised if ``check``)."""
+        deadline = self.options.deadline(DEFAULT)
+        with self._lock:
+            if not self._received:
+                try:
+                    with translated(self.host, self.port, self.options.timeout):
+                        self._await(_RECEIVE, 1, deadline, self._received)
+                except BaseException:
+                    self._abort()
+                    raise
+            message = self._received.popleft()
         return self._checked(message)
 
     def request(
-        self, message: Message, *, timeout: float | _Default | None = _DEFAULT, idempotent: bool = False
+        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
     ) -> Message:
         """Send ``message``, return its response; ``timeout`` overrides the
         client's for this call (a deadline for the whole call, retries
@@ -338,7 +278,7 @@ class Client:
         self,
         messages: Iterable[Message],
         *,
-        timeout: float | _Default | None = _DEFAULT,
+        timeout: float | Default | None = DEFAULT,
         idempotent: bool = False,
     ) -> list[Message]:
         """Send all ``messages`` pipelined, return their responses in order.
@@ -353,26 +293,28 @@ class Client:
         return self._call(list(messages), timeout, idempotent, single=False)
 
     def _call(
-        self, messages: list[Message], timeout: float | _Default | None, idempotent: bool, *, single: bool
+        self, messages: list[Message], timeout: float | Default | None, idempotent: bool, *, single: bool
     ) -> list[Message]:
-        deadline = self._deadline(timeout)
-        seconds = self.timeout if isinstance(timeout, _Default) else timeout
-        delays = self.retry.delays()
+        options = self.options
+        deadline = options.deadline(timeout)
+        seconds = options.seconds(timeout)
+        delays = options.retry.delays()
         with self._lock:
             while True:
-                sock = self._open(deadline)
-                sent = self._tag(messages, deadline)
-                responses: list[Message] = []
+                sock, conn = self._open(deadline)
+                token = object()  # whom this call's answers are owed to
+                answers: list[Message] = []
                 try:
-                    if single:
-                        with translated(self.host, self.port, seconds):
+                    with translated(self.host, self.port, seconds):
+                        data = conn.send(messages, [token] * len(messages), deadline, time.monotonic())
+                        if single:
                             sock.settimeout(self._remaining(deadline))
-                            sock.sendall(sent[0].encode())
-                            responses.append(self._next(deadline))
-                    else:
-                        payload = memoryview(encode_many(sent))
-                        self._exchange_many(sock, payload, len(sent), deadline, seconds, responses)
-                    self._match(sent, responses[: len(sent)])
+                            sock.sendall(data)
+                            self._await(token, 1, deadline, answers)
+                        else:
+                            self._exchange_many(
+                                sock, memoryview(data), token, len(messages), deadline, answers
+                            )
                 except BaseException as exc:
                     # A timeout, a reset, Ctrl-C: the answers may still come.
                     # The connection is aborted, so that none can ever be
@@ -383,15 +325,13 @@ class Client:
                         continue
                     raise
                 break
-            self._last_used = time.monotonic()
-        count = len(sent)
-        self._ready.extend(responses[count:])
-        answers = responses[:count]
-        if self._ready and not self._owed:
-            self._unsolicited()
+            if conn.failure is not None:  # after this call's answers
+                if isinstance(conn.failure, ProtocolError):  # one nobody asked for
+                    log.warning("%s: %s: the connection is closed", self._where, conn.failure)
+                self._abort()
         if single:
             return [self._checked(answers[0])]
-        if self.check:
+        if options.check:
             raise_first_error(answers)
         return answers
 
@@ -399,104 +339,65 @@ class Client:
         self,
         sock: socket.socket,
         payload: memoryview,
+        token: object,
         count: int,
         deadline: float | None,
-        seconds: float | None,
-        responses: list[Message],
+        answers: list[Message],
     ) -> None:
-        # ``seconds``: the call's timeout, which its error message names.
-        with translated(self.host, self.port, seconds):
-            while self._ready and len(responses) < count:
-                responses.append(self._ready.popleft())
-            sock.setblocking(False)
-            try:
-                with selectors.DefaultSelector() as selector:
-                    selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-                    sent = 0
-                    # Until every request is out, even when answers owed
-                    # to earlier sends already make up the count.
-                    while len(responses) < count or sent < len(payload):
-                        events = selector.select(self._remaining(deadline))
-                        if not events:
-                            raise TimeoutError
-                        mask = events[0][1]
-                        if mask & selectors.EVENT_WRITE and sent < len(payload):
-                            with contextlib.suppress(*_WOULD_BLOCK):
-                                sent += sock.send(payload[sent:])
-                            if sent == len(payload):
-                                selector.modify(sock, selectors.EVENT_READ)
-                        if mask & selectors.EVENT_READ:
-                            try:
-                                data = self._recv_all(sock)
-                            except _WOULD_BLOCK:
-                                continue
-                            try:
-                                responses += self._feed(data)
-                            except ConnectionClosed as exc:
-                                exc.responses = responses[:count]  # what came before the close
-                                raise
-            finally:
-                if self._sock is sock:  # still open: back to blocking with a timeout
-                    sock.settimeout(self.timeout)
-
-    # -- internals ------------------------------------------------------------
-
-    def _feed(self, data: bytes) -> list[Message]:
+        sock.setblocking(False)
         try:
-            messages = self._decoder.feed(data)
-        except ProtocolError:
-            self.close()
-            raise
-        if not data:
-            self.close()
-            text = f"{where(self.host, self.port)} closed the connection before answering"
-            if self.ssl_context is not None:
-                # TLS 1.3 ends the client's handshake before the server checks
-                # its certificate: a refusal comes as this close.
-                text += (
-                    " (a TLS server that requires a client certificate closes like this"
-                    " when it is missing or refused)"
-                )
-            raise ConnectionClosed(text)
-        return messages
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                sent = 0
+                while len(answers) < count or sent < len(payload):
+                    events = selector.select(self._remaining(deadline))
+                    if not events:
+                        raise TimeoutError
+                    mask = events[0][1]
+                    if mask & selectors.EVENT_WRITE and sent < len(payload):
+                        with contextlib.suppress(*_WOULD_BLOCK):
+                            sent += sock.send(payload[sent:])
+                        if sent == len(payload):
+                            selector.modify(sock, selectors.EVENT_READ)
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            data = self._recv_all(sock)
+                        except _WOULD_BLOCK:
+                            continue
+                        self._take(data, token, answers, count - len(answers))
+        finally:
+            if self._sock is sock:  # still open: back to blocking with a timeout
+                sock.settimeout(self.options.timeout)
 
-    def _next(self, deadline: float | None) -> Message:
-        # The connection the request went out on: never a new one (an
-        # answer waiting to be read makes the socket readable, which is not
-        # the idle check's business).
-        sock = self._sock
-        if sock is None:
-            raise ConnectionClosed(f"{where(self.host, self.port)}: no connection to receive from")
-        while not self._ready:
+    def _await(
+        self, token: object, count: int, deadline: float | None, answers: MutableSequence[Message]
+    ) -> None:
+        # Read until ``count`` answers owed to ``token`` are in ``answers``
+        # (those owed to send() go aside, for receive()), on the connection
+        # the request went out on: never a new one.
+        sock, conn = self._sock, self._conn
+        if sock is None or conn is None:
+            raise ConnectionClosed(f"{self._where}: no connection to receive from")
+        start = len(answers)
+        while len(answers) - start < count:
             sock.settimeout(self._remaining(deadline))
-            self._ready.extend(self._feed(self._recv_all(sock)))
-        return self._ready.popleft()
+            self._take(self._recv_all(sock), token, answers, count - (len(answers) - start))
 
-    def _tag(self, messages: list[Message], deadline: float | None) -> list[Message]:
-        # framewire-id and framewire-deadline, when asked for.
-        ms = None
-        if self.deadlines and deadline is not None:
-            ms = (deadline - time.monotonic()) * 1000
-        if not self.ids and ms is None:
-            return messages
-        first = None
-        if self.ids:
-            first = self._next_id + 1
-            self._next_id += len(messages)
-        return tag_requests(messages, first, ms)
-
-    def _match(self, requests: list[Message], responses: list[Message]) -> None:
-        # With ids: each answer must carry its request's (else the stream is
-        # out of step, and nothing on it can be trusted).
-        if not self.ids:
-            return
-        for request, response in zip(requests, responses, strict=False):
-            sent, came = request.get(ID_KEY), response.get(ID_KEY)
-            if came != sent:
-                raise ProtocolError(
-                    f"the answer to request {sent!r} carries framewire-id {came!r}: "
-                    "the connection is out of step"
-                )
+    def _take(self, data: bytes, token: object, answers: MutableSequence[Message], missing: int) -> None:
+        # The answers ``data`` completes, each to whom it is owed (``missing``
+        # more are awaited for ``token``): the engine's failure is raised if
+        # they cannot all come now.
+        conn = self._conn
+        assert conn is not None
+        before = len(answers)
+        for owner, message in conn.receive(data, time.monotonic()):
+            (answers if owner is token else self._received).append(message)
+        failure = conn.failure
+        if failure is not None and len(answers) - before < missing:
+            conn.take_failed()
+            if isinstance(failure, ConnectionClosed) and token is not _RECEIVE:
+                failure.responses = list(answers)  # what came before the close
+            raise failure
 
     @staticmethod
     def _recv_all(sock: socket.socket) -> bytes:
@@ -525,55 +426,52 @@ class Client:
     def _beat(self) -> float:
         # One ping, if the connection is idle and no call is under way; the
         # seconds until the next look.
+        beat = self.options.heartbeat
         if not self._lock.acquire(blocking=False):
-            return self.heartbeat  # a call is under way: the connection is not idle
+            return beat  # a call is under way: the connection is not idle
         try:
-            if self._sock is None or self._owed or self._ready:
-                return self.heartbeat  # answers are owed: not idle either
-            due = self._last_used + self.heartbeat - time.monotonic()
+            conn = self._conn
+            if self._sock is None or conn is None or self._received:
+                return beat  # answers to send() wait for receive(): not idle either
+            due = conn.heartbeat_in(time.monotonic())
             if due > 0:
-                return due
-            seconds = self.timeout if self.timeout is not None else max(self.heartbeat, 1.0)
+                return min(due, beat)
+            timeout = self.options.timeout
             try:
-                self._probe(seconds)
+                self._probe(timeout if timeout is not None else max(beat, 1.0))
             except (OSError, ProtocolError) as exc:
-                log.info("heartbeat to %s failed (%s): connection closed", where(self.host, self.port), exc)
-            return self.heartbeat
+                log.info("heartbeat to %s failed (%s): connection closed", self._where, exc)
+            return beat
         finally:
             self._lock.release()
 
-    def ping(self, *, timeout: float | _Default | None = _DEFAULT) -> float:
+    def ping(self, *, timeout: float | Default | None = DEFAULT) -> float:
         """Send a ``framewire-ping`` probe and wait for its echo; return the
         round trip in seconds. The server answers it itself, whatever its
         application (a server that does not know the extension answers it
         as a request: with a different reply, ``ProtocolError``)."""
-        seconds = self.timeout if isinstance(timeout, _Default) else timeout
         with self._lock:
-            self._open(self._deadline(timeout))
-            return self._probe(seconds)
+            self._open(self.options.deadline(timeout))
+            return self._probe(self.options.seconds(timeout))
 
     def _probe(self, seconds: float | None) -> float:
         # Under the lock, on an open connection; a failure aborts it.
-        sock = self._sock
-        assert sock is not None
-        self._next_id += 1
-        sequence = self._next_id
+        sock, conn = self._sock, self._conn
+        assert sock is not None and conn is not None
+        token = object()
         started = time.monotonic()
         try:
             with translated(self.host, self.port, seconds):
                 sock.settimeout(seconds)
-                sock.sendall(probe(sequence).encode())
-                reply = self._next(None if seconds is None else started + seconds)
-            if reply.get(PING_KEY) != sequence:
-                raise ProtocolError("the reply to a ping is not the server's echo of it")
+                sock.sendall(conn.ping(token))
+                self._await(token, 1, None if seconds is None else started + seconds, [])
         except BaseException:
             self._abort()
             raise
-        self._last_used = time.monotonic()
-        return self._last_used - started
+        return time.monotonic() - started
 
     def _checked(self, message: Message) -> Message:
-        if self.check and message.is_error:
+        if self.options.check and message.is_error:
             error = message.error()
             assert error is not None
             raise ErrorResponse(error)

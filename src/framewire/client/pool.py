@@ -23,8 +23,9 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from framewire.client.balance import Attempts, Member, PoolBase
+from framewire.client.balance import Member, PoolBase
 from framewire.client.blocking import Client
+from framewire.client.options import DEFAULT, Default
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
@@ -40,10 +41,10 @@ class Pool(PoolBase):
     ``strategy``: ``"round-robin"`` or ``"least-in-flight"``.
     ``max_failures``: failures in a row that take a member out;
     ``probe_after``: seconds before it is probed with a ping.
-    ``timeout``: each call's deadline, failovers and retries included;
-    ``retry``: the back-off when every member has failed a call.
-    Other keyword arguments go to each :class:`Client` (``ssl_context``,
-    ``ids``, ``deadlines``, ``check``, ``connect_timeout``, ...).
+    Every option of :class:`~framewire.client.options.ClientOptions` is a
+    keyword (or pass ``options=``), for the connections it opens; its
+    ``timeout`` is each call's deadline, failovers and retries included, and
+    its ``retry`` the back-off when every member has failed a call.
     """
 
     def __init__(self, addresses: Iterable[str | tuple[str, int]], *, size: int = 4, **settings: Any) -> None:
@@ -55,21 +56,27 @@ class Pool(PoolBase):
 
     # -- calls ------------------------------------------------------------------
 
-    def request(self, message: Message, *, timeout: float | None = -1.0, idempotent: bool = False) -> Message:
+    def request(
+        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
+    ) -> Message:
         """Send ``message`` to a member, return its answer (as
         :meth:`Client.request`); ``timeout`` overrides the pool's."""
         (answer,) = self._call(lambda c, left: [c.request(message, timeout=left)], timeout, idempotent)
         return answer
 
     def request_many(
-        self, messages: Iterable[Message], *, timeout: float | None = -1.0, idempotent: bool = False
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | Default | None = DEFAULT,
+        idempotent: bool = False,
     ) -> list[Message]:
         """Send ``messages`` pipelined on one connection, return the answers in order."""
         batch = list(messages)
         return self._call(lambda c, left: c.request_many(batch, timeout=left), timeout, idempotent)
 
-    def _call(self, exchange: Any, timeout: float | None, idempotent: bool) -> list[Message]:
-        attempts = Attempts(self.timeout if timeout == -1.0 else timeout, self.retry)
+    def _call(self, exchange: Any, timeout: float | Default | None, idempotent: bool) -> list[Message]:
+        attempts = self.attempts(timeout)
         balancer = self.balancer
         while True:
             with self._lock:
@@ -124,7 +131,7 @@ class Pool(PoolBase):
             idle = self._idle[id(member)]
             if idle:
                 return idle.pop()  # the most recently used: the likeliest still open
-        return Client(member.host, member.port, **self._client_options(member))
+        return Client(member.host, member.port, options=self._client_options(member))
 
     def _done(self, member: Member, client: Client, *, ok: bool) -> None:
         with self._lock:

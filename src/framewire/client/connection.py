@@ -1,0 +1,234 @@
+"""The client engine: one client connection's whole policy, with no I/O.
+
+The server's engine (:mod:`framewire.server.engine`) has its twin here. A
+:class:`ClientConnection` turns requests into bytes (tagged with ids and
+deadlines as the options say) and bytes from the server into answers, each
+handed to whoever it is owed to, in the order the requests went out; it
+decides what an unsolicited answer, a mismatched id, a wrong ping echo, an
+end of stream or a loss means for every call in flight (the connection is
+failed, with one readable error, and must be aborted), when a heartbeat ping
+is due and when the connection has lived long enough. It never touches a
+socket or a clock: the time is given.
+
+The blocking client (:mod:`framewire.client.blocking`) and the asyncio
+client (:mod:`framewire.client.aio`) only do the I/O around it, so their
+behaviour is the same by construction.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable
+from typing import Final
+
+from framewire.client.options import ClientOptions
+from framewire.client.retry import retire_at
+from framewire.core.decoder import Decoder, encode_many
+from framewire.core.errors import ConnectionClosed, ProtocolError
+from framewire.core.message import Message
+from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
+
+__all__ = ["PROBE", "ClientConnection"]
+
+
+class _Probe:
+    """The type of :data:`PROBE`."""
+
+    def __repr__(self) -> str:
+        return "PROBE"
+
+
+#: Whom a ping's echo is owed to when nobody waits for it by name (a heartbeat).
+PROBE: Final = _Probe()
+
+
+class _Owed:
+    """One answer owed by the server: to whom, and what it must carry."""
+
+    __slots__ = ("ident", "owner", "sequence")
+
+    def __init__(self, owner: object, ident: int | None, sequence: int | None = None) -> None:
+        self.owner = owner
+        self.ident = ident  # the framewire-id it must carry (with ids)
+        self.sequence = sequence  # a ping's: the echo it must carry
+
+
+class ClientConnection:
+    """The sans-I/O state of one client connection (see the module's text)."""
+
+    __slots__ = (
+        "_decoder",
+        "_next_id",
+        "_owed",
+        "_tls",
+        "failure",
+        "last_used",
+        "options",
+        "retire_at",
+        "where",
+    )
+
+    def __init__(self, options: ClientOptions, now: float, where: str = "the server") -> None:
+        self.options = options
+        #: How errors name the server.
+        self.where = where
+        self._tls = options.ssl_context is not None
+        self._decoder = Decoder(
+            max_header_size=options.max_header_size, max_content_length=options.max_content_length
+        )
+        self._owed: collections.deque[_Owed] = collections.deque()
+        self._next_id = 0
+        #: Why the connection cannot be used any more (None: it can). Every
+        #: call in flight has been failed with it; the driver aborts it.
+        self.failure: BaseException | None = None
+        #: When the connection last carried an answer (or was opened).
+        self.last_used = now
+        #: When it is to be replaced, between calls (``max_connection_age``).
+        self.retire_at = retire_at(now, options.max_connection_age)
+
+    # -- what the driver reads ------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Answers owed by the server."""
+        return len(self._owed)
+
+    def owes(self, owner: object) -> bool:
+        """Whether an answer is still owed to ``owner``."""
+        return any(owed.owner is owner for owed in self._owed)
+
+    def reusable(self, now: float) -> bool:
+        """Whether a new call may use this connection: not failed, and not
+        old enough to be replaced (once nothing is owed on it)."""
+        return self.failure is None and (bool(self._owed) or now < self.retire_at)
+
+    def heartbeat_in(self, now: float) -> float:
+        """Seconds until a heartbeat ping is due (0 or less: now; ``inf``:
+        never, or not while answers are owed: the connection is not idle)."""
+        beat = self.options.heartbeat
+        if not beat or self.failure is not None:
+            return math.inf
+        if self._owed:
+            return beat
+        return self.last_used + beat - now
+
+    # -- sending --------------------------------------------------------------
+
+    def send(
+        self, messages: list[Message], owners: Iterable[object], deadline: float | None, now: float
+    ) -> bytes:
+        """The bytes of ``messages`` (tagged as the options say; ``deadline``:
+        the call's, on the monotonic clock), their answers owed to
+        ``owners``, one each, in order. Raises the connection's failure."""
+        if self.failure is not None:
+            raise self.failure
+        options = self.options
+        ms = None if not options.deadlines or deadline is None else (deadline - now) * 1000
+        first = None
+        if options.ids:
+            first = self._next_id + 1
+            self._next_id += len(messages)
+        if first is not None or ms is not None:
+            messages = tag_requests(messages, first, ms)
+        owed = self._owed
+        for index, owner in enumerate(owners):
+            owed.append(_Owed(owner, None if first is None else first + index))
+        return encode_many(messages)
+
+    def ping(self, owner: object = PROBE) -> bytes:
+        """The bytes of a ``framewire-ping`` probe, its echo owed to ``owner``."""
+        if self.failure is not None:
+            raise self.failure
+        self._next_id += 1
+        self._owed.append(_Owed(owner, None, self._next_id))
+        return probe(self._next_id).encode()
+
+    # -- receiving ------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[tuple[object, Message]]:
+        """Bytes from the server (``b""``: it closed its side): the answers
+        they complete, each with whom it is owed to. Anything wrong fails
+        the connection (:attr:`failure`) after the answers before it."""
+        if self.failure is not None:
+            return []
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return []
+        answered: list[tuple[object, Message]] = []
+        owed = self._owed
+        for message in messages:
+            if not owed:
+                self.fail(ProtocolError(f"{self.where} sent an answer nobody asked for"))
+                return answered
+            expected = owed.popleft()
+            problem = _mismatch(expected, message)
+            if problem is not None:
+                self.fail(ProtocolError(problem), first=expected)
+                return answered
+            answered.append((expected.owner, message))
+        if messages:
+            self.last_used = now
+        if not data:
+            self.fail(self._closed_early())
+        return answered
+
+    def _closed_early(self) -> ConnectionClosed:
+        text = f"{self.where} closed the connection before answering"
+        if self._tls:
+            # TLS 1.3 ends the client's handshake before the server checks
+            # its certificate: a refusal comes as this close.
+            text += (
+                " (a TLS server that requires a client certificate closes like this"
+                " when it is missing or refused)"
+            )
+        return ConnectionClosed(text)
+
+    # -- failing ----------------------------------------------------------------
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The transport failed (``exc``) or ended (None) under the calls."""
+        if exc is None:
+            self.fail(self._closed_early())
+        elif isinstance(exc, ConnectionClosed | ProtocolError):  # (IncompleteMessage is one)
+            self.fail(exc)
+        else:
+            self.fail(ConnectionResetError(f"{self.where} reset the connection ({exc})"))
+
+    def fail(self, exc: BaseException, first: _Owed | None = None) -> None:
+        """The connection cannot be used any more: ``exc`` for every call in
+        flight (see :meth:`take_failed`)."""
+        if self.failure is None:
+            self.failure = exc
+        if first is not None:
+            self._owed.appendleft(first)
+
+    def take_failed(self) -> list[object]:
+        """After a failure: the owners still owed an answer, which will never
+        come (each is to be failed with :attr:`failure`)."""
+        owners = [owed.owner for owed in self._owed]
+        self._owed.clear()
+        return owners
+
+    def abandon(self) -> list[object]:
+        """The driver ends the connection (a timeout, a close, an abort):
+        the calls in flight are failed with a :class:`ConnectionClosed`."""
+        self.fail(ConnectionClosed(f"{self.where}: the connection was closed by this client"))
+        return self.take_failed()
+
+
+def _mismatch(expected: _Owed, message: Message) -> str | None:
+    # Why ``message`` cannot be the answer ``expected`` (None: it is).
+    if expected.sequence is not None:
+        if message.get(PING_KEY) != expected.sequence:
+            return "the reply to a ping is not the server's echo of it"
+    elif expected.ident is not None:
+        came = message.get(ID_KEY)
+        if came != expected.ident:
+            return (
+                f"the answer to request {expected.ident!r} carries framewire-id {came!r}: "
+                "the connection is out of step"
+            )
+    return None
