@@ -32,8 +32,6 @@ def path(tmp_path: Path) -> str:
 
 def serving(handler: object, path: str, **options: object) -> Iterator[object]:
     if DRIVER[0] == "asyncio":
-        if "ssl_context" in options:
-            options["ssl"] = options.pop("ssl_context")
         with running_aio(handler, host=f"unix:{path}", **options) as server:  # type: ignore[arg-type]
             yield server
         return

@@ -81,6 +81,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "DEFAULT",
     "App",
     "BadContent",
     "BadEncoding",
@@ -94,7 +95,6 @@ __all__ = [
     "ContentError",
     "ContentTooLarge",
     "Context",
-    "DEFAULT",
     "Decoder",
     "ErrorResponse",
     "Failure",

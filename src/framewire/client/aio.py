@@ -35,9 +35,9 @@ from types import TracebackType
 from typing import Any
 
 from framewire.client.connection import ClientConnection
-from framewire.client.options import DEFAULT, ClientOptions, Default
+from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
-from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
+from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
@@ -79,25 +79,14 @@ class _Protocol(asyncio.Protocol):
             self.client._writable.set()
 
 
-class AioClient:
+class AioClient(Configured):
     """A connection to a framewire (or guide-written) server, for asyncio
     (made by :func:`connect`). Every option of
     :class:`~framewire.client.options.ClientOptions` is a keyword, or pass
     ``options=``; the client's values read as attributes."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 65432,
-        *,
-        options: ClientOptions | None = None,
-        **settings: Any,
-    ) -> None:
-        self.host = host
-        self.port = port
-        #: Every option of the client (also readable as its attributes).
-        self.options = ClientOptions.of(options, settings)
-        self.where = where(host, port)
+    def _start(self) -> None:
+        self.where = where(self.host, self.port)
         self._conn: ClientConnection | None = None
         self._transport: asyncio.Transport | None = None
         self._opening: asyncio.Lock | None = None
@@ -110,12 +99,6 @@ class AioClient:
         # timeout, rather than grow the buffer without a bound.
         self._writable = asyncio.Event()
         self._writable.set()
-
-    def __getattr__(self, name: str) -> Any:
-        # client.timeout, client.ids...: the options' values.
-        if name in ClientOptions.__dataclass_fields__:
-            return getattr(self.options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -254,7 +237,7 @@ class AioClient:
     # -- the caller's side --------------------------------------------------------------
 
     async def request(
-        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
+        self, message: Message, *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> Message:
         """Send ``message``; return its answer (raises as the module says).
 
@@ -266,11 +249,7 @@ class AioClient:
         return answer
 
     async def request_many(
-        self,
-        messages: Iterable[Message],
-        *,
-        timeout: float | Default | None = DEFAULT,
-        idempotent: bool = False,
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> list[Message]:
         """Send every message at once (pipelined); return the answers, in order.
 
@@ -282,7 +261,7 @@ class AioClient:
         return await self._call(list(messages), timeout, idempotent, single=False)
 
     async def _call(
-        self, messages: list[Message], timeout: float | Default | None, idempotent: bool, *, single: bool
+        self, messages: list[Message], timeout: Timeout, idempotent: bool, *, single: bool
     ) -> list[Message]:
         limit = self.options.seconds(timeout)
         deadline = None if limit is None else time.monotonic() + limit
@@ -345,14 +324,7 @@ class AioClient:
         transport.write(conn.send(messages, futures, deadline, time.monotonic()))
         return futures
 
-    def _checked(self, response: Message) -> Message:
-        if self.options.check and response.is_error:
-            error = response.error()
-            assert error is not None
-            raise ErrorResponse(error)
-        return response
-
-    async def ping(self, *, timeout: float | Default | None = DEFAULT) -> float:
+    async def ping(self, *, timeout: Timeout = DEFAULT) -> float:
         """Send a ``framewire-ping`` probe and wait for its echo; return the
         round trip in seconds (``ProtocolError`` if the reply is not the
         echo: a server that does not know the extension)."""

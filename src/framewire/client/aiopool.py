@@ -21,7 +21,7 @@ from typing import Any
 
 from framewire.client.aio import AioClient
 from framewire.client.balance import Member, PoolBase
-from framewire.client.options import DEFAULT, Default
+from framewire.client.options import DEFAULT, Timeout
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
@@ -41,7 +41,7 @@ class AioPool(PoolBase):
         self._clients: dict[int, list[AioClient]] = {id(m): [] for m in self.balancer.members}
 
     async def request(
-        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
+        self, message: Message, *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> Message:
         """Send ``message`` to a member, return its answer (as :meth:`AioClient.request`)."""
 
@@ -52,11 +52,7 @@ class AioPool(PoolBase):
         return answer
 
     async def request_many(
-        self,
-        messages: Iterable[Message],
-        *,
-        timeout: float | Default | None = DEFAULT,
-        idempotent: bool = False,
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> list[Message]:
         """Send ``messages`` pipelined on one connection, return the answers in order."""
         batch = list(messages)
@@ -66,9 +62,7 @@ class AioPool(PoolBase):
 
         return await self._call(many, timeout, idempotent)
 
-    async def _call(
-        self, exchange: Exchange, timeout: float | Default | None, idempotent: bool
-    ) -> list[Message]:
+    async def _call(self, exchange: Exchange, timeout: Timeout, idempotent: bool) -> list[Message]:
         attempts = self.attempts(timeout)
         balancer = self.balancer
         while True:

@@ -28,10 +28,10 @@ from types import TracebackType
 from typing import Any
 
 from framewire.client.connection import ClientConnection
-from framewire.client.options import DEFAULT, ClientOptions, Default
+from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
-from framewire.core.errors import ConnectionClosed, ErrorResponse, ProtocolError
+from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
 from framewire.io.netio import connect, idle_dropped, translated, where
 
@@ -46,7 +46,7 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _RECEIVE = object()
 
 
-class Client:
+class Client(Configured):
     """A blocking connection to a framewire (or guide-written) server.
 
     >>> with Client("127.0.0.1", 65432) as client:          # doctest: +SKIP
@@ -78,29 +78,12 @@ class Client:
     :class:`~framewire.client.pool.Pool` shares connections among threads.
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 65432,
-        *,
-        options: ClientOptions | None = None,
-        **settings: Any,
-    ) -> None:
-        self.host = host
-        self.port = port
-        #: Every option of the client (also readable as its attributes).
-        self.options = ClientOptions.of(options, settings)
+    def _start(self) -> None:
         self._lock = threading.RLock()  # the heartbeat thread against the caller's
         self._beating: threading.Event | None = None  # set: the heartbeat thread stops
         self._sock: socket.socket | None = None
         self._conn: ClientConnection | None = None
         self._received: collections.deque[Message] = collections.deque()  # answers to send()
-
-    def __getattr__(self, name: str) -> Any:
-        # client.timeout, client.ids...: the options' values.
-        if name in ClientOptions.__dataclass_fields__:
-            return getattr(self.options, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         # client.timeout = 2: the options with that one changed (checked as when made).
@@ -265,9 +248,7 @@ class Client:
             message = self._received.popleft()
         return self._checked(message)
 
-    def request(
-        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
-    ) -> Message:
+    def request(self, message: Message, *, timeout: Timeout = DEFAULT, idempotent: bool = False) -> Message:
         """Send ``message``, return its response; ``timeout`` overrides the
         client's for this call (a deadline for the whole call, retries
         included). ``idempotent=True``: the request may be sent again if its
@@ -275,11 +256,7 @@ class Client:
         return self._call([message], timeout, idempotent, single=True)[0]
 
     def request_many(
-        self,
-        messages: Iterable[Message],
-        *,
-        timeout: float | Default | None = DEFAULT,
-        idempotent: bool = False,
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> list[Message]:
         """Send all ``messages`` pipelined, return their responses in order.
 
@@ -293,7 +270,7 @@ class Client:
         return self._call(list(messages), timeout, idempotent, single=False)
 
     def _call(
-        self, messages: list[Message], timeout: float | Default | None, idempotent: bool, *, single: bool
+        self, messages: list[Message], timeout: Timeout, idempotent: bool, *, single: bool
     ) -> list[Message]:
         options = self.options
         deadline = options.deadline(timeout)
@@ -445,7 +422,7 @@ class Client:
         finally:
             self._lock.release()
 
-    def ping(self, *, timeout: float | Default | None = DEFAULT) -> float:
+    def ping(self, *, timeout: Timeout = DEFAULT) -> float:
         """Send a ``framewire-ping`` probe and wait for its echo; return the
         round trip in seconds. The server answers it itself, whatever its
         application (a server that does not know the extension answers it
@@ -469,13 +446,6 @@ class Client:
             self._abort()
             raise
         return time.monotonic() - started
-
-    def _checked(self, message: Message) -> Message:
-        if self.options.check and message.is_error:
-            error = message.error()
-            assert error is not None
-            raise ErrorResponse(error)
-        return message
 
 
 def _wait(delays: Iterator[float], deadline: float | None) -> bool:

@@ -18,9 +18,11 @@ from typing import Any, Final
 
 from framewire.client.retry import MAX_CONNECTION_AGE, Retry
 from framewire.core import limits
+from framewire.core.errors import ErrorResponse
+from framewire.core.message import Message
 from framewire.core.settings import check, setting
 
-__all__ = ["DEFAULT", "ClientOptions", "Default"]
+__all__ = ["DEFAULT", "ClientOptions", "Configured", "Default", "Timeout"]
 
 
 class Default:
@@ -40,6 +42,9 @@ class Default:
 #: A call's ``timeout=`` when it is not given: the client's own. (None
 #: means no limit, so it cannot mean "not given".)
 DEFAULT: Final = Default()
+
+#: What a call's ``timeout=`` takes: seconds, None (no limit) or :data:`DEFAULT`.
+Timeout = float | Default | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +128,38 @@ class ClientOptions:
         """When a call given ``timeout`` must be over (monotonic clock)."""
         seconds = self.seconds(timeout)
         return None if seconds is None else time.monotonic() + seconds
+
+
+class Configured:
+    """What every client keeps: the server's address and its options, the
+    options readable as its attributes (``client.timeout``)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 65432,
+        *,
+        options: ClientOptions | None = None,
+        **settings: Any,
+    ) -> None:
+        self.host = host
+        self.port = port
+        #: Every option of the client (also readable as its attributes).
+        self.options = ClientOptions.of(options, settings)
+        self._start()
+
+    def _start(self) -> None:
+        """The client's own state, once its address and options are set."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ClientOptions.__dataclass_fields__:
+            return getattr(self.options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _checked(self, answer: Message) -> Message:
+        # An error response raised, with ``check`` (the default).
+        if self.options.check and answer.is_error:
+            error = answer.error()
+            assert error is not None
+            raise ErrorResponse(error)
+        return answer

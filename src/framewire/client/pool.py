@@ -25,7 +25,7 @@ from typing import Any
 
 from framewire.client.balance import Member, PoolBase
 from framewire.client.blocking import Client
-from framewire.client.options import DEFAULT, Default
+from framewire.client.options import DEFAULT, Timeout
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
@@ -56,26 +56,20 @@ class Pool(PoolBase):
 
     # -- calls ------------------------------------------------------------------
 
-    def request(
-        self, message: Message, *, timeout: float | Default | None = DEFAULT, idempotent: bool = False
-    ) -> Message:
+    def request(self, message: Message, *, timeout: Timeout = DEFAULT, idempotent: bool = False) -> Message:
         """Send ``message`` to a member, return its answer (as
         :meth:`Client.request`); ``timeout`` overrides the pool's."""
         (answer,) = self._call(lambda c, left: [c.request(message, timeout=left)], timeout, idempotent)
         return answer
 
     def request_many(
-        self,
-        messages: Iterable[Message],
-        *,
-        timeout: float | Default | None = DEFAULT,
-        idempotent: bool = False,
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> list[Message]:
         """Send ``messages`` pipelined on one connection, return the answers in order."""
         batch = list(messages)
         return self._call(lambda c, left: c.request_many(batch, timeout=left), timeout, idempotent)
 
-    def _call(self, exchange: Any, timeout: float | Default | None, idempotent: bool) -> list[Message]:
+    def _call(self, exchange: Any, timeout: Timeout, idempotent: bool) -> list[Message]:
         attempts = self.attempts(timeout)
         balancer = self.balancer
         while True:

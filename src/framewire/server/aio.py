@@ -420,18 +420,10 @@ class AioServer(ServerView):
 
 
 async def start_server(
-    handler: Handler,
-    host: str = "127.0.0.1",
-    port: int = 65432,
-    *,
-    config: ServerConfig | None = None,
-    backlog: int = 4096,
-    ssl_context: ssl.SSLContext | None = None,
-    unix_mode: int | None = None,
-    sock: socket.socket | None = None,
-    metrics: Metrics | None = None,
-    **settings: Any,
-) -> AioServer:
+    handler: Handler, host: str = "127.0.0.1", port: int = 65432, *, config: ServerConfig | None = None,
+    backlog: int = 4096, ssl_context: ssl.SSLContext | None = None, unix_mode: int | None = None,
+    sock: socket.socket | None = None, metrics: Metrics | None = None, **settings: Any,
+) -> AioServer:  # fmt: skip
     """Listen on ``host:port`` and serve ``handler`` on the running loop.
 
     ``handler``: an ``async def (Message) -> Message``, a plain function, or
