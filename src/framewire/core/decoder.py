@@ -31,13 +31,14 @@ from framewire.core.errors import (
 )
 from framewire.core.frozen import freeze
 from framewire.core.message import (
-    _BYTEORDERS,
-    _NO_EXTENSIONS,
+    BYTEORDERS,
     NATIVE,
+    NO_EXTENSIONS,
     REQUIRED_KEYS,
+    Decoded,
+    Header,
     Message,
-    _Decoded,
-    _Header,
+    decoded,
 )
 from framewire.core.probe import DEADLINE_KEY, ID_KEY
 
@@ -47,7 +48,7 @@ __all__ = ["Decoder", "HeaderCache", "State", "encode", "encode_many", "parse_he
 #: A server makes one and shares it among its connections' decoders: the
 #: entries are immutable and independent of any decoder's limits (the
 #: content limit is checked after the look-up).
-HeaderCache = BoundedCache[bytes, _Header]
+HeaderCache = BoundedCache[bytes, Header]
 
 _MIN_HEADER_SIZE: Final = 2  # the smallest JSON object, "{}"
 _REQUIRED: Final = frozenset(REQUIRED_KEYS)
@@ -143,12 +144,12 @@ def _not_an_object(first: int, length: bytes) -> str:
 PER_REQUEST_KEYS: Final = frozenset({ID_KEY, DEADLINE_KEY, "framewire-cancel", "traceparent", "tracestate"})
 
 
-def _reusable(header: _Header) -> bool:
+def _reusable(header: Header) -> bool:
     extensions = header.extensions
     return not extensions or PER_REQUEST_KEYS.isdisjoint(extensions)
 
 
-def parse_header(data: bytes) -> _Header:
+def parse_header(data: bytes) -> Header:
     """Parse and validate one JSON header (without its 2-byte length).
 
     Raises :class:`BadHeader`, :class:`MissingHeaderKey` or
@@ -180,14 +181,14 @@ def parse_header(data: bytes) -> _Header:
     if type(encoding) is not str or not encoding:
         raise BadHeaderValue(f"content-encoding must be a non-empty string, not {_short(encoding)}.")
     byteorder = obj["byteorder"]
-    if byteorder not in _BYTEORDERS:
+    if byteorder not in BYTEORDERS:
         raise BadHeaderValue(f"byteorder must be 'little' or 'big', not {_short(byteorder)}.")
     if len(obj) > 4:
         # Read-only all the way down: parsed headers are shared (see frozen.py).
         extensions: Any = freeze({k: v for k, v in obj.items() if k not in _REQUIRED})
     else:
-        extensions = _NO_EXTENSIONS
-    return _Header(
+        extensions = NO_EXTENSIONS
+    return Header(
         content_type,
         encoding,
         byteorder,
@@ -265,12 +266,12 @@ class Decoder:
         self._pending_size = 0
         self._need = 2  # pragma: no mutate  # (set before it is read)
         self._header_size = 0  # pragma: no mutate  # (set before it is read)
-        self._header: _Header | None = None
+        self._header: Header | None = None
         # The length and header bytes of the last message whose header was
         # read (when short enough to cache), and that header: a message that
         # begins with the same bytes has the same header, known valid here.
         self._last_head: bytes | None = None  # pragma: no mutate  # (tested before use)
-        self._last_header: _Header | None = None  # pragma: no mutate  # (set with _last_head)
+        self._last_header: Header | None = None  # pragma: no mutate  # (set with _last_head)
         # The buffer a large content is being read into (see direct_buffer):
         # it becomes the message's content, so the content is never joined.
         self._direct: bytearray | None = None
@@ -314,60 +315,80 @@ class Decoder:
         if type(data) is not bytes:  # pragma: no mutate  # (a copy of bytes is the same bytes)
             data = bytes(data)
         if not self._pending and self._state is _LENGTH:  # pragma: no mutate
-            # Fast path: exactly one whole message whose header was seen before
-            # (a request/response exchange); anything else takes the loop below.
-            # The last message's header is matched by its bytes in place, with
-            # no slice, hash or look-up; another cached one, by the cache.
-            # (A fast path and a cache only save work: their mutants that
-            # miss the cache fall through to the loop, which gives the same
-            # messages, so they are not mutated; docs/mutation.md.)
-            head = self._last_head  # pragma: no mutate  # (None: the cache's path, the same message)
-            if head is not None and data.startswith(head):  # pragma: no mutate
-                header = self._last_header
-                assert header is not None
-                if len(head) + header.content_length == len(data):  # pragma: no mutate
-                    self.messages_decoded += 1
-                    return [_wire_message(header, data[len(head) :])]
-            else:
-                end = len(data)
-                size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
-                key = data[2 : 2 + size]  # pragma: no mutate
-                header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
-                if (
-                    header is not None
-                    and 2 + size + header.content_length == end  # pragma: no mutate
-                    and size <= self._max_header_size
-                    and header.content_length <= self._max_content_length
-                ):
-                    self._last_head = data[: 2 + size]  # pragma: no mutate
-                    self._last_header = header  # pragma: no mutate
-                    self.messages_decoded += 1
-                    return [_wire_message(header, data[2 + size :])]
+            whole = Decoder._whole(self, data)
+            if whole is not None:
+                return whole
         out: list[Message] = []
+        buf = Decoder._joined(self, data, out)
+        if buf is None:
+            return out
+        return Decoder._scan(self, buf, out)
+
+    def _whole(self, data: bytes) -> list[Message] | None:
+        # The fast path: exactly one whole message whose header was seen before
+        # (a request/response exchange); None for anything else, which takes
+        # _scan. The last message's header is matched by its bytes in place,
+        # with no slice, hash or look-up; another cached one, by the cache.
+        # (A fast path and a cache only save work: their mutants that miss the
+        # cache fall through to _scan, which gives the same messages, so they
+        # are not mutated; docs/mutation.md.)
+        head = self._last_head  # pragma: no mutate  # (None: the cache's path, the same message)
+        if head is not None and data.startswith(head):  # pragma: no mutate
+            header = self._last_header
+            assert header is not None
+            if len(head) + header.content_length == len(data):  # pragma: no mutate
+                self.messages_decoded += 1
+                return [decoded(header, data[len(head) :])]
+            return None
+        end = len(data)
+        size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
+        key = data[2 : 2 + size]  # pragma: no mutate
+        header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
+        if (
+            header is not None
+            and 2 + size + header.content_length == end  # pragma: no mutate
+            and size <= self._max_header_size
+            and header.content_length <= self._max_content_length
+        ):
+            self._last_head = data[: 2 + size]  # pragma: no mutate
+            self._last_header = header  # pragma: no mutate
+            self.messages_decoded += 1
+            return [decoded(header, data[2 + size :])]
+        return None
+
+    def _joined(self, data: bytes, out: list[Message]) -> bytes | None:
+        # The bytes to scan: ``data`` after those held of an unfinished step,
+        # joined once enough are in (a trickle costs O(n), not O(n^2)). A
+        # content completed here goes to ``out``. None: nothing more to scan.
+        if not self._pending:
+            return data
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size < self._need:
+            return None
+        if self._state is not _CONTENT:
+            buf = b"".join(self._pending)
+            self._pending = []  # pragma: no mutate
+            return buf
+        # Join exactly the content: joining everything and slicing the
+        # content out would copy a large content twice.
+        header = self._header
+        assert header is not None
+        content, buf = _join_exact(self._pending, header.content_length)
+        out.append(decoded(header, content))
+        self._state = _LENGTH
+        self._pending = []  # pragma: no mutate  # (only read when not empty)
+        self._pending_size = 0
+        if buf:
+            return buf
+        self.messages_decoded += 1
+        return None
+
+    def _scan(self, buf: bytes, out: list[Message]) -> list[Message]:
+        # The per-message loop: every whole message in ``buf`` to ``out``, the
+        # rest kept. Its state lives in locals, written back once (a look-up
+        # per test would cost a noticeable part of it).
         append = out.append
-        if self._pending:
-            self._pending.append(data)
-            self._pending_size += len(data)
-            if self._pending_size < self._need:
-                return []
-            if self._state is _CONTENT:
-                # Join exactly the content: joining everything and slicing the
-                # content out would copy a large content twice.
-                header = self._header
-                assert header is not None
-                content, buf = _join_exact(self._pending, header.content_length)
-                append(_wire_message(header, content))
-                self._state = _LENGTH
-                self._pending = []  # pragma: no mutate  # (only read when not empty)
-                self._pending_size = 0
-                if not buf:
-                    self.messages_decoded += 1
-                    return out
-            else:
-                buf = b"".join(self._pending)
-                self._pending = []  # pragma: no mutate
-        else:
-            buf = data
         new_message = _new_message
         native = NATIVE  # pragma: no mutate  # (see message.NATIVE; each build's tests run one branch)
         pos = 0
@@ -375,87 +396,52 @@ class Decoder:
         state: State = self._state
         header = self._header
         need = 2  # pragma: no mutate  # (set before it is read)
-        cache = self._cache
-        cached = cache.get
         last_head = self._last_head  # pragma: no mutate  # (None: the header is read again)
         last_header = self._last_header
         last_length = 0 if last_header is None else last_header.content_length  # pragma: no mutate
         last_size = 0 if last_head is None else len(last_head)  # pragma: no mutate  # (a miss: read as usual)
-        # States as locals: this loop runs once per message and an enum
-        # attribute look-up per test would cost a noticeable part of it.
         length_state, header_state, content_state = _LENGTH, _HEADER_STATE, _CONTENT
         try:
             while True:
                 if state is length_state:
                     if last_head is not None and buf[pos : pos + last_size] == last_head:  # pragma: no mutate
-                        # The same length and header bytes as the last message
-                        # (a stream of like messages): no hash or look-up of the
-                        # header, and its limits were checked when it was read:
-                        # the pipelined row's largest single gain. The message is
-                        # built here, as it is in the content step below, not by
-                        # falling through to that step, which measured slower.
-                        # A slice compared, not buf.startswith(last_head, pos):
-                        # as fast in pure Python, and compiled it is mypyc's own
-                        # slice and compare where startswith is a generic method
-                        # call. (The figures: benchmarks/results/performance-notebook.md.)
+                        # The same length and header bytes as the last message (a
+                        # stream of like ones): no look-up, limits checked before.
                         pos += last_size
                         header = last_header
                         stop = pos + last_length
-                        if stop <= end:  # pragma: no mutate  # (else: the same message below)
-                            if native:  # pragma: no mutate  # (compiled: see message.NATIVE)
-                                append(_Decoded(header, buf[pos:stop]))  # type: ignore[arg-type]  # pragma: no mutate
-                            else:
-                                message = new_message(Message)
-                                message._header = header  # type: ignore[assignment]  # (set with last_head)
-                                message._content = buf[pos:stop]
-                                append(message)
+                        if stop > end:  # pragma: no mutate  # (the same message, below)
+                            state = content_state
+                        elif native:  # pragma: no mutate  # (compiled: see message.NATIVE)
+                            append(Decoded(header, buf[pos:stop]))  # type: ignore[arg-type]  # pragma: no mutate
                             pos = stop
                             continue
-                        state = content_state
+                        else:
+                            message = new_message(Message)
+                            message._header = header  # type: ignore[assignment]  # (set with last_head)
+                            message._content = buf[pos:stop]
+                            append(message)
+                            pos = stop
+                            continue
                     elif end - pos < 2:
                         need = 2
                         break
                     else:
-                        size = (buf[pos] << 8) | buf[pos + 1]
+                        self._header_size = Decoder._header_length(
+                            (buf[pos] << 8) | buf[pos + 1], self._max_header_size
+                        )
                         pos += 2
-                        if size < _MIN_HEADER_SIZE:
-                            raise BadHeaderLength(
-                                f"The header length is {size}; the smallest header, {{}}, is 2."
-                            )
-                        if size > self._max_header_size:
-                            raise HeaderTooLarge(
-                                f"The header length is {size} bytes; this receiver's limit is "
-                                f"{self._max_header_size}."
-                            )
-                        self._header_size = size
                         state = header_state
                 if state is header_state:
                     size = self._header_size
                     if end - pos < size:
-                        if end > pos and buf[pos] not in _HEADER_STARTS:
-                            # Refused now rather than when the whole header
-                            # is in: a TLS ClientHello on a plain port would
-                            # otherwise wait for 5 KB that never come.
-                            # The length's two bytes, when this read holds them (a slice from
-                            # a negative start would wrap around to the end of the buffer).
-                            raise BadHeader(_not_an_object(buf[pos], buf[pos - 2 : pos] if pos >= 2 else b""))
+                        Decoder._check_start(buf, pos, end)
                         need = size
                         break
-                    raw = buf[pos : pos + size]
+                    header = Decoder._header_of(self, buf[pos : pos + size])
                     pos += size
-                    header = cached(raw)  # pragma: no mutate
-                    if header is None:
-                        header = parse_header(raw)
-                        if size <= limits.HEADER_CACHE_MAX_SIZE and _reusable(header):  # pragma: no mutate
-                            cache.put(raw, header, _cost(raw, header))  # pragma: no mutate
-                    if header.content_length > self._max_content_length:
-                        raise ContentTooLarge(
-                            f"content-length is {header.content_length}; this receiver's limit is "
-                            f"{self._max_content_length} bytes."
-                        )
                     if size <= limits.HEADER_CACHE_MAX_SIZE and pos >= size + 2:  # pragma: no mutate
-                        # (Not when the length came in an earlier read: then its
-                        # two bytes are not in this buffer.)
+                        # (Not when the length came in an earlier read.)
                         last_head = buf[pos - size - 2 : pos]  # pragma: no mutate
                         last_size = size + 2  # pragma: no mutate
                         last_header = header  # pragma: no mutate
@@ -467,7 +453,7 @@ class Decoder:
                     need = size
                     break
                 if native:  # pragma: no mutate
-                    append(_Decoded(header, buf[pos : pos + size]))  # pragma: no mutate
+                    append(Decoded(header, buf[pos : pos + size]))  # pragma: no mutate
                 else:
                     message = new_message(Message)
                     message._header = header
@@ -481,18 +467,58 @@ class Decoder:
             if out:
                 return out
             raise
-        self._state = state
-        self._header = header
         self._last_head = last_head  # pragma: no mutate  # (None: the header is read again)
         self._last_header = last_header
+        Decoder._keep(self, buf, pos, state, header, need)
+        self.messages_decoded += len(out)
+        return out
+
+    def _keep(self, buf: bytes, pos: int, state: State, header: Header | None, need: int) -> None:
+        # Where a scan stopped: its state, and the bytes from ``pos`` on, held
+        # until ``need`` are in.
+        self._state = state
+        self._header = header
         self._need = need
+        end = len(buf)
         if pos < end:
             self._pending = [buf[pos:] if pos else buf]  # pragma: no mutate
             self._pending_size = end - pos
         else:
             self._pending_size = 0
-        self.messages_decoded += len(out)
-        return out
+
+    @staticmethod
+    def _header_length(size: int, limit: int) -> int:
+        # A header length just read, checked against the protocol and the limit.
+        if size < _MIN_HEADER_SIZE:
+            raise BadHeaderLength(f"The header length is {size}; the smallest header, {{}}, is 2.")
+        if size > limit:
+            raise HeaderTooLarge(f"The header length is {size} bytes; this receiver's limit is {limit}.")
+        return size
+
+    @staticmethod
+    def _check_start(buf: bytes, pos: int, end: int) -> None:
+        # A header not all in yet is refused at its first byte if that cannot
+        # begin a JSON object: a TLS ClientHello on a plain port would
+        # otherwise wait for 5 KB that never come. The length's two bytes,
+        # when this read holds them (a slice from a negative start would
+        # wrap around to the end of the buffer).
+        if end > pos and buf[pos] not in _HEADER_STARTS:
+            raise BadHeader(_not_an_object(buf[pos], buf[pos - 2 : pos] if pos >= 2 else b""))
+
+    def _header_of(self, raw: bytes) -> Header:
+        # The header of these bytes: cached, or parsed and cached when it
+        # may come again; its content length checked against the limit.
+        header = self._cache.get(raw)  # pragma: no mutate
+        if header is None:
+            header = parse_header(raw)
+            if len(raw) <= limits.HEADER_CACHE_MAX_SIZE and _reusable(header):  # pragma: no mutate
+                self._cache.put(raw, header, _cost(raw, header))  # pragma: no mutate
+        if header.content_length > self._max_content_length:
+            raise ContentTooLarge(
+                f"content-length is {header.content_length}; this receiver's limit is "
+                f"{self._max_content_length} bytes."
+            )
+        return header
 
     # -- reading a large content in place --------------------------------------
 
@@ -556,7 +582,7 @@ class Decoder:
     def _finish_direct(self, direct: bytearray) -> Message:
         header = self._header
         assert header is not None
-        message = _wire_message(header, direct)
+        message = decoded(header, direct)
         self._direct = None
         self._pending_size = 0
         self._state = _LENGTH
@@ -619,24 +645,13 @@ class Decoder:
         return []
 
 
-def _cost(raw: bytes, header: _Header) -> int:
+def _cost(raw: bytes, header: Header) -> int:
     # The key, the wire copy, the record and its strings; and the
     # extensions' objects, which a short header can make many of ("[[[[").
     cost = 2 * len(raw) + 512
     if header.extensions:
         cost += footprint(header.extensions)
     return cost
-
-
-def _wire_message(header: _Header, content: bytes | bytearray) -> Message:
-    # The decoder's constructor: the header is already validated and shared.
-    # (The per-message loop in feed() does the same inline, to save the call.)
-    if NATIVE:  # pragma: no mutate  # (compiled only: make test-compiled runs it)
-        return _Decoded(header, content)  # pragma: no mutate
-    message = _new_message(Message)
-    message._header = header
-    message._content = content
-    return message
 
 
 def _join_exact(chunks: list[bytes], size: int) -> tuple[bytes, bytes]:

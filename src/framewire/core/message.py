@@ -1,8 +1,13 @@
-"""The :class:`Message`: one framed message, its header and its content.
+"""The message value: :class:`Message`, its :class:`Header` and its content.
 
 A message is immutable. Its header fields live in a shared, immutable
-:class:`_Header` record, so that the thousands of messages a connection sees
+:class:`Header` record, so that the thousands of messages a connection sees
 with the same header share one record (and one encoded copy of it).
+
+The decoder (:mod:`framewire.core.decoder`) turns bytes into messages
+through this module's interface: it parses and validates a header into a
+:class:`Header` (:data:`REQUIRED_KEYS`, :data:`BYTEORDERS`,
+:data:`NO_EXTENSIONS`) and makes each message with :func:`decoded`.
 """
 
 from __future__ import annotations
@@ -38,13 +43,15 @@ def is_text_type(content_type: str) -> bool:
     return content_type.startswith("text/") or content_type in JSON_TYPES
 
 
-_BYTEORDERS: Final = frozenset({"little", "big"})
+#: The byte orders a header may name.
+BYTEORDERS: Final = frozenset({"little", "big"})
 _UTF8_NAMES: Final = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
-_NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
+#: The extensions of a header that has none (shared, read-only).
+NO_EXTENSIONS: Final[Mapping[str, Any]] = FrozenDict()
 #: True when this module runs compiled by mypyc (a wheel built where a C
 #: compiler is, hatch_build.py): Message is then a native class, which
 #: ``object.__new__`` refuses to make, and the decoder makes its messages
-#: with :class:`_Decoded` (see there). (Asked of
+#: with :class:`Decoded` (see there). (Asked of
 #: this module's own code, not of its file name, which a frozen or zipped
 #: install may not have: compiled, a function is a built-in.)
 NATIVE: Final = not isinstance(is_text_type, FunctionType)
@@ -121,8 +128,12 @@ class UnencodableMessage(ValueError):
     """A message that cannot be sent as a valid message of the protocol."""
 
 
-class _Header:
-    """The header of one message: required fields, extensions, wire bytes."""
+class Header:
+    """The header of one message: required fields, extensions, wire bytes.
+
+    Shared by every message with the same header (and, through a decoder's
+    cache, by connections): never changed once made, but for its wire copy,
+    made once when first needed."""
 
     __slots__ = (
         "byteorder",
@@ -204,10 +215,10 @@ def _make_header(
     byteorder: str,
     content_length: int,
     extensions: Mapping[str, Any] | None,
-) -> _Header:
+) -> Header:
     _check_fields(content_type, content_encoding, byteorder)
     if not extensions:
-        return _Header(content_type, content_encoding, byteorder, content_length, _NO_EXTENSIONS)
+        return Header(content_type, content_encoding, byteorder, content_length, NO_EXTENSIONS)
     # Typed as objects, not str: compiled by mypyc, a str loop variable would
     # refuse a wrong key with its own words before this check could.
     names: Iterable[object] = extensions
@@ -218,7 +229,7 @@ def _make_header(
             raise ValueError(f"{name!r} is a required key, set from the arguments, not an extension")
     # A read-only copy all the way down: the caller's dict may change later,
     # and the message must not.
-    return _Header(content_type, content_encoding, byteorder, content_length, freeze(extensions))
+    return Header(content_type, content_encoding, byteorder, content_length, freeze(extensions))
 
 
 def _check_fields(content_type: object, content_encoding: object, byteorder: object) -> None:
@@ -226,7 +237,7 @@ def _check_fields(content_type: object, content_encoding: object, byteorder: obj
         raise ValueError(f"content_type must be a non-empty string, not {content_type!r}")
     if not isinstance(content_encoding, str) or not content_encoding:
         raise ValueError(f"content_encoding must be a non-empty string, not {content_encoding!r}")
-    if byteorder not in _BYTEORDERS:
+    if byteorder not in BYTEORDERS:
         raise ValueError(f"byteorder must be 'little' or 'big', not {byteorder!r}")
 
 
@@ -244,7 +255,7 @@ class Message:
 
     __slots__ = ("_content", "_header")
 
-    _header: _Header
+    _header: Header
     # bytes, or the bytearray a large content was read into in place
     # (Decoder.direct_buffer): it is never written again once it is a
     # message's, and becomes bytes the first time ``content`` is asked for,
@@ -486,7 +497,7 @@ class Message:
         return f"<Message {self._header.content_type} {self.content_length} bytes {preview!r}{more}>"
 
 
-class _Decoded(Message):
+class Decoded(Message):
     """A message the decoder read, in the compiled build: its header shared
     and checked already, its content as read.
 
@@ -500,10 +511,25 @@ class _Decoded(Message):
 
     __slots__ = ()
 
-    def __init__(self, header: _Header, content: bytes | bytearray) -> None:
+    def __init__(self, header: Header, content: bytes | bytearray) -> None:
         # Compiled only (make test-compiled runs it; mutation testing runs pure Python).
         self._header = header  # pragma: no mutate
         self._content = content  # pragma: no mutate
+
+
+def decoded(header: Header, content: bytes | bytearray) -> Message:
+    """The message of a decoded ``header`` (validated, shared) and its
+    ``content``: how a decoder makes its messages, with no check and no copy.
+    (The decoder's per-message loop does the same inline, to save the call.)"""
+    if NATIVE:  # pragma: no mutate  # (compiled only: make test-compiled runs it)
+        return Decoded(header, content)  # pragma: no mutate
+    message = _new_message(Message)
+    message._header = header
+    message._content = content
+    return message
+
+
+_new_message: Final = Message.__new__
 
 
 def raise_first_error(responses: list[Message]) -> None:

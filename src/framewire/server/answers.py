@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from framewire.core.cache import BoundedCache
 from framewire.core.errors import DeadlineExceeded, HandlerError, ProtocolError
-from framewire.core.message import Message, _Decoded, _Header
+from framewire.core.message import Decoded, Header, Message
 from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
 from framewire.io.sendqueue import SendQueue
 from framewire.server.stopping import StopNow
@@ -144,10 +144,10 @@ class Answers:
                     response = call(request)
                     # type() tests, not isinstance: cheaper in pure Python (the
                     # pipelined row notices), and as cheap compiled, where a
-                    # request echoed back is a _Decoded (core/message.py).
+                    # request echoed back is a Decoded (core/message.py).
                     if (
                         type(response) is not Message
-                        and type(response) is not _Decoded
+                        and type(response) is not Decoded
                         and adopt is not None
                         and response is not LATER
                     ):
@@ -165,7 +165,7 @@ class Answers:
                     if extended:  # the reserved slot carries the id to the answer
                         waiting[-1].ident = request_id(extensions)
                     continue  # a slot is reserved; the answer comes later
-                if (type(response) is Message or type(response) is _Decoded) and response._header.checked:
+                if (type(response) is Message or type(response) is Decoded) and response._header.checked:
                     head = response._header.wire  # type: ignore[assignment]  # set once checked
                     content = response._content
                 else:
@@ -262,7 +262,7 @@ class Answers:
         except Exception as exc:
             return self._handler_failed(f"returned a message that cannot be sent ({exc})")
 
-    def _sendable(self, header: _Header) -> bytes:
+    def _sendable(self, header: Header) -> bytes:
         # Headers without extensions are cached by their fields: a handler
         # building the same shape of response each time encodes it once.
         if header.extensions:
