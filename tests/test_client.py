@@ -157,6 +157,20 @@ def test_request_concurrently_sends_each_request_once_and_answers_in_order() -> 
         assert [a.content for a in few] == [b"r0", b"r1"]
 
 
+def test_request_concurrently_speaks_tls_and_checks_ids_as_the_clients_do() -> None:
+    from conftest import tls
+
+    with running(echo, ssl_context=tls().server()) as server:
+        requests = [Message.from_bytes(b"t%d" % i) for i in range(12)]
+        answers = request_concurrently(
+            "127.0.0.1", server.port, requests, connections=3, ssl_context=tls().client(), ids=True
+        )
+        assert [a.content for a in answers] == [r.content for r in requests]
+        assert [a.get("framewire-id") for a in answers[:3]] == [1, 1, 1]  # each connection counts its own
+        with pytest.raises(ConnectionError, match=r"^connection 1 to 127\.0\.0\.1:\d+: "):
+            request_concurrently("127.0.0.1", server.port, requests[:1], timeout=5)  # plain to a TLS port
+
+
 def test_one_rule_for_error_responses_in_every_call() -> None:
     # Raised by default (with every response on the exception), returned with check=False.
     requests = [

@@ -118,8 +118,8 @@ class Metrics:
         self.bytes_sent = Counter("framewire_bytes_sent", "Bytes sent to peers.", registry=registry)
         self.refusals = Counter(
             "framewire_connections_refused",
-            "TLS connections closed at once at the connection limit (they cannot read server-busy"
-            " before a handshake; plain ones are answered it, counted in framewire_errors).",
+            "Connections refused at the connection limit: TLS ones closed at once (they cannot read"
+            " server-busy before a handshake), plain ones answered server-busy.",
             registry=registry,
         )
         self.paused = Gauge(
@@ -168,7 +168,8 @@ class Metrics:
         self.connections_total.inc()
 
     def refused(self) -> None:
-        """A TLS connection was closed at once at the connection limit."""
+        """A connection was refused at the connection limit (a TLS one closed
+        at once, a plain one answered server-busy)."""
         self.refusals.inc()
 
     def closed(self, engine: Any) -> None:
