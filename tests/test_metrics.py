@@ -138,6 +138,9 @@ def test_every_tls_path_that_opens_a_connection_closes_it_in_the_gauge() -> None
             time.sleep(0.01)  # the server counts the close on its own thread
     assert value(registry, "framewire_connections_open") == 0
     assert value(registry, "framewire_connections_refused_total") == 3
+    # The failed handshake and the one served, on either driver (the asyncio
+    # one counted a connection only once its handshake was done).
+    assert value(registry, "framewire_connections_total") == 2
 
 
 def connect_tls(port: int) -> socket.socket:
@@ -157,6 +160,7 @@ def test_paused_connections_and_server_busy_are_seen() -> None:
             with connect(server.port) as second:
                 read_until_closed(second)
             assert value(registry, "framewire_errors_total", code="server-busy") == 1
+            assert value(registry, "framewire_connections_refused_total") == 1  # plain: answered, counted
             finish_and_read(sock, request, stream, sent)
             assert value(registry, "framewire_paused_connections") == 0
         deadline = time.monotonic() + 5

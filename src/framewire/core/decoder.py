@@ -315,46 +315,40 @@ class Decoder:
         if type(data) is not bytes:  # pragma: no mutate  # (a copy of bytes is the same bytes)
             data = bytes(data)
         if not self._pending and self._state is _LENGTH:  # pragma: no mutate
-            whole = Decoder._whole(self, data)
-            if whole is not None:
-                return whole
+            # The fast path: exactly one whole message whose header was seen
+            # before (a request/response exchange); anything else is scanned.
+            # The last message's header is matched by its bytes in place, with
+            # no slice, hash or look-up; another cached one, by the cache. (A
+            # fast path and a cache only save work: their mutants that miss
+            # fall through to _scan, which gives the same messages, so they
+            # are not mutated; docs/mutation.md.)
+            head = self._last_head  # pragma: no mutate  # (None: the cache's path, the same message)
+            if head is not None and data.startswith(head):  # pragma: no mutate
+                header = self._last_header
+                assert header is not None
+                if len(head) + header.content_length == len(data):  # pragma: no mutate
+                    self.messages_decoded += 1
+                    return [decoded(header, data[len(head) :])]
+            else:
+                end = len(data)
+                size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
+                key = data[2 : 2 + size]  # pragma: no mutate
+                header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
+                if (
+                    header is not None
+                    and 2 + size + header.content_length == end  # pragma: no mutate
+                    and size <= self._max_header_size
+                    and header.content_length <= self._max_content_length
+                ):
+                    self._last_head = data[: 2 + size]  # pragma: no mutate
+                    self._last_header = header  # pragma: no mutate
+                    self.messages_decoded += 1
+                    return [decoded(header, data[2 + size :])]
         out: list[Message] = []
         buf = Decoder._joined(self, data, out)
         if buf is None:
             return out
         return Decoder._scan(self, buf, out)
-
-    def _whole(self, data: bytes) -> list[Message] | None:
-        # The fast path: exactly one whole message whose header was seen before
-        # (a request/response exchange); None for anything else, which takes
-        # _scan. The last message's header is matched by its bytes in place,
-        # with no slice, hash or look-up; another cached one, by the cache.
-        # (A fast path and a cache only save work: their mutants that miss the
-        # cache fall through to _scan, which gives the same messages, so they
-        # are not mutated; docs/mutation.md.)
-        head = self._last_head  # pragma: no mutate  # (None: the cache's path, the same message)
-        if head is not None and data.startswith(head):  # pragma: no mutate
-            header = self._last_header
-            assert header is not None
-            if len(head) + header.content_length == len(data):  # pragma: no mutate
-                self.messages_decoded += 1
-                return [decoded(header, data[len(head) :])]
-            return None
-        end = len(data)
-        size = (data[0] << 8) | data[1] if end >= 2 else 0  # pragma: no mutate
-        key = data[2 : 2 + size]  # pragma: no mutate
-        header = self._cache.get(key) if size >= _MIN_HEADER_SIZE else None  # pragma: no mutate
-        if (
-            header is not None
-            and 2 + size + header.content_length == end  # pragma: no mutate
-            and size <= self._max_header_size
-            and header.content_length <= self._max_content_length
-        ):
-            self._last_head = data[: 2 + size]  # pragma: no mutate
-            self._last_header = header  # pragma: no mutate
-            self.messages_decoded += 1
-            return [decoded(header, data[2 + size :])]
-        return None
 
     def _joined(self, data: bytes, out: list[Message]) -> bytes | None:
         # The bytes to scan: ``data`` after those held of an unfinished step,

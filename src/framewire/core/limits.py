@@ -109,6 +109,10 @@ READ_ON = 64 * 1024
 #: not keep the loop from the others for longer than this takes to copy
 #: (about 2 ms on the machine measured).
 READ_TURN = 4 * 1024 * 1024
+#: The most bytes read from one TLS peer in one turn of the loop, records
+#: read on with answers owed (see ServerConnection.read_again): one busy TLS
+#: peer does not starve the others.
+READ_TURN_RECORDS = 256 * 1024
 
 #: Contents of at least this many bytes are read in place: into one buffer
 #: the size of the content, made when the rest of it is read, which becomes

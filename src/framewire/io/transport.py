@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import termios
+from collections.abc import Callable
 from typing import Final
 
 from mypy_extensions import mypyc_attr
@@ -28,20 +29,21 @@ from framewire.io import poller
 from framewire.io.sendqueue import IOV_MAX, JOIN_BELOW
 from framewire.io.tls import peer_certificate, send_parts
 
-__all__ = ["TlsTransport", "Transport"]
+__all__ = ["WOULD_BLOCK", "TlsTransport", "Transport"]
 
-# A read or write that cannot go on now: plain sockets raise the first two,
-# TLS sockets the last two (a record is incomplete, or a write is pending).
-_WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+#: What a transport's read or write raises when it cannot go on now: plain
+#: sockets raise the first two, TLS sockets the last two (a record is
+#: incomplete, or a write is pending). Nothing is lost: try again later.
+WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_WOULD_BLOCK: Final = WOULD_BLOCK
 # FIONREAD's answer when nothing waits unread (a C int).
 _NOTHING_UNREAD: Final = bytes(4)
 _TCP_CLOSE: Final = 7  # tcp_info's tcpi_state of a connection closed (by a reset, here)
-# Bytes a TLS connection may read in one loop turn: one busy peer does not
-# starve the others.
-_TLS_READ_BUDGET: Final = 256 * 1024
 # A TLS read returns at most one record's plaintext, 16 KiB: asking for
 # exactly that spares CPython allocating 64 KiB and shrinking it every read.
 _TLS_RECORD: Final = 16 * 1024
+# A plain socket's reads: as large as asked.
+_ANY: Final = 1 << 62
 
 
 def ended_by_error(sock: _socket.socket) -> int:
@@ -63,59 +65,34 @@ def ended_by_error(sock: _socket.socket) -> int:
     return errno.ECONNRESET if state == _TCP_CLOSE else 0
 
 
-def _send_joined(sock: _socket.socket, parts: list[bytes | bytearray | memoryview], size: int) -> int:
-    # Small answers go joined, in one send. What is not sent stays joined
-    # for the next try: cheaper, and over TLS required (OpenSSL wants a
-    # write that had to wait retried with the same bytes first, and a
-    # shorter buffer fails with "bad length").
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    try:
-        sent = sock.send(data)
-    except _WOULD_BLOCK:
-        sent = 0
-    if sent < size and len(parts) > 1:
-        parts[:] = [data]
-    return sent
-
-
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Transport:
-    """A connected plain socket, non-blocking."""
+    """A connected plain socket, non-blocking.
 
-    __slots__ = ("_unread", "fd", "sock")
+    Reading is the socket's own: :attr:`recv` (``size`` -> bytes, ``b""``
+    at the peer's end) and :attr:`recv_into` (``view, size`` -> count), at
+    most :attr:`record` bytes at a time, raising :data:`WOULD_BLOCK` when
+    nothing can be read now and ``OSError`` when the connection failed: on
+    the hot path, a transport adds no call of its own to a read."""
+
+    __slots__ = ("_unread", "fd", "holds", "record", "records", "recv", "recv_into", "sock")
 
     def __init__(self, sock: _socket.socket, fd: int) -> None:
         self.sock = sock
         self.fd = fd
+        self.recv: Callable[[int], bytes] = sock.recv
+        self.recv_into: Callable[[memoryview, int], int] = sock.recv_into
+        #: The most bytes one read returns.
+        self.record = _ANY
+        #: Reads come in records (TLS): a read of all that was asked is
+        #: likely followed by more, answered or not (see ServerConnection.read_again).
+        self.records = False
+        #: Bytes may wait above the socket, where no readiness event announces
+        #: them (see :meth:`pending`).
+        self.holds = False
         self._unread = bytearray(4)  # FIONREAD's answer (see nothing_unread)
 
     # -- reading ----------------------------------------------------------------
-
-    def read_size(self, asked: int) -> int:
-        """The bytes worth asking for in one read, of ``asked``."""
-        return asked
-
-    def recv(self, size: int) -> bytes | None:
-        """Up to ``size`` bytes (``b""``: the peer closed its side), or None
-        when none can be read now. Raises OSError when the connection failed."""
-        try:
-            return self.sock.recv(size)
-        except _WOULD_BLOCK:
-            return None
-
-    def recv_into(self, view: memoryview, size: int) -> int:
-        """Up to ``size`` bytes into ``view``: how many (0: the peer closed
-        its side), or -1 when none can be read now."""
-        try:
-            return self.sock.recv_into(view, size)
-        except _WOULD_BLOCK:
-            return -1
-
-    def read_on(self, count: int, asked: int, this_turn: int, wanted: bool) -> bool:
-        """Whether to read again this turn, after a read of ``count`` of the
-        ``asked`` bytes (``this_turn`` in all), ``wanted`` saying whether the
-        engine would read on."""
-        return wanted
 
     def pending(self) -> bool:
         """Whether bytes wait above the socket, where no readiness event
@@ -150,7 +127,17 @@ class Transport:
                 return self.sock.sendmsg(parts[:IOV_MAX])
             except _WOULD_BLOCK:
                 return 0
-        return _send_joined(self.sock, parts, size)
+        # What is not sent stays joined for the next try: cheaper, and over
+        # TLS required (OpenSSL wants a write that had to wait retried with
+        # the same bytes first; a shorter buffer fails with "bad length").
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            sent = self.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        if sent < size and len(parts) > 1:
+            parts[:] = [data]
+        return sent
 
     def explain(self, exc: OSError) -> OSError:
         """The error to report for ``exc``, raised by this transport."""
@@ -183,6 +170,12 @@ class TlsTransport(Transport):
 
     __slots__ = ()
 
+    def __init__(self, sock: _socket.socket, fd: int) -> None:
+        super().__init__(sock, fd)
+        self.record = _TLS_RECORD
+        self.records = True
+        self.holds = True
+
     @staticmethod
     def wrap(context: ssl.SSLContext, sock: _socket.socket, fd: int) -> TlsTransport:
         """The server side of TLS over an accepted ``sock``, its handshake
@@ -194,21 +187,6 @@ class TlsTransport(Transport):
             sock.close()
             raise
         return TlsTransport(wrapped, fd)
-
-    def read_size(self, asked: int) -> int:
-        # One record at most: a read that completes a large content's buffer
-        # may stop inside a record, and the rest stays in OpenSSL (pending()).
-        return asked if asked < _TLS_RECORD else _TLS_RECORD
-
-    def read_on(self, count: int, asked: int, this_turn: int, wanted: bool) -> bool:
-        # A TLS read returns one record: reading every record that is in
-        # before going back to the poller saves a loop turn per record (with
-        # 1 MiB messages, most of the loop's turns). Less than a full record
-        # is most likely all there is. Past the turn's budget, only bytes
-        # OpenSSL already holds are read (no readiness event would say so).
-        if count < asked or not wanted:
-            return False
-        return this_turn < _TLS_READ_BUDGET or self.pending()
 
     def pending(self) -> bool:
         return bool(self.sock.pending())  # type: ignore[attr-defined]
@@ -225,7 +203,7 @@ class TlsTransport(Transport):
     def send(self, parts: list[bytes | bytearray | memoryview], size: int) -> int:
         if size > JOIN_BELOW:
             return send_parts(self.sock, parts)  # type: ignore[arg-type]  # (TLS sockets have no sendmsg)
-        return _send_joined(self.sock, parts, size)
+        return Transport.send(self, parts, size)
 
     def explain(self, exc: OSError) -> OSError:
         # OpenSSL names a write (or read) cut by the peer's reset "EOF

@@ -91,6 +91,7 @@ _RECV_SIZE: Final = limits.RECV_SIZE
 _READ_AFTER_LARGE: Final = limits.READ_AFTER_LARGE
 _READ_ON: Final = limits.READ_ON
 _READ_TURN: Final = limits.READ_TURN
+_READ_TURN_RECORDS: Final = limits.READ_TURN_RECORDS
 
 
 class ServerConnection:
@@ -139,15 +140,12 @@ class ServerConnection:
             max_content_length=config.max_content_length,
             cache=headers,
         )
-        # The budget is shared by a server's connections; alone, an engine has one of its own.
-        budget = budget if budget is not None else ContentBudget(config.large_content_memory)
+        budget = budget if budget is not None else ContentBudget(config.large_content_memory)  # (else shared)
         self._in_place = InPlace(self.decoder, budget, config.large_content)
         self._answers = Answers(responses if responses is not None else BoundedCache(64 * 1024), peer)
-        # The answers' queues, kept here too: the engine reads them on every call.
-        self.out = self._answers.out
+        self.out = self._answers.out  # (the answers' queues, read on every call)
         self._waiting = self._answers.waiting
-        #: Bytes the driver asks for when it reads as usual (when
-        #: :meth:`read_buffer` gives no buffer): small after a large content.
+        #: Bytes to ask for in a read into no :meth:`read_buffer` (small after a large content).
         self.read_size = _RECV_SIZE
         self.flow = FlowControl(config.high_water, config.low_water, config.max_in_flight)
         self.last_active = now
@@ -305,15 +303,20 @@ class ServerConnection:
             return None
         return self._in_place.buffer()
 
-    def read_again(self, count: int, asked: int, this_turn: int) -> bool:
-        """Whether the driver should read again before it goes back to its
-        poller, after a read that returned ``count`` of the ``asked`` bytes,
-        ``this_turn`` bytes read from this peer since the poller's last word:
-        yes while a message comes in fast (a full read, or one of
-        :data:`~framewire.core.limits.READ_ON` bytes or more), nothing is
-        owed, and the turn is under :data:`~framewire.core.limits.READ_TURN`."""
-        if count < asked and count < _READ_ON:
+    def read_again(self, count: int, asked: int, this_turn: int, records: bool = False) -> bool:
+        """Whether to read again before going back to the poller, after a read
+        of ``count`` of the ``asked`` bytes (``this_turn`` since the poller's
+        last word): while a message comes in fast (a full read, or of
+        :data:`~framewire.core.limits.READ_ON` bytes or more), nothing is owed
+        and the turn is under :data:`~framewire.core.limits.READ_TURN`. Reads
+        in ``records`` (TLS) go on after a full one even with answers owed, up
+        to the high-water mark: else a pipelining peer costs a turn a record."""
+        if count < asked and (records or count < _READ_ON):
             return False  # the usual case: the kernel had no more
+        if records:
+            return (
+                this_turn < _READ_TURN_RECORDS and self._phase < _CLOSING and self.out.size <= self.flow.high
+            )
         return this_turn < _READ_TURN and self._phase < _CLOSING and not self.owed
 
     def received_into(self, count: int, now: float) -> None:
@@ -570,14 +573,10 @@ class ServerConnection:
         if reason is not None:
             self._log_lost(reason)
         self._enter(_CLOSED)
-        # The driver's record and the engine refer to each other: left as it
-        # is, each closed connection would be garbage that only the cycle
-        # collector frees, and its collections cost a tenth of the throughput
-        # of one request per connection.
+        # The driver's record and the engine refer to each other: else only the
+        # cycle collector frees a closed connection (a tenth of the throughput).
         self.driver = None
-        if self._in_place.held:
-            # (Failing the decoder drops its buffer now, not when the
-            # connection's objects are collected.)
+        if self._in_place.held:  # (failed, the decoder drops its buffer now)
             self.decoder.fail(IncompleteMessage("The connection was lost in the middle of a content."))
             self._in_place.release()
         self._answers.drop()

@@ -28,7 +28,7 @@ from framewire.io import poller
 from framewire.io.netio import listener_host, readable_now
 from framewire.io.poller import BusyPoll, poll_busily
 from framewire.io.timers import TimerWheel
-from framewire.io.transport import TlsTransport, Transport
+from framewire.io.transport import WOULD_BLOCK, TlsTransport, Transport
 from framewire.server.app import Handler
 from framewire.server.config import ServerConfig
 from framewire.server.engine import LINGER, ServerConnection
@@ -274,7 +274,7 @@ class _Serving:
             return
         engine = conn.engine
         engine.secured(now, *conn.io.secured())
-        self._timers.schedule(conn, engine.last_active + self.config.idle_timeout)
+        self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # open: never None
         _Serving._want(self, conn, _READ)
         _Serving._on_readable(self, conn, now)  # the first request may have come with the handshake
 
@@ -285,31 +285,30 @@ class _Serving:
         metrics = self.metrics
         this_turn = 0
         read = False
+        record = io.record
         state.in_handler = engine  # named by a forced stop, should the handler hang
         try:
             while True:
                 # The rest of a large content is read into its own buffer (as
                 # much as the kernel holds, in one call); anything else in chunks.
                 view = engine.read_buffer()
+                asked = engine.read_size if view is None else len(view)
+                if asked > record:  # noqa: PLR1730  # (an if: cheaper than min() uncompiled)
+                    asked = record
                 try:
                     if view is None:
-                        asked = io.read_size(engine.read_size)
-                        got = io.recv(asked)
-                        if got is None:
-                            break
-                        data = got
+                        data = io.recv(asked)
                         count = len(data)
                     else:
-                        asked = io.read_size(len(view))
                         count = io.recv_into(view, asked)
-                        if count < 0:
-                            break
                     if not count and engine.at_stake:
                         # An end here would be answered (incomplete-message) or
                         # cut answers off: over TLS it may really be a reset.
                         reset = io.reset_at_end()
                         if reset is not None:
                             raise reset
+                except WOULD_BLOCK:
+                    break
                 except OSError as exc:
                     _Serving._close(self, conn, io.explain(exc))
                     return
@@ -321,12 +320,13 @@ class _Serving:
                 else:
                     engine.received_into(count, now)
                 this_turn += count
-                if not io.read_on(count, asked, this_turn, engine.read_again(count, asked, this_turn)):
+                if not engine.read_again(count, asked, this_turn, io.records):
                     break
         finally:
             state.in_handler = None
         if read:
-            _Serving._sooner(self, conn)
+            if engine.message_started is not None:  # (else the timer stands as it is)
+                _Serving._sooner(self, conn)
             _Serving._flush(self, conn, now)
 
     def _sooner(self, conn: _Socket) -> None:
@@ -384,11 +384,13 @@ class _Serving:
         if wanted < 0:
             _Serving._close(self, conn)
             return
-        if wanted & _READ and conn.io.pending():
+        if wanted & _READ and conn.io.holds and conn.io.pending():
             # Reading stopped (the high-water mark) or resumes with bytes
             # already decrypted inside OpenSSL: no readiness event will say so.
             self._held.append(conn)
-        _Serving._want(self, conn, wanted)
+        if wanted != conn.events:
+            conn.events = wanted
+            self._poller.modify(conn.fd, wanted)
 
     def _want(self, conn: _Socket, wanted: int) -> None:
         if wanted != conn.events:
