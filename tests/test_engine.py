@@ -956,7 +956,7 @@ def test_an_engine_made_alone_has_a_budget_of_its_own() -> None:
     conn = engine(large_content=100, large_content_memory=3000)
     feed(conn, req(b"x" * 2000)[:-1500], 0.0, echo_call)
     assert conn.read_buffer() is not None
-    assert conn._in_place.budget.available == 1000
+    assert conn._budget.available == 1000
 
 
 @pytest.mark.parametrize("how", ["timeout", "lost", "half-close"])
@@ -995,8 +995,10 @@ def test_a_lost_connection_is_logged_at_info_only_when_the_loss_cost_something(c
     feed(one, req(b"a"), 0.0, echo_call)
     feed(partial, req(b"abc")[:-1], 0.0, echo_call)
     feed(both, req(b"a") + req(b"abc")[:-1], 0.0, echo_call)
+    server = ServerState(ServerConfig(), Dispatcher(echo, threads=0, max_queued=1, wake=lambda: None))
     for conn in (clean, owing, one, partial, both):
-        conn.connection_lost("Connection reset by peer")
+        server.open += 1  # (made here, not admitted: counted as the server would)
+        server.closed(conn, "Connection reset by peer")
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if "lost" in r.getMessage()]
     lost = "connection from test lost: Connection reset by peer"
     assert lines == [

@@ -75,7 +75,7 @@ class Transport:
     nothing can be read now and ``OSError`` when the connection failed: on
     the hot path, a transport adds no call of its own to a read."""
 
-    __slots__ = ("_unread", "fd", "holds", "record", "records", "recv", "recv_into", "sock")
+    __slots__ = ("_unread", "fd", "layered", "record", "records", "recv", "recv_into", "sock")
 
     def __init__(self, sock: _socket.socket, fd: int) -> None:
         self.sock = sock
@@ -87,9 +87,11 @@ class Transport:
         #: Reads come in records (TLS): a read of all that was asked is
         #: likely followed by more, answered or not (see ServerConnection.read_again).
         self.records = False
-        #: Bytes may wait above the socket, where no readiness event announces
-        #: them (see :meth:`pending`).
-        self.holds = False
+        #: A protocol layered over the socket (TLS): bytes may wait above the
+        #: socket where no readiness event announces them (:meth:`pending`),
+        #: an end of stream may hide a reset (:meth:`reset_at_end`), and a
+        #: close says goodbye first (:meth:`close`). False: none of these.
+        self.layered = False
         self._unread = bytearray(4)  # FIONREAD's answer (see nothing_unread)
 
     # -- reading ----------------------------------------------------------------
@@ -174,7 +176,7 @@ class TlsTransport(Transport):
         super().__init__(sock, fd)
         self.record = _TLS_RECORD
         self.records = True
-        self.holds = True
+        self.layered = True
 
     @staticmethod
     def wrap(context: ssl.SSLContext, sock: _socket.socket, fd: int) -> TlsTransport:

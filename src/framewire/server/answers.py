@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from framewire.core.cache import BoundedCache
 from framewire.core.errors import DeadlineExceeded, HandlerError, ProtocolError
@@ -70,9 +70,10 @@ LATER: Final = _Later()
 #: handler returned: a non-Message is answered with handler-error), or
 #: :data:`LATER`. It may raise, as a handler does.
 Call = Callable[[Message], object]
-#: What a connection does with a result that is not a Message: an awaitable
-#: is run elsewhere and becomes :data:`LATER`; anything else is returned as it is.
-Adopt = Callable[[Message, object], object]
+#: What a connection does with a result that is not a Message (given the
+#: connection, the request and the result): an awaitable is run elsewhere
+#: and becomes :data:`LATER`; anything else is returned as it is.
+Adopt = Callable[[Any, Message, object], object]
 
 
 def _expired(extensions: object) -> bool:
@@ -117,10 +118,10 @@ class Answers:
         """Answers owed to the peer: queued unsent, and not yet ready."""
         return self.out.responses + len(self.waiting)
 
-    def answer(self, requests: list[Message]) -> None:
-        """Answer ``requests``, in order (the hot path of the server: one
-        pass per request, the send queue's fields kept in locals and written
-        back once)."""
+    def answer(self, requests: list[Message], owner: object) -> None:
+        """Answer ``requests`` of the connection ``owner``, in order (the hot
+        path of the server: one pass per request, the send queue's fields
+        kept in locals and written back once)."""
         out = self.out
         parts = out.parts
         marks = out.marks
@@ -151,7 +152,7 @@ class Answers:
                         and adopt is not None
                         and response is not LATER
                     ):
-                        response = adopt(request, response)
+                        response = adopt(owner, request, response)
             except BaseException as exc:
                 # Whatever a handler raises, SystemExit and KeyboardInterrupt
                 # included (argparse exits on bad input, so a peer can cause

@@ -38,7 +38,7 @@ from framewire.server.answers import LATER, Adopt, Answers, Call, ResponseCache,
 from framewire.server.config import ServerConfig
 from framewire.server.flow import ContentBudget, FlowControl, InPlace, Linger
 from framewire.server.peer import Peer
-from framewire.server.phase import Phase, check
+from framewire.server.phase import ALLOWED, Phase, check
 
 if TYPE_CHECKING:
     from framewire.server.metrics import Metrics
@@ -92,6 +92,8 @@ _READ_AFTER_LARGE: Final = limits.READ_AFTER_LARGE
 _READ_ON: Final = limits.READ_ON
 _READ_TURN: Final = limits.READ_TURN
 _READ_TURN_RECORDS: Final = limits.READ_TURN_RECORDS
+# Every connection's until it lingers (the phases never use it: shared, unchanged).
+_NO_LINGER: Final = Linger(0.0, 0)
 
 
 class ServerConnection:
@@ -99,6 +101,7 @@ class ServerConnection:
 
     __slots__ = (
         "_answers",
+        "_budget",
         "_config",
         "_drain_at",
         "_in_place",
@@ -140,8 +143,10 @@ class ServerConnection:
             max_content_length=config.max_content_length,
             cache=headers,
         )
-        budget = budget if budget is not None else ContentBudget(config.large_content_memory)  # (else shared)
-        self._in_place = InPlace(self.decoder, budget, config.large_content)
+        self._budget = (
+            budget if budget is not None else ContentBudget(config.large_content_memory)
+        )  # (else shared)
+        self._in_place: InPlace | None = None  # made for the first large content (see read_buffer)
         self._answers = Answers(responses if responses is not None else BoundedCache(64 * 1024), peer)
         self.out = self._answers.out  # (the answers' queues, read on every call)
         self._waiting = self._answers.waiting
@@ -164,13 +169,15 @@ class ServerConnection:
         #: Answered server-busy at the connection limit (see :meth:`refuse`).
         self.refused = False
         self._proxy_bytes = b""
-        self._linger = Linger(config.linger_time, config.linger_bytes)  # see linger()
+        self._linger = _NO_LINGER  # a Linger of its own for a lingering close (see linger())
         self._phase = _HANDSHAKE if handshaking else _PROXY if config.proxy_protocol else _OPEN
         if self._phase != _OPEN:
             self.message_started = now  # the handshake, or the header, within the message deadline
 
     def _enter(self, phase: int) -> None:
-        check(self._phase, phase)  # (only on a move: a few per connection)
+        # Checked against the table on every move (a few per connection).
+        if phase not in ALLOWED[self._phase]:
+            check(self._phase, phase)  # raises, saying which move
         self._phase = phase
 
     # -- what the driver reads ------------------------------------------------
@@ -202,6 +209,11 @@ class ServerConnection:
         """Whether losing the connection now would cost something: answers
         owed, or a message half received."""
         return bool(self.out.marks or self._waiting or self.decoder.in_message)
+
+    @property
+    def half_received(self) -> bool:
+        """A message has begun to arrive and is not complete."""
+        return self.decoder.in_message
 
     @property
     def errors(self) -> int:
@@ -301,7 +313,12 @@ class ServerConnection:
             # read in place. Saves two calls a read, which the 1000
             # connections row notices.
             return None
-        return self._in_place.buffer()
+        in_place = self._in_place
+        if in_place is None:
+            if not self._config.large_content:
+                return None
+            in_place = self._in_place = InPlace(self.decoder, self._budget, self._config.large_content)
+        return in_place.buffer()
 
     def read_again(self, count: int, asked: int, this_turn: int, records: bool = False) -> bool:
         """Whether to read again before going back to the poller, after a read
@@ -333,10 +350,11 @@ class ServerConnection:
         self._decoded(requests, error, not count, now)
 
     def _decoded(self, requests: list[Message], error: ProtocolError | None, ended: bool, now: float) -> None:
-        if self._in_place.held:  # (tested here: no call per read on the usual path)
-            self._in_place.release()
+        in_place = self._in_place
+        if in_place is not None and in_place.held:  # (tested here: no call per read on the usual path)
+            in_place.release()
         if requests:
-            self._answers.answer(requests)
+            self._answers.answer(requests, self)
             self.requests += len(requests)
             if self._drain_at is not None and self._phase == _OPEN:
                 self._enter(_DRAINING)  # a request came while the server stopped: answered, then closed
@@ -447,6 +465,7 @@ class ServerConnection:
         self._answers.owe(error)
         self.message_started = None
         if lingering and self._config.linger_time:
+            self._linger = Linger(self._config.linger_time, self._config.linger_bytes)
             self._enter(_HALF_CLOSING)
         else:
             self._enter(_CLOSING)
@@ -537,7 +556,8 @@ class ServerConnection:
                 error = MessageTimeout(f"The message was not complete {timeout:g} s after its first byte.")
                 log.info("connection from %s: %s", self.peer, error)
                 self.decoder.fail(error)
-                self._in_place.release()
+                if self._in_place is not None:
+                    self._in_place.release()
                 self._close_for(error, lingering=True)
                 self.last_active = now  # the idle timeout ends it if the peer never reads this
             return
@@ -566,34 +586,15 @@ class ServerConnection:
             # Before the peer is known (PROXY) or secured (TLS) nothing can be owed.
             self._enter(_DRAINING if phase == _OPEN else _CLOSED)
 
-    def connection_lost(self, reason: object = None) -> None:
-        """The socket is gone (``reason``: why, when it was not a close of
-        the driver's own, for the log): nothing more is sent, the work still
-        under way for the peer is cancelled, and late answers are dropped."""
-        if reason is not None:
-            self._log_lost(reason)
+    def connection_lost(self) -> None:
+        """The socket is gone: nothing more is sent, the work still under way
+        for the peer is cancelled, and late answers are dropped."""
         self._enter(_CLOSED)
         # The driver's record and the engine refer to each other: else only the
         # cycle collector frees a closed connection (a tenth of the throughput).
         self.driver = None
-        if self._in_place.held:  # (failed, the decoder drops its buffer now)
+        in_place = self._in_place
+        if in_place is not None and in_place.held:  # (failed, the decoder drops its buffer now)
             self.decoder.fail(IncompleteMessage("The connection was lost in the middle of a content."))
-            self._in_place.release()
+            in_place.release()
         self._answers.drop()
-
-    def _log_lost(self, reason: object) -> None:
-        # INFO when the loss cost something; DEBUG when it lost no more than
-        # a close: clients that end with a reset (SO_LINGER 0) would otherwise
-        # log a line per connection, costlier than its work (docs/performance.md).
-        owed = self.owed
-        partial = self.decoder.in_message
-        if self.quiet or self._phase == _CLOSED or not (owed or partial):
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("connection from %s lost: %s", self.peer, reason)
-            return
-        cost = []
-        if owed:
-            cost.append(f"{owed} answer{'s' if owed > 1 else ''} not sent")
-        if partial:
-            cost.append("a message half received")
-        log.info("connection from %s lost: %s (%s)", self.peer, reason, ", ".join(cost))

@@ -54,14 +54,15 @@ _NODELAY_INHERITED: Final = sys.platform.startswith("linux")
 class _Socket:
     """What the driver keeps per connection: the transport beside its engine."""
 
-    __slots__ = ("closed", "engine", "events", "fd", "io", "timer_slot")
+    __slots__ = ("closed", "engine", "events", "fd", "io", "securing", "timer_slot")
 
-    def __init__(self, io: Transport, engine: ServerConnection) -> None:
+    def __init__(self, io: Transport, engine: ServerConnection, securing: bool) -> None:
         self.io = io
         self.fd = io.fd
         self.engine = engine
         self.events = _READ
         self.closed = False
+        self.securing = securing  # the transport's handshake is under way
         self.timer_slot: int | None = None  # where the timer wheel keeps this connection
 
 
@@ -131,9 +132,8 @@ class _Serving:
         self._waker.wake()
 
     def _on_signal(self, signum: int) -> None:
-        # The first signal (see stopping.py for the second): only flags and a
-        # wake-up here, since logging from a signal handler can re-enter a
-        # stream write the handler interrupted.
+        # The first signal (stopping.py: the second): flags and a wake-up only;
+        # logging here could re-enter a stream write the signal interrupted.
         self._signal_received = signum
         self.shutdown()
 
@@ -169,7 +169,7 @@ class _Serving:
                 conn = conns.get(fd)
                 if conn is not None:
                     try:
-                        if conn.engine.handshaking:
+                        if conn.securing:
                             _Serving._handshake(self, conn, now)
                             continue
                         if mask & _READABLE and conn.events & _READ:
@@ -211,7 +211,7 @@ class _Serving:
             self._state.stop_signalled(self._signal_received)
         self._state.stop_accepting(lambda: _Serving._accept(self, now))
         for conn in list(self._conns.values()):
-            if conn.engine.handshaking:
+            if conn.securing:
                 _Serving._close(self, conn)  # not yet a channel: nothing is owed on it
 
     def _accept(self, now: float) -> None:
@@ -240,7 +240,7 @@ class _Serving:
                 log.info("connection from %s: TLS could not start: %s", engine.peer, exc)
                 state.closed(engine)
                 continue
-            conn = engine.driver = _Socket(io, engine)
+            conn = engine.driver = _Socket(io, engine, tls is not None)
             self._conns[fd] = conn
             self._poller.register(fd, _READ)
             deadline = engine.deadline
@@ -249,7 +249,7 @@ class _Serving:
             # handshake's first flight) is usually here already, and reading
             # it now saves a loop turn.
             try:
-                if engine.handshaking:
+                if conn.securing:
                     _Serving._handshake(self, conn, now)
                 elif engine.refused:
                     _Serving._flush(self, conn, now)
@@ -264,7 +264,9 @@ class _Serving:
             wanted = conn.io.handshake()
         except OSError as exc:  # refused certificate, not TLS at all, reset, closed
             conn.closed = True
-            _Serving._forget(self, conn)
+            del self._conns[conn.fd]
+            self._timers.cancel(conn)
+            self._poller.forget(conn.fd)
             conn.io.close(goodbye=False)
             self._state.handshake_failed(conn.engine, exc)
             return
@@ -273,6 +275,7 @@ class _Serving:
                 _Serving._want(self, conn, wanted)
             return
         engine = conn.engine
+        conn.securing = False
         engine.secured(now, *conn.io.secured())
         self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # open: never None
         _Serving._want(self, conn, _READ)
@@ -301,7 +304,7 @@ class _Serving:
                         count = len(data)
                     else:
                         count = io.recv_into(view, asked)
-                    if not count and engine.at_stake:
+                    if not count and io.layered and engine.at_stake:
                         # An end here would be answered (incomplete-message) or
                         # cut answers off: over TLS it may really be a reset.
                         reset = io.reset_at_end()
@@ -376,18 +379,15 @@ class _Serving:
         if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
             wanted = _READ  # the peer's last requests are still unread: read them first
         if wanted == LINGER:
-            # The lingering close after an error answer (ServerConnection.linger):
-            # a FIN after the answer, then the peer's bytes are read and dropped.
+            # After an error answer: a FIN, then the peer's bytes read and dropped.
             engine.linger(now)
             self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # set by linger()
             wanted = _READ if conn.io.half_close() else -1
         if wanted < 0:
             _Serving._close(self, conn)
             return
-        if wanted & _READ and conn.io.holds and conn.io.pending():
-            # Reading stopped (the high-water mark) or resumes with bytes
-            # already decrypted inside OpenSSL: no readiness event will say so.
-            self._held.append(conn)
+        if wanted & _READ and conn.io.layered and conn.io.pending():
+            self._held.append(conn)  # bytes wait above the socket: no event will say so
         if wanted != conn.events:
             conn.events = wanted
             self._poller.modify(conn.fd, wanted)
@@ -439,13 +439,11 @@ class _Serving:
         if conn.closed:
             return
         conn.closed = True
-        _Serving._forget(self, conn)
-        engine = conn.engine
-        conn.io.close(goodbye=lost is None and not engine.closed and not engine.handshaking)
-        self._state.closed(engine, None if lost is None else lost.strerror or lost)
-
-    def _forget(self, conn: _Socket) -> None:
         del self._conns[conn.fd]
         self._timers.cancel(conn)
         if self._poller is not None:
             self._poller.forget(conn.fd)
+        engine = conn.engine
+        io = conn.io
+        io.close(io.layered and lost is None and not conn.securing and not engine.closed)
+        self._state.closed(engine, None if lost is None else lost.strerror or lost)

@@ -193,12 +193,11 @@ class Dispatcher:
         if self.threads:
             conn.bind(functools.partial(self._submit, conn))
             return
-        adopt = functools.partial(self._adopt, conn)
         if self._with_peer:
             handler = self.handler
-            conn.bind(lambda request: handler(request, _context(request, conn)), adopt)
+            conn.bind(lambda request: handler(request, _context(request, conn)), self._adopt)
         else:
-            conn.bind(self.handler, adopt)
+            conn.bind(self.handler, self._adopt)
 
     def _full(self, conn: ServerConnection) -> bool:
         # Past max_queued, a connection below its share still gets a place

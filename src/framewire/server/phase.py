@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-__all__ = ["TRANSITIONS", "Phase", "PhaseError", "check"]
+__all__ = ["ALLOWED", "TRANSITIONS", "Phase", "PhaseError", "check"]
 
 
 class Phase(enum.IntEnum):
@@ -56,9 +56,9 @@ TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
     Phase.CLOSED: frozenset({Phase.CLOSED}),  # a loss reported after the close changes nothing
 }
 
-# The table as integers, indexed by phase: what the engine checks each move
-# against (compiled, a tuple of frozensets of ints is plain C work).
-_ALLOWED: Final = tuple(frozenset(int(p) for p in TRANSITIONS[phase]) for phase in Phase)
+#: The table as integers, indexed by phase: what the engine checks each move
+#: against (compiled, a tuple of frozensets of ints is plain C work).
+ALLOWED: Final = tuple(frozenset(int(p) for p in TRANSITIONS[phase]) for phase in Phase)
 
 
 class PhaseError(RuntimeError):
@@ -67,5 +67,5 @@ class PhaseError(RuntimeError):
 
 def check(old: int, new: int) -> None:
     """Raise :class:`PhaseError` unless a connection may go from ``old`` to ``new``."""
-    if new not in _ALLOWED[old]:
+    if new not in ALLOWED[old]:
         raise PhaseError(f"a connection cannot go from {Phase(old).name} to {Phase(new).name}")

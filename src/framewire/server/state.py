@@ -260,7 +260,9 @@ class ServerState:
         the socket was lost rather than closed as the engine asked)."""
         debug = log.isEnabledFor(logging.DEBUG)
         handshaking = debug and engine.phase == Phase.HANDSHAKE  # (never named as opened)
-        engine.connection_lost(reason)
+        if reason is not None:
+            _log_lost(engine, reason)
+        engine.connection_lost()
         if engine.refused:
             self.refusing -= 1
         else:
@@ -379,3 +381,23 @@ class ServerState:
         if self.in_handler is not None:
             busy.insert(0, self.in_handler.peer)
         return busy, self.open
+
+
+def _log_lost(engine: ServerConnection, reason: object) -> None:
+    # The line of a connection lost (a reset, say): INFO when the loss cost
+    # something (answers owed, a message half received); DEBUG when it lost
+    # no more than a close: clients that end with a reset (SO_LINGER 0) would
+    # otherwise log a line per connection, costlier than its work
+    # (docs/performance.md).
+    owed = engine.owed
+    partial = engine.half_received
+    if engine.quiet or engine.closed or not (owed or partial):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s lost: %s", engine.peer, reason)
+        return
+    cost = []
+    if owed:
+        cost.append(f"{owed} answer{'s' if owed > 1 else ''} not sent")
+    if partial:
+        cost.append("a message half received")
+    log.info("connection from %s lost: %s (%s)", engine.peer, reason, ", ".join(cost))
