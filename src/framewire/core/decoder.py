@@ -345,6 +345,8 @@ class Decoder:
                     self.messages_decoded += 1
                     return [decoded(header, data[2 + size :])]
         out: list[Message] = []
+        if not self._pending:  # (the usual case: no call to join nothing)
+            return Decoder._scan(self, data, out)
         buf = Decoder._joined(self, data, out)
         if buf is None:
             return out
@@ -354,8 +356,6 @@ class Decoder:
         # The bytes to scan: ``data`` after those held of an unfinished step,
         # joined once enough are in (a trickle costs O(n), not O(n^2)). A
         # content completed here goes to ``out``. None: nothing more to scan.
-        if not self._pending:
-            return data
         self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size < self._need:
