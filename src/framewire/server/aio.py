@@ -185,9 +185,9 @@ class _Connection(asyncio.BufferedProtocol):
             if self._tls and size <= JOIN_BELOW:
                 # asyncio's TLS makes a record of each buffer written: joined,
                 # small answers share records (6.7x the pipelined throughput, 64 B).
-                transport.write(b"".join(engine.to_send()))
+                transport.write(b"".join(engine.outgoing))
             else:
-                transport.writelines(engine.to_send())
+                transport.writelines(engine.outgoing)
             engine.sent(size, now)
             if self.server.metrics is not None:
                 self.server.metrics.bytes_sent.inc(size)

@@ -9,7 +9,7 @@ transitions that module declares and checks.
 A driver reads into it (:meth:`~ServerConnection.receive`, or
 :meth:`~ServerConnection.read_buffer` and
 :meth:`~ServerConnection.received_into` for a large content read in place),
-sends what :meth:`~ServerConnection.to_send` gives and reports it
+sends what :attr:`~ServerConnection.outgoing` holds and reports it
 (:meth:`~ServerConnection.sent`), does what
 :meth:`~ServerConnection.interest` says (read, write, close, or half-close
 and :meth:`~ServerConnection.linger`), and calls
@@ -116,6 +116,7 @@ class ServerConnection:
         "last_active",
         "message_started",
         "out",
+        "outgoing",
         "peer",
         "quiet",
         "read_size",
@@ -149,6 +150,10 @@ class ServerConnection:
         self._in_place: InPlace | None = None  # made for the first large content (see read_buffer)
         self._answers = Answers(responses if responses is not None else BoundedCache(64 * 1024), peer)
         self.out = self._answers.out  # (the answers' queues, read on every call)
+        #: The bytes queued for the peer, in parts, in order (:attr:`unsent`
+        #: of them): send them, then call :meth:`sent`. The same list for the
+        #: connection's life; a driver reads it, or joins parts in place.
+        self.outgoing = self.out.parts
         self._waiting = self._answers.waiting
         #: Bytes to ask for in a read into no :meth:`read_buffer` (small after a large content).
         self.read_size = _RECV_SIZE
@@ -222,13 +227,8 @@ class ServerConnection:
 
     @property
     def unsent(self) -> int:
-        """Bytes queued for the peer (see :meth:`to_send`)."""
+        """Bytes queued for the peer (see :attr:`outgoing`)."""
         return self.out.size
-
-    def to_send(self) -> list[bytes | bytearray | memoryview]:
-        """The queued bytes, in parts, in order (the engine's list: a driver
-        may only join parts in place); then call :meth:`sent` with how many went."""
-        return self.out.parts
 
     def interest(self) -> int:
         """What the driver should do next, in one call: :data:`CLOSE`,
@@ -481,7 +481,7 @@ class ServerConnection:
     # -- sending, time, the end ------------------------------------------------------
 
     def sent(self, count: int, now: float) -> None:
-        """The socket took ``count`` bytes of :meth:`to_send`."""
+        """The socket took ``count`` bytes of :attr:`outgoing`."""
         if count:
             out = self.out
             if count == out.size:  # the common case: everything went at once

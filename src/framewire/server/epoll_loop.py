@@ -366,7 +366,7 @@ class _Serving:
         size = engine.unsent
         if size:
             try:
-                sent = conn.io.send(engine.to_send(), size)
+                sent = conn.io.send(engine.outgoing, size)
             except OSError as exc:
                 _Serving._close(self, conn, conn.io.explain(exc))
                 return
