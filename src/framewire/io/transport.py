@@ -65,6 +65,10 @@ def ended_by_error(sock: _socket.socket) -> int:
     return errno.ECONNRESET if state == _TCP_CLOSE else 0
 
 
+def _nothing_pending() -> int:
+    return 0
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Transport:
     """A connected plain socket, non-blocking.
@@ -75,7 +79,7 @@ class Transport:
     nothing can be read now and ``OSError`` when the connection failed: on
     the hot path, a transport adds no call of its own to a read."""
 
-    __slots__ = ("_unread", "fd", "layered", "record", "records", "recv", "recv_into", "sock")
+    __slots__ = ("_unread", "fd", "layered", "pending", "record", "records", "recv", "recv_into", "sock")
 
     def __init__(self, sock: _socket.socket, fd: int) -> None:
         self.sock = sock
@@ -88,18 +92,16 @@ class Transport:
         #: likely followed by more, answered or not (see ServerConnection.read_again).
         self.records = False
         #: A protocol layered over the socket (TLS): bytes may wait above the
-        #: socket where no readiness event announces them (:meth:`pending`),
+        #: socket where no readiness event announces them (:attr:`pending`),
         #: an end of stream may hide a reset (:meth:`reset_at_end`), and a
         #: close says goodbye first (:meth:`close`). False: none of these.
         self.layered = False
+        #: Bytes waiting above the socket, where no readiness event announces
+        #: them (a layered transport's; the socket's own method, on the hot path).
+        self.pending: Callable[[], int] = _nothing_pending
         self._unread = bytearray(4)  # FIONREAD's answer (see nothing_unread)
 
     # -- reading ----------------------------------------------------------------
-
-    def pending(self) -> bool:
-        """Whether bytes wait above the socket, where no readiness event
-        announces them."""
-        return False
 
     def reset_at_end(self) -> OSError | None:
         """After a read of ``b""`` with something at stake: the reset that
@@ -177,6 +179,7 @@ class TlsTransport(Transport):
         self.record = _TLS_RECORD
         self.records = True
         self.layered = True
+        self.pending = sock.pending  # type: ignore[attr-defined]
 
     @staticmethod
     def wrap(context: ssl.SSLContext, sock: _socket.socket, fd: int) -> TlsTransport:
@@ -190,9 +193,6 @@ class TlsTransport(Transport):
             raise
         return TlsTransport(wrapped, fd)
 
-    def pending(self) -> bool:
-        return bool(self.sock.pending())  # type: ignore[attr-defined]
-
     def reset_at_end(self) -> OSError | None:
         # (With nothing at stake an end is an end: many TLS clients close with
         # the server's session tickets unread, which the kernel turns into a reset.)
@@ -205,7 +205,15 @@ class TlsTransport(Transport):
     def send(self, parts: list[bytes | bytearray | memoryview], size: int) -> int:
         if size > JOIN_BELOW:
             return send_parts(self.sock, parts)  # type: ignore[arg-type]  # (TLS sockets have no sendmsg)
-        return Transport.send(self, parts, size)
+        # As a plain socket's small send, written again: one call less a flush.
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            sent = self.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        if sent < size and len(parts) > 1:
+            parts[:] = [data]  # OpenSSL wants the same bytes on the retry
+        return sent
 
     def explain(self, exc: OSError) -> OSError:
         # OpenSSL names a write (or read) cut by the peer's reset "EOF

@@ -335,10 +335,11 @@ class AioServer(ServerView):
         accepted = acceptor.accept(now)
         if accepted:
             acceptor.established()
+        debug = log.isEnabledFor(logging.DEBUG)
         tls = self.ssl_context
         for fd, addr in accepted:
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-            engine = state.admit(sock, addr, now)
+            engine = state.admit(sock, addr, now, debug)
             if engine is None:
                 continue  # refused at once, or an untrusted balancer: closed, logged
             factory = functools.partial(_Connection, self, engine)

@@ -130,7 +130,6 @@ class ServerConnection:
         config: ServerConfig,
         now: float,
         peer: str = "-",
-        *,
         headers: HeaderCache | None = None,
         responses: ResponseCache | None = None,
         budget: ContentBudget | None = None,

@@ -105,8 +105,7 @@ class _Serving:
         self._poller: Any = None
         self._waker = poller.Waker()
         self._conns: dict[int, _Socket] = {}  # every connection with a socket, by descriptor
-        # Connections with bytes held above the socket (TLS), which no
-        # readiness event announces: read on the loop's next turn (see _flush).
+        # Connections with bytes held above the socket (TLS): read next turn (see _flush).
         self._held: list[_Socket] = []
         self._timers: TimerWheel[_Socket] = TimerWheel()
         self._dispatcher = Dispatcher(
@@ -227,9 +226,10 @@ class _Serving:
         accepted = acceptor.accept(now)
         if accepted:
             acceptor.established()
+        debug = log.isEnabledFor(logging.DEBUG)
         for fd, addr in accepted:
             sock = make_socket(family, socket.SOCK_STREAM, 0, fd)
-            engine = state.admit(sock, addr, now)
+            engine = state.admit(sock, addr, now, debug)
             if engine is None:
                 continue  # refused at once, or an untrusted balancer: closed, logged
             if family != socket.AF_UNIX and not _NODELAY_INHERITED:

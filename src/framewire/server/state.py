@@ -172,11 +172,14 @@ class ServerState:
         self.summary = Summary(self.config.log_summary, now)
         return acceptor
 
-    def admit(self, sock: _socket.socket, addr: Any, now: float) -> ServerConnection | None:
+    def admit(
+        self, sock: _socket.socket, addr: Any, now: float, debug: bool = False
+    ) -> ServerConnection | None:
         """The engine of a just-accepted connection, or None when it was
         closed here (an untrusted PROXY sender; past the limit over TLS, or
         past ``max_refusing``). Past the limit, the engine refuses: answer
-        and linger as it says, then :meth:`closed`."""
+        and linger as it says, then :meth:`closed`. ``debug``: the log is at
+        DEBUG (asked once per batch of accepts, not per connection)."""
         config = self.config
         refused = self.open >= config.max_connections
         if refused and (self.ssl_context is not None or self.refusing >= config.max_refusing):
@@ -186,15 +189,8 @@ class ServerState:
         peer = show_address(addr) if self._by_address else self._named(sock, addr)
         if peer is None:
             return None
-        engine = ServerConnection(
-            config,
-            now,
-            peer,
-            headers=self.headers,
-            responses=self.responses,
-            budget=self.budget,
-            handshaking=self.ssl_context is not None and not refused,
-        )
+        handshaking = self.ssl_context is not None and not refused
+        engine = ServerConnection(config, now, peer, self.headers, self.responses, self.budget, handshaking)
         metrics = self.metrics
         if refused:
             self.refusing += 1
@@ -209,7 +205,7 @@ class ServerState:
         self.connections_total += 1
         if metrics is not None:
             metrics.opened(engine)
-        if log.isEnabledFor(logging.DEBUG) and engine.phase == Phase.OPEN:  # else: once secured or named
+        if debug and engine.phase == Phase.OPEN:  # else: once secured or named
             log.debug("connection from %s opened (%d open)", peer, self.open)
         return engine
 
