@@ -651,14 +651,15 @@ def test_the_engine_s_decoder_has_the_configured_limits() -> None:
 def test_a_secured_connection_s_debug_line_names_its_tls_and_certificate(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    server = ServerState(ServerConfig(), Dispatcher(echo, threads=0, max_queued=1, wake=lambda: None))
     with caplog.at_level("INFO", logger="framewire.server"):
-        ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True).secured(0.5, "TLSv1.3", None)
+        server.secured(ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True), 0.5, "TLSv1.3", None)
     assert caplog.messages == []  # at INFO: nothing (the summary counts it)
     with caplog.at_level("DEBUG", logger="framewire.server"):
         conn = ServerConnection(ServerConfig(), 0.0, "p:1", handshaking=True)
-        conn.secured(0.5, "TLSv1.3", {"commonName": "alice"})
+        server.secured(conn, 0.5, "TLSv1.3", {"commonName": "alice"})
         plain = ServerConnection(ServerConfig(), 0.0, "q:2", handshaking=True)
-        plain.secured(0.5, "TLSv1.2", None)
+        server.secured(plain, 0.5, "TLSv1.2", None)
     assert caplog.messages == [
         "connection from p:1 opened, TLSv1.3, client certificate alice",
         "connection from q:2 opened, TLSv1.2",

@@ -309,7 +309,7 @@ class AioClient(Configured):
                 self._abort()
                 text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
                 raise TimeoutError(errno.ETIMEDOUT, text) from exc
-            text = f"no connection to {self.where} within {limit:g} s"
+            text = f"no connection to {self.where} before the call's deadline"  # (as the blocking client)
             raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
 
     def _send(self, messages: list[Message], deadline: float | None) -> list[asyncio.Future[Message]]:

@@ -86,7 +86,7 @@ class _Connection(asyncio.BufferedProtocol):
         now = server._loop.time()
         tls = transport.get_extra_info("ssl_object")
         if tls is not None:  # the loop did the handshake before calling us
-            engine.secured(now, tls_version(tls), peer_certificate(tls))
+            server._state.secured(engine, now, tls_version(tls), peer_certificate(tls))
             self._tls = True
         engine.driver = self
         server._conns.add(self)
@@ -180,20 +180,17 @@ class _Connection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return
         now = self.server._loop.time()
-        size = engine.unsent
-        if size and self._writing:
+        size = engine.unsent if self._writing else 0
+        if size:
             if self._tls and size <= JOIN_BELOW:
                 # asyncio's TLS makes a record of each buffer written: joined,
                 # small answers share records (6.7x the pipelined throughput, 64 B).
                 transport.write(b"".join(engine.outgoing))
             else:
                 transport.writelines(engine.outgoing)
-            engine.sent(size, now)
             if self.server.metrics is not None:
                 self.server.metrics.bytes_sent.inc(size)
-        if self.server._stopping:
-            engine.drain(now)
-        wanted = engine.interest()
+        wanted = engine.flushed(size, now, self.server._stopping)
         if wanted == CLOSE and engine.idle_drained:
             sock = transport.get_extra_info("socket")
             if sock is not None and readable_now(sock.fileno()):

@@ -230,9 +230,26 @@ class ServerConnection:
         return self.out.size
 
     def interest(self) -> int:
-        """What the driver should do next, in one call: :data:`CLOSE`,
-        :data:`LINGER`, or the poller interest (:data:`READ` and/or :data:`WRITE`)."""
+        """What the driver should do next: :data:`CLOSE`, :data:`LINGER`, or
+        the poller interest (:data:`READ` and/or :data:`WRITE`)."""
+        return self.flushed(0, self.last_active)
+
+    def flushed(self, count: int, now: float, stopping: bool = False) -> int:
+        """After a send: the socket took ``count`` bytes of :attr:`outgoing`
+        (0 too), and the server is ``stopping`` (see :meth:`drain`) or not.
+        Returns what to do next, as :meth:`interest` does (one call a flush)."""
         out = self.out
+        if count:
+            if count == out.size:  # the common case: everything went at once
+                out.parts.clear()
+                out.size = 0
+                out.marks.clear()
+                out.sent += count
+            else:
+                out.consume(count)
+            self.last_active = now
+        if stopping:
+            self.drain(now)
         phase = self._phase
         if not out.size and not self._waiting:
             # The common case: everything answered and sent.
@@ -415,14 +432,6 @@ class ServerConnection:
         self.last_active = now
         self.tls = (version, certificate)
         self._peer = None
-        if log.isEnabledFor(logging.DEBUG):
-            peer = self.peer_info()
-            log.debug(
-                "connection from %s opened, %s%s",
-                self.peer,
-                peer.tls,
-                f", client certificate {peer.common_name or peer.certificate}" if peer.certificate else "",
-            )
 
     # -- answering -----------------------------------------------------------------
 
@@ -480,17 +489,8 @@ class ServerConnection:
     # -- sending, time, the end ------------------------------------------------------
 
     def sent(self, count: int, now: float) -> None:
-        """The socket took ``count`` bytes of :attr:`outgoing`."""
-        if count:
-            out = self.out
-            if count == out.size:  # the common case: everything went at once
-                out.parts.clear()
-                out.size = 0
-                out.marks.clear()
-                out.sent += count
-            else:
-                out.consume(count)
-            self.last_active = now
+        """The socket took ``count`` bytes of :attr:`outgoing` (see :meth:`flushed`)."""
+        self.flushed(count, now)
 
     def linger(self, now: float, half_closed: bool = True) -> None:
         """The driver half-closed after :data:`LINGER`: from now on it reads

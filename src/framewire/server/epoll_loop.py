@@ -276,7 +276,7 @@ class _Serving:
             return
         engine = conn.engine
         conn.securing = False
-        engine.secured(now, *conn.io.secured())
+        self._state.secured(engine, now, *conn.io.secured())
         self._timers.schedule(conn, engine.deadline)  # type: ignore[arg-type]  # open: never None
         _Serving._want(self, conn, _READ)
         _Serving._on_readable(self, conn, now)  # the first request may have come with the handshake
@@ -372,10 +372,9 @@ class _Serving:
                 return
             if self.metrics is not None:
                 self.metrics.bytes_sent.inc(sent)
-            engine.sent(sent, now)
-        if self._stop_requested:
-            engine.drain(now)
-        wanted = engine.interest()
+        else:
+            sent = 0
+        wanted = engine.flushed(sent, now, self._stop_requested)
         if wanted < 0 and engine.idle_drained and readable_now(conn.fd):
             wanted = _READ  # the peer's last requests are still unread: read them first
         if wanted == LINGER:

@@ -209,6 +209,19 @@ class ServerState:
             log.debug("connection from %s opened (%d open)", peer, self.open)
         return engine
 
+    def secured(self, engine: ServerConnection, now: float, version: str | None, certificate: object) -> None:
+        """``engine``'s TLS handshake is done (``version``, the client's
+        verified ``certificate`` or None); its DEBUG line says so."""
+        engine.secured(now, version, certificate)
+        if log.isEnabledFor(logging.DEBUG):
+            peer = engine.peer_info()
+            log.debug(
+                "connection from %s opened, %s%s",
+                engine.peer,
+                peer.tls,
+                f", client certificate {peer.common_name or peer.certificate}" if peer.certificate else "",
+            )
+
     def _named(self, sock: _socket.socket, addr: Any) -> str | None:
         # How a connection is named in logs, or None when it came from a
         # sender the PROXY protocol does not trust: then it is closed and logged.
