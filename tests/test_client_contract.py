@@ -696,7 +696,8 @@ def test_the_heartbeat_pings_an_idle_connection_at_its_pace(kind: str) -> None:
                 if len(pings) == 3:
                     three.set()
 
-    with scripted(count_pings) as server:
+    # (A close while a ping's echo is on its way aborts: an answer is owed.)
+    with scripted(or_reset(count_pings)) as server:
         client = make_client(kind, "127.0.0.1", server.port, heartbeat=0.05).connect()
         assert three.wait(2.5), "three pings did not come at a 50 ms pace"
         client.close()

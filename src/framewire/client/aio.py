@@ -309,7 +309,13 @@ class AioClient(Configured):
                 self._abort()
                 text = f"no answer from {self.where} within {limit:g} s (it reads nothing)"
                 raise TimeoutError(errno.ETIMEDOUT, text) from exc
-            text = f"no connection to {self.where} before the call's deadline"  # (as the blocking client)
+            # Worded as the blocking client does: a connect that hung is "no
+            # answer", the deadline come in a wait between refusals is not.
+            if self._refused is None:
+                raise TimeoutError(
+                    errno.ETIMEDOUT, f"no answer from {self.where} within {limit:g} s"
+                ) from exc
+            text = f"no connection to {self.where} before the call's deadline"
             raise TimeoutError(errno.ETIMEDOUT, text) from self._refused
 
     def _send(self, messages: list[Message], deadline: float | None) -> list[asyncio.Future[Message]]:
