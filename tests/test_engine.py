@@ -60,7 +60,7 @@ def feed(conn: ServerConnection, data: bytes, now: float, call: Any) -> None:
 def sent_messages(conn: ServerConnection, now: float = 0.0) -> list[Message]:
     """Everything the engine queued, as the peer would decode it."""
     data = b"".join(bytes(p) for p in conn.out.parts)
-    conn.sent(conn.out.size, now)
+    conn.flushed(conn.out.size, now)
     return Decoder().feed(data)
 
 
@@ -276,9 +276,9 @@ def test_a_peer_that_does_not_read_its_answers_is_not_read() -> None:
         assert reading(conn)
     feed(conn, big, 0.0, echo_call)  # 4 answers of ~3 KB: above 10 KB
     assert not reading(conn)
-    conn.sent(conn.out.size - 6000, 1.0)  # below high water, above low water (5000)
+    conn.flushed(conn.out.size - 6000, 1.0)  # below high water, above low water (5000)
     assert not reading(conn)
-    conn.sent(conn.out.size - 5000, 1.0)
+    conn.flushed(conn.out.size - 5000, 1.0)
     assert reading(conn)
 
 
@@ -949,7 +949,7 @@ def test_the_driver_reads_again_while_a_message_comes_in_fast() -> None:
     assert conn.owed and not conn.read_again(on, on, on)
     bad = engine()
     feed(bad, b"\x00\x05{bad}" + b"x" * 100, 0.0, echo_call)  # an error answer, then the close
-    bad.sent(bad.out.size, 1.0)
+    bad.flushed(bad.out.size, 1.0)
     assert bad.phase >= Phase.CLOSING and not bad.owed and not bad.read_again(on, on, on)
 
 

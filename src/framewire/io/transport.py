@@ -125,12 +125,9 @@ class Transport:
     def send(self, parts: list[bytes | bytearray | memoryview], size: int) -> int:
         """Send ``parts`` (``size`` bytes in all) as far as the socket takes
         them now; returns the bytes sent. Small answers go joined in one
-        ``send``, large ones by ``sendmsg`` without a copy."""
+        ``send``, large ones without a copy (:meth:`_send_large`)."""
         if size > JOIN_BELOW:
-            try:
-                return self.sock.sendmsg(parts[:IOV_MAX])
-            except _WOULD_BLOCK:
-                return 0
+            return self._send_large(parts)
         # What is not sent stays joined for the next try: cheaper, and over
         # TLS required (OpenSSL wants a write that had to wait retried with
         # the same bytes first; a shorter buffer fails with "bad length").
@@ -142,6 +139,13 @@ class Transport:
         if sent < size and len(parts) > 1:
             parts[:] = [data]
         return sent
+
+    def _send_large(self, parts: list[bytes | bytearray | memoryview]) -> int:
+        # More than JOIN_BELOW bytes: one sendmsg of the parts, no copy.
+        try:
+            return self.sock.sendmsg(parts[:IOV_MAX])
+        except _WOULD_BLOCK:
+            return 0
 
     def explain(self, exc: OSError) -> OSError:
         """The error to report for ``exc``, raised by this transport."""
@@ -202,18 +206,8 @@ class TlsTransport(Transport):
     def nothing_unread(self) -> bool:
         return False  # bytes may wait inside OpenSSL: always read
 
-    def send(self, parts: list[bytes | bytearray | memoryview], size: int) -> int:
-        if size > JOIN_BELOW:
-            return send_parts(self.sock, parts)  # type: ignore[arg-type]  # (TLS sockets have no sendmsg)
-        # As a plain socket's small send, written again: one call less a flush.
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        try:
-            sent = self.sock.send(data)
-        except _WOULD_BLOCK:
-            sent = 0
-        if sent < size and len(parts) > 1:
-            parts[:] = [data]  # OpenSSL wants the same bytes on the retry
-        return sent
+    def _send_large(self, parts: list[bytes | bytearray | memoryview]) -> int:
+        return send_parts(self.sock, parts)  # type: ignore[arg-type]  # (TLS sockets have no sendmsg)
 
     def explain(self, exc: OSError) -> OSError:
         # OpenSSL names a write (or read) cut by the peer's reset "EOF

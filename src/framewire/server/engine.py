@@ -9,10 +9,9 @@ transitions that module declares and checks.
 A driver reads into it (:meth:`~ServerConnection.receive`, or
 :meth:`~ServerConnection.read_buffer` and
 :meth:`~ServerConnection.received_into` for a large content read in place),
-sends what :attr:`~ServerConnection.outgoing` holds and reports it
-(:meth:`~ServerConnection.sent`), does what
-:meth:`~ServerConnection.interest` says (read, write, close, or half-close
-and :meth:`~ServerConnection.linger`), and calls
+sends what :attr:`~ServerConnection.outgoing` holds and reports it to
+:meth:`~ServerConnection.flushed`, does what that says (read, write,
+close, or half-close and :meth:`~ServerConnection.linger`), and calls
 :meth:`~ServerConnection.timer` at :attr:`~ServerConnection.deadline`,
 :meth:`~ServerConnection.drain`, :meth:`~ServerConnection.secured` and
 :meth:`~ServerConnection.connection_lost` when those happen. Every rule
@@ -150,7 +149,7 @@ class ServerConnection:
         self._answers = Answers(responses if responses is not None else BoundedCache(64 * 1024), peer)
         self.out = self._answers.out  # (the answers' queues, read on every call)
         #: The bytes queued for the peer, in parts, in order (:attr:`unsent`
-        #: of them): send them, then call :meth:`sent`. The same list for the
+        #: of them): send them, then call :meth:`flushed`. The same list for the
         #: connection's life; a driver reads it, or joins parts in place.
         self.outgoing = self.out.parts
         self._waiting = self._answers.waiting
@@ -487,10 +486,6 @@ class ServerConnection:
         self._close_for(error, lingering=True)
 
     # -- sending, time, the end ------------------------------------------------------
-
-    def sent(self, count: int, now: float) -> None:
-        """The socket took ``count`` bytes of :attr:`outgoing` (see :meth:`flushed`)."""
-        self.flushed(count, now)
 
     def linger(self, now: float, half_closed: bool = True) -> None:
         """The driver half-closed after :data:`LINGER`: from now on it reads

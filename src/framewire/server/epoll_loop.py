@@ -263,12 +263,7 @@ class _Serving:
         try:
             wanted = conn.io.handshake()
         except OSError as exc:  # refused certificate, not TLS at all, reset, closed
-            conn.closed = True
-            del self._conns[conn.fd]
-            self._timers.cancel(conn)
-            self._poller.forget(conn.fd)
-            conn.io.close(goodbye=False)
-            self._state.handshake_failed(conn.engine, exc)
+            _Serving._close(self, conn, handshake=exc)
             return
         if wanted:
             if wanted > 0:
@@ -433,8 +428,9 @@ class _Serving:
         with contextlib.suppress(Exception):
             _Serving._close(self, conn)
 
-    def _close(self, conn: _Socket, lost: OSError | None = None) -> None:
-        # ``lost``: the socket failed with it (logged by what it cost).
+    def _close(self, conn: _Socket, lost: OSError | None = None, handshake: OSError | None = None) -> None:
+        # ``lost``: the socket failed with it (logged by what it cost);
+        # ``handshake``: the TLS handshake failed with it (logged as such).
         if conn.closed:
             return
         conn.closed = True
@@ -445,4 +441,7 @@ class _Serving:
         engine = conn.engine
         io = conn.io
         io.close(io.layered and lost is None and not conn.securing and not engine.closed)
-        self._state.closed(engine, None if lost is None else lost.strerror or lost)
+        if handshake is not None:
+            self._state.handshake_failed(engine, handshake)
+        else:
+            self._state.closed(engine, None if lost is None else lost.strerror or lost)

@@ -268,7 +268,7 @@ class ServerState:
         """The driver closed ``engine``'s connection (``reason``: why, when
         the socket was lost rather than closed as the engine asked)."""
         debug = log.isEnabledFor(logging.DEBUG)
-        handshaking = debug and engine.phase == Phase.HANDSHAKE  # (never named as opened)
+        handshaking = debug and engine.handshaking  # (never named as opened)
         if reason is not None:
             _log_lost(engine, reason)
         engine.connection_lost()
