@@ -47,10 +47,13 @@ def test_every_request_byte_connection_and_error_is_counted() -> None:
     assert value(registry, requests, action="search", content_type="text/json") == 7
     assert value(registry, requests, action="other", content_type="text/json") == 2  # not one of the App's
     assert value(registry, requests, action="", content_type="binary/octet-stream") == 1
-    assert value(registry, "framewire_errors_total", code="bad-header") == 1
+    assert value(registry, "framewire_errors_total", action="", code="bad-header") == 1  # not a request's
     assert value(registry, "framewire_connections_total") == 2
     assert value(registry, "framewire_connections_open") == 0
-    assert value(registry, "framewire_request_duration_seconds_count") == 10
+    durations = "framewire_request_duration_seconds_count"
+    assert value(registry, durations, action="search") == 7
+    assert value(registry, durations, action="other") == 2
+    assert value(registry, durations, action="") == 1
     assert value(registry, "framewire_bytes_received_total") > 7 * 50
     assert value(registry, "framewire_bytes_sent_total") > 7 * 50
     del sent, received
@@ -159,7 +162,7 @@ def test_paused_connections_and_server_busy_are_seen() -> None:
             assert value(registry, "framewire_paused_connections") == 1
             with connect(server.port) as second:
                 read_until_closed(second)
-            assert value(registry, "framewire_errors_total", code="server-busy") == 1
+            assert value(registry, "framewire_errors_total", action="", code="server-busy") == 1
             assert value(registry, "framewire_connections_refused_total") == 1  # plain: answered, counted
             finish_and_read(sock, request, stream, sent)
             assert value(registry, "framewire_paused_connections") == 0
@@ -213,13 +216,21 @@ def test_app_actions_name_the_label() -> None:
     assert metrics.kind(Message.from_json([1, 2])) == ("other", "text/json")
 
 
-def test_error_code_labels_are_the_protocol_s_and_a_bounded_few_of_the_app_s() -> None:
+def test_error_code_labels_are_the_protocol_s_and_those_the_app_declares() -> None:
     registry = CollectorRegistry()
-    metrics = Metrics(echo, registry)
+    app = App()
+
+    @app.action("get", errors=["not-found"])
+    def get(value: Any) -> Any:
+        return value
+
+    metrics = Metrics(app, registry)
+    metrics.action = "get"
     metrics.error("server-busy")
+    metrics.error("not-found")
     for i in range(100):  # an application making codes from what peers send
         metrics.error(f"no-such-key-{i}")
     codes = {s.labels["code"] for m in registry.collect() for s in m.samples if "code" in s.labels}
-    assert "server-busy" in codes and "other" in codes
-    assert len(codes) == 1 + LABEL_LIMIT + 1
-    assert value(registry, "framewire_errors_total", code="other") == 100 - LABEL_LIMIT
+    assert codes == {"server-busy", "not-found", "other"}
+    assert value(registry, "framewire_errors_total", action="get", code="other") == 100
+    assert value(registry, "framewire_errors_total", action="get", code="not-found") == 1

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from framewire.client.calls import AioCalls
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
@@ -79,14 +80,14 @@ class _Protocol(asyncio.Protocol):
             self.client._writable.set()
 
 
-class AioClient(Configured):
+class AioClient(Configured, AioCalls):
     """A connection to a framewire (or guide-written) server, for asyncio
     (made by :func:`connect`). Every option of
     :class:`~framewire.client.options.ClientOptions` is a keyword, or pass
     ``options=``; the client's values read as attributes."""
 
     def _start(self) -> None:
-        self.where = where(self.host, self.port)
+        self._where = where(self.host, self.port)
         self._conn: ClientConnection | None = None
         self._transport: asyncio.Transport | None = None
         self._opening: asyncio.Lock | None = None
@@ -233,6 +234,11 @@ class AioClient(Configured):
         self._transport = transport
         if options.heartbeat > 0 and (self._beat is None or self._beat.done()):
             self._beat = asyncio.create_task(self._heartbeat())
+
+    @property
+    def where(self) -> str:
+        """The server, as messages name it (``127.0.0.1:65432``, ``unix:PATH``)."""
+        return self._where
 
     # -- the caller's side --------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from framewire.client.aio import AioClient
 from framewire.client.balance import Member, PoolBase
+from framewire.client.calls import AioCalls
 from framewire.client.options import DEFAULT, Timeout
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
@@ -31,7 +32,7 @@ __all__ = ["AioPool"]
 Exchange = Callable[[AioClient, "float | None"], Awaitable[list[Message]]]
 
 
-class AioPool(PoolBase):
+class AioPool(PoolBase, AioCalls):
     """Connections to ``addresses`` for asyncio tasks; the parameters are the
     blocking :class:`~framewire.client.pool.Pool`'s, ``size`` being the
     connections per member (each carries many calls at once)."""

@@ -188,6 +188,11 @@ class PoolBase:
         self._closed = False
 
     @property
+    def where(self) -> str:
+        """The pool's servers, as messages name them."""
+        return ", ".join(str(member) for member in self.balancer.members)
+
+    @property
     def members(self) -> list[Member]:
         """The pool's members (addresses) and their health."""
         return self.balancer.members

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, MutableSequence
 from types import TracebackType
 from typing import Any
 
+from framewire.client.calls import Calls
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
@@ -46,7 +47,7 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _RECEIVE = object()
 
 
-class Client(Configured):
+class Client(Configured, Calls):
     """A blocking connection to a framewire (or guide-written) server.
 
     >>> with Client("127.0.0.1", 65432) as client:          # doctest: +SKIP
@@ -107,14 +108,14 @@ class Client(Configured):
             if conn.in_flight:
                 return sock, conn
             if not conn.reusable(time.monotonic()):
-                log.debug("%s: the connection reached its age: opening a new one", self._where)
+                log.debug("%s: the connection reached its age: opening a new one", self.where)
                 self.close()  # a plain close: nothing is owed on it
             elif not idle_dropped(sock):
                 return sock, conn
             else:
                 # Readable while idle: the server closed it, or sent what nobody
                 # asked for; either way it is not to be used again.
-                log.debug("%s closed the idle connection: opening a new one", self._where)
+                log.debug("%s closed the idle connection: opening a new one", self.where)
                 self._abort()
         options = self.options
         limit = options.connect_limit
@@ -127,7 +128,7 @@ class Client(Configured):
                 # Reached after a back-off wait that overslept the deadline
                 # (a sleep may end late): the refusals before it are the
                 # cause a caller wants to see, not only the time.
-                text = f"no connection to {self._where} before the call's deadline"
+                text = f"no connection to {self.where} before the call's deadline"
                 raise TimeoutError(errno.ETIMEDOUT, text) from refused
             if left is not None:
                 seconds = left if limit is None else min(limit, left)
@@ -147,13 +148,14 @@ class Client(Configured):
                 refused = exc
                 continue
             self._sock = sock
-            self._conn = conn = ClientConnection(options, time.monotonic(), self._where)
+            self._conn = conn = ClientConnection(options, time.monotonic(), self.where)
             if options.heartbeat > 0:
                 self._start_heartbeat()
             return sock, conn
 
     @property
-    def _where(self) -> str:
+    def where(self) -> str:
+        """The server, as messages name it (``127.0.0.1:65432``, ``unix:PATH``)."""
         return where(self.host, self.port)
 
     def close(self) -> None:
@@ -304,7 +306,7 @@ class Client(Configured):
                 break
             if conn.failure is not None:  # after this call's answers
                 if isinstance(conn.failure, ProtocolError):  # one nobody asked for
-                    log.warning("%s: %s: the connection is closed", self._where, conn.failure)
+                    log.warning("%s: %s: the connection is closed", self.where, conn.failure)
                 self._abort()
         if single:
             return [self._checked(answers[0])]
@@ -354,7 +356,7 @@ class Client(Configured):
         # the request went out on: never a new one.
         sock, conn = self._sock, self._conn
         if sock is None or conn is None:
-            raise ConnectionClosed(f"{self._where}: no connection to receive from")
+            raise ConnectionClosed(f"{self.where}: no connection to receive from")
         start = len(answers)
         while len(answers) - start < count:
             sock.settimeout(self._remaining(deadline))
@@ -417,7 +419,7 @@ class Client(Configured):
             try:
                 self._probe(timeout if timeout is not None else max(beat, 1.0))
             except (OSError, ProtocolError) as exc:
-                log.info("heartbeat to %s failed (%s): connection closed", self._where, exc)
+                log.info("heartbeat to %s failed (%s): connection closed", self.where, exc)
             return beat
         finally:
             self._lock.release()

@@ -25,6 +25,7 @@ from typing import Any
 
 from framewire.client.balance import Member, PoolBase
 from framewire.client.blocking import Client
+from framewire.client.calls import Calls
 from framewire.client.options import DEFAULT, Timeout
 from framewire.client.retry import lost_in_exchange
 from framewire.core.errors import ErrorResponse, ProtocolError
@@ -33,7 +34,7 @@ from framewire.core.message import Message
 __all__ = ["Pool"]
 
 
-class Pool(PoolBase):
+class Pool(PoolBase, Calls):
     """Connections to ``addresses`` shared by threads (see the module's text).
 
     ``size``: idle connections kept per member (more may be open at once

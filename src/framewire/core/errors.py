@@ -21,10 +21,13 @@ class ProtocolError(Exception):
     #: True when the stream can no longer be trusted and must be closed.
     framing: bool = True
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, details: Any = None) -> None:
         super().__init__(message)
         #: One sentence for a person.
         self.message = message
+        #: Data for programs (any JSON value), sent beside the code and the
+        #: message as the error object's ``details``; None: none.
+        self.details = details
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -122,6 +125,21 @@ class UnknownAction(ContentError):
     code = "unknown-action"
 
 
+class InvalidValue(ContentError):
+    """A typed action got a value that does not fit its declared type: the
+    message says where and what (``$.x: expected int, got str``), the
+    details say it as data (``{"path": "$.x", "reason": ...}``)."""
+
+    code = "invalid-value"
+
+
+class Cancelled(ContentError):
+    """The request was cancelled by its client (``framewire-cancel``)
+    before it was fully answered."""
+
+    code = "cancelled"
+
+
 class Failure(ContentError):
     """An application's own error, with a code of its own: raise it from a
     handler (or an App action) to answer with that code, the connection kept.
@@ -130,13 +148,15 @@ class Failure(ContentError):
 
     The code is lower-case letters, digits and hyphens (``not-found``,
     ``quota-exceeded``); the client raises it as an :class:`ErrorResponse`
-    whose ``code`` is that code.
+    whose ``code`` is that code. ``details`` (any JSON value) goes with it,
+    for programs: ``Failure("quota-exceeded", "...", details={"limit": 10})``
+    reaches the client as :attr:`ErrorResponse.details`.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
         if not _CODE.fullmatch(code):
             raise ValueError(f"an error code is lower-case letters, digits and hyphens, not {code!r}")
-        super().__init__(message)
+        super().__init__(message, details=details)
         self.code = code
 
 
@@ -160,20 +180,22 @@ ERROR_CLASSES: dict[str, type[ProtocolError]] = {
         ServerBusy,
         HandlerError,
         UnknownAction,
+        InvalidValue,
+        Cancelled,
     )
 }
 
 
-def error_for_code(code: str, message: str) -> ProtocolError:
+def error_for_code(code: str, message: str, details: Any = None) -> ProtocolError:
     """Build the exception for ``code`` (as read from an error response)."""
     cls = ERROR_CLASSES.get(code)
     if cls is None:
         if _CODE.fullmatch(code):
-            return Failure(code, message)  # an application's own code
-        err = ProtocolError(message)
+            return Failure(code, message, details)  # an application's own code
+        err = ProtocolError(message, details=details)
         err.code = code  # not a well-formed code
         return err
-    return cls(message)
+    return cls(message, details=details)
 
 
 class ErrorResponse(Exception):
@@ -189,6 +211,8 @@ class ErrorResponse(Exception):
         self.error = error
         self.code = error.code
         self.message = error.message
+        #: The error's ``details`` (any JSON value), or None when it had none.
+        self.details = error.details
         #: From a call that sent several requests: every response, in order
         #: (the error responses in their places).
         self.responses: list[Any] = responses or []

@@ -331,17 +331,34 @@ class Message:
         return message
 
     @classmethod
-    def error_response(cls, code: str, message: str) -> Message:
-        """The spec's error response: ``status: error`` and ``{"error": {code, message}}``."""
-        return cls.from_json(
-            {"error": {"code": code, "message": message}},
-            extensions={STATUS_KEY: "error"},
-        )
+    def error_response(cls, code: str, message: str, details: Any = None) -> Message:
+        """The spec's error response: ``status: error`` and ``{"error": {code,
+        message}}``, with ``details`` beside them when not None.
+
+        Details that JSON cannot hold (after :func:`msgspec.to_builtins`)
+        raise ``TypeError``."""
+        error: dict[str, Any] = {"code": code, "message": message}
+        if details is not None:
+            error["details"] = details
+        try:
+            return cls.from_json({"error": error}, extensions={STATUS_KEY: "error"})
+        except TypeError:
+            if details is None:
+                raise
+            # Typed objects (a msgspec Struct, a set): as JSON sees them.
+            import msgspec  # noqa: PLC0415  (only for details orjson cannot write)
+
+            error["details"] = msgspec.to_builtins(details)
+            return cls.from_json({"error": error}, extensions={STATUS_KEY: "error"})
 
     @classmethod
     def for_error(cls, error: ProtocolError) -> Message:
-        """The error response that reports ``error`` to the peer."""
-        return cls.error_response(error.code, error.message)
+        """The error response that reports ``error`` to the peer (its details
+        left out when JSON cannot hold them: the code and message still go)."""
+        try:
+            return cls.error_response(error.code, error.message, error.details)
+        except (TypeError, ValueError, OverflowError):
+            return cls.error_response(error.code, error.message)
 
     # -- accessors ------------------------------------------------------------
 
@@ -467,9 +484,10 @@ class Message:
         try:
             body = self.json()["error"]
             code, text = body["code"], body["message"]
-        except (ProtocolError, TypeError, KeyError):
+            details = body.get("details")
+        except (ProtocolError, TypeError, KeyError, AttributeError):
             return ProtocolError("The error response did not say what went wrong.")
-        return error_for_code(str(code), str(text))
+        return error_for_code(str(code), str(text), details)
 
     # -- wire -----------------------------------------------------------------
 

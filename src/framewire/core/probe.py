@@ -15,9 +15,12 @@ from framewire.core.message import Message
 
 __all__ = [
     "DEADLINE_KEY",
+    "DESCRIBE_KEY",
     "ID_KEY",
     "PING_KEY",
     "deadline_ms",
+    "describe_reply",
+    "is_described",
     "is_probe",
     "probe",
     "probe_reply",
@@ -53,6 +56,25 @@ def probe_reply(probe: Message) -> Message:
         probe.content_encoding,
         extensions={PING_KEY: probe.extensions[PING_KEY]},
     )
+
+
+#: The header extension that asks a server to describe its application; the
+#: server answers it itself, as a ping, with the description as JSON.
+DESCRIBE_KEY = "framewire-describe"
+
+
+def describe_reply(request: Message, description: bytes) -> Message:
+    """The server's answer to a describe probe: ``description`` (JSON) as
+    ``text/json`` content, and the probe's extension value back."""
+    extensions = {DESCRIBE_KEY: request.extensions[DESCRIBE_KEY]}
+    return Message(description, "text/json", "utf-8", extensions=extensions)
+
+
+def is_described(message: Message) -> bool:
+    """True for an answer to a describe probe (a server that does not know
+    the extension answers it as an ordinary request, without it)."""
+    extensions = message.extensions
+    return bool(extensions) and DESCRIBE_KEY in extensions
 
 
 #: The header extension a client may put on a request to match its answer:

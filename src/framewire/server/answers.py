@@ -20,11 +20,21 @@ from typing import TYPE_CHECKING, Any, Final
 from framewire.core.cache import BoundedCache
 from framewire.core.errors import DeadlineExceeded, HandlerError, ProtocolError
 from framewire.core.message import Decoded, Header, Message
-from framewire.core.probe import DEADLINE_KEY, PING_KEY, deadline_ms, probe_reply, request_id, with_id
+from framewire.core.probe import (
+    DEADLINE_KEY,
+    DESCRIBE_KEY,
+    PING_KEY,
+    deadline_ms,
+    describe_reply,
+    probe_reply,
+    request_id,
+    with_id,
+)
 from framewire.io.sendqueue import SendQueue
 from framewire.server.stopping import StopNow
 
 if TYPE_CHECKING:
+    from framewire.server.access import AccessLog
     from framewire.server.metrics import Metrics
 
 __all__ = ["LATER", "Adopt", "Answers", "Call", "ResponseCache", "Slot"]
@@ -39,7 +49,7 @@ ResponseCache = BoundedCache[tuple[str, str, str, int], bytes]
 class Slot:
     """An answer owed to the peer, in request order; filled when it is ready."""
 
-    __slots__ = ("cancel", "content", "head", "ident", "ready")
+    __slots__ = ("action", "cancel", "content", "head", "ident", "ready", "request", "started")
 
     def __init__(self) -> None:
         self.head = b""
@@ -51,6 +61,11 @@ class Slot:
         #: thread-pool handler's flag) when the peer is lost; set by whoever
         #: does the work.
         self.cancel: Callable[[], object] | None = None
+        #: The metrics label of the request's action ("" when metrics are off).
+        self.action = ""
+        #: With the access log on: the request and when it arrived.
+        self.request: Message | None = None
+        self.started = 0.0
 
 
 class _Later:
@@ -70,6 +85,9 @@ LATER: Final = _Later()
 #: handler returned: a non-Message is answered with handler-error), or
 #: :data:`LATER`. It may raise, as a handler does.
 Call = Callable[[Message], object]
+#: The description a server without one of its own gives (``framewire-describe``).
+NO_DESCRIPTION: Final = b'{"actions":[]}'
+
 #: What a connection does with a result that is not a Message (given the
 #: connection, the request and the result): an awaitable is run elsewhere
 #: and becomes :data:`LATER`; anything else is returned as it is.
@@ -95,7 +113,19 @@ class Answers:
     """One connection's answers: sent (:attr:`out`), and owed but waiting
     for an earlier one (:attr:`waiting`)."""
 
-    __slots__ = ("adopt", "call", "errors", "metrics", "out", "peer", "responses", "waiting")
+    __slots__ = (
+        "access",
+        "adopt",
+        "call",
+        "code",
+        "description",
+        "errors",
+        "metrics",
+        "out",
+        "peer",
+        "responses",
+        "waiting",
+    )
 
     def __init__(self, responses: ResponseCache, peer: str) -> None:
         #: Answers ready to send.
@@ -112,6 +142,12 @@ class Answers:
         self.errors = 0
         #: Who the answers go to, as the logs name it.
         self.peer = peer
+        #: The access log, when on: a line per request.
+        self.access: AccessLog | None = None
+        #: The code of the last error response counted ("" since :meth:`answer` began one).
+        self.code = ""
+        #: What ``framewire-describe`` is answered with (JSON).
+        self.description = NO_DESCRIPTION
 
     @property
     def owed(self) -> int:
@@ -122,6 +158,32 @@ class Answers:
         """Answer ``requests`` of the connection ``owner``, in order (the hot
         path of the server: one pass per request, the send queue's fields
         kept in locals and written back once)."""
+        if self.access is not None:
+            for request in requests:
+                self._logged(request, owner)
+            return
+        self._answer(requests, owner)
+
+    def _logged(self, request: Message, owner: object) -> None:
+        # With the access log: one request at a time, timed, its outcome known.
+        access = self.access
+        assert access is not None
+        started = access.clock()
+        waiting = self.waiting
+        before, queued = len(waiting), self.out.queued
+        self.code = ""
+        self._answer([request], owner)
+        if len(waiting) > before:
+            slot = waiting[-1]
+            if not slot.ready:  # answered later: logged by fulfil
+                slot.request, slot.started = request, started
+                return
+            sent = len(slot.head) + len(slot.content)
+        else:
+            sent = self.out.queued - queued
+        access.line(self.peer, request, self.code, access.clock() - started, sent)
+
+    def _answer(self, requests: list[Message], owner: object) -> None:
         out = self.out
         parts = out.parts
         marks = out.marks
@@ -138,6 +200,8 @@ class Answers:
                 if extended and PING_KEY in extensions:
                     # Probes are answered by the server itself, whatever the application.
                     response: object = probe_reply(request)
+                elif extended and DESCRIBE_KEY in extensions:
+                    response = describe_reply(request, self.description)
                 elif extended and DEADLINE_KEY in extensions and _expired(extensions):
                     # The client had stopped waiting when it sent it: not worth running.
                     raise DeadlineExceeded("The request's deadline had passed when it arrived.")
@@ -187,6 +251,8 @@ class Answers:
 
     def owe(self, error: ProtocolError) -> None:
         """Answer ``error`` (the server's own), after everything owed."""
+        if self.metrics is not None:
+            self.metrics.action = ""  # (not a request's error)
         self.count_error(error.code)
         head, content = Message.for_error(error).wire_parts()
         if self.waiting:
@@ -197,11 +263,16 @@ class Answers:
     def reserve(self) -> Slot:
         """A place for an answer that comes later, after those owed before it."""
         slot = Slot()
+        if self.metrics is not None:
+            slot.action = self.metrics.action  # the request being answered
         self.waiting.append(slot)
         return slot
 
     def fulfil(self, slot: Slot, result: object) -> None:
         """The answer for ``slot`` came (or the handler raised ``result``)."""
+        if self.metrics is not None:
+            self.metrics.action = slot.action
+        self.code = ""
         if isinstance(result, BaseException):
             slot.head, slot.content = self.failed(result)
         else:
@@ -209,6 +280,11 @@ class Answers:
         if slot.ident is not None:
             slot.head = with_id(slot.head, slot.ident)
         slot.ready = True
+        if slot.request is not None and self.access is not None:
+            access = self.access
+            sent = len(slot.head) + len(slot.content)
+            access.line(self.peer, slot.request, self.code, access.clock() - slot.started, sent)
+            slot.request = None
         waiting = self.waiting
         out = self.out
         while waiting and waiting[0].ready:
@@ -232,6 +308,7 @@ class Answers:
     def count_error(self, code: str) -> None:
         """An error response with ``code`` is being sent."""
         self.errors += 1
+        self.code = code
         if self.metrics is not None:
             self.metrics.error(code)
 

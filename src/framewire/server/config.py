@@ -102,6 +102,9 @@ class ServerConfig:
         minimum=1,
     )
 
+    #: Write an INFO line per request on the ``framewire.access`` logger
+    #: (:mod:`framewire.server.access`).
+    access_log: bool = False
     #: Take the client's address from a PROXY protocol header (v1 or v2)
     #: that every connection must begin with; only from ``trusted_proxies``.
     proxy_protocol: bool = False
@@ -118,8 +121,9 @@ class ServerConfig:
     _uids: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.proxy_protocol, bool):
-            raise TypeError(f"proxy_protocol must be True or False, not {self.proxy_protocol!r}")
+        for flag in ("proxy_protocol", "access_log"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False, not {getattr(self, flag)!r}")
         if isinstance(self.trusted_proxies, str) or not all(isinstance(t, str) for t in self.trusted_proxies):
             raise TypeError("trusted_proxies must be a tuple of addresses or networks (CIDR)")
         networks = []

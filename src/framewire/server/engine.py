@@ -40,6 +40,7 @@ from framewire.server.peer import Peer
 from framewire.server.phase import ALLOWED, Phase, check
 
 if TYPE_CHECKING:
+    from framewire.server.access import AccessLog
     from framewire.server.metrics import Metrics
 
 __all__ = [
@@ -434,12 +435,20 @@ class ServerConnection:
 
     # -- answering -----------------------------------------------------------------
 
-    def bind(self, call: Call, adopt: Adopt | None = None) -> None:
+    def bind(self, call: Call, adopt: Adopt | None = None, description: bytes | None = None) -> None:
         """How this connection's requests are answered: ``call`` (the handler
         itself when it runs inline), and ``adopt`` for a result that is not a
-        Message (an awaitable, run elsewhere, becomes :data:`LATER`)."""
-        self._answers.call = call
-        self._answers.adopt = adopt
+        Message (an awaitable, run elsewhere, becomes :data:`LATER`);
+        ``description`` answers ``framewire-describe`` (JSON)."""
+        answers = self._answers
+        answers.call = call
+        answers.adopt = adopt
+        if description is not None:
+            answers.description = description
+
+    def log_access(self, access: AccessLog) -> None:
+        """Write a line per request to ``access`` (the access log)."""
+        self._answers.access = access
 
     def watch(self, metrics: Metrics) -> None:
         """Report to ``metrics``: requests, handler times, errors, pauses."""

@@ -39,6 +39,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from framewire.core.errors import DeadlineExceeded, ServerBusy
 from framewire.core.message import Message
 from framewire.core.probe import deadline_ms
@@ -150,6 +152,20 @@ def _context(request: Message, conn: ServerConnection, cancel: Cancel | None = N
     return Context(request, conn.peer_info(), _deadline(request), cancel)
 
 
+def description(handler: Callable[..., Any]) -> bytes:
+    """What a server answers ``framewire-describe`` with: the handler's own
+    ``describe()`` (an :class:`~framewire.server.app.App`'s), or no actions."""
+    from framewire import __version__  # noqa: PLC0415
+
+    describe = getattr(handler, "describe", None)
+    if callable(describe):
+        try:
+            return orjson.dumps(describe())
+        except Exception:
+            log.exception("the application's describe() failed: describe lists no actions")
+    return orjson.dumps({"framewire": __version__, "actions": []})
+
+
 class Dispatcher:
     """Calls the handler for a driver's connections (:meth:`bind` each)."""
 
@@ -184,6 +200,8 @@ class Dispatcher:
         self._busy = Message.for_error(
             ServerBusy(f"The server has {max_queued} requests waiting for a handler; try again later.")
         )
+        #: What ``framewire-describe`` is answered with.
+        self.description = description(handler)
 
     # -- the driver's side ------------------------------------------------------
 
@@ -191,13 +209,13 @@ class Dispatcher:
         """Give ``conn`` its way of answering: the handler itself when it runs
         inline (no call layer on the hot path), else the thread pool."""
         if self.threads:
-            conn.bind(functools.partial(self._submit, conn))
+            conn.bind(functools.partial(self._submit, conn), None, self.description)
             return
+        call = self.handler
         if self._with_peer:
             handler = self.handler
-            conn.bind(lambda request: handler(request, _context(request, conn)), self._adopt)
-        else:
-            conn.bind(self.handler, self._adopt)
+            call = lambda request: handler(request, _context(request, conn))  # noqa: E731
+        conn.bind(call, self._adopt, self.description)
 
     def _full(self, conn: ServerConnection) -> bool:
         # Past max_queued, a connection below its share still gets a place
@@ -250,7 +268,7 @@ class Dispatcher:
             del held[conn]
         entry = self._running.pop(slot, None)
         if entry is not None and self.metrics is not None:
-            self.metrics.observe(time.monotonic() - entry[1])
+            self.metrics.observe(time.monotonic() - entry[1], slot.action)
 
     def still_running(self, now: float) -> list[str]:
         """Who the handlers still at work serve, and for how long."""

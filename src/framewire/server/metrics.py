@@ -4,12 +4,14 @@ Off by default (``--metrics [HOST:]PORT`` turns them on): when off, the
 connection engine's hot path does not change at all. When on, every
 request is counted under labels that are bounded whatever peers send:
 ``action``, the App's action when it has one (an action it does not know
-counts as ``other``; empty for other handlers), and ``content_type``, one
+counts as ``other``; empty for other handlers and for errors that are not a
+request's, such as a bad header), and ``content_type``, one
 of a fixed set (:data:`CONTENT_TYPES`, plus those a deployment names,
 :data:`LABEL_LIMIT` at most, each :data:`LABEL_LENGTH` characters at most);
 any other is ``text/other`` or ``other``, so no peer chooses a label.
-Error codes are the protocol's own and the first :data:`LABEL_LIMIT` of the
-application's (then ``other``). Handler time
+Handler times and error responses carry the same ``action`` label; error
+codes are the protocol's own and those the App's actions declare
+(``@app.action(..., errors=[...])``), any other ``other``. Handler time
 is measured around the handler (for threaded and async handlers, from the
 request's arrival to its answer: the time a client waits for it).
 
@@ -104,11 +106,15 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
         self.errors = Counter(
-            "framewire_errors", "Error responses the server sent, by code.", ["code"], registry=registry
+            "framewire_errors",
+            "Error responses the server sent, by App action and code.",
+            ["action", "code"],
+            registry=registry,
         )
         self.duration = Histogram(
             "framewire_request_duration_seconds",
-            "Handler time per request (threads and async: arrival to answer).",
+            "Handler time per request, by App action (threads and async: arrival to answer).",
+            ["action"],
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
@@ -130,13 +136,18 @@ class Metrics:
         )
         actions = getattr(handler, "action_names", None)
         self._actions: frozenset[str] | None = frozenset(actions()) if callable(actions) else None
+        declared = getattr(handler, "error_codes", None)
+        self._codes = _PROTOCOL_CODES | frozenset(declared() if callable(declared) else ())
+        #: The action label of the request being answered (set per request).
+        self.action = ""
         if len(content_types) > LABEL_LIMIT or any(len(t) > LABEL_LENGTH for t in content_types):
             raise ValueError(
                 f"at most {LABEL_LIMIT} content types of {LABEL_LENGTH} characters each may be labels"
             )
         self._types = CONTENT_TYPES | frozenset(content_types)
         self._by_kind: dict[tuple[str, str], Any] = {}
-        self._by_code: dict[str, Any] = {}
+        self._by_code: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     def kind(self, request: Message) -> tuple[str, str]:
         """The bounded labels of a request: its App action (``""`` for other
@@ -154,8 +165,10 @@ class Metrics:
         return (action if isinstance(action, str) and action in self._actions else "other"), content_type
 
     def request(self, request: Message) -> None:
-        """A request arrived."""
+        """A request arrived: counted, and its action is the label of what
+        follows (its duration, its error)."""
         kind = self.kind(request)
+        self.action = kind[0]
         child = self._by_kind.get(kind)
         if child is None:
             child = self._by_kind[kind] = self.requests.labels(*kind)
@@ -182,7 +195,6 @@ class Metrics:
         """``call`` (a connection's way of answering), counting each request
         and timing the handler; answers that come later are timed by the
         dispatcher (:meth:`observe`)."""
-        observe = self.duration.observe
         clock = time.perf_counter
 
         def counted(request: Message) -> object:
@@ -190,27 +202,31 @@ class Metrics:
             started = clock()
             result = call(request)
             if isinstance(result, Message):  # else it answers later, and is timed then
-                observe(clock() - started)
+                self.observe(clock() - started, self.action)
             return result
 
         return counted
 
-    def observe(self, seconds: float) -> None:
-        """A later answer came ``seconds`` after its request."""
-        self.duration.observe(seconds)
+    def observe(self, seconds: float, action: str) -> None:
+        """A request of ``action`` (its label) was answered in ``seconds``."""
+        child = self._durations.get(action)
+        if child is None:
+            child = self._durations[action] = self.duration.labels(action)
+        child.observe(seconds)
 
     def error(self, code: str) -> None:
-        """The server sent an error response with ``code``: the protocol's
-        own codes, and the first :data:`LABEL_LIMIT` codes of the
-        application's (``Failure``); any later one counts as ``other``, in
+        """The server sent an error response with ``code`` to a request of
+        the current :attr:`action`: the protocol's own codes and those the
+        App declares keep their name; any other counts as ``other``, in
         case an application makes codes from what peers send."""
-        child = self._by_code.get(code)
+        key = (self.action, code)
+        child = self._by_code.get(key)
         if child is None:
-            if code not in _PROTOCOL_CODES and len(self._by_code.keys() - _PROTOCOL_CODES) >= LABEL_LIMIT:
-                code = "other"
-                child = self._by_code.get(code)
+            if code not in self._codes:
+                key = (self.action, "other")
+                child = self._by_code.get(key)
             if child is None:
-                child = self._by_code[code] = self.errors.labels(code)
+                child = self._by_code[key] = self.errors.labels(*key)
         child.inc()
 
 

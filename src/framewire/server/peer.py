@@ -49,8 +49,9 @@ class Peer:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler or an action with a second parameter receives: the
-    request and who sent it.
+    """What a handler or an action with a second parameter receives, and
+    what an App's middleware sees: the request and who sent it (and, in an
+    App, the action and its value).
 
     >>> @app.action("whoami")
     ... def whoami(value, context):
@@ -65,6 +66,11 @@ class Context:
     #: seconds, from the request's ``framewire-deadline``), or None.
     deadline: float | None = None
     _cancel: Cancel | None = None
+    #: The App action called (None outside an App).
+    action: str | None = None
+    #: The request's ``value`` as it came (JSON), before a typed action's
+    #: conversion (None outside an App).
+    value: Any = None
 
     def time_left(self) -> float | None:
         """Seconds until the client stops waiting (0 when past), or None when

@@ -47,6 +47,7 @@ from framewire.io.netio import (
     unix_peer,
     unix_peer_uid,
 )
+from framewire.server.access import AccessLog
 from framewire.server.answers import ResponseCache
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ContentBudget, Phase, ServerConnection
@@ -98,6 +99,8 @@ class ServerState:
         self.metrics = metrics
         self.dispatcher = dispatcher
         dispatcher.metrics = metrics
+        #: The access log (a line per request), when on.
+        self.access = AccessLog() if config.access_log else None
         # Shared by the connections' engines: parsed headers by their bytes,
         # encoded response headers by their fields, the memory for large
         # contents read in place.
@@ -201,6 +204,8 @@ class ServerState:
             log.warning("connection refused with server-busy: %d connections open", self.open)
             return engine
         self.dispatcher.bind(engine)
+        if self.access is not None:
+            engine.log_access(self.access)
         self.open += 1
         self.connections_total += 1
         if metrics is not None:
