@@ -328,15 +328,18 @@ class SyncAioClient:
     an event loop of its own in a background thread. So one contract test
     can run every client through the same cases."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 65432, **options: Any) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 65432, *, pool: bool = False, **options: Any
+    ) -> None:
         from framewire.client.aio import AioClient
+        from framewire.client.aiopool import AioPool
 
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-aio-client", daemon=True)
         self._thread.start()
 
-        async def make() -> AioClient:
-            return AioClient(host, port, **options)
+        async def make() -> Any:
+            return AioPool([(host, port)], **options) if pool else AioClient(host, port, **options)
 
         self.client = self._run(make())
 
@@ -347,8 +350,15 @@ class SyncAioClient:
         return getattr(self.client, name)
 
     def connect(self) -> SyncAioClient:
-        self._run(self.client._open(None))
+        if hasattr(self.client, "_open"):  # (a pool connects at its first call)
+            self._run(self.client._open(None))
         return self
+
+    def call(self, action: str, value: Any = None, **kwargs: Any) -> Any:
+        return self._run(self.client.call(action, value, **kwargs))
+
+    def describe(self, **kwargs: Any) -> Any:
+        return self._run(self.client.describe(**kwargs))
 
     def request(self, message: Message, **kwargs: Any) -> Message:
         return self._run(self.client.request(message, **kwargs))  # type: ignore[no-any-return]
@@ -375,10 +385,16 @@ class SyncAioClient:
 
 
 CLIENTS = ["blocking", "asyncio"]
+#: Every client and pool, for what all four offer (call, describe).
+CALLERS = [*CLIENTS, "pool", "aiopool"]
 
 
 def make_client(kind: str, host: str = "127.0.0.1", port: int = 65432, **options: Any) -> Any:
-    """A client of ``kind`` ("blocking" or "asyncio"), called the blocking way."""
+    """A client of ``kind`` (one of :data:`CALLERS`), called the blocking way."""
     if kind == "blocking":
         return Client(host, port, **options)
-    return SyncAioClient(host, port, **options)
+    if kind == "pool":
+        from framewire import Pool
+
+        return Pool([(host, port)], **options)
+    return SyncAioClient(host, port, pool=kind == "aiopool", **options)

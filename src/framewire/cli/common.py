@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import logging
 import socket
 import sys
@@ -275,14 +276,36 @@ def port_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def setup_logging(level: str, *, with_pid: bool = False) -> None:
-    """Log lines on stderr; with the process id where several processes share it."""
+class JsonFormatter(logging.Formatter):
+    """A log line as one JSON object: time, level, logger, message, the
+    process id, and an access line's fields (framewire.server.access)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            line.update(access)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str, *, with_pid: bool = False, log_format: str = "text") -> None:
+    """Log lines on stderr; with the process id where several processes
+    share it; ``log_format="json"``: each line a JSON object."""
     pid = "[%(process)d] " if with_pid else ""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {pid}%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 log_level_option = click.option(
@@ -290,7 +313,43 @@ log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
-    help="info: a summary line every --log-summary seconds; debug: a line per connection and per message.",
+    help="error: handlers that failed; warning: also refusals and peers closed for bad framing; info: also "
+    "start, stop and a summary every --log-summary seconds (and with --access-log a line per request); "
+    "debug: also a line per connection opened and closed.",
+)
+
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text lines, or one JSON object per line (for log collectors).",
+)
+
+
+def parse_extensions(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--ext KEY=VALUE`` pairs as header extensions: VALUE read as JSON
+    when it is JSON, else a string. Raises ``click.BadParameter``."""
+    extensions: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--ext")
+        if key in ("content-type", "content-encoding", "content-length", "byteorder"):
+            raise click.BadParameter(f"{key} is a required key, not an extension", param_hint="--ext")
+        try:
+            extensions[key] = json.loads(text)
+        except ValueError:
+            extensions[key] = text
+    return extensions or None
+
+
+ext_option = click.option(
+    "--ext",
+    "ext",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A header extension to send (repeatable); VALUE is JSON when it parses, else a string.",
 )
 
 

@@ -18,12 +18,15 @@ from framewire.cli.common import (
     ClientCommand,
     _bind_error,
     _fail,
+    ext_option,
     friendly_errors,
     host_option,
     host_port,
     log,
+    log_format_option,
     log_level_option,
     main,
+    parse_extensions,
     plain_hint,
     port_option,
     server_address,
@@ -113,8 +116,12 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Who may send PROXY headers: addresses or networks, and uid:N for a user connecting "
                    "to a Unix socket (the server's own user and root always may); connections from "
                    "elsewhere are closed.")  # fmt: skip
+@click.option("--access-log", is_flag=True,
+              help="An INFO line per request on the framewire.access logger: peer, action, outcome, "
+                   "duration, bytes in and out, request id.")  # fmt: skip
 @_limit_options
 @log_level_option
+@log_format_option
 @friendly_errors
 def serve(
     host: str,
@@ -125,6 +132,8 @@ def serve(
     app_dir: str,
     loop_kind: str,
     log_level: str,
+    log_format: str,
+    access_log: bool,
     ssl_context: Any,
     workers: int | None,
     listen_fd: int | None,
@@ -154,7 +163,7 @@ def serve(
 
     if listen_fd is None:
         listen_fd = _socket_activation()
-    setup_logging(log_level, with_pid=workers is not None or listen_fd is not None)
+    setup_logging(log_level, with_pid=workers is not None or listen_fd is not None, log_format=log_format)
     if unix is not None:
         host = f"unix:{unix}"
     elif unix_mode is not None:
@@ -179,6 +188,7 @@ def serve(
         config = ServerConfig(
             **limit_values,
             proxy_protocol=proxy_protocol,
+            access_log=access_log,
             trusted_proxies=tuple(t for t in trusted_proxies.split(",") if t.strip()),
         )
     except ValueError as exc:
@@ -214,7 +224,10 @@ def serve(
             target = bound_host if unix is not None else f"{reach} {bound_port}"
             tls = " --tls-ca CA.pem" if ssl_context is not None else ""
             banner += f" Try:\n  {_command_name()} request {target}{tls} {hint}"
-        click.echo(banner, err=True)
+        if log_format == "json":
+            log.info("%s", banner.replace("\n ", ""))  # every line of stderr a JSON object
+        else:
+            click.echo(banner, err=True)
 
     sock = None
     if listen_fd is not None and workers is not None:
@@ -444,6 +457,7 @@ def _show(response: Message) -> str:
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole exchange."
 )
+@ext_option
 @tls_client_options
 @friendly_errors
 def request(
@@ -458,6 +472,7 @@ def request(
     show_header: bool,
     raw: bool,
     timeout: float,
+    ext: tuple[str, ...],
     tls: tuple[Any, str | None] | None,
 ) -> None:
     """The guide's application client: send a request, print the response.
@@ -470,6 +485,7 @@ def request(
       framewire request 127.0.0.1 65432 search morpheus
       framewire request 127.0.0.1 65432 binary "some bytes"
       framewire request 127.0.0.1 65432 --json '{"action": "search", "value": "ring"}' --show-header
+      framewire request 127.0.0.1 65432 search ring --ext framewire-id=7 --show-header
 
     \b
     The server: HOST PORT (HOST a name, 127.0.0.1, ::1), or unix:PATH alone.
@@ -481,6 +497,11 @@ def request(
 
     host, port = server_address(host, port)
     message = _build_request(action, value, json_text, text, file)
+    extensions = parse_extensions(ext)
+    if extensions is not None:
+        message = Message(
+            message.content, message.content_type, message.content_encoding, extensions=extensions
+        )
     context, name = tls_for(host, tls)
     client = Client(host, port, timeout=timeout, check=False, ssl_context=context, server_hostname=name)
     with plain_hint(tls), client:
@@ -514,23 +535,28 @@ def request(
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
 )
+@ext_option
 @tls_client_options
 @friendly_errors
-def call(host: str, port: int, action: str, value: str | None, timeout: float, tls: Any) -> None:
+def call(
+    host: str, port: int, action: str, value: str | None, timeout: float, ext: tuple[str, ...], tls: Any
+) -> None:
     """Call an action of a JSON application: {"action": ACTION, "value": VALUE}.
 
     VALUE is read as JSON when it is JSON ('[1, 2]', '3', 'true', '"007"'),
     else sent as a string; without VALUE, the value is null. Prints the
-    result (JSON, unless it is a string). An error response prints its code
-    and message on stderr and exits 1.
+    result (JSON, unless it is a string). An error response prints its code,
+    message and details on stderr and exits 1.
 
     \b
     Examples:
       framewire call 127.0.0.1 65432 add '[1, 2]'          (prints 3)
       framewire call 127.0.0.1 65432 search ring
+      framewire call 127.0.0.1 65432 put '{"key": "a", "value": 1}' --ext token=s3cret
       framewire call unix:/tmp/app.sock get mykey
     """
     from framewire.client import Client
+    from framewire.core.errors import ErrorResponse
 
     host, port = server_address(host, port)
     context, name = tls_for(host, tls)
@@ -540,13 +566,93 @@ def call(host: str, port: int, action: str, value: str | None, timeout: float, t
             parsed = json.loads(value)
         except ValueError:
             parsed = value  # not JSON: a string
-    request = Message.from_json({"action": action, "value": parsed})
-    client = Client(host, port, timeout=timeout, check=False, ssl_context=context, server_hostname=name)
+    extensions = parse_extensions(ext)
+    client = Client(host, port, timeout=timeout, ssl_context=context, server_hostname=name)
+    try:
+        with plain_hint(tls), client:
+            result = client.call(action, parsed, extensions=extensions)
+    except ErrorResponse as exc:
+        details = "" if exc.details is None else f" (details: {json.dumps(exc.details, ensure_ascii=False)})"
+        click.echo(f"framewire: {action} failed: {exc.code}: {exc.message}{details}", err=True)
+        raise click.exceptions.Exit(1) from None
+    click.echo(_result_text(result))
+
+
+def _result_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    try:
+        return json.dumps(result, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        return repr(result)
+
+
+@main.command("describe", cls=ClientCommand)
+@click.argument("host")
+@click.argument("port", type=PORT)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole description, as JSON.")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+@tls_client_options
+@friendly_errors
+def describe_command(host: str, port: int, as_json: bool, timeout: float, tls: Any) -> None:
+    """What a server offers: each action, its doc and the types of its value
+    and result (framewire-describe).
+
+    \b
+    Examples:
+      framewire describe 127.0.0.1 65432
+      framewire describe 127.0.0.1 65432 --json > api.json
+    """
+    from framewire.client import Client
+
+    host, port = server_address(host, port)
+    context, name = tls_for(host, tls)
+    client = Client(host, port, timeout=timeout, ssl_context=context, server_hostname=name)
     with plain_hint(tls), client:
-        response = client.request(request)
-    if response.is_error:
-        error = response.error()
-        assert error is not None
-        click.echo(f"framewire: {action} failed: {error.code}: {error.message}", err=True)
-        raise click.exceptions.Exit(1)
-    click.echo(_show(response))
+        document = client.describe()
+    if as_json:
+        click.echo(json.dumps(document, ensure_ascii=False, indent=2))
+        return
+    actions = [a for a in document["actions"] if isinstance(a, dict)]
+    version = document.get("framewire", "?")
+    click.echo(f"framewire {version} at {client.where}: {len(actions)} action{'s' * (len(actions) != 1)}")
+    rows = [("ACTION", "VALUE", "RESULT", "DOC")]
+    for action in actions:
+        doc = str(action.get("doc") or "").splitlines()
+        rows.append(
+            (
+                str(action.get("name", "?")),
+                _schema_text(action.get("value")),
+                _schema_text(action.get("result")),
+                doc[0] if doc else "",
+            )
+        )
+    if len(rows) == 1:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+
+
+def _schema_text(schema: Any, depth: int = 0) -> str:
+    """A JSON Schema, in a few characters: ``int``, ``list[str]``, ``Item``, ``any``."""
+    if not isinstance(schema, dict) or not schema or depth > 4:
+        return "any"
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return ref.rsplit("/", 1)[-1]
+    for union in ("anyOf", "oneOf"):
+        if isinstance(schema.get(union), list):
+            return " | ".join(_schema_text(s, depth + 1) for s in schema[union])
+    kind = schema.get("type")
+    names = {"integer": "int", "string": "str", "number": "float", "boolean": "bool", "null": "None",
+             "object": "dict"}  # fmt: skip
+    if kind == "array":
+        return f"list[{_schema_text(schema.get('items'), depth + 1)}]"
+    if isinstance(kind, str):
+        return names.get(kind, kind)
+    if "enum" in schema:
+        return "enum"
+    return "any"

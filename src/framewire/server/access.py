@@ -23,7 +23,7 @@ import time
 from typing import Any, Final
 
 from framewire.core.message import Message
-from framewire.core.probe import ID_KEY
+from framewire.core.probe import DESCRIBE_KEY, ID_KEY, PING_KEY
 
 __all__ = ["FIELD_LENGTH", "AccessLog", "action_of"]
 
@@ -43,8 +43,14 @@ def _field(value: Any) -> str:
 
 
 def action_of(request: Message) -> str:
-    """What a request asks for: its App action (a JSON object's ``action``),
+    """What a request asks for: the probe it is (``framewire-ping``,
+    ``framewire-describe``), its App action (a JSON object's ``action``),
     else its content type."""
+    extensions = request._header.extensions
+    if extensions:
+        for probe in (PING_KEY, DESCRIBE_KEY):
+            if probe in extensions:
+                return probe
     if request.is_json:
         try:
             body = request.json()
