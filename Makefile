@@ -39,8 +39,8 @@ serve: $(SERVE_STAMP)
 	$(SERVE_VENV)/bin/framewire serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py hatch_build.py
-	$(BIN)/ruff format --check src tests benchmarks fuzz dev docs/vectors mkdocs_hooks.py hatch_build.py
+	$(BIN)/ruff check src tests benchmarks fuzz dev examples docs/vectors mkdocs_hooks.py hatch_build.py
+	$(BIN)/ruff format --check src tests benchmarks fuzz dev examples docs/vectors mkdocs_hooks.py hatch_build.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict
@@ -63,6 +63,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 bench: $(BENCH_STAMP) compiled-copy
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
 	$(BIN)/python benchmarks/targets.py --build build/compiled/src
+	$(BIN)/python benchmarks/calls.py --build build/compiled/src
 	$(BIN)/python benchmarks/compare.py --build build/compiled/src --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's

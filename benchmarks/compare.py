@@ -191,14 +191,18 @@ def serving(command: list[str]) -> Iterator[int]:
     """``command`` (``{port}`` standing for a free port) running pinned to
     CPU 0 until the block ends; yields the port once it listens."""
     port = free_port()
-    server = subprocess.Popen(
-        pinned(0, [part.replace("{port}", str(port)) for part in command]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with serving_on([part.replace("{port}", str(port)) for part in command], port):
+        yield port
+
+
+@contextlib.contextmanager
+def serving_on(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` running pinned to CPU 0 until the block ends; yields its
+    process once it listens on ``port``."""
+    server = subprocess.Popen(pinned(0, command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, server)
-        yield port
+        yield server
     finally:
         server.terminate()
         try:
@@ -341,6 +345,40 @@ def targets_section() -> list[str]:
     ]
 
 
+def calls_section() -> list[str]:
+    """The application layer's cost and call() beside gRPC, from the last
+    run of benchmarks/calls.py."""
+    from stored import RESULTS  # noqa: PLC0415
+
+    runs = sorted(RESULTS.glob("calls-*.json"))
+    if not runs:
+        return []
+    result = json.loads(runs[-1].read_text())
+    lines = [
+        "## The application layer",
+        "",
+        "A typed `call()` from Python (a 64-character string in and out) beside gRPC",
+        "Python's unary call on a `grpc.aio` server doing the same work, and what typed",
+        "values and the access log cost (`benchmarks/calls.py`: server on CPU 0, the",
+        "Python client on CPU 1, the median of alternating pairs; measured",
+        f"{result['date']} on {result['machine']}, {result['pairs']} pairs of",
+        f"{result['seconds']:g} s, {result['build']}, stored in",
+        f"`{runs[-1].relative_to(ROOT)}`). Where the Python client is the limit (the",
+        "pipelined rows), the server's own cost is the last column: requests per",
+        "second of the server's CPU.",
+        "",
+        "| row | framewire calls/s | peer calls/s | ratio | per server CPU-second |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        lines.append(
+            f"| {name} | {row['ours_rps']:,.0f} | {row['theirs_rps']:,.0f} | {row['ratio']:.2f}x"
+            f" | {row['cpu_ratio']:.2f}x |"
+        )
+    lines.append("")
+    return lines
+
+
 #: Where docs/performance.md's hand-written analysis begins (see write_doc).
 HAND_WRITTEN = "<!-- Written by hand from here on; make bench keeps it as it is. -->"
 
@@ -374,6 +412,7 @@ def write_doc(
         "",
     ]
     lines += targets_section()
+    lines += calls_section()
     lines += ["## Beside the ways Python is otherwise written", ""]
     if png is not None:
         lines += [f"![throughput]({png.name})", ""]

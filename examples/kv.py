@@ -41,7 +41,9 @@ class Stored(msgspec.Struct):
 def require_token(context: Context, call_next: Any) -> Any:
     """Writes need the token: sent as the header extension ``token``."""
     if context.action in ("put", "delete") and context.extensions.get("token") != TOKEN:
-        raise Failure("unauthorized", "This action needs the token extension.", details={"action": context.action})
+        raise Failure(
+            "unauthorized", "This action needs the token extension.", details={"action": context.action}
+        )
     return call_next()
 
 

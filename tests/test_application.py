@@ -93,7 +93,9 @@ def typed_app() -> App:
 
 
 def answer(app: App, action: str, value: Any) -> Any:
-    return app(Message.from_json({"action": action, "value": value})).json()
+    reply = app(Message.from_json({"action": action, "value": value}))
+    assert isinstance(reply, Message)
+    return reply.json()
 
 
 def test_typed_values_are_converted_and_results_sent_as_json() -> None:

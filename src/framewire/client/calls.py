@@ -22,7 +22,7 @@ from framewire.client.options import DEFAULT, Timeout
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
 from framewire.core.probe import DESCRIBE_KEY, is_described
-from framewire.core.tracing import client_span
+from framewire.core.tracing import client_span, tracer
 
 __all__ = ["AioCalls", "Calls", "describe_probe", "described", "request_for", "result_of"]
 
@@ -133,11 +133,13 @@ class Calls:
         ``list[int]``); ``timeout`` and ``idempotent`` as for ``request``.
         An error response raises :class:`ErrorResponse` (its ``code``,
         ``message`` and ``details``)."""
-        with client_span(action, self.where, extensions) as carried:
-            response = self.request(
-                request_for(action, value, carried), timeout=timeout, idempotent=idempotent
-            )
-            return result_of(response, result_type)
+        found = tracer()
+        if found is None:  # (no span: the usual case, kept short)
+            message = request_for(action, value, extensions)
+            return result_of(self.request(message, timeout=timeout, idempotent=idempotent), result_type)
+        with client_span(found, action, self.where, extensions) as carried:
+            message = request_for(action, value, carried)
+            return result_of(self.request(message, timeout=timeout, idempotent=idempotent), result_type)
 
     def describe(self, *, timeout: Timeout = DEFAULT) -> dict[str, Any]:
         """What the server offers: ``{"framewire": VERSION, "actions":
@@ -175,7 +177,11 @@ class AioCalls:
     ) -> Any:
         """Call ``action`` with ``value``; return its result (as
         :meth:`Calls.call`, awaited)."""
-        with client_span(action, self.where, extensions) as carried:
+        found = tracer()
+        if found is None:
+            message = request_for(action, value, extensions)
+            return result_of(await self.request(message, timeout=timeout, idempotent=idempotent), result_type)
+        with client_span(found, action, self.where, extensions) as carried:
             message = request_for(action, value, carried)
             response = await self.request(message, timeout=timeout, idempotent=idempotent)
             return result_of(response, result_type)

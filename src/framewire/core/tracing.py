@@ -84,15 +84,11 @@ def ended(span: Any, code: str | None) -> None:
 
 @contextmanager
 def client_span(
-    action: str, where: str, extensions: Mapping[str, Any] | None
-) -> Iterator[Mapping[str, Any] | None]:
-    """Around a client's call of ``action`` on ``where``: a CLIENT span when
-    tracing is on, yielding the extensions to send (with ``traceparent``);
-    else ``extensions`` as they are."""
-    found = tracer()
-    if found is None:
-        yield extensions
-        return
+    found: Any, action: str, where: str, extensions: Mapping[str, Any] | None
+) -> Iterator[Mapping[str, Any]]:
+    """Around a client's call of ``action`` on ``where``, with the tracer
+    ``found`` (:func:`tracer`): a CLIENT span, yielding the extensions to
+    send, ``traceparent`` among them."""
     from opentelemetry.trace import SpanKind, use_span  # noqa: PLC0415
 
     attributes = {"rpc.system": "framewire", "rpc.method": action, "server.address": where}
