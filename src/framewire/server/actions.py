@@ -24,6 +24,8 @@ from framewire.core.errors import InvalidValue
 
 __all__ = ["UNTYPED", "ActionSpec"]
 
+# Types a JSON value may already have exactly (str from a JSON string, ...).
+_SCALARS = frozenset({str, int, float, bool})
 #: The schema of a value or result of no declared type: anything.
 UNTYPED: Final[dict[str, Any]] = {}
 
@@ -125,6 +127,18 @@ class ActionSpec:
     @staticmethod
     def _converter(kind: Any) -> Callable[[Any], Any]:
         convert = msgspec.convert
+        if kind in _SCALARS:
+            # A JSON scalar of exactly the declared type is already converted
+            # (bool is not an int here: its type is bool): msgspec only when not.
+            def scalar(value: Any) -> Any:
+                if value.__class__ is kind:
+                    return value
+                try:
+                    return convert(value, kind, str_keys=True)
+                except msgspec.ValidationError as exc:
+                    raise invalid(str(exc)) from None
+
+            return scalar
 
         def converted(value: Any) -> Any:
             # str_keys: JSON object keys are strings, so dict[int, X] converts them.

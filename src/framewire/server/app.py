@@ -60,6 +60,8 @@ def takes_peer(fn: Callable[..., Any]) -> bool:
 #: it for ``async def`` middleware, or when the action is ``async def``).
 Middleware: TypeAlias = Callable[[Context, Callable[[], Any]], Any]
 
+# Results that cannot be awaitable, spared the question.
+_PLAIN = frozenset({str, int, float, bool, list, dict, type(None)})
 # Without a peer (an App called directly, as a function): who the context names.
 _NOBODY = Peer("-")
 _MODULES = sys.modules
@@ -223,7 +225,8 @@ class App:
             if spec.convert is not None:
                 value = spec.convert(value)
             result = spec.fn(value, context) if spec.with_context else spec.fn(value)
-            if inspect.isawaitable(result):
+            # (A plain JSON value is not awaitable: asked of the rest only.)
+            if result.__class__ not in _PLAIN and inspect.isawaitable(result):
                 return self._later(result, self._json_answer)
             return self._json_answer(result)
         if self._binary is None or (request.is_text and not self.guide_text_as_binary):
