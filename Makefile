@@ -63,7 +63,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 bench: $(BENCH_STAMP) compiled-copy
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
 	$(BIN)/python benchmarks/targets.py --build build/compiled/src
-	$(BIN)/python benchmarks/calls.py --build build/compiled/src
+	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/calls.py --build build/compiled/src
 	$(BIN)/python benchmarks/compare.py --build build/compiled/src --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's
