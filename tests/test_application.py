@@ -486,3 +486,31 @@ def test_a_trace_continues_from_the_client_span_to_the_server_span(
         server_span.attributes["framewire.outcome"] == client_span.attributes["framewire.outcome"] == outcome
     )
     assert (server_span.status.status_code == StatusCode.ERROR) == (action == "fail")
+
+
+@pytest.mark.usefixtures("driver")
+def test_metrics_count_by_action_with_the_app_s_declared_codes() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from framewire.server.metrics import Metrics
+
+    registry = CollectorRegistry()
+    app = typed_app()
+    with (
+        running(app, metrics=Metrics(app, registry)) as server,
+        make_client("blocking", port=server.port) as c,
+    ):
+        c.call("double", 1)
+        c.call("later", 1)  # answered later: its duration under its action too
+        for call in (("double", "x"), ("fail", 1), ("later", "x")):
+            with pytest.raises(ErrorResponse):
+                c.call(*call)
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert value("framewire_errors_total", action="double", code="invalid-value") == 1
+    assert value("framewire_errors_total", action="fail", code="out-of-stock") == 1  # declared
+    assert value("framewire_errors_total", action="later", code="invalid-value") == 1
+    assert value("framewire_request_duration_seconds_count", action="double") == 2
+    assert value("framewire_request_duration_seconds_count", action="later") == 2

@@ -200,7 +200,11 @@ class Metrics:
         def counted(request: Message) -> object:
             self.request(request)
             started = clock()
-            result = call(request)
+            try:
+                result = call(request)
+            except BaseException:
+                self.observe(clock() - started, self.action)  # a failed request is timed too
+                raise
             if isinstance(result, Message):  # else it answers later, and is timed then
                 self.observe(clock() - started, self.action)
             return result
