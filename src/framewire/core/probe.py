@@ -10,23 +10,29 @@ from __future__ import annotations
 import json
 import math
 import struct
+from typing import Any
 
 from framewire.core.message import Message
 
 __all__ = [
+    "CANCEL_KEY",
     "DEADLINE_KEY",
     "DESCRIBE_KEY",
     "ID_KEY",
     "PING_KEY",
+    "STREAM_KEY",
+    "UNORDERED_KEY",
     "deadline_ms",
     "describe_reply",
     "is_described",
     "is_probe",
+    "is_unordered",
     "probe",
     "probe_reply",
     "request_id",
     "tag_requests",
     "tagged",
+    "with_extensions",
     "with_id",
 ]
 
@@ -135,9 +141,31 @@ def with_id(head: bytes, ident: str | int) -> bytes:
     """A response's header bytes (its 2-byte length included) with the
     request id added. Only for requests that carry one: it parses and
     writes the header again."""
+    return with_extensions(head, {ID_KEY: ident})
+
+
+def with_extensions(head: bytes, extensions: dict[str, Any]) -> bytes:
+    """A response's header bytes (its 2-byte length included) with
+    ``extensions`` added (it parses and writes the header again)."""
     header = json.loads(head[2:])
-    header[ID_KEY] = ident
+    header.update(extensions)
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
     if len(raw) > 0xFFFF:
-        return head  # no room for it in a header: the answer goes without
+        return head  # no room for them in a header: the answer goes without
     return struct.pack(">H", len(raw)) + raw
+
+
+#: On a request that carries an id: the server may answer it as soon as it
+#: is ready, ahead of earlier ones (and marks that answer so).
+UNORDERED_KEY = "framewire-unordered"
+#: On a request, ``true``: the client takes many answers; on an answer,
+#: ``"item"`` (one of them) or ``"end"`` (the last).
+STREAM_KEY = "framewire-stream"
+#: A message asking the server to stop the request of that id (no answer of its own).
+CANCEL_KEY = "framewire-cancel"
+
+
+def is_unordered(extensions: Any) -> bool:
+    """Whether a request with these extensions may be answered out of order
+    (``framewire-unordered: true`` and an id)."""
+    return bool(extensions) and extensions.get(UNORDERED_KEY) is True and request_id(extensions) is not None

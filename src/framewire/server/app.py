@@ -15,7 +15,7 @@ import importlib
 import inspect
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeAlias, TypeVar, overload
 
 import msgspec
@@ -25,11 +25,13 @@ from framewire.core.errors import BadContent, Failure, HandlerError, ProtocolErr
 from framewire.core.message import Message
 from framewire.server.actions import ActionSpec
 from framewire.server.peer import Context, Peer
+from framewire.server.streams import Stream, as_stream
 
 #: What a server calls for each request: a Message back, or an awaitable of
-#: one (``async def`` handlers run on the server's event loop). A handler
+#: one (``async def`` handlers run on the server's event loop), or a stream (a
+#: generator, an async generator, an iterator: its items answer). A handler
 #: with a second parameter is called ``handler(request, context)``.
-Reply: TypeAlias = "Message | Awaitable[Message]"
+Reply: TypeAlias = "Message | Stream | Iterator[Any] | AsyncIterator[Any] | Awaitable[Message | Stream]"
 Handler: TypeAlias = Callable[[Message], Reply] | Callable[[Message, Context], Reply]
 #: An action function: the request's ``value`` in, the ``result`` out (or an
 #: awaitable of it: ``async def`` actions).
@@ -206,7 +208,9 @@ class App:
         self._binary = fn
         return fn
 
-    def __call__(self, request: Message, context: Context | None = None) -> Message | Awaitable[Message]:
+    def __call__(
+        self, request: Message, context: Context | None = None
+    ) -> Message | Stream | Awaitable[Message | Stream]:
         if request.is_json:
             body = request.json()
             if not isinstance(body, dict) or "action" not in body:
@@ -239,7 +243,7 @@ class App:
 
     def _through(
         self, spec: ActionSpec, value: Any, request: Message, context: Context | None
-    ) -> Message | Awaitable[Message]:
+    ) -> Message | Stream | Awaitable[Message | Stream]:
         # Through the middleware (and a span, when tracing is on).
         if context is None:
             context = Context(request, _NOBODY)
@@ -281,9 +285,13 @@ class App:
         return chain
 
     @staticmethod
-    def _json_answer(result: Any) -> Message:
-        if isinstance(result, Message):
+    def _json_answer(result: Any) -> Message | Stream:
+        if result.__class__ in _PLAIN:
+            return Message.from_json({"result": result})
+        if isinstance(result, Message | Stream):
             return result
+        if isinstance(result, Iterator | AsyncIterator):
+            return as_stream(result)  # a generator, or an iterator returned: its items stream
         try:
             return Message.from_json({"result": result})
         except TypeError:
@@ -297,7 +305,9 @@ class App:
         return Message.from_bytes(answer, content_type=self.binary_content_type)
 
     @staticmethod
-    async def _later(awaitable: Awaitable[Any], finish: Callable[[Any], Message]) -> Message:
+    async def _later(
+        awaitable: Awaitable[Any], finish: Callable[[Any], Message | Stream]
+    ) -> Message | Stream:
         # An async action: the server runs this on its event loop.
         return finish(await awaitable)
 

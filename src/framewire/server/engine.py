@@ -23,7 +23,8 @@ fake clock.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from framewire.core import limits
 from framewire.core.cache import BoundedCache
@@ -33,7 +34,7 @@ from framewire.core.message import Message
 from framewire.core.proxyheader import ProxyHeaderError
 from framewire.core.proxyheader import parse as parse_proxy_header
 from framewire.io.netio import show_address
-from framewire.server.answers import LATER, Adopt, Answers, Call, ResponseCache, Slot
+from framewire.server.answers import LATER, Adopt, Answers, Call, ResponseCache, Slot, StreamState
 from framewire.server.config import ServerConfig
 from framewire.server.flow import ContentBudget, FlowControl, InPlace, Linger
 from framewire.server.peer import Peer
@@ -42,6 +43,7 @@ from framewire.server.phase import ALLOWED, Phase, check
 if TYPE_CHECKING:
     from framewire.server.access import AccessLog
     from framewire.server.metrics import Metrics
+    from framewire.server.streams import Stream
 
 __all__ = [
     "CLOSE",
@@ -106,9 +108,11 @@ class ServerConnection:
         "_drain_at",
         "_in_place",
         "_linger",
+        "_low_water",
         "_peer",
         "_phase",
         "_proxy_bytes",
+        "_unordered",
         "_waiting",
         "decoder",
         "driver",
@@ -154,6 +158,13 @@ class ServerConnection:
         #: connection's life; a driver reads it, or joins parts in place.
         self.outgoing = self.out.parts
         self._waiting = self._answers.waiting
+        self._unordered = self._answers.unordered
+        answers = self._answers
+        answers.owner = self
+        answers.high_water = config.high_water
+        answers.limit = config.max_content_length
+        answers.max_items = max(1, config.max_in_flight // 2)
+        self._low_water = config.low_water
         #: Bytes to ask for in a read into no :meth:`read_buffer` (small after a large content).
         self.read_size = _RECV_SIZE
         self.flow = FlowControl(config.high_water, config.low_water, config.max_in_flight)
@@ -206,13 +217,13 @@ class ServerConnection:
     @property
     def owed(self) -> int:
         """Answers owed to the peer: queued unsent, and not yet ready."""
-        return self.out.responses + len(self._waiting)
+        return self.out.responses + len(self._waiting) + len(self._unordered)
 
     @property
     def at_stake(self) -> bool:
         """Whether losing the connection now would cost something: answers
         owed, or a message half received."""
-        return bool(self.out.marks or self._waiting or self.decoder.in_message)
+        return bool(self.out.marks or self._waiting or self._unordered or self.decoder.in_message)
 
     @property
     def half_received(self) -> bool:
@@ -248,10 +259,16 @@ class ServerConnection:
             else:
                 out.consume(count)
             self.last_active = now
+        if (
+            self._answers.paused
+            and out.size <= self._low_water
+            and len(out.marks) * 2 <= self._answers.max_items
+        ):
+            self._answers.resume()  # streams waiting for the peer to read
         if stopping:
             self.drain(now)
         phase = self._phase
-        if not out.size and not self._waiting:
+        if not out.size and not self._waiting and not self._unordered:
             # The common case: everything answered and sent.
             if phase < _DRAINING or (phase == _DRAINING and self.decoder.in_message):
                 if self.flow.paused:
@@ -263,7 +280,8 @@ class ServerConnection:
         if phase == _CLOSED:
             return CLOSE
         wanted = WRITE if out.size else 0
-        if phase < _CLOSING and not self.flow.update(out.size, len(out.marks) + len(self._waiting)):
+        owed = len(out.marks) + len(self._waiting) + len(self._unordered)
+        if phase < _CLOSING and not self.flow.update(out.size, owed):
             wanted |= READ
         return wanted
 
@@ -295,7 +313,7 @@ class ServerConnection:
         started = self.message_started
         if started is not None and (phase < _OPEN or self.decoder.in_message):
             return started + self._config.message_timeout
-        if self._waiting and not self.out:
+        if (self._waiting or self._unordered) and not self.out:
             return None  # a handler is working for this peer: not idle
         idle = self.last_active + self._config.idle_timeout
         return idle if self._drain_at is None or phase != _OPEN else min(idle, self._drain_at)
@@ -435,16 +453,31 @@ class ServerConnection:
 
     # -- answering -----------------------------------------------------------------
 
-    def bind(self, call: Call, adopt: Adopt | None = None, description: bytes | None = None) -> None:
+    def bind(
+        self,
+        call: Call,
+        adopt: Adopt | None = None,
+        description: bytes | None = None,
+        streams: tuple[Callable[[Any, Slot], None], Callable[[Any, Slot], None]] | None = None,
+    ) -> None:
         """How this connection's requests are answered: ``call`` (the handler
         itself when it runs inline), and ``adopt`` for a result that is not a
         Message (an awaitable, run elsewhere, becomes :data:`LATER`);
-        ``description`` answers ``framewire-describe`` (JSON)."""
+        ``description`` answers ``framewire-describe`` (JSON); ``streams``:
+        how a stream's next batch is taken, and its source stopped, where
+        its action runs (see :mod:`framewire.server.streams`)."""
         answers = self._answers
         answers.call = call
         answers.adopt = adopt
         if description is not None:
             answers.description = description
+        if streams is not None:
+            answers.puller, answers.closer = streams
+
+    def stream_later(self, slot: Slot, source: Stream) -> None:
+        """``slot`` (just reserved) is answered by ``source``'s items: they
+        begin once the request's extensions are read (see :meth:`Answers.streams`)."""
+        slot.stream = StreamState(source, b"", b"")
 
     def log_access(self, access: AccessLog) -> None:
         """Write a line per request to ``access`` (the access log)."""
@@ -578,7 +611,7 @@ class ServerConnection:
         phase = self._phase
         if phase >= _DRAINING:
             return
-        if now is None or self.out or self._waiting:
+        if now is None or self.out or self._waiting or self._unordered:
             due = True
         elif self._drain_at is None:
             self._drain_at = now + FIRST_REQUEST_WAIT

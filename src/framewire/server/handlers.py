@@ -47,6 +47,7 @@ from framewire.core.probe import deadline_ms
 from framewire.server.app import takes_peer
 from framewire.server.engine import LATER, ServerConnection, Slot
 from framewire.server.peer import Cancel, Context
+from framewire.server.streams import Stream, as_stream, is_stream
 
 __all__ = ["Dispatcher", "LoopDispatcher"]
 
@@ -54,8 +55,12 @@ log = logging.getLogger("framewire.server")
 
 # (The result is whatever the handler returned or raised: the engine checks it.)
 Completion = tuple[ServerConnection, Slot, object]
-#: A request for the thread pool: its connection, slot, deadline and cancel flag.
-_Job = tuple[ServerConnection, Slot, Message, "float | None", Cancel]
+#: A request for the thread pool: its connection, slot, deadline and cancel
+#: flag; or, in place of the request, the next batch of the slot's stream
+#: to take (:data:`_PULL`) or its source to stop (:data:`_CLOSE`).
+_Job = tuple[ServerConnection, Slot, "Message | str", "float | None", Cancel]
+_PULL = "pull"
+_CLOSE = "close"
 
 
 async def _guarded(awaitable: Awaitable[Any], deadline: float | None) -> Any:
@@ -208,14 +213,15 @@ class Dispatcher:
     def bind(self, conn: ServerConnection) -> None:
         """Give ``conn`` its way of answering: the handler itself when it runs
         inline (no call layer on the hot path), else the thread pool."""
+        streams = (self._pull, self._close)
         if self.threads:
-            conn.bind(functools.partial(self._submit, conn), None, self.description)
+            conn.bind(functools.partial(self._submit, conn), None, self.description, streams)
             return
         call = self.handler
         if self._with_peer:
             handler = self.handler
             call = lambda request: handler(request, _context(request, conn))  # noqa: E731
-        conn.bind(call, self._adopt, self.description)
+        conn.bind(call, self._adopt, self.description, streams)
 
     def _full(self, conn: ServerConnection) -> bool:
         # Past max_queued, a connection below its share still gets a place
@@ -242,11 +248,53 @@ class Dispatcher:
 
     def _adopt(self, conn: ServerConnection, request: Message, result: object) -> object:
         # An inline handler returned something else than a Message: an
-        # awaitable runs on the event loop; anything else is for the engine
-        # to refuse.
+        # awaitable runs on the event loop; a stream is taken in batches
+        # (see _pull); anything else is for the engine to refuse.
+        if is_stream(result):
+            slot = conn.reserve()
+            conn.stream_later(slot, as_stream(result))
+            return LATER
         if not inspect.isawaitable(result):
             return result
         return self._schedule(conn, request, result)
+
+    # -- streams ----------------------------------------------------------------------
+
+    def _pull(self, conn: ServerConnection, slot: Slot) -> None:
+        # The next batch of ``slot``'s stream, where its action runs: on the
+        # event loop (async sources), the pool (with threads), else here and
+        # now; it comes back as a completion, as a later answer does, so the
+        # other connections get their turn between batches.
+        state = slot.stream
+        assert state is not None
+        source = state.source
+        self._started(conn, slot)
+        if source.is_async:
+            self._on_loop(conn, slot, source.apull(), None)
+        elif self.threads:
+            if len(self._workers) < self.threads:
+                self._add_worker()
+            self._jobs.put((conn, slot, _PULL, None, Cancel()))
+        else:
+            try:
+                batch: object = source.pull()
+            except BaseException as exc:
+                batch = exc
+            self._post(conn, slot, batch)  # type: ignore[arg-type]
+
+    def _close(self, conn: ServerConnection, slot: Slot) -> None:
+        # Stop ``slot``'s stream's source on the thread that takes it.
+        state = slot.stream
+        if state is None:
+            return
+        source = state.source
+        if source.is_async:
+            loop = self._event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(_aclose(source)))
+        elif self.threads:
+            self._jobs.put((conn, slot, _CLOSE, None, Cancel()))
+        else:
+            _close_quietly(source)
 
     def completed(self) -> list[Completion]:
         """The answers that came since the last call (on the driver's thread)."""
@@ -267,8 +315,8 @@ class Dispatcher:
         else:
             del held[conn]
         entry = self._running.pop(slot, None)
-        if entry is not None and self.metrics is not None:
-            self.metrics.observe(time.monotonic() - entry[1], slot.action)
+        if entry is not None and self.metrics is not None and slot.stream is None:
+            self.metrics.observe(time.monotonic() - entry[1], slot.action)  # (not each batch of a stream)
 
     def still_running(self, now: float) -> list[str]:
         """Who the handlers still at work serve, and for how long."""
@@ -340,6 +388,28 @@ class Dispatcher:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
+    def _stream_job(self, conn: ServerConnection, slot: Slot, what: str) -> None:
+        # On a worker: a stream's next batch, or its source stopped; one at
+        # a time per source (two workers must not run one generator).
+        state = slot.stream
+        if state is None:
+            if what == _PULL:
+                self._post(conn, slot, ConnectionAbortedError("the stream has ended"))  # dropped
+            return
+        source = state.source
+        with source.lock:
+            if what == _CLOSE:
+                _close_quietly(source)
+                return
+            if source.closed:
+                self._post(conn, slot, ConnectionAbortedError("the stream was closed"))  # dropped
+                return
+            try:
+                batch: object = source.pull()
+            except BaseException as exc:
+                batch = exc
+        self._post(conn, slot, batch)  # type: ignore[arg-type]
+
     def _add_worker(self) -> None:
         number = len(self._workers) + 1
         worker = threading.Thread(target=self._work, name=f"framewire-handler-{number}", daemon=True)
@@ -352,6 +422,10 @@ class Dispatcher:
             if job is None:
                 return
             conn, slot, request, deadline, cancel = job
+            if isinstance(request, str):  # _PULL or _CLOSE
+                self._stream_job(conn, slot, request)
+                continue
+            assert isinstance(request, Message)
             if cancel.cancelled:
                 self._post(conn, slot, ConnectionAbortedError("the client left"))  # dropped
                 continue
@@ -372,6 +446,27 @@ class Dispatcher:
                 self._on_loop(conn, slot, result, deadline)
             else:
                 self._post(conn, slot, result)
+
+
+def _close_quietly(source: Stream) -> None:
+    # A source stopped on request: what its finally blocks raise is logged.
+    try:
+        source.close()
+    except Exception:
+        log.exception("a stream's source raised while it was being closed")
+
+
+async def _aclose(source: Stream) -> None:
+    # An async source, once the pull under way (cancelled) has unwound.
+    for _ in range(8):
+        try:
+            await source.aclose()
+            return
+        except RuntimeError:  # still running: its pull is unwinding
+            await asyncio.sleep(0)
+        except Exception:
+            log.exception("a stream's source raised while it was being closed")
+            return
 
 
 class LoopDispatcher(Dispatcher):
