@@ -24,22 +24,24 @@ a framewire server cancels the work under way for it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import AioCalls
+from framewire.client.calls import AioCalls, request_for, result_of, result_of_item
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
+from framewire.core.probe import STREAM_KEY
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
 log = logging.getLogger("framewire.client")
@@ -113,8 +115,11 @@ class AioClient(Configured, AioCalls):
         if conn is None:
             return
         for future, message in conn.receive(data, time.monotonic()):
-            if isinstance(future, asyncio.Future) and not future.done():  # done: its caller gave up
-                future.set_result(message)
+            if isinstance(future, asyncio.Future):
+                if not future.done():  # done: its caller gave up
+                    future.set_result(message)
+            elif isinstance(future, _Inbox):
+                future.put(message)
         if conn.failure is not None:
             # As the blocking client: the stream cannot be trusted after
             # this; a reset tells the server to drop the work under way.
@@ -129,8 +134,11 @@ class AioClient(Configured, AioCalls):
         conn = self._conn
         assert conn is not None and conn.failure is not None
         for future in conn.take_failed():
-            if isinstance(future, asyncio.Future) and not future.done():
-                future.set_exception(conn.failure)
+            if isinstance(future, asyncio.Future):
+                if not future.done():
+                    future.set_exception(conn.failure)
+            elif isinstance(future, _Inbox):
+                future.fail(conn.failure)
 
     # -- the connection -------------------------------------------------------------------
 
@@ -233,7 +241,7 @@ class AioClient(Configured, AioCalls):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 set_keepalive(sock, options.keepalive)
         # A new connection: a new engine, nothing of the old one's failure.
-        self._conn = ClientConnection(options, time.monotonic(), self.where)
+        self._conn = ClientConnection(options, time.monotonic(), self.where, unordered=True)
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         self._writable.set()
         self._transport = transport
@@ -367,6 +375,71 @@ class AioClient(Configured, AioCalls):
         if transport is not None and transport is self._transport and not transport.is_closing():
             transport.write(data)  # (a connection gone since: its calls have failed already)
 
+    def stream(
+        self,
+        action: str,
+        value: Any = None,
+        *,
+        timeout: Timeout = DEFAULT,
+        extensions: Mapping[str, Any] | None = None,
+        result_type: Any = None,
+    ) -> AsyncIterator[Any]:
+        """Call a streaming ``action``: ``async for item in client.stream(...)``.
+
+        ``timeout`` is the wait for each item (default: the client's).
+        Leaving the loop early (``break``, an exception, a cancelled task)
+        cancels the stream (``framewire-cancel``): the server stops its work.
+        Other calls share the connection meanwhile (answers out of order).
+        From a server that does not stream, the one answer's items are
+        yielded in turn. A consumer slower than the stream holds the
+        connection's reading once :data:`INBOX_HIGH` items wait."""
+        return self._stream(request_for(action, value, extensions), timeout, result_type)
+
+    async def _stream(self, message: Message, timeout: Timeout, result_type: Any) -> AsyncIterator[Any]:
+        limit = self.options.seconds(timeout)
+        await self._ready_to_send(limit, None if limit is None else time.monotonic() + limit)
+        conn, transport = self._conn, self._transport
+        assert conn is not None and transport is not None
+        inbox = _Inbox(transport)
+        self._write(transport, conn.send([message], [inbox], None, time.monotonic(), stream=True))
+        finished = False
+        try:
+            while True:
+                try:
+                    answer = await inbox.get(limit)
+                except TimeoutError as exc:
+                    raise TimeoutError(
+                        errno.ETIMEDOUT, f"no item from {self.where} within {limit:g} s"
+                    ) from exc
+                extensions = answer._header.extensions
+                position = extensions.get(STREAM_KEY) if extensions else None
+                if position == "item":
+                    yield result_of(answer, result_type)
+                    continue
+                finished = True  # an end, an error, or one answer (a server that does not stream)
+                result = result_of(answer, None)
+                if position != "end":
+                    for item in result if isinstance(result, list) else [result]:
+                        yield item if result_type is None else result_of_item(item, result_type)
+                return
+        finally:
+            inbox.close()
+            if not finished:
+                self._leave_stream(inbox)
+
+    def _leave_stream(self, inbox: _Inbox) -> None:
+        # Left early: the server is asked to stop (what still comes for the
+        # stream is dropped); one that has not shown it knows cancel is
+        # stopped by aborting the connection.
+        conn, transport = self._conn, self._transport
+        if conn is None or transport is None or conn.failure is not None or transport is not inbox.transport:
+            return
+        cancel = conn.cancel(inbox)
+        if cancel is None:
+            self._abort()
+        elif cancel:
+            self._write(transport, cancel)
+
     async def ping(self, *, timeout: Timeout = DEFAULT) -> float:
         """Send a ``framewire-ping`` probe and wait for its echo; return the
         round trip in seconds (``ProtocolError`` if the reply is not the
@@ -456,11 +529,68 @@ class AioClient(Configured, AioCalls):
         await self.close()
 
 
+#: Items a stream's consumer may leave unread before the connection stops
+#: being read (it is read again below a quarter of it).
+INBOX_HIGH = 1024
+
+
+class _Inbox:
+    """A stream's items, as they come, for its ``async for``."""
+
+    __slots__ = ("failure", "items", "paused", "transport", "waiter")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.items: collections.deque[Message] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
+        self.paused = False
+
+    def put(self, message: Message) -> None:
+        self.items.append(message)
+        if len(self.items) >= INBOX_HIGH and not self.paused and not self.transport.is_closing():
+            self.paused = True
+            self.transport.pause_reading()  # a slow consumer: the server waits, not this memory
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, limit: float | None) -> Message:
+        while not self.items:
+            if self.failure is not None:
+                raise self.failure
+            loop = asyncio.get_running_loop()
+            self.waiter = waiter = loop.create_future()
+            timer = None if limit is None else loop.call_later(limit, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+        if self.paused and len(self.items) <= INBOX_HIGH // 4:
+            self.close()
+        return self.items.popleft()
+
+    def close(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
 class _TimedOut(TimeoutError):
     """Set on an answer's future when its call's deadline passes."""
 
 
-def _time_out(future: asyncio.Future[Message]) -> None:
+def _time_out(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(_TimedOut())
 

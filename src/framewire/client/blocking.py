@@ -23,17 +23,18 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, MutableSequence
+from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import Calls
+from framewire.client.calls import Calls, request_for, result_of, result_of_item
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
+from framewire.core.probe import ID_KEY, STREAM_KEY
 from framewire.io.netio import connect, idle_dropped, translated, where
 
 log = logging.getLogger("framewire.client")
@@ -85,6 +86,7 @@ class Client(Configured, Calls):
         self._sock: socket.socket | None = None
         self._conn: ClientConnection | None = None
         self._received: collections.deque[Message] = collections.deque()  # answers to send()
+        self._streaming = False  # a stream() is being read
 
     def __setattr__(self, name: str, value: Any) -> None:
         # client.timeout = 2: the options with that one changed (checked as when made).
@@ -279,6 +281,8 @@ class Client(Configured, Calls):
         seconds = options.seconds(timeout)
         delays = options.retry.delays()
         with self._lock:
+            if self._streaming:
+                raise RuntimeError("a stream is being read on this client: finish or close it first")
             while True:
                 sock, conn = self._open(deadline)
                 token = object()  # whom this call's answers are owed to
@@ -310,9 +314,96 @@ class Client(Configured, Calls):
                 self._abort()
         if single:
             return [self._checked(answers[0])]
+        if conn.unordered:
+            answers.sort(key=_request_order)  # as they came; returned in request order
         if options.check:
             raise_first_error(answers)
         return answers
+
+    def stream(
+        self,
+        action: str,
+        value: Any = None,
+        *,
+        timeout: Timeout = DEFAULT,
+        extensions: Mapping[str, Any] | None = None,
+        result_type: Any = None,
+    ) -> Iterator[Any]:
+        """Call a streaming ``action``: its items, each as it comes.
+
+        ``timeout`` is the wait for each item (default: the client's).
+        Leaving the loop early (``break``, an exception) cancels the stream
+        (``framewire-cancel``): the server stops its work, and the connection
+        is ready for the next call. From a server that does not stream, the
+        one answer's items (a list) are yielded in turn. An error response
+        raises :class:`ErrorResponse`. While a stream is read, the client
+        makes no other call (a :class:`~framewire.client.pool.Pool` can).
+        """
+        message = request_for(action, value, extensions)
+        return self._stream(message, timeout, result_type)
+
+    def _stream(self, message: Message, timeout: Timeout, result_type: Any) -> Iterator[Any]:
+        options = self.options
+        seconds = options.seconds(timeout)
+        with self._lock:
+            if self._streaming:
+                raise RuntimeError("a stream is being read on this client: finish or close it first")
+            sock, conn = self._open(options.deadline(timeout))
+            token = object()
+            with translated(self.host, self.port, seconds):
+                data = conn.send([message], [token], None, time.monotonic(), stream=True)
+                sock.settimeout(seconds)
+                try:
+                    sock.sendall(data)
+                except BaseException:
+                    self._abort()
+                    raise
+            self._streaming = True
+        finished = False
+        try:
+            pending: collections.deque[Message] = collections.deque()
+            while True:
+                if not pending:
+                    with self._lock, translated(self.host, self.port, seconds):
+                        batch: list[Message] = []
+                        deadline = None if seconds is None else time.monotonic() + seconds
+                        self._await(token, 1, deadline, batch, stream=True)
+                        pending.extend(batch)
+                answer = pending.popleft()
+                position = answer._header.extensions.get(STREAM_KEY) if answer._header.extensions else None
+                if position == "item":
+                    yield result_of(answer, result_type)
+                    continue
+                finished = True  # an end, an error, or one answer (a server that does not stream)
+                result = result_of(answer, None)
+                if position != "end":
+                    items = result if isinstance(result, list) else [result]
+                    for item in items:
+                        yield item if result_type is None else result_of_item(item, result_type)
+                return
+        finally:
+            self._streaming = False
+            if not finished:
+                self._leave_stream(token)
+
+    def _leave_stream(self, token: object) -> None:
+        # The loop was left early: the server is asked to stop (what still
+        # comes for the stream is dropped as it arrives); a server that has
+        # not shown it knows cancel is stopped by aborting the connection.
+        with self._lock:
+            conn, sock = self._conn, self._sock
+            if conn is None or sock is None or conn.failure is not None:
+                return
+            cancel = conn.cancel(token)
+            if cancel is None:
+                self._abort()
+                return
+            if cancel:
+                try:
+                    sock.settimeout(self.options.timeout)
+                    sock.sendall(cancel)
+                except OSError:
+                    self._abort()
 
     def _exchange_many(
         self,
@@ -349,7 +440,12 @@ class Client(Configured, Calls):
                 sock.settimeout(self.options.timeout)
 
     def _await(
-        self, token: object, count: int, deadline: float | None, answers: MutableSequence[Message]
+        self,
+        token: object,
+        count: int,
+        deadline: float | None,
+        answers: MutableSequence[Message],
+        stream: bool = False,
     ) -> None:
         # Read until ``count`` answers owed to ``token`` are in ``answers``
         # (those owed to send() go aside, for receive()), on the connection
@@ -361,6 +457,8 @@ class Client(Configured, Calls):
         while len(answers) - start < count:
             sock.settimeout(self._remaining(deadline))
             self._take(self._recv_all(sock), token, answers, count - (len(answers) - start))
+        if stream:
+            return  # (every answer the read completed is in ``answers``: a stream's items)
 
     def _take(self, data: bytes, token: object, answers: MutableSequence[Message], missing: int) -> None:
         # The answers ``data`` completes, each to whom it is owed (``missing``
@@ -448,6 +546,12 @@ class Client(Configured, Calls):
             self._abort()
             raise
         return time.monotonic() - started
+
+
+def _request_order(answer: Message) -> int:
+    # An unordered answer's place among its call's: its id (consecutive).
+    ident = answer._header.extensions.get(ID_KEY) if answer._header.extensions else None
+    return ident if isinstance(ident, int) else 0
 
 
 def _wait(delays: Iterator[float], deadline: float | None) -> bool:

@@ -13,7 +13,7 @@ each call is a CLIENT span whose ``traceparent`` goes with the request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -24,7 +24,7 @@ from framewire.core.message import Message
 from framewire.core.probe import DESCRIBE_KEY, is_described
 from framewire.core.tracing import client_span, tracer
 
-__all__ = ["AioCalls", "Calls", "describe_probe", "described", "request_for", "result_of"]
+__all__ = ["AioCalls", "Calls", "describe_probe", "described", "request_for", "result_of", "result_of_item"]
 
 _T = TypeVar("_T")
 
@@ -58,6 +58,11 @@ def result_of(response: Message, result_type: Any = None) -> Any:
     result = body["result"]
     if result_type is None:
         return result
+    return result_of_item(result, result_type)
+
+
+def result_of_item(result: Any, result_type: Any) -> Any:
+    """``result`` converted to ``result_type`` (:class:`ProtocolError` when it does not fit)."""
     try:
         return msgspec.convert(result, result_type, str_keys=True)
     except msgspec.ValidationError as exc:
@@ -141,6 +146,24 @@ class Calls:
             message = request_for(action, value, carried)
             return result_of(self.request(message, timeout=timeout, idempotent=idempotent), result_type)
 
+    def call_many(
+        self,
+        calls: Iterable[tuple[str, Any]],
+        *,
+        timeout: Timeout = DEFAULT,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Call each ``(action, value)``, pipelined on one connection; return
+        the results in order (an error response raises :class:`ErrorResponse`).
+        With ``unordered=True`` the server answers each as soon as it is ready."""
+        messages = [request_for(action, value, extensions) for action, value in calls]
+        return [result_of(response) for response in self.request_many(messages, timeout=timeout)]
+
+    def request_many(
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
+    ) -> list[Message]:
+        raise NotImplementedError
+
     def describe(self, *, timeout: Timeout = DEFAULT) -> dict[str, Any]:
         """What the server offers: ``{"framewire": VERSION, "actions":
         [{"name", "doc", "value", "result"}, ...]}`` (JSON Schemas; ``{}``:
@@ -185,6 +208,23 @@ class AioCalls:
             message = request_for(action, value, carried)
             response = await self.request(message, timeout=timeout, idempotent=idempotent)
             return result_of(response, result_type)
+
+    async def call_many(
+        self,
+        calls: Iterable[tuple[str, Any]],
+        *,
+        timeout: Timeout = DEFAULT,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Call each ``(action, value)`` at once; return the results in order
+        (as :meth:`Calls.call_many`, awaited)."""
+        messages = [request_for(action, value, extensions) for action, value in calls]
+        return [result_of(response) for response in await self.request_many(messages, timeout=timeout)]
+
+    async def request_many(
+        self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
+    ) -> list[Message]:
+        raise NotImplementedError
 
     async def describe(self, *, timeout: Timeout = DEFAULT) -> dict[str, Any]:
         """What the server offers (as :meth:`Calls.describe`, awaited)."""

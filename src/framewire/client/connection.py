@@ -27,7 +27,16 @@ from framewire.client.retry import retire_at
 from framewire.core.decoder import Decoder, encode_many
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message
-from framewire.core.probe import ID_KEY, PING_KEY, probe, tag_requests
+from framewire.core.probe import (
+    CANCEL_KEY,
+    ID_KEY,
+    PING_KEY,
+    STREAM_KEY,
+    UNORDERED_KEY,
+    probe,
+    request_id,
+    tag_requests,
+)
 
 __all__ = ["PROBE", "ClientConnection"]
 
@@ -44,33 +53,55 @@ PROBE: Final = _Probe()
 
 
 class _Owed:
-    """One answer owed by the server: to whom, and what it must carry."""
+    """One answer owed by the server (many, for a stream): to whom, and what
+    it must carry."""
 
-    __slots__ = ("ident", "owner", "sequence")
+    __slots__ = ("cancelled", "ident", "owner", "sequence", "stream", "unordered")
 
-    def __init__(self, owner: object, ident: int | None, sequence: int | None = None) -> None:
+    def __init__(
+        self,
+        owner: object,
+        ident: int | None,
+        sequence: int | None = None,
+        stream: bool = False,
+        unordered: bool = False,
+    ) -> None:
         self.owner = owner
         self.ident = ident  # the framewire-id it must carry (with ids)
         self.sequence = sequence  # a ping's: the echo it must carry
+        self.stream = stream  # items, then an end (or one answer, from a server that does not stream)
+        self.unordered = unordered  # may come ahead of earlier answers
+        self.cancelled = False  # what still comes for it is dropped
 
 
 class ClientConnection:
     """The sans-I/O state of one client connection (see the module's text)."""
 
     __slots__ = (
+        "_by_id",
         "_decoder",
         "_next_id",
         "_owed",
         "_tls",
         "failure",
+        "knows_streams",
         "last_used",
         "options",
         "retire_at",
+        "unordered",
         "where",
     )
 
-    def __init__(self, options: ClientOptions, now: float, where: str = "the server") -> None:
+    def __init__(
+        self, options: ClientOptions, now: float, where: str = "the server", unordered: bool = False
+    ) -> None:
         self.options = options
+        #: Requests go out with ``framewire-unordered`` (and ids), answers matched by id.
+        self.unordered = unordered if options.unordered is None else options.unordered
+        #: The server has shown it knows streams and out-of-order answers
+        #: (so a cancel will not be answered as a request).
+        self.knows_streams = False
+        self._by_id: dict[int, _Owed] = {}
         #: How errors name the server.
         self.where = where
         self._tls = options.ssl_context is not None
@@ -116,25 +147,60 @@ class ClientConnection:
     # -- sending --------------------------------------------------------------
 
     def send(
-        self, messages: list[Message], owners: Iterable[object], deadline: float | None, now: float
+        self,
+        messages: list[Message],
+        owners: Iterable[object],
+        deadline: float | None,
+        now: float,
+        stream: bool = False,
     ) -> bytes:
         """The bytes of ``messages`` (tagged as the options say; ``deadline``:
         the call's, on the monotonic clock), their answers owed to
-        ``owners``, one each, in order. Raises the connection's failure."""
+        ``owners``, one each (``stream``: many each, until an end), matched
+        in order, or by id when unordered. Raises the connection's failure."""
         if self.failure is not None:
             raise self.failure
         options = self.options
         ms = None if not options.deadlines or deadline is None else (deadline - now) * 1000
+        unordered = self.unordered
         first = None
-        if options.ids:
+        if options.ids or unordered or stream:
             first = self._next_id + 1
             self._next_id += len(messages)
         if first is not None or ms is not None:
             messages = tag_requests(messages, first, ms)
+        if unordered or stream:
+            extra: dict[str, bool] = {}
+            if unordered:
+                extra[UNORDERED_KEY] = True
+            if stream:
+                extra[STREAM_KEY] = True
+            messages = [
+                Message(m.content, m.content_type, m.content_encoding, extensions={**m.extensions, **extra})
+                for m in messages
+            ]
         owed = self._owed
+        by_id = self._by_id
         for index, owner in enumerate(owners):
-            owed.append(_Owed(owner, None if first is None else first + index))
+            ident = None if first is None else first + index
+            entry = _Owed(owner, ident, None, stream, unordered)
+            owed.append(entry)
+            if ident is not None:
+                by_id[ident] = entry
         return encode_many(messages)
+
+    def cancel(self, owner: object) -> bytes | None:
+        """Stop the request owed to ``owner`` (a stream left early): the bytes
+        of a ``framewire-cancel`` to send, what still comes for it being
+        dropped; None when the server has not shown it knows the extension
+        (the connection must then be aborted to stop the work)."""
+        for entry in self._owed:
+            if entry.owner is owner:
+                if entry.ident is None or not self.knows_streams:
+                    return None
+                entry.cancelled = True
+                return Message(b"null", "text/json", "utf-8", extensions={CANCEL_KEY: entry.ident}).encode()
+        return b""  # nothing owed: nothing to stop
 
     def ping(self, owner: object = PROBE) -> bytes:
         """The bytes of a ``framewire-ping`` probe, its echo owed to ``owner``."""
@@ -158,22 +224,61 @@ class ClientConnection:
             self.fail(exc)
             return []
         answered: list[tuple[object, Message]] = []
-        owed = self._owed
         for message in messages:
-            if not owed:
+            expected = self._match(message)
+            if expected is None:
                 self.fail(ProtocolError(f"{self.where} sent an answer nobody asked for"))
                 return answered
-            expected = owed.popleft()
-            problem = _mismatch(expected, message)
+            problem = _mismatch(expected, message, self.options.ids)
             if problem is not None:
-                self.fail(ProtocolError(problem), first=expected)
+                self.fail(ProtocolError(problem))
                 return answered
-            answered.append((expected.owner, message))
+            if expected.stream and message._header.extensions.get(STREAM_KEY) == "item":
+                self.knows_streams = True
+                if not expected.cancelled:
+                    answered.append((expected.owner, message))
+                continue  # more to come for it
+            self._settled(expected)
+            if not expected.cancelled:
+                answered.append((expected.owner, message))
         if messages:
             self.last_used = now
         if not data:
             self.fail(self._closed_early())
         return answered
+
+    def _match(self, message: Message) -> _Owed | None:
+        # Whom ``message`` answers: by id when it carries one of ours, else
+        # the oldest answer owed (a server that does not echo ids answers in
+        # order); a ping's echo by its sequence.
+        owed = self._owed
+        if not owed:
+            return None
+        extensions = message._header.extensions
+        if extensions:
+            if extensions.get(UNORDERED_KEY) is True:
+                self.knows_streams = True
+            ident = request_id(extensions)
+            if ident is not None and self._by_id:
+                found = self._by_id.get(ident)  # type: ignore[arg-type]
+                if found is not None:
+                    return found
+            sequence = extensions.get(PING_KEY)
+            if sequence is not None:
+                for entry in owed:
+                    if entry.sequence == sequence:
+                        return entry
+        return owed[0]
+
+    def _settled(self, entry: _Owed) -> None:
+        # Nothing more is owed to ``entry``.
+        owed = self._owed
+        if owed[0] is entry:
+            owed.popleft()
+        else:
+            owed.remove(entry)
+        if entry.ident is not None:
+            self._by_id.pop(entry.ident, None)
 
     def _closed_early(self) -> ConnectionClosed:
         text = f"{self.where} closed the connection before answering"
@@ -197,19 +302,18 @@ class ClientConnection:
         else:
             self.fail(ConnectionResetError(f"{self.where} reset the connection ({exc})"))
 
-    def fail(self, exc: BaseException, first: _Owed | None = None) -> None:
+    def fail(self, exc: BaseException) -> None:
         """The connection cannot be used any more: ``exc`` for every call in
         flight (see :meth:`take_failed`)."""
         if self.failure is None:
             self.failure = exc
-        if first is not None:
-            self._owed.appendleft(first)
 
     def take_failed(self) -> list[object]:
         """After a failure: the owners still owed an answer, which will never
         come (each is to be failed with :attr:`failure`)."""
-        owners = [owed.owner for owed in self._owed]
+        owners = [owed.owner for owed in self._owed if not owed.cancelled]
         self._owed.clear()
+        self._by_id.clear()
         return owners
 
     def abandon(self) -> list[object]:
@@ -219,14 +323,18 @@ class ClientConnection:
         return self.take_failed()
 
 
-def _mismatch(expected: _Owed, message: Message) -> str | None:
-    # Why ``message`` cannot be the answer ``expected`` (None: it is).
+def _mismatch(expected: _Owed, message: Message, strict: bool) -> str | None:
+    # Why ``message`` cannot be the answer ``expected`` (None: it is);
+    # ``strict``: ids were asked for, so an answer must carry its own.
     if expected.sequence is not None:
         if message.get(PING_KEY) != expected.sequence:
             return "the reply to a ping is not the server's echo of it"
     elif expected.ident is not None:
         came = message.get(ID_KEY)
-        if came != expected.ident:
+        # Without an id, from a server that does not know them: in order,
+        # which is right for a request that did not need them.
+        tolerated = came is None and not strict and (expected.unordered or expected.stream)
+        if came != expected.ident and not tolerated:
             return (
                 f"the answer to request {expected.ident!r} carries framewire-id {came!r}: "
                 "the connection is out of step"

@@ -95,6 +95,11 @@ class ClientOptions:
     ids: bool = False
     #: Each request carries a ``framewire-deadline``: the milliseconds left of its call.
     deadlines: bool = False
+    #: Requests carry an id and ``framewire-unordered``: the server answers
+    #: each as soon as it is ready, and the client matches answers by id.
+    #: None: the client's own default (on for the asyncio client, whose
+    #: concurrent calls share a connection; off for the blocking client).
+    unordered: bool | None = None
     #: How connecting is retried, and a request lost with its connection sent again.
     retry: Retry = Retry()  # noqa: RUF009  # frozen: one shared default is safe
 
@@ -103,6 +108,8 @@ class ClientOptions:
         for name in ("check", "ids", "deadlines"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.unordered is not None and not isinstance(self.unordered, bool):
+            raise TypeError(f"unordered must be True, False or None, not {self.unordered!r}")
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
             raise TypeError(f"ssl_context must be an ssl.SSLContext, not {self.ssl_context!r}")
         if not isinstance(self.retry, Retry):

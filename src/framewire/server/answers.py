@@ -310,8 +310,11 @@ class Answers:
                 head, content = self.failed(exc)
             else:
                 if response is LATER:
-                    if extended:  # the reserved slot carries the id (and its way) to the answer
-                        self._later(waiting[-1], extensions)
+                    slot = waiting[-1]
+                    if (
+                        extended or slot.stream is not None
+                    ):  # the slot carries the id (and its way) to the answer
+                        self._later(slot, extensions)
                     continue  # a slot is reserved; the answer comes later
                 if (type(response) is Message or type(response) is Decoded) and response._header.checked:
                     head = response._header.wire  # type: ignore[assignment]  # set once checked
