@@ -2,6 +2,7 @@
 
 Run it:    framewire serve --app kv:app --app-dir examples --access-log
 Call it:   framewire call 127.0.0.1 65432 put '{"key": "a", "value": 1}' --ext token=s3cret
+Stream:    framewire call 127.0.0.1 65432 scan --stream
 Ask it:    framewire describe 127.0.0.1 65432
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -79,6 +81,14 @@ def get(key: str) -> Any:
 def keys(prefix: str | None = None) -> list[str]:
     """The keys, or those that start with a prefix."""
     return sorted(k for k in store if prefix is None or k.startswith(prefix))
+
+
+@app.action
+def scan(prefix: str | None = None) -> Iterator[Entry]:
+    """Every entry, or those whose key starts with a prefix, one at a time (a stream)."""
+    for key in sorted(store):
+        if prefix is None or key.startswith(prefix):
+            yield Entry(key, store[key])
 
 
 @app.action(errors=["not-found"])

@@ -360,6 +360,22 @@ class SyncAioClient:
     def describe(self, **kwargs: Any) -> Any:
         return self._run(self.client.describe(**kwargs))
 
+    def call_many(self, calls: Any, **kwargs: Any) -> Any:
+        return self._run(self.client.call_many(list(calls), **kwargs))
+
+    def stream(self, action: str, value: Any = None, **kwargs: Any) -> Iterator[Any]:
+        # The async generator stepped from this thread; leaving the loop
+        # closes it (as an async for left early does).
+        items = self.client.stream(action, value, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._run(items.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(items.aclose())
+
     def request(self, message: Message, **kwargs: Any) -> Message:
         return self._run(self.client.request(message, **kwargs))  # type: ignore[no-any-return]
 

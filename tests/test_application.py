@@ -293,7 +293,7 @@ def test_the_typed_kv_app_from_the_docs_works_end_to_end(kv: Any, kind: str) -> 
         assert unknown.value.code == "unknown-action" and unknown.value.details is None
         described = client.describe()
         names = [a["name"] for a in described["actions"]]
-        assert names == ["put", "get", "keys", "delete"]
+        assert names == ["put", "get", "keys", "scan", "delete"]
         put = described["actions"][0]
         assert put["doc"] == "Store a value under a key." and put["value"]["$defs"]["Entry"]["required"] == [
             "key"
@@ -396,7 +396,8 @@ def test_serve_with_access_log_in_json_and_the_commands_that_use_extensions(spaw
     assert table.stdout.splitlines()[2].split()[:3] == ["put", "Entry", "Stored"]
     assert "keys    str | None  list[str]" in table.stdout
     document = run_cli("describe", "127.0.0.1", port, "--json")
-    assert [a["name"] for a in json.loads(document.stdout)["actions"]] == ["put", "get", "keys", "delete"]
+    names = [a["name"] for a in json.loads(document.stdout)["actions"]]
+    assert names == ["put", "get", "keys", "scan", "delete"]
     bad = run_cli("call", "127.0.0.1", port, "get", "a", "--ext", "nonsense")
     assert bad.returncode == 2 and "'nonsense' is not KEY=VALUE" in bad.stderr
     code, _, err = server.stop()

@@ -536,10 +536,19 @@ def request(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
 )
 @ext_option
+@click.option("--stream", "streaming", is_flag=True,
+              help="The action streams: print each item as it comes (--timeout: per item).")  # fmt: skip
 @tls_client_options
 @friendly_errors
 def call(
-    host: str, port: int, action: str, value: str | None, timeout: float, ext: tuple[str, ...], tls: Any
+    host: str,
+    port: int,
+    action: str,
+    value: str | None,
+    timeout: float,
+    ext: tuple[str, ...],
+    streaming: bool,
+    tls: Any,
 ) -> None:
     """Call an action of a JSON application: {"action": ACTION, "value": VALUE}.
 
@@ -553,6 +562,7 @@ def call(
       framewire call 127.0.0.1 65432 add '[1, 2]'          (prints 3)
       framewire call 127.0.0.1 65432 search ring
       framewire call 127.0.0.1 65432 put '{"key": "a", "value": 1}' --ext token=s3cret
+      framewire call 127.0.0.1 65432 tail 100 --stream
       framewire call unix:/tmp/app.sock get mykey
     """
     from framewire.client import Client
@@ -570,6 +580,11 @@ def call(
     client = Client(host, port, timeout=timeout, ssl_context=context, server_hostname=name)
     try:
         with plain_hint(tls), client:
+            if streaming:
+                for item in client.stream(action, parsed, extensions=extensions):
+                    click.echo(_result_text(item))
+                    sys.stdout.flush()  # each item as it comes, into a pipe too
+                return
             result = client.call(action, parsed, extensions=extensions)
     except ErrorResponse as exc:
         details = "" if exc.details is None else f" (details: {json.dumps(exc.details, ensure_ascii=False)})"

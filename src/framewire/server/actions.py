@@ -12,6 +12,7 @@ annotation, if any, is the result's type (for describe).
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import re
 import typing
@@ -24,6 +25,17 @@ from framewire.core.errors import InvalidValue
 
 __all__ = ["UNTYPED", "ActionSpec"]
 
+# Return annotations of an action that streams: its items' type is the first argument.
+_ITERATORS = frozenset(
+    {
+        collections.abc.Iterator,
+        collections.abc.Iterable,
+        collections.abc.Generator,
+        collections.abc.AsyncIterator,
+        collections.abc.AsyncIterable,
+        collections.abc.AsyncGenerator,
+    }
+)
 # Types a JSON value may already have exactly (str from a JSON string, ...).
 _SCALARS = frozenset({str, int, float, bool})
 #: The schema of a value or result of no declared type: anything.
@@ -93,6 +105,7 @@ class ActionSpec:
         "is_async",
         "name",
         "result_schema",
+        "streams",
         "value_schema",
         "value_type",
         "with_context",
@@ -108,6 +121,13 @@ class ActionSpec:
         result_type = hints.get("return")
         if value_type is Any:
             value_type = None
+        #: It streams (a generator, or returns an iterator): describe says so,
+        #: and ``result`` is the schema of each item.
+        self.streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        if typing.get_origin(result_type) in _ITERATORS:
+            self.streams = True
+            args = typing.get_args(result_type)
+            result_type = args[0] if args else None
         if result_type is Any:
             result_type = None
         #: The declared type of the value, or None: the value as it came.
@@ -157,6 +177,8 @@ class ActionSpec:
             "value": self.value_schema,
             "result": self.result_schema,
         }
+        if self.streams:
+            entry["stream"] = True
         if self.errors:
             entry["errors"] = list(self.errors)
         return entry

@@ -474,6 +474,9 @@ class Answers:
                     what = f"its items came to more than the {limit} bytes an answer may hold"
                     self._stop(slot, state, HandlerError(f"The stream asked for as one answer: {what}."))
                     return
+        if batch.error is not None:
+            self._stop(slot, state, batch.error)
+            return
         if batch.done:
             if slot.streaming:
                 content = Stream.final_content(batch.final)

@@ -57,10 +57,9 @@ log = logging.getLogger("framewire.server")
 Completion = tuple[ServerConnection, Slot, object]
 #: A request for the thread pool: its connection, slot, deadline and cancel
 #: flag; or, in place of the request, the next batch of the slot's stream
-#: to take (:data:`_PULL`) or its source to stop (:data:`_CLOSE`).
-_Job = tuple[ServerConnection, Slot, "Message | str", "float | None", Cancel]
+#: to take (:data:`_PULL`) or a stream's source to stop.
+_Job = tuple[ServerConnection, Slot, "Message | Stream | str", "float | None", Cancel]
 _PULL = "pull"
-_CLOSE = "close"
 
 
 async def _guarded(awaitable: Awaitable[Any], deadline: float | None) -> Any:
@@ -292,7 +291,7 @@ class Dispatcher:
             loop = self._event_loop()
             loop.call_soon_threadsafe(lambda: loop.create_task(_aclose(source)))
         elif self.threads:
-            self._jobs.put((conn, slot, _CLOSE, None, Cancel()))
+            self._jobs.put((conn, slot, source, None, Cancel()))  # (the slot may be done with it by then)
         else:
             _close_quietly(source)
 
@@ -388,19 +387,15 @@ class Dispatcher:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
-    def _stream_job(self, conn: ServerConnection, slot: Slot, what: str) -> None:
-        # On a worker: a stream's next batch, or its source stopped; one at
-        # a time per source (two workers must not run one generator).
+    def _stream_job(self, conn: ServerConnection, slot: Slot) -> None:
+        # On a worker: a stream's next batch; one pull at a time per source
+        # (two workers must not run one generator, nor a close beside it).
         state = slot.stream
         if state is None:
-            if what == _PULL:
-                self._post(conn, slot, ConnectionAbortedError("the stream has ended"))  # dropped
+            self._post(conn, slot, ConnectionAbortedError("the stream has ended"))  # dropped
             return
         source = state.source
         with source.lock:
-            if what == _CLOSE:
-                _close_quietly(source)
-                return
             if source.closed:
                 self._post(conn, slot, ConnectionAbortedError("the stream was closed"))  # dropped
                 return
@@ -422,8 +417,12 @@ class Dispatcher:
             if job is None:
                 return
             conn, slot, request, deadline, cancel = job
-            if isinstance(request, str):  # _PULL or _CLOSE
-                self._stream_job(conn, slot, request)
+            if isinstance(request, Stream):  # a stream's source to stop
+                with request.lock:
+                    _close_quietly(request)
+                continue
+            if isinstance(request, str):  # _PULL
+                self._stream_job(conn, slot)
                 continue
             assert isinstance(request, Message)
             if cancel.cancelled:

@@ -44,12 +44,16 @@ class Batch:
     """What one pull took: items, and whether the source ended (with its
     return value)."""
 
-    __slots__ = ("done", "final", "items")
+    __slots__ = ("done", "error", "final", "items")
 
-    def __init__(self, items: list[Any], done: bool, final: Any = None) -> None:
+    def __init__(
+        self, items: list[Any], done: bool, final: Any = None, error: Exception | None = None
+    ) -> None:
         self.items = items
         self.done = done
         self.final = final
+        #: What the source raised after these items (they are sent first).
+        self.error = error
 
 
 class Stream:
@@ -77,6 +81,11 @@ class Stream:
         except StopIteration as stop:
             self.closed = True
             return Batch(items, True, stop.value)
+        except Exception as exc:
+            self.closed = True
+            if not items:
+                raise
+            return Batch(items, True, error=exc)  # the items it gave first still go
         return Batch(items, False)
 
     async def apull(self) -> Batch:
