@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,9 @@ def stream_app(probe: Probe) -> App:
             yield Row(i, "x" * 64)
 
     @app.action
-    def finishing(n: int) -> Iterator[int]:
+    def finishing(n: int) -> Generator[int, None, str]:
         yield from range(n)
-        return f"counted {n}"  # type: ignore[misc]
+        return f"counted {n}"
 
     @app.action
     async def acount(n: int) -> AsyncIterator[int]:
