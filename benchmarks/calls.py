@@ -52,6 +52,7 @@ except ImportError:  # said in main()
 VALUE = "x" * 64
 CONCURRENT = 64
 PIPELINED = 64
+STREAM_ITEMS = 200_000
 
 # The service both sides serve, each in its own way.
 _APP = textwrap.dedent(
@@ -67,6 +68,12 @@ _APP = textwrap.dedent(
     @app.action("untyped")
     def untyped(value):
         return value
+
+    @app.action("items")
+    def items(n: int):
+        item = "x" * 64
+        for _ in range(n):
+            yield item
     """
 )
 
@@ -79,10 +86,16 @@ _GRPC_SERVER = textwrap.dedent(
         # The same work as the typed action: the bytes read as a string, the string written back.
         return request.decode().encode()
 
+    async def items(request, context):
+        item = ("x" * 64).encode()
+        for _ in range(int(request.decode())):
+            yield item
+
     async def main(port):
         server = grpc.aio.server()
         handler = grpc.unary_unary_rpc_method_handler(echo)
-        generic = grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler})
+        streaming = grpc.unary_stream_rpc_method_handler(items)
+        generic = grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler, "Items": streaming})
         server.add_generic_rpc_handlers((generic,))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -131,6 +144,9 @@ def run_framewire(
     if access_log:
         command.append("--access-log")
     with server(command, port) as process:
+        if mode == "stream":
+            with Client("127.0.0.1", port) as client:
+                return one_stream(process, lambda n: sum(1 for _ in client.stream("items", n)))
         if mode == "sequential":
             with Client("127.0.0.1", port) as client:
 
@@ -184,6 +200,12 @@ def run_grpc(mode: str, seconds: float) -> dict[str, float]:
     port = free_port()
     with server([sys.executable, "-c", _GRPC_SERVER, str(port)], port) as process:
         target = f"127.0.0.1:{port}"
+        if mode == "stream":
+            with grpc.insecure_channel(target) as channel:
+                items = channel.unary_stream(
+                    "/bench.Echo/Items", request_serializer=str.encode, response_deserializer=bytes.decode
+                )
+                return one_stream(process, lambda n: sum(1 for _ in items(str(n))))
         if mode == "sequential":
             with grpc.insecure_channel(target) as channel:
                 call = channel.unary_unary(
@@ -210,6 +232,19 @@ def run_grpc(mode: str, seconds: float) -> dict[str, float]:
                 return await _timed_async(process, seconds, burst, asyncio.get_running_loop())
 
         return asyncio.run(concurrent())
+
+
+def one_stream(process: psutil.Process, read: Callable[[int], int]) -> dict[str, float]:
+    """Items a second of one stream of :data:`STREAM_ITEMS`, read at full
+    speed (``read(n)`` reads a stream of n and returns the items it got)."""
+    assert read(1000) == 1000  # warm up
+    cpu = _cpu(process)
+    started = time.perf_counter()
+    got = read(STREAM_ITEMS)
+    elapsed = time.perf_counter() - started
+    assert got == STREAM_ITEMS
+    used = _cpu(process) - cpu
+    return {"rps": got / elapsed, "per_server_cpu_s": got / used if used > 0 else 0.0}
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
@@ -259,6 +294,11 @@ def main() -> int:
          functools.partial(ours, "concurrent", "typed", access_log=False),
          functools.partial(run_grpc, "concurrent", seconds)),
     ]  # fmt: skip
+    rows_to_run.append(
+        ("stream of 200,000 items to the blocking client vs gRPC server streaming",
+         functools.partial(ours, "stream", "items", access_log=False),
+         functools.partial(run_grpc, "stream", seconds)),
+    )  # fmt: skip
     for mode in ("sequential", "pipelined"):
         rows_to_run += [
             (f"typed vs untyped action, {mode}", functools.partial(ours, mode, "typed", access_log=False),

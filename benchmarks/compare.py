@@ -367,7 +367,7 @@ def calls_section() -> list[str]:
         "pipelined rows), the server's own cost is the last column: requests per",
         "second of the server's CPU.",
         "",
-        "| row | framewire calls/s | peer calls/s | ratio | per server CPU-second |",
+        "| row | framewire per s | peer per s | ratio | per server CPU-second |",
         "|---|---|---|---|---|",
     ]
     for name, row in result["rows"].items():

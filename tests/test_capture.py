@@ -128,3 +128,47 @@ def test_not_a_capture(tmp_path: Path) -> None:
     result = run_cli("decode", str(path))
     assert result.returncode == 1
     assert "not a pcap or pcapng capture" in result.stderr and "Traceback" not in result.stderr
+
+
+def _stream_exchange() -> tuple[list[bytes], list[bytes]]:
+    # A stream asked for (id 7, unordered), two items, a cancel, the cancelled end.
+    def request(**extensions: object) -> Message:
+        return Message.from_json({"action": "tail", "value": 3}, extensions=extensions)
+
+    asked = request(**{"framewire-id": 7, "framewire-stream": True, "framewire-unordered": True})
+    cancel = Message(b"null", "text/json", "utf-8", extensions={"framewire-cancel": 7})
+    item = {"framewire-id": 7, "framewire-stream": "item", "framewire-unordered": True}
+    items = [Message.from_json({"result": n}, extensions=item) for n in range(2)]
+    ended = Message.from_json(
+        {"error": {"code": "cancelled", "message": "Request 7 was cancelled by its client."}},
+        extensions={"status": "error", "framewire-id": 7, "framewire-unordered": True},
+    )
+    return [asked.encode(), cancel.encode()], [m.encode() for m in [*items, ended]]
+
+
+def write_stream_capture(path: Path) -> None:
+    """A capture of a stream and its cancel (for decode and the dissector)."""
+    to_server, to_client = _stream_exchange()
+    with path.open("wb") as handle:
+        flow = Flow(dpkt.pcap.Writer(handle))
+        flow.open()
+        flow.send(True, to_server[0])
+        flow.send(False, to_client[0])
+        flow.send(False, to_client[1])
+        flow.send(True, to_server[1])
+        flow.send(False, to_client[2])
+
+
+def test_decode_shows_ids_stream_positions_and_cancels(tmp_path: Path) -> None:
+    path = tmp_path / "stream.pcap"
+    write_stream_capture(path)
+    result = run_cli("decode", str(path))
+    assert result.returncode == 0, result.stderr
+    headings = [line for line in result.stdout.splitlines() if " #1 " in line and " {" in line]
+    assert [h.split(" {", 1)[0].split(" #1 ", 1)[1] for h in headings] == [
+        "-> [id 7, stream requested, unordered]",
+        "<- [id 7, stream item, unordered]",
+        "<- [id 7, stream item, unordered]",
+        "-> [cancels 7]",
+        "<- [id 7, unordered]",
+    ]

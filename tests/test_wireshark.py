@@ -460,3 +460,20 @@ def test_an_installed_dissector_and_a_given_one_load_once(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert "Proto_new" not in result.stderr and "Lua" not in result.stderr, result.stderr
     assert result.stdout.split() == ["text/plain"]
+
+
+@pytest.mark.wire
+def test_the_dissector_shows_ids_stream_positions_and_cancels(tmp_path: Path) -> None:
+    from test_capture import SERVER, write_stream_capture
+
+    path = tmp_path / "stream.pcap"
+    write_stream_capture(path)
+    rows = dissect(tshark_or_skip(), path, SERVER[1], "framewire.id", "framewire.stream", "framewire.cancel",
+                   "framewire.unordered")  # fmt: skip
+    assert rows == [
+        ["7", "requested", "", "1"],
+        ["7", "item", "", "1"],
+        ["7", "item", "", "1"],
+        ["", "", "7", ""],
+        ["7", "", "", "1"],
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 from framewire.core.decoder import Decoder
 from framewire.core.errors import IncompleteMessage, ProtocolError
 from framewire.core.message import Message
+from framewire.core.probe import CANCEL_KEY, ID_KEY, STREAM_KEY, UNORDERED_KEY
 
 __all__ = [
     "SHOWN",
@@ -245,12 +247,36 @@ def _skimmed_lines(message: Skimmed) -> list[str]:
     return [shown, *hexdump(message.prefix)]
 
 
+def exchange_tags(extensions: Mapping[str, Any]) -> str:
+    """What a message's extensions say of its exchange, in brackets: its
+    request id, a stream's position, a cancel, out of order ("" for none)."""
+    tags = []
+    if ID_KEY in extensions:
+        tags.append(f"id {_short(extensions[ID_KEY])}")
+    position = extensions.get(STREAM_KEY)
+    if position is not None:
+        tags.append("stream requested" if position is True else f"stream {_short(position)}")
+    if CANCEL_KEY in extensions:
+        tags.append(f"cancels {_short(extensions[CANCEL_KEY])}")
+    if extensions.get(UNORDERED_KEY) is True:
+        tags.append("unordered")
+    return f" [{', '.join(tags)}]" if tags else ""
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if _writable(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def message_lines(when: float, connection: str, direction: str, message: Message | Skimmed) -> list[str]:
-    """A message for a person: a heading line, the header, the content, indented."""
+    """A message for a person: a heading line (what its extensions say of
+    the exchange in brackets), the header, the content, indented."""
     if isinstance(message, Skimmed):
-        lines = [f"{timestamp(when)} {connection} {direction} {message.header_text}"]
+        tags = exchange_tags(message.header)
+        lines = [f"{timestamp(when)} {connection} {direction}{tags} {message.header_text}"]
         return lines + [f"    {line}" for line in _skimmed_lines(message)]
-    lines = [f"{timestamp(when)} {connection} {direction} {_header_text(message)}"]
+    tags = exchange_tags(message.extensions)
+    lines = [f"{timestamp(when)} {connection} {direction}{tags} {_header_text(message)}"]
     lines += [f"    {line}" for line in _content_lines(message)]
     return lines
 

@@ -14,7 +14,8 @@
 -- SSLKEYLOGFILE set (-o tls.keylog_file:keys.log).
 -- Filter fields: framewire.header_length, framewire.content_type,
 -- framewire.content_encoding, framewire.content_length, framewire.byteorder,
--- framewire.status, framewire.header, framewire.content, framewire.error.
+-- framewire.status, framewire.header, framewire.content, framewire.error,
+-- framewire.id, framewire.stream, framewire.cancel, framewire.unordered.
 
 -- Loaded once, whichever way it is given: with an installed copy (a
 -- personal plugin), `-X lua_script:framewire.lua` would register a second
@@ -35,6 +36,10 @@ f.content_length = ProtoField.uint64("framewire.content_length", "Content length
 f.byteorder = ProtoField.string("framewire.byteorder", "Byte order")
 f.status = ProtoField.string("framewire.status", "Status")
 f.extension = ProtoField.string("framewire.extension", "Extension")
+f.id = ProtoField.string("framewire.id", "Request id")
+f.stream = ProtoField.string("framewire.stream", "Stream position")
+f.cancel = ProtoField.string("framewire.cancel", "Cancels request")
+f.unordered = ProtoField.bool("framewire.unordered", "Unordered")
 f.content = ProtoField.bytes("framewire.content", "Content")
 f.text = ProtoField.string("framewire.text", "Content (text)")
 f.error = ProtoField.string("framewire.error", "Protocol error")
@@ -302,6 +307,31 @@ local function dissect_message(tvb, pinfo, tree)
     end
     local info = string.format("%s %s", tostring(ctype), length and (length .. " bytes") or "?")
     if header.status == "error" then info = info .. " [error]" end
+    -- What the extensions say of the exchange: the id, a stream's position, a cancel.
+    local function shown(value)
+        if type(value) == "table" then return value.fraction or value.huge or value.text end
+        return tostring(value)
+    end
+    local ident = header["framewire-id"]
+    if ident ~= nil then
+        fields:add(f.id, header_tvb, shown(ident))
+        info = info .. " id=" .. shown(ident)
+    end
+    local position = header["framewire-stream"]
+    if position ~= nil then
+        local text = position == true and "requested" or shown(position)
+        fields:add(f.stream, header_tvb, text)
+        info = info .. " stream=" .. text
+    end
+    local cancelled = header["framewire-cancel"]
+    if cancelled ~= nil then
+        fields:add(f.cancel, header_tvb, shown(cancelled))
+        info = info .. " cancel=" .. shown(cancelled)
+    end
+    if header["framewire-unordered"] == true then
+        fields:add(f.unordered, header_tvb, true)
+        info = info .. " unordered"
+    end
     pinfo.cols.info:append(" " .. info .. ";")
     -- The server's checks, in its order: every required key present, then each value.
     for _, key in ipairs({ "byteorder", "content-type", "content-encoding", "content-length" }) do
