@@ -37,17 +37,22 @@ def failures(port: int, level: str = "strict", **settings: Any) -> set[str]:
 
 @pytest.mark.usefixtures("driver")
 @pytest.mark.parametrize(
-    ("app", "summary"),
+    ("app", "extensions", "summary"),
     [
-        ("echo", "22 passed, 0 failed, 3 not applicable"),
+        ("echo", False, "22 passed, 0 failed, 8 not applicable"),
+        # framewire's extensions (ids, unordered, streams, cancel, describe), when asked for.
+        ("echo", True, "27 passed, 0 failed, 3 not applicable"),
         # The default application (make serve's): the demo cases apply too.
-        ("search", "24 passed, 0 failed, 1 not applicable"),
+        ("search", True, "29 passed, 0 failed, 1 not applicable"),
     ],
 )
-def test_framewire_serve_passes_every_case(spawn: Any, app: str, summary: str) -> None:
+def test_framewire_serve_passes_every_case(spawn: Any, app: str, extensions: bool, summary: str) -> None:
     server = spawn("serve", "--app", app, "--port", "0", "--message-timeout", "1")
     port = server.wait_for(r"127\.0\.0\.1:(\d+)").group(1)
-    result = run_cli("conformance", "127.0.0.1", port, "--app", app, "--message-timeout", "1", timeout=60)
+    asked = ["--extensions"] if extensions else []
+    result = run_cli(
+        "conformance", "127.0.0.1", port, "--app", app, "--message-timeout", "1", *asked, timeout=60
+    )
     assert result.returncode == 0, result.stdout
     assert result.stdout.rstrip().endswith(summary)
 
@@ -259,9 +264,9 @@ def test_the_command_prints_a_table_writes_reports_and_exits_with_the_failures(t
     assert result.returncode == 1, result.stderr
     assert "  FAIL  trickle-cut-at-deadline" in result.stdout
     assert "received:" in result.stdout and "sent:" in result.stdout
-    assert result.stdout.rstrip().endswith("21 passed, 1 failed, 3 not applicable")
+    assert result.stdout.rstrip().endswith("21 passed, 1 failed, 8 not applicable")
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"] == {"PASS": 21, "FAIL": 1, "NOT-APPLICABLE": 3}
+    assert report["summary"] == {"PASS": 21, "FAIL": 1, "NOT-APPLICABLE": 8}
     (failed,) = [case for case in report["cases"] if case["status"] == "FAIL"]
     assert failed["name"] == "trickle-cut-at-deadline" and failed["sent_hex"]
     page = (tmp_path / "r.html").read_text()
@@ -317,3 +322,20 @@ def test_the_suite_is_bounded_in_memory_against_a_server_that_streams_without_en
             tracemalloc.stop()
     assert failed  # judged, not hung
     assert peak < 6 * MAX_RECEIVED, f"the suite held {peak >> 20} MiB"
+
+
+def test_a_server_that_does_not_know_the_extensions_fails_their_cases(guide_server: int) -> None:
+    # The guide-shaped echo, told to be checked for framewire's extensions:
+    # it answers the probes and the cancel as requests, without ids.
+    cases = [case for case in CASES if case.group == "extensions"]
+    target = Target("127.0.0.1", guide_server, app="echo", patience=0.5, extensions=True)
+    outcomes = {case.name: case.run(target).status for case in cases}
+    assert outcomes == {
+        "id-echoed": "FAIL",
+        "unordered-marked": "FAIL",
+        "cancel-unknown": "FAIL",
+        "describe-probe": "FAIL",
+        "stream-asked-once": "FAIL",
+    }
+    plain = Target("127.0.0.1", guide_server, app="echo")
+    assert {case.run(plain).status for case in cases} == {"NOT-APPLICABLE"}

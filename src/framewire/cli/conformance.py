@@ -43,6 +43,9 @@ MAX_FAILED_STATUS = 100
 @click.option("--patience", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds any one wait of a case may take.")  # fmt: skip
 @click.option("--only", default=None, metavar="TEXT", help="Run only the cases whose name contains TEXT.")
+@click.option("--extensions", is_flag=True,
+              help="The server knows framewire's extensions (ids, unordered, streams, cancel, "
+                   "describe): check them too.")  # fmt: skip
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results as JSON to this file.")  # fmt: skip
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -59,6 +62,7 @@ def conformance(
     max_content_length: int,
     patience: float,
     only: str | None,
+    extensions: bool,
     json_file: Path | None,
     html_file: Path | None,
     tls: tuple[Any, str | None] | None,
@@ -74,6 +78,7 @@ def conformance(
       framewire serve --app echo --port 65432 --message-timeout 2 &
       framewire conformance 127.0.0.1 65432 --app echo --message-timeout 2
       framewire conformance 127.0.0.1 65432 --level guide --html report.html
+      framewire conformance 127.0.0.1 65432 --app echo --extensions
     """
     from framewire.tools import conformance as suite
     from framewire.tools import conformance_report as report
@@ -94,6 +99,7 @@ def conformance(
         max_header_size=max_header_size,
         max_content_length=max_content_length,
         patience=patience,
+        extensions=extensions,
     )
     click.echo(f"framewire conformance: {where(host, port)}, level {level}, app {app}")
     results = []

@@ -55,6 +55,9 @@ class Target:
     max_content_length: int = 64 * 1024 * 1024
     #: Seconds any one wait of a case may take.
     patience: float = 5.0
+    #: It says it knows framewire's extensions (ids, unordered answers,
+    #: streams, cancel, describe): their cases run; else they are not applicable.
+    extensions: bool = False
 
 
 @dataclasses.dataclass
@@ -600,6 +603,109 @@ def application_answers(target: Target) -> Outcome:
         if not str(result).startswith("Follow the white rabbit"):
             return wire.outcome("FAIL", f"search 'morpheus' answered {result!r}")
         return wire.outcome("PASS", "the demo's search answers as the guide's does")
+    finally:
+        wire.close()
+
+
+# -- framewire's extensions (for servers that say they have them) ---------------------------
+
+
+def _extensions(target: Target) -> Outcome | None:
+    if target.extensions:
+        return None
+    return Outcome("NOT-APPLICABLE", "the server did not say it knows framewire's extensions (--extensions)")
+
+
+@case("extensions", "strict", "a request's framewire-id is on its answer")
+def id_echoed(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(frame(b"id", framewire_id="c-1") + frame(b"id", framewire_id=2))
+        answers, problem = wire.messages(2)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        ids = [answer.get("framewire-id") for answer in answers]
+        if ids != ["c-1", 2]:
+            return wire.outcome("FAIL", f"the answers carry framewire-id {ids}, not ['c-1', 2]")
+        return wire.outcome("PASS", "each answer carries its request's id")
+    finally:
+        wire.close()
+
+
+@case("extensions", "strict", "an unordered request's answer is marked, with its id")
+def unordered_marked(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(frame(b"u", framewire_id=5, framewire_unordered=True))
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        extensions = answers[0].extensions
+        if extensions.get("framewire-id") != 5 or extensions.get("framewire-unordered") is not True:
+            return wire.outcome("FAIL", f"the answer's extensions are {dict(extensions)}")
+        return wire.outcome("PASS", "framewire-unordered: true and the id on the answer")
+    finally:
+        wire.close()
+
+
+@case("extensions", "strict", "a cancel gets no answer of its own (an id nobody sent is ignored)")
+def cancel_unknown(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(json_frame(None, framewire_cancel=424242) + frame(b"after", framewire_id=1))
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        if answers[0].get("framewire-id") != 1:
+            return wire.outcome("FAIL", "the cancel was answered as a request")
+        more, _ = wire.messages(2, seconds=0.3)  # (the one read, and nothing more within 0.3 s)
+        if len(more) > 1:
+            return wire.outcome("FAIL", "more answers came than requests were sent")
+        return wire.outcome("PASS", "only the request after the cancel was answered")
+    finally:
+        wire.close()
+
+
+@case("extensions", "strict", "framewire-describe is answered by the server, with its actions")
+def describe_probe(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(json_frame(None, framewire_describe=1))
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        answer = answers[0]
+        if answer.get("framewire-describe") != 1 or not answer.is_json:
+            return wire.outcome("FAIL", "the answer is not the describe probe's (its extension, text/json)")
+        document = answer.json()
+        if not isinstance(document, dict) or not isinstance(document.get("actions"), list):
+            return wire.outcome("FAIL", 'the description is not {"actions": [...]}')
+        return wire.outcome("PASS", f"{len(document['actions'])} actions described")
+    finally:
+        wire.close()
+
+
+@case("extensions", "strict", "a stream asked of an action that does not stream is one answer")
+def stream_asked_once(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(frame(b"s", framewire_id=3, framewire_stream=True) + frame(b"t", framewire_id=4))
+        answers, problem = wire.messages(2)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        if [a.get("framewire-id") for a in answers] != [3, 4] or answers[0].get("framewire-stream") == "item":
+            return wire.outcome("FAIL", "the answers are not one for each request, in order")
+        return wire.outcome("PASS", "one answer, then the next request's")
     finally:
         wire.close()
 
