@@ -49,7 +49,7 @@ def tracer() -> Any | None:
 
 
 def _propagator() -> Any:
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: PLC0415
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
     return TraceContextTextMapPropagator()
 
@@ -64,7 +64,7 @@ def _peer_attributes(address: str) -> dict[str, Any]:
 def server_span(found: Any, action: str, extensions: Mapping[str, Any], peer: str) -> Any:
     """A SERVER span (not yet current) for a request of ``action`` from
     ``peer``, continuing the trace its ``traceparent`` names."""
-    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+    from opentelemetry.trace import SpanKind  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
     carrier = {k: v for k, v in extensions.items() if k in (TRACEPARENT, "tracestate") and isinstance(v, str)}
     parent = _propagator().extract(carrier) if carrier else None
@@ -76,7 +76,7 @@ def ended(span: Any, code: str | None) -> None:
     """End ``span`` with its outcome: ``code`` is the error code, or None."""
     span.set_attribute(OUTCOME, code or "ok")
     if code is not None:
-        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+        from opentelemetry.trace import Status, StatusCode  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
         span.set_status(Status(StatusCode.ERROR, code))
     span.end()
@@ -89,7 +89,7 @@ def client_span(
     """Around a client's call of ``action`` on ``where``, with the tracer
     ``found`` (:func:`tracer`): a CLIENT span, yielding the extensions to
     send, ``traceparent`` among them."""
-    from opentelemetry.trace import SpanKind, use_span  # noqa: PLC0415
+    from opentelemetry.trace import SpanKind, use_span  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
     attributes = {"rpc.system": "framewire", "rpc.method": action, "server.address": where}
     span = found.start_span(action, kind=SpanKind.CLIENT, attributes=attributes)

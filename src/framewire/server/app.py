@@ -258,7 +258,7 @@ class App:
                 return self._later(result, self._json_answer)
             return self._json_answer(result)
         span = tracing.server_span(found, spec.name, request.extensions, context.address)
-        from opentelemetry.trace import use_span  # noqa: PLC0415  (imported by the application already)
+        from opentelemetry.trace import use_span  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415  (imported by the application already)
 
         with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
             try:
@@ -342,7 +342,7 @@ def _code_of(exc: BaseException) -> str:
 
 async def _traced(awaitable: Awaitable[Any], span: Any) -> Any:
     # An async action's span: current while it runs, ended with its outcome.
-    from opentelemetry.trace import use_span  # noqa: PLC0415
+    from opentelemetry.trace import use_span  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
     with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
         try:
