@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from framewire.client.options import ClientOptions
 from framewire.client.retry import retire_at
@@ -29,13 +29,14 @@ from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message
 from framewire.core.probe import (
     CANCEL_KEY,
+    DEADLINE_KEY,
     ID_KEY,
     PING_KEY,
     STREAM_KEY,
     UNORDERED_KEY,
     probe,
     request_id,
-    tag_requests,
+    with_extensions,
 )
 
 __all__ = ["PROBE", "ClientConnection"]
@@ -167,18 +168,6 @@ class ClientConnection:
         if options.ids or unordered or stream:
             first = self._next_id + 1
             self._next_id += len(messages)
-        if first is not None or ms is not None:
-            messages = tag_requests(messages, first, ms)
-        if unordered or stream:
-            extra: dict[str, bool] = {}
-            if unordered:
-                extra[UNORDERED_KEY] = True
-            if stream:
-                extra[STREAM_KEY] = True
-            messages = [
-                Message(m.content, m.content_type, m.content_encoding, extensions={**m.extensions, **extra})
-                for m in messages
-            ]
         owed = self._owed
         by_id = self._by_id
         for index, owner in enumerate(owners):
@@ -187,7 +176,39 @@ class ClientConnection:
             owed.append(entry)
             if ident is not None:
                 by_id[ident] = entry
-        return encode_many(messages)
+        if first is None and ms is None:
+            return encode_many(messages)
+        # Each request's header with its tags written in (no second Message
+        # made a request: the asyncio client tags every one).
+        parts: list[bytes | bytearray] = []
+        tail = b""  # the tags after the id, the same for every request
+        if ms is not None:
+            tail += b',"framewire-deadline":' + str(max(0, round(ms))).encode()
+        if unordered:
+            tail += b',"framewire-unordered":true'
+        if stream:
+            tail += b',"framewire-stream":true'
+        tail += b"}"
+        for index, message in enumerate(messages):
+            head, content = message.wire_parts()
+            if message.extensions:  # (a key of its own may be one of the tags: written the slow way)
+                tags: dict[str, Any] = {} if first is None else {ID_KEY: first + index}
+                if ms is not None:
+                    tags[DEADLINE_KEY] = max(0, round(ms))
+                if unordered:
+                    tags[UNORDERED_KEY] = True
+                if stream:
+                    tags[STREAM_KEY] = True
+                head = with_extensions(head, tags)
+            else:  # the four required keys alone: the tags go before the closing brace
+                raw = head[2:-1] + (
+                    b"" if first is None else b',"framewire-id":' + str(first + index).encode()
+                )
+                raw += tail
+                head = len(raw).to_bytes(2, "big") + raw
+            parts.append(head)
+            parts.append(content)
+        return b"".join(parts)
 
     def cancel(self, owner: object) -> bytes | None:
         """Stop the request owed to ``owner`` (a stream left early): the bytes

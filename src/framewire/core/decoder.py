@@ -56,6 +56,14 @@ _REQUIRED: Final = frozenset(REQUIRED_KEYS)
 # A run of 20 digits or more: an integer that may be beyond 64 bits, which
 # orjson would read as an inexact float (or refuse as infinite).
 _LONG_NUMBER: Final = re.compile(rb"\d{20}")
+_DIGITS: Final = b"0123456789"
+
+
+def _long_number(data: bytes) -> bool:
+    # Whether ``data`` holds a run of 20 digits. Counting the digits first
+    # (one C pass) spares the regex, a microsecond a header, for the usual
+    # header with fewer than 20 digits in all.
+    return len(data) - len(data.translate(None, _DIGITS)) >= 20 and _LONG_NUMBER.search(data) is not None
 
 
 # Python converts at most this many digits to an int (the conversion is
@@ -160,11 +168,11 @@ def parse_header(data: bytes) -> Header:
     except orjson.JSONDecodeError as exc:
         # orjson refuses invalid UTF-8, NaN/Infinity and deep nesting itself,
         # and integers too large for a double.
-        if _LONG_NUMBER.search(data) is None:
+        if not _long_number(data):
             raise BadHeader(f"The header is not valid UTF-8 JSON ({exc.msg}).") from None
         obj = _loads_exact(data)
     else:
-        if _LONG_NUMBER.search(data) is not None:
+        if _long_number(data):
             obj = _loads_exact(data)  # integers beyond 64 bits, kept exact
     if type(obj) is not dict:
         raise BadHeader(f"The header is a JSON {type(obj).__name__}, not an object.")

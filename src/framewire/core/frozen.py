@@ -93,8 +93,14 @@ def _copy(value: Any, frozen: bool) -> Any:
     return root
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """``value`` with every list (or tuple) and dict inside made read-only (a copy)."""
+    if type(value) is dict and all(type(item) in _SCALARS for item in value.values()):
+        # The usual header's extensions: flat (an id, a flag): one copy, no walk.
+        return FrozenDict(value)
     return _copy(value, True)
 
 
