@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from conftest import CLIENTS, make_client, run_cli, running
-from framewire import App, Decoder, ErrorResponse, Message, aio, encode_many
+from framewire import App, Context, Decoder, ErrorResponse, Message, aio, encode_many
 from framewire.server.streams import BATCH
 from test_guide_compat import guide_client
 
@@ -37,6 +37,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.closed = threading.Event()
+        self.started = threading.Event()
         self.taken = 0
 
 
@@ -99,6 +100,26 @@ def stream_app(probe: Probe) -> App:
 
     @app.action
     def fast(n: int) -> int:
+        return n
+
+    @app.action
+    async def patient(n: int) -> int:
+        probe.started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            probe.closed.set()
+        return n
+
+    @app.action
+    def polling(n: int, context: Context) -> int:
+        # A thread-pool handler that stops once its request is cancelled.
+        probe.started.set()
+        deadline = time.monotonic() + 10
+        while not context.cancelled and time.monotonic() < deadline:
+            time.sleep(0.001)  # its own work, between looks at the flag
+        if context.cancelled:
+            probe.closed.set()
         return n
 
     return app
@@ -366,3 +387,29 @@ def test_framewire_call_stream_prints_items_as_they_come(spawn: Any) -> None:
     assert listed.stdout.splitlines() == ['{"key": "a", "value": 1}', '{"key": "b", "value": 1}']
     whole = run_cli("call", "127.0.0.1", port, "scan")
     assert whole.stdout.strip() == '[{"key": "a", "value": 1}, {"key": "b", "value": 1}]'
+
+
+@pytest.mark.parametrize("action", ["patient", "polling"])
+def test_a_cancel_stops_a_call_s_work_and_answers_cancelled(served: Any, action: str) -> None:
+    server, probe = served
+    if action == "polling" and server.config.threads == 0:
+        pytest.skip("a sync handler that waits runs on threads")
+    probe.closed.clear()
+    probe.started.clear()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        request = Message.from_json(
+            {"action": action, "value": 1}, extensions={"framewire-id": 4, "framewire-unordered": True}
+        )
+        cancel = Message(b"null", "text/json", "utf-8", extensions={"framewire-cancel": 4})
+        after = Message.from_json({"action": "fast", "value": 2}, extensions={"framewire-id": 5})
+        sock.sendall(request.encode())
+        assert probe.started.wait(5)  # the handler is at work (a cancel before it starts stops it sooner)
+        sock.sendall(encode_many([cancel, after]))
+        decoder = Decoder()
+        answers: list[Message] = []
+        while len(answers) < 2:
+            answers += decoder.feed(sock.recv(65536))
+        by_id = {answer.get("framewire-id"): answer for answer in answers}
+        assert by_id[4].is_error and by_id[4].json()["error"]["code"] == "cancelled"
+        assert by_id[5].json() == {"result": 2}
+    assert probe.closed.wait(5), "the work was not stopped"

@@ -337,10 +337,8 @@ class Answers:
                 ident = request_id(extensions)
                 if ident is not None:
                     unordered = is_unordered(extensions)
-                    if unordered:
-                        head = _unordered_head(head, ident)
-                    else:
-                        head = with_id(head, ident)  # whatever the application answered
+                    # (the id whatever the application answered)
+                    head = _unordered_head(head, ident) if unordered else with_id(head, ident)
             if waiting and not unordered:
                 waiting.append(_ready(head, content))
             else:

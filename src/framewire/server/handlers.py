@@ -354,13 +354,25 @@ class Dispatcher:
         return LATER
 
     def _on_loop(
-        self, conn: ServerConnection, slot: Slot, awaitable: Awaitable[Any], deadline: float | None
+        self,
+        conn: ServerConnection,
+        slot: Slot,
+        awaitable: Awaitable[Any],
+        deadline: float | None,
+        flag: Cancel | None = None,
     ) -> None:
         loop = self._event_loop()
         future = asyncio.run_coroutine_threadsafe(_guarded(awaitable, deadline), loop)
-        # The peer leaving cancels the task (on the loop's thread); the
-        # answer, a CancelledError, is then dropped with the connection.
+        # The peer leaving (or a cancel) cancels the task, on the loop's
+        # thread; the answer, a CancelledError, is then dropped. From a pool
+        # thread, the flag the server may already hold is told too: the hook
+        # is written before the flag is read, and the flag set before the
+        # hook is read, so one of the two sides sees the other.
         slot.cancel = future.cancel
+        if flag is not None:
+            flag.hook = future.cancel
+            if flag.cancelled:
+                future.cancel()
 
         def done(_: Any) -> None:
             try:
@@ -442,7 +454,7 @@ class Dispatcher:
                 self._post(conn, slot, exc)
                 continue
             if result.__class__ is not Message and inspect.isawaitable(result):
-                self._on_loop(conn, slot, result, deadline)
+                self._on_loop(conn, slot, result, deadline, cancel)
             else:
                 self._post(conn, slot, result)
 

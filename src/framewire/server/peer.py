@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from framewire.core.message import Message
@@ -14,17 +14,23 @@ __all__ = ["Cancel", "Context", "Peer"]
 
 class Cancel:
     """The flag a thread-pool handler polls: set (on the server's thread)
-    when the client has gone, so its answer would be dropped anyway.
-    A bool attribute: reading and writing it is atomic, no lock needed."""
+    when the client has gone or cancelled the request, so its answer would
+    be dropped anyway. A bool attribute: reading and writing it is atomic,
+    no lock needed. ``hook``, when the work moved on (an awaitable the
+    handler returned, now a task), is called too."""
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "hook")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.hook: Callable[[], object] | None = None
 
     def set(self) -> None:
         """Mark the work as no longer wanted."""
-        self.cancelled = True
+        self.cancelled = True  # (before the hook is read: see Dispatcher._on_loop)
+        hook = self.hook
+        if hook is not None:
+            hook()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
