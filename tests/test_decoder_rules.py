@@ -463,3 +463,19 @@ def test_request_ids_and_deadlines_leave_the_header_cache_to_headers_that_return
     assert len(messages) == 10000
     assert messages[-2].extensions["framewire-id"] == 4999
     assert len(cache) == 1  # the plain header, which comes back; none of the 5000 unique ones
+
+
+@pytest.mark.parametrize("digits", ["9" * 20, "1" + "0" * 19])
+def test_a_length_of_exactly_twenty_digits_is_read_exactly(digits: str) -> None:
+    # Twenty digits are the fewest that may pass 64 bits (which orjson would
+    # read as an inexact float): the digit count that spares the regex must
+    # let such a header through to the exact reading.
+    from framewire.core.decoder import parse_header
+
+    raw = (
+        '{"byteorder":"little","content-type":"binary/x","content-encoding":"binary","content-length":'
+        + digits
+        + "}"
+    )
+    header = parse_header(raw.encode())
+    assert type(header.content_length) is int and header.content_length == int(digits)
