@@ -35,13 +35,12 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import AioCalls, request_for, result_of, result_of_item
+from framewire.client.calls import AioCalls, request_for, stream_answer
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import STREAM_KEY
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
 log = logging.getLogger("framewire.client")
@@ -411,17 +410,11 @@ class AioClient(Configured, AioCalls):
                     raise TimeoutError(
                         errno.ETIMEDOUT, f"no item from {self.where} within {limit:g} s"
                     ) from exc
-                extensions = answer._header.extensions
-                position = extensions.get(STREAM_KEY) if extensions else None
-                if position == "item":
-                    yield result_of(answer, result_type)
-                    continue
-                finished = True  # an end, an error, or one answer (a server that does not stream)
-                result = result_of(answer, None)
-                if position != "end":
-                    for item in result if isinstance(result, list) else [result]:
-                        yield item if result_type is None else result_of_item(item, result_type)
-                return
+                items, finished = stream_answer(answer, result_type)
+                for item in items:
+                    yield item
+                if finished:  # (set before the last items: the server has ended, nothing to cancel)
+                    return
         finally:
             inbox.close()
             if not finished:

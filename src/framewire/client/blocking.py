@@ -27,14 +27,14 @@ from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import Calls, request_for, result_of, result_of_item
+from framewire.client.calls import Calls, request_for, stream_answer
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core import limits
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
-from framewire.core.probe import ID_KEY, STREAM_KEY
+from framewire.core.probe import ID_KEY
 from framewire.io.netio import connect, idle_dropped, translated, where
 
 log = logging.getLogger("framewire.client")
@@ -367,20 +367,12 @@ class Client(Configured, Calls):
                     with self._lock, translated(self.host, self.port, seconds):
                         batch: list[Message] = []
                         deadline = None if seconds is None else time.monotonic() + seconds
-                        self._await(token, 1, deadline, batch, stream=True)
+                        self._await(token, 1, deadline, batch)  # (with the rest of what that read brought)
                         pending.extend(batch)
-                answer = pending.popleft()
-                position = answer._header.extensions.get(STREAM_KEY) if answer._header.extensions else None
-                if position == "item":
-                    yield result_of(answer, result_type)
-                    continue
-                finished = True  # an end, an error, or one answer (a server that does not stream)
-                result = result_of(answer, None)
-                if position != "end":
-                    items = result if isinstance(result, list) else [result]
-                    for item in items:
-                        yield item if result_type is None else result_of_item(item, result_type)
-                return
+                items, finished = stream_answer(pending.popleft(), result_type)
+                yield from items
+                if finished:  # (set before the last items: the server has ended, nothing to cancel)
+                    return
         finally:
             self._streaming = False
             if not finished:
@@ -440,12 +432,7 @@ class Client(Configured, Calls):
                 sock.settimeout(self.options.timeout)
 
     def _await(
-        self,
-        token: object,
-        count: int,
-        deadline: float | None,
-        answers: MutableSequence[Message],
-        stream: bool = False,
+        self, token: object, count: int, deadline: float | None, answers: MutableSequence[Message]
     ) -> None:
         # Read until ``count`` answers owed to ``token`` are in ``answers``
         # (those owed to send() go aside, for receive()), on the connection
@@ -457,8 +444,6 @@ class Client(Configured, Calls):
         while len(answers) - start < count:
             sock.settimeout(self._remaining(deadline))
             self._take(self._recv_all(sock), token, answers, count - (len(answers) - start))
-        if stream:
-            return  # (every answer the read completed is in ``answers``: a stream's items)
 
     def _take(self, data: bytes, token: object, answers: MutableSequence[Message], missing: int) -> None:
         # The answers ``data`` completes, each to whom it is owed (``missing``

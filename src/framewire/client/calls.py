@@ -21,10 +21,19 @@ import msgspec
 from framewire.client.options import DEFAULT, Timeout
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
-from framewire.core.probe import DESCRIBE_KEY, is_described
+from framewire.core.probe import DESCRIBE_KEY, STREAM_KEY, is_described
 from framewire.core.tracing import client_span, tracer
 
-__all__ = ["AioCalls", "Calls", "describe_probe", "described", "request_for", "result_of", "result_of_item"]
+__all__ = [
+    "AioCalls",
+    "Calls",
+    "describe_probe",
+    "described",
+    "request_for",
+    "result_of",
+    "result_of_item",
+    "stream_answer",
+]
 
 _T = TypeVar("_T")
 
@@ -67,6 +76,25 @@ def result_of_item(result: Any, result_type: Any) -> Any:
         return msgspec.convert(result, result_type, str_keys=True)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"The result does not fit {result_type!r}: {exc}.") from None
+
+
+def stream_answer(answer: Message, result_type: Any = None) -> tuple[list[Any], bool]:
+    """What one answer to a stream request gives: its items, and whether the
+    stream is over. An item (``framewire-stream: "item"``) gives one; the
+    end gives none; one plain answer (a server or an action that does not
+    stream) gives every item of its result and ends it; an error response
+    raises :class:`ErrorResponse`."""
+    extensions = answer._header.extensions
+    position = extensions.get(STREAM_KEY) if extensions else None
+    if position == "item":
+        return [result_of(answer, result_type)], False
+    result = result_of(answer, None)
+    if position == "end":
+        return [], True
+    items = result if isinstance(result, list) else [result]
+    if result_type is not None:
+        items = [result_of_item(item, result_type) for item in items]
+    return items, True
 
 
 def describe_probe() -> Message:
