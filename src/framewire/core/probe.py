@@ -32,7 +32,6 @@ __all__ = [
     "probe",
     "probe_reply",
     "request_id",
-    "tag_requests",
     "tagged",
     "with_extensions",
     "with_id",
@@ -91,32 +90,15 @@ def is_described(message: Message) -> bool:
 ID_KEY = "framewire-id"
 
 
-def tagged(
-    message: Message,
-    ident: int | None = None,
-    deadline: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Message:
-    """``message`` with the request id ``ident``, the ``deadline`` (in
-    milliseconds left) and ``extra`` among its extensions (each may be None)."""
+def tagged(message: Message, ident: int | None = None, deadline: float | None = None) -> Message:
+    """``message`` with the request id ``ident`` and the ``deadline`` (in
+    milliseconds left) among its extensions (either may be None)."""
     extensions = dict(message.extensions)
     if ident is not None:
         extensions[ID_KEY] = ident
     if deadline is not None:
         extensions[DEADLINE_KEY] = max(0, round(deadline))
-    if extra:
-        extensions.update(extra)
     return Message(message.content, message.content_type, message.content_encoding, extensions=extensions)
-
-
-def tag_requests(
-    messages: list[Message], first_id: int | None, deadline: float | None, extra: dict[str, Any] | None = None
-) -> list[Message]:
-    """``messages`` tagged with consecutive request ids from ``first_id``
-    (None: no ids) and the ``deadline`` in milliseconds left (None: none)."""
-    return [
-        tagged(m, None if first_id is None else first_id + i, deadline, extra) for i, m in enumerate(messages)
-    ]
 
 
 #: The header extension that tells the server how long the client will wait
@@ -157,18 +139,32 @@ def with_id(head: bytes, ident: str | int) -> bytes:
     return with_extensions(head, {ID_KEY: ident})
 
 
+# The JSON of extension keys written into headers (framewire's own few).
+_KEY_JSON: dict[str, bytes] = {}
+
+
 def with_extensions(head: bytes, extensions: dict[str, Any]) -> bytes:
     """A response's header bytes (its 2-byte length included) with
     ``extensions`` added."""
-    if head.endswith(b"}") and not any(key.encode() in head for key in extensions):
+    if head.endswith(b"}"):
         # The usual case, a header none of whose keys are these: the new keys
         # written in before its closing brace (no parse, no second encoding).
-        added = b"".join(
-            b"," + orjson.dumps(key) + b":" + orjson.dumps(value) for key, value in extensions.items()
-        )
-        size = len(head) - 2 + len(added)
-        if size <= 0xFFFF:
-            return size.to_bytes(2, "big") + head[2:-1] + added + b"}"
+        # The servers' answers and the asyncio client's requests all come
+        # this way: a loop, not generators, and the keys' JSON kept.
+        added = b""
+        for key, value in extensions.items():
+            name = _KEY_JSON.get(key)
+            if name is None:
+                name = orjson.dumps(key)
+                if len(_KEY_JSON) < 64:
+                    _KEY_JSON[key] = name
+            if key.encode() in head:
+                break  # already there (or its text is): written the slow way
+            added += b"," + name + b":" + (b"true" if value is True else orjson.dumps(value))
+        else:
+            size = len(head) - 2 + len(added)
+            if size <= 0xFFFF:
+                return size.to_bytes(2, "big") + head[2:-1] + added + b"}"
     header = json.loads(head[2:])
     header.update(extensions)
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()

@@ -148,17 +148,6 @@ def _no_handler(request: Message) -> object:
     raise RuntimeError("this connection has no handler (ServerConnection.bind)")
 
 
-def _unordered_head(head: bytes, ident: str | int) -> bytes:
-    # An answer's header marked unordered, with its id: written in before the
-    # closing brace when the header holds no framewire key already (the usual
-    # answer: one a second would be, for 64 calls at once).
-    if b'"framewire-' not in head and head.endswith(b"}"):
-        raw = head[2:-1] + b',"framewire-id":' + orjson.dumps(ident) + b',"framewire-unordered":true}'
-        if len(raw) <= 0xFFFF:
-            return len(raw).to_bytes(2, "big") + raw
-    return with_extensions(head, {ID_KEY: ident, UNORDERED_KEY: True})
-
-
 def _ready(head: bytes, content: bytes | bytearray) -> Slot:
     slot = Slot()
     slot.head, slot.content, slot.ready = head, content, True
@@ -338,7 +327,10 @@ class Answers:
                 if ident is not None:
                     unordered = is_unordered(extensions)
                     # (the id whatever the application answered)
-                    head = _unordered_head(head, ident) if unordered else with_id(head, ident)
+                    if unordered:
+                        head = with_extensions(head, {ID_KEY: ident, UNORDERED_KEY: True})
+                    else:
+                        head = with_id(head, ident)
             if waiting and not unordered:
                 waiting.append(_ready(head, content))
             else:
