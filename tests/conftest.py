@@ -298,6 +298,24 @@ class Spawned:
 
 
 @pytest.fixture
+def guide_echo() -> Iterator[int]:
+    """The echo written the guide's way (benchmarks/peers/guide_server.py):
+    one request per connection, no extensions; its port."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(root, "benchmarks", "peers", "guide_server.py"), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture
 def spawn() -> Iterator[Any]:
     procs: list[Spawned] = []
 

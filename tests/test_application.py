@@ -321,21 +321,13 @@ def test_call_works_against_the_guide_s_server(guide_server: int, kind: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["blocking", "asyncio"])
-def test_describe_of_a_server_that_does_not_know_it_says_so(kind: str) -> None:
+def test_describe_of_a_server_that_does_not_know_it_says_so(guide_echo: int, kind: str) -> None:
     # An echo written the guide's way answers the probe as a request.
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks/peers/guide_server.py"), "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline())
-        with make_client(kind, port=port) as client, pytest.raises(ProtocolError, match="does not describe"):
-            client.describe()
-    finally:
-        process.kill()
-        process.wait(10)
+    with (
+        make_client(kind, port=guide_echo) as client,
+        pytest.raises(ProtocolError, match="does not describe"),
+    ):
+        client.describe()
 
 
 @pytest.mark.usefixtures("driver")

@@ -8,8 +8,6 @@ import contextlib
 import json
 import socket
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,23 +93,8 @@ GUIDE_GAPS = {
 }
 
 
-@pytest.fixture
-def guide_server() -> Iterator[int]:
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks/peers/guide_server.py"), "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        yield int(process.stdout.readline())
-    finally:
-        process.kill()
-        process.wait(10)
-
-
-def test_the_guide_s_server_passes_the_guide_level_and_fails_its_known_gaps(guide_server: int) -> None:
-    port = str(guide_server)
+def test_the_guide_s_server_passes_the_guide_level_and_fails_its_known_gaps(guide_echo: int) -> None:
+    port = str(guide_echo)
     guide = run_cli("conformance", "127.0.0.1", port, "--level", "guide", "--app", "echo", timeout=60)
     assert guide.returncode == 0, guide.stdout
     strict = run_cli(
@@ -324,11 +307,11 @@ def test_the_suite_is_bounded_in_memory_against_a_server_that_streams_without_en
     assert peak < 6 * MAX_RECEIVED, f"the suite held {peak >> 20} MiB"
 
 
-def test_a_server_that_does_not_know_the_extensions_fails_their_cases(guide_server: int) -> None:
+def test_a_server_that_does_not_know_the_extensions_fails_their_cases(guide_echo: int) -> None:
     # The guide-shaped echo, told to be checked for framewire's extensions:
     # it answers the probes and the cancel as requests, without ids.
     cases = [case for case in CASES if case.group == "extensions"]
-    target = Target("127.0.0.1", guide_server, app="echo", patience=0.5, extensions=True)
+    target = Target("127.0.0.1", guide_echo, app="echo", patience=0.5, extensions=True)
     outcomes = {case.name: case.run(target).status for case in cases}
     assert outcomes == {
         "id-echoed": "FAIL",
@@ -337,5 +320,5 @@ def test_a_server_that_does_not_know_the_extensions_fails_their_cases(guide_serv
         "describe-probe": "FAIL",
         "stream-asked-once": "FAIL",
     }
-    plain = Target("127.0.0.1", guide_server, app="echo")
+    plain = Target("127.0.0.1", guide_echo, app="echo")
     assert {case.run(plain).status for case in cases} == {"NOT-APPLICABLE"}
