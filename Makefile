@@ -64,6 +64,10 @@ bench: $(BENCH_STAMP) compiled-copy
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
 	$(BIN)/python benchmarks/targets.py --build build/compiled/src
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/calls.py --build build/compiled/src
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server from the system's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/pubsub.py --build build/compiled/src
 	$(BIN)/python benchmarks/compare.py --build build/compiled/src --core .venv/core-bench.json
 
 # The Wireshark dissector checked for real: installs tshark from the system's
@@ -74,12 +78,16 @@ test-wire: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
 	FRAMEWIRE_REQUIRE_TSHARK=1 $(BIN)/pytest -m wire tests/test_wireshark.py
 
-# HAProxy for real in front of three framewire servers (deploy/haproxy.cfg):
-# installs haproxy from the system's packages when it is missing.
+# HAProxy for real in front of three framewire servers (deploy/haproxy.cfg),
+# and in front of two brokers on a real Redis (--hub): installs haproxy and
+# redis-server from the system's packages when they are missing.
 test-deploy: $(STAMP)
 	@command -v haproxy >/dev/null 2>&1 || { \
 	  echo "installing haproxy from the system's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server from the system's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	FRAMEWIRE_REQUIRE_HAPROXY=1 $(BIN)/pytest -m deploy tests/test_deploy.py
 
 # The hot path compiled with mypyc (docs/performance.md, "The compiled

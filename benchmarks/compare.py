@@ -379,6 +379,43 @@ def calls_section() -> list[str]:
     return lines
 
 
+def pubsub_section() -> list[str]:
+    """The broker beside redis-server, and fan-out latency, from the last
+    run of benchmarks/pubsub.py."""
+    from stored import RESULTS  # noqa: PLC0415
+
+    runs = sorted(RESULTS.glob("pubsub-*.json"))
+    if not runs:
+        return []
+    result = json.loads(runs[-1].read_text())
+    put, fan = result["throughput"], result["fanout"]
+    return [
+        "## Publish and subscribe",
+        "",
+        "`framewire serve --app pubsub` beside `redis-server`, each on CPU 0 with its default",
+        "options, one Python publisher and one Python subscriber (processes of their own, on",
+        f"CPU 1): {put['items']:,} items of 64 characters, publishes pipelined in batches of",
+        f"{put['batch']} (framewire: `call_many`; Redis: a redis-py pipeline of PUBLISH), read",
+        "as they come (`Client.subscribe`; redis-py's `pubsub.listen`). Items a second from",
+        "the first publish to the last item, the median of alternating pairs",
+        f"(`benchmarks/pubsub.py`, measured {result['date']} on {result['machine']},",
+        f"{result['pairs']} pairs, {result['build']}, stored in `{runs[-1].relative_to(ROOT)}`).",
+        "",
+        "| row | framewire | redis-server | ratio |",
+        "|---|---|---|---|",
+        f"| items a second | {put['ours_items_per_s']:,.0f} | {put['theirs_items_per_s']:,.0f}"
+        f" | {put['ratio']:.2f}x |",
+        "",
+        f"Fan-out: {fan['subscribers']:,} subscribers on one server (two reader processes",
+        f"on CPU 1), {fan['publishes']:,} publishes at {fan['rate']:g} a second: all",
+        f"{fan['deliveries']:,} deliveries made, each subscriber's in order. Publish to",
+        f"delivery: p50 {fan['p50_ms']:.2f} ms, p99 {fan['p99_ms']:.2f} ms, max",
+        f"{fan['max_ms']:.1f} ms; the server's memory grew {fan['server_rss_growth_mib']:.1f} MiB",
+        "while it ran.",
+        "",
+    ]
+
+
 #: Where docs/performance.md's hand-written analysis begins (see write_doc).
 HAND_WRITTEN = "<!-- Written by hand from here on; make bench keeps it as it is. -->"
 
@@ -413,6 +450,7 @@ def write_doc(
     ]
     lines += targets_section()
     lines += calls_section()
+    lines += pubsub_section()
     lines += ["## Beside the ways Python is otherwise written", ""]
     if png is not None:
         lines += [f"![throughput]({png.name})", ""]

@@ -382,9 +382,17 @@ class SyncAioClient:
         return self._run(self.client.call_many(list(calls), **kwargs))
 
     def stream(self, action: str, value: Any = None, **kwargs: Any) -> Iterator[Any]:
+        return self._stepped(self.client.stream(action, value, **kwargs))
+
+    def subscribe(self, *topics: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._stepped(self.client.subscribe(*topics, **kwargs))
+
+    def publish(self, topic: str, value: Any = None, **kwargs: Any) -> None:
+        self._run(self.client.publish(topic, value, **kwargs))
+
+    def _stepped(self, items: Any) -> Iterator[Any]:
         # The async generator stepped from this thread; leaving the loop
         # closes it (as an async for left early does).
-        items = self.client.stream(action, value, **kwargs)
         try:
             while True:
                 try:

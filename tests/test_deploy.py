@@ -68,6 +68,20 @@ def wait_until(what: Any, timeout: float, message: str) -> None:
         time.sleep(0.05)  # HAProxy's state is polled through its socket, with a deadline
 
 
+def haproxy(front: int, stats_path: str, backends: list[str]) -> subprocess.Popen[bytes]:
+    """deploy/haproxy.cfg as shipped, on 127.0.0.1:``front`` in front of
+    three ``backends``; returned once they are all UP."""
+    env = dict(os.environ, FW_FRONT=f"127.0.0.1:{front}", FW_STATS=stats_path)
+    env.update({f"FW_BACKEND{n}": address for n, address in enumerate(backends, 1)})
+    proc = subprocess.Popen(
+        [haproxy_or_skip(), "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_until(lambda: os.path.exists(stats_path), 10, "haproxy never opened its admin socket")
+    wait_until(lambda: set(stats(stats_path).values()) == {"UP"}, 10, "the backends never came UP")
+    return proc
+
+
 class Logged:
     """A framewire command whose log goes to a file (a pipe nobody reads
     while the test runs would fill and stop it)."""
@@ -109,14 +123,7 @@ class Cluster:
             self.backends.append(backend)
             self.addresses.append(f"{host}:{port}")
         self.stats = str(tmp / "haproxy.sock")
-        env = dict(os.environ, FW_FRONT=f"127.0.0.1:{self.front}", FW_STATS=self.stats)
-        env.update({f"FW_BACKEND{n}": address for n, address in enumerate(self.addresses, 1)})
-        self.haproxy = subprocess.Popen(
-            [haproxy_or_skip(), "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(lambda: os.path.exists(self.stats), 10, "haproxy never opened its admin socket")
-        wait_until(lambda: set(stats(self.stats).values()) == {"UP"}, 10, "the backends never came UP")
+        self.haproxy = haproxy(self.front, self.stats, self.addresses)
 
     def ask(self, content: bytes = b"") -> dict[str, Any]:
         with Client("127.0.0.1", self.front, timeout=10, source_address=(CLIENT_ADDRESS, 0)) as client:
@@ -193,3 +200,211 @@ def test_a_backend_drained_with_sigterm_loses_no_request_in_flight(cluster: Clus
     assert all(a["pid"] == cluster.backends[2].proc.pid for a in more)
     draining.proc.wait(20)
     assert draining.proc.returncode == 0
+
+
+# -- publish and subscribe across hosts: brokers on Redis, behind HAProxy ---------------
+
+
+def redis_server_or_skip() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        if os.environ.get("FRAMEWIRE_REQUIRE_HAPROXY"):
+            pytest.fail("redis-server is required here (make test-deploy installs it)")
+        pytest.skip("redis-server is not installed (make test-deploy installs it)")
+    return found
+
+
+class RedisServer:
+    """A redis-server of the test's own: no persistence, a free port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.binary = redis_server_or_skip()
+        self.port = free_port("127.0.0.1")
+        self.tmp = tmp
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self.answers, 10, "redis-server never answered PING")
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class Brokers:
+    """Two brokers (`serve --app pubsub --workers 2 --hub redis://...`)
+    behind HAProxy (deploy/haproxy.cfg as shipped; its third server is the
+    first again: the layout of two hosts)."""
+
+    def __init__(self, tmp: Path, redis_url: str) -> None:
+        self.front = free_port("127.0.0.1")
+        self.backends: list[Logged] = []
+        addresses = []
+        for i in (2, 3):
+            host = f"127.0.0.{i}"
+            port = free_port(host)
+            backend = Logged(tmp / f"broker{i}.log", "serve", "--host", host, "--port", str(port),
+                             "--app", "pubsub", "--workers", "2", "--hub", redis_url,
+                             "--proxy-protocol")  # fmt: skip
+            backend.wait_for(r"listening on(.|\n)*listening on")  # (each worker says so)
+            self.backends.append(backend)
+            addresses.append(f"{host}:{port}")
+        self.stats = str(tmp / "haproxy-brokers.sock")
+        self.haproxy = haproxy(self.front, self.stats, [*addresses, addresses[0]])
+
+    def client(self) -> Client:
+        return Client("127.0.0.1", self.front, timeout=10)
+
+    def close(self) -> None:
+        self.haproxy.terminate()
+        self.haproxy.communicate(timeout=10)
+        for backend in self.backends:
+            backend.proc.send_signal(signal.SIGTERM)
+        for backend in self.backends:
+            try:
+                backend.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                backend.kill()
+
+
+class Subscriber:
+    """A subscription through the balancer, read on a thread of its own."""
+
+    def __init__(self, brokers: Brokers, topics: str) -> None:
+        self.client = brokers.client()
+        self.events: list[Any] = []
+        self.changed = threading.Condition()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, args=(topics,), daemon=True)
+        self.thread.start()
+
+    def _read(self, topics: str) -> None:
+        # Until an event on a topic ending in ".end" (the client is not
+        # closed from another thread while this one reads).
+        try:
+            with self.client:
+                for event in self.client.subscribe(topics, timeout=60):
+                    with self.changed:
+                        self.events.append(event)
+                        self.changed.notify_all()
+                    if event.topic.endswith(".end"):
+                        break
+        except BaseException as exc:  # (shown by the test)
+            self.error = exc
+
+    def end(self, brokers: Brokers, topic: str, subscribers: list[Subscriber]) -> None:
+        publish_until(brokers, topic, None, lambda: not any(s.thread.is_alive() for s in subscribers))
+
+    def wait_for(self, what: Any, timeout: float = 30) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: what(self.events) or self.error is not None, timeout), (
+                f"never came; so far {self.events[-5:]}"
+            )
+        assert self.error is None, self.error
+
+
+def publish_until(brokers: Brokers, topic: str, value: Any, done: Any, timeout: float = 30) -> None:
+    """Publish ``value`` again and again until ``done()``: a subscription
+    made through another process is not known to be in place until an
+    event has gone through it (publishes Redis refuses meanwhile fail)."""
+    from framewire.core.errors import ErrorResponse
+
+    deadline = time.monotonic() + timeout
+    with brokers.client() as client:
+        while not done():
+            assert time.monotonic() < deadline, "the subscribers never got it"
+            try:
+                client.publish(topic, value)
+            except ErrorResponse as exc:
+                assert exc.code == "server-busy"  # Redis away: refused at once, never a wait
+            threading.Event().wait(0.05)  # (between publishes: not a wait for an outcome)
+
+
+def all_got(subscribers: list[Subscriber], topic: str) -> bool:
+    return all(any(e.topic == topic for e in s.events) for s in subscribers)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    haproxy_or_skip()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def brokers(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Brokers]:
+    made = Brokers(tmp_path_factory.mktemp("brokers"), redis_server.url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_brokers_on_redis_deliver_every_publish_once_in_order(brokers: Brokers) -> None:
+    subscribers = [Subscriber(brokers, "run1.*") for _ in range(8)]
+    publish_until(brokers, "run1.ready", 1, lambda: all_got(subscribers, "run1.ready"))
+    count = 300
+    publishers = [brokers.client() for _ in range(4)]  # spread over the two brokers' workers
+    try:
+        for seq in range(count):
+            for number, publisher in enumerate(publishers):
+                publisher.publish(f"run1.data.{number}", {"from": number, "seq": seq})
+    finally:
+        for publisher in publishers:
+            publisher.close()
+    for subscriber in subscribers:
+        subscriber.wait_for(lambda events: sum(e.topic.startswith("run1.data") for e in events) >= 4 * count)
+    for subscriber in subscribers:
+        data = [e.value for e in subscriber.events if e.topic.startswith("run1.data")]
+        for number in range(4):
+            assert [v["seq"] for v in data if v["from"] == number] == list(range(count))  # once, in order
+        assert all(not e.dropped for e in subscriber.events)
+    subscribers[0].end(brokers, "run1.end", subscribers)
+
+
+def test_subscribers_survive_a_redis_restart_and_see_the_gap(
+    brokers: Brokers, redis_server: RedisServer
+) -> None:
+    subscribers = [Subscriber(brokers, "run2.*") for _ in range(4)]
+    publish_until(brokers, "run2.ready", 1, lambda: all_got(subscribers, "run2.ready"))
+    redis_server.stop()
+    with brokers.client() as client:
+        refused = 0
+        deadline = time.monotonic() + 10
+        while not refused:  # the brokers notice at once: publish is refused, never held
+            assert time.monotonic() < deadline
+            started = time.monotonic()
+            try:
+                client.publish("run2.lost", 0)
+            except Exception as exc:
+                assert getattr(exc, "code", None) == "server-busy", exc
+                refused += 1
+            assert time.monotonic() - started < 2
+    redis_server.start()
+    publish_until(brokers, "run2.after", 1, lambda: all_got(subscribers, "run2.after"))
+    for subscriber in subscribers:
+        after = [e for e in subscriber.events if e.topic != "run2.ready"]
+        assert after and after[0].dropped is True, after[:3]  # the gap, marked on the first event after it
+        assert subscriber.error is None and subscriber.thread.is_alive()  # the same subscription goes on
+    subscribers[0].end(brokers, "run2.end", subscribers)
+    assert all(s.error is None for s in subscribers)

@@ -36,6 +36,7 @@ from framewire.core.errors import (
     UnknownAction,
 )
 from framewire.core.message import Message
+from framewire.core.topics import Event
 
 if TYPE_CHECKING:
     from framewire.client import Client
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
     from framewire.server import Server
     from framewire.server.app import App, echo, search_app
     from framewire.server.config import ServerConfig
+    from framewire.server.hub import Hub, Subscription
     from framewire.server.peer import Context
+    from framewire.server.redis_hub import RedisHub
 
 # `import framewire` loads the protocol core alone; the server, the clients
 # and the applications are imported when first used (PEP 562).
@@ -59,6 +62,9 @@ _LAZY = {
     "DEFAULT": "framewire.client.options",
     "ConnectionReport": "framewire.client.concurrent",
     "Context": "framewire.server.peer",
+    "Hub": "framewire.server.hub",
+    "RedisHub": "framewire.server.redis_hub",
+    "Subscription": "framewire.server.hub",
     "Pool": "framewire.client.pool",
     "Retry": "framewire.client.retry",
     "echo_concurrently": "framewire.client.concurrent",
@@ -100,9 +106,11 @@ __all__ = [
     "Context",
     "Decoder",
     "ErrorResponse",
+    "Event",
     "Failure",
     "HandlerError",
     "HeaderTooLarge",
+    "Hub",
     "IncompleteMessage",
     "InvalidValue",
     "Message",
@@ -110,11 +118,13 @@ __all__ = [
     "MissingHeaderKey",
     "Pool",
     "ProtocolError",
+    "RedisHub",
     "Retry",
     "Server",
     "ServerBusy",
     "ServerConfig",
     "State",
+    "Subscription",
     "UnknownAction",
     "__version__",
     "echo",

@@ -8,7 +8,7 @@ loads neither psutil nor dpkt.
 
 from __future__ import annotations
 
-from framewire.cli import bench, conformance, demo, guide, security, serving, wire
+from framewire.cli import bench, conformance, demo, guide, pubsub, security, serving, wire
 from framewire.cli.common import main
 
-__all__ = ["bench", "conformance", "demo", "guide", "main", "security", "serving", "wire"]
+__all__ = ["bench", "conformance", "demo", "guide", "main", "pubsub", "security", "serving", "wire"]

@@ -327,6 +327,15 @@ log_format_option = click.option(
 )
 
 
+def json_or_text(text: str) -> Any:
+    """A command-line value: read as JSON when it is JSON (``'[1, 2]'``,
+    ``3``, ``true``, ``'"007"'``), else the text as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def parse_extensions(pairs: tuple[str, ...]) -> dict[str, Any] | None:
     """``--ext KEY=VALUE`` pairs as header extensions: VALUE read as JSON
     when it is JSON, else a string. Raises ``click.BadParameter``."""
@@ -337,10 +346,7 @@ def parse_extensions(pairs: tuple[str, ...]) -> dict[str, Any] | None:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--ext")
         if key in ("content-type", "content-encoding", "content-length", "byteorder"):
             raise click.BadParameter(f"{key} is a required key, not an extension", param_hint="--ext")
-        try:
-            extensions[key] = json.loads(text)
-        except ValueError:
-            extensions[key] = text
+        extensions[key] = json_or_text(text)
     return extensions or None
 
 

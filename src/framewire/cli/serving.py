@@ -22,6 +22,7 @@ from framewire.cli.common import (
     friendly_errors,
     host_option,
     host_port,
+    json_or_text,
     log,
     log_format_option,
     log_level_option,
@@ -67,8 +68,9 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "app_spec",
     default="search",
     show_default=True,
-    metavar="search|echo|MODULE:CALLABLE",
-    help="The application: the guide's search demo, echo, or your handler (a callable Message -> Message).",
+    metavar="search|echo|pubsub|MODULE:CALLABLE",
+    help="The application: the guide's search demo, echo, the pubsub broker, or your handler (a callable "
+    "Message -> Message).",
 )
 @click.option(
     "--app-dir",
@@ -119,6 +121,13 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--access-log", is_flag=True,
               help="An INFO line per request on the framewire.access logger: peer, action, outcome, "
                    "duration, bytes in and out, request id.")  # fmt: skip
+@click.option("--slow-subscriber", type=click.Choice(["drop", "disconnect"]), default="drop",
+              show_default=True,
+              help="A subscriber whose queue is full (--subscriber-queue) loses its oldest events, the "
+                   "gap marked, or its subscription ends with server-busy.")  # fmt: skip
+@click.option("--hub", "hub_url", metavar="redis://HOST:PORT/DB", default=None,
+              help="Publish and subscribe through Redis: every worker and host on that Redis is one hub "
+                   "(pip install 'framewire[redis]').")  # fmt: skip
 @_limit_options
 @log_level_option
 @log_format_option
@@ -140,6 +149,8 @@ def serve(
     metrics_at: str | None,
     proxy_protocol: bool,
     trusted_proxies: str,
+    slow_subscriber: str,
+    hub_url: str | None,
     **limit_values: Any,
 ) -> None:
     """The application server: answers every request with its app.
@@ -160,6 +171,7 @@ def serve(
     from framewire.server import raise_descriptor_limit
     from framewire.server.app import load_handler
     from framewire.server.config import ServerConfig
+    from framewire.server.hub import Hub
 
     if listen_fd is None:
         listen_fd = _socket_activation()
@@ -190,9 +202,18 @@ def serve(
             proxy_protocol=proxy_protocol,
             access_log=access_log,
             trusted_proxies=tuple(t for t in trusted_proxies.split(",") if t.strip()),
+            slow_subscriber=slow_subscriber,
+            hub=hub_url,
         )
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
+    if hub_url is not None:
+        if not isinstance(getattr(handler, "hub", None), Hub):
+            raise _fail(f"--hub is for an App's hub: the {app_spec} app has none", 2)
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise _fail("--hub needs redis-py: pip install 'framewire[redis]'", 2) from None
     if proxy_protocol and ssl_context is not None:
         from framewire.server.state import PROXY_AND_TLS
 
@@ -210,8 +231,9 @@ def serve(
         )
     # A request to try, for the applications whose requests we know.
     hint = {
-        "search": "search morpheus",
-        "echo": "--text hello",
+        "search": ["request {target} search morpheus"],
+        "echo": ["request {target} --text hello"],
+        "pubsub": ["subscribe {target} news", "publish {target} news hello    (from a third terminal)"],
     }.get(app_spec)
 
     def ready(bound_host: str, bound_port: int) -> None:
@@ -223,7 +245,8 @@ def serve(
             reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound_host, bound_host)
             target = bound_host if unix is not None else f"{reach} {bound_port}"
             tls = " --tls-ca CA.pem" if ssl_context is not None else ""
-            banner += f" Try:\n  {_command_name()} request {target}{tls} {hint}"
+            tries = [f"\n  {_command_name()} {line.format(target=target + tls)}" for line in hint]
+            banner += " Try:" + "".join(tries)
         if log_format == "json":
             log.info("%s", banner.replace("\n ", ""))  # every line of stderr a JSON object
         else:
@@ -570,12 +593,7 @@ def call(
 
     host, port = server_address(host, port)
     context, name = tls_for(host, tls)
-    parsed: Any = value
-    if value is not None:
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value  # not JSON: a string
+    parsed = None if value is None else json_or_text(value)
     extensions = parse_extensions(ext)
     client = Client(host, port, timeout=timeout, ssl_context=context, server_hostname=name)
     try:

@@ -35,12 +35,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import AioCalls, request_for, stream_answer
+from framewire.client.calls import AioCalls, request_for, stream_answer, subscribe_request
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
+from framewire.core.topics import Event
 from framewire.io.netio import plain_host, readable_now, set_keepalive, translated, unix_path, where
 
 log = logging.getLogger("framewire.client")
@@ -393,6 +394,17 @@ class AioClient(Configured, AioCalls):
         yielded in turn. A consumer slower than the stream holds the
         connection's reading once :data:`INBOX_HIGH` items wait."""
         return self._stream(request_for(action, value, extensions), timeout, result_type)
+
+    def subscribe(
+        self,
+        *topics: str | Iterable[str],
+        timeout: Timeout = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Subscribe to ``topics`` on a broker: ``async for event in
+        client.subscribe("news")`` (see :meth:`Client.subscribe
+        <framewire.client.blocking.Client.subscribe>`)."""
+        return self._stream(subscribe_request(topics, extensions), timeout, Event)
 
     async def _stream(self, message: Message, timeout: Timeout, result_type: Any) -> AsyncIterator[Any]:
         limit = self.options.seconds(timeout)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from types import TracebackType
 from typing import Any
 
-from framewire.client.calls import Calls, request_for, stream_answer
+from framewire.client.calls import Calls, request_for, stream_answer, subscribe_request
 from framewire.client.connection import ClientConnection
 from framewire.client.options import DEFAULT, ClientOptions, Configured, Timeout
 from framewire.client.retry import lost_in_exchange, next_delay, worth_reconnecting
@@ -35,6 +35,7 @@ from framewire.core import limits
 from framewire.core.errors import ConnectionClosed, ProtocolError
 from framewire.core.message import Message, raise_first_error
 from framewire.core.probe import ID_KEY
+from framewire.core.topics import Event
 from framewire.io.netio import connect, idle_dropped, translated, where
 
 log = logging.getLogger("framewire.client")
@@ -341,6 +342,20 @@ class Client(Configured, Calls):
         """
         message = request_for(action, value, extensions)
         return self._stream(message, timeout, result_type)
+
+    def subscribe(
+        self,
+        *topics: str | Iterable[str],
+        timeout: Timeout = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Iterator[Event]:
+        """Subscribe to ``topics`` on a broker (``framewire serve --app
+        pubsub``, or any App with a ``subscribe`` action that returns its
+        hub's subscription): each :class:`~framewire.core.topics.Event` as
+        it is published, ``event.dropped`` telling how many this subscriber
+        missed before it. ``timeout``: the longest wait for an event
+        (default: none). Leaving the loop unsubscribes."""
+        return self._stream(subscribe_request(topics, extensions), timeout, Event)
 
     def _stream(self, message: Message, timeout: Timeout, result_type: Any) -> Iterator[Any]:
         options = self.options

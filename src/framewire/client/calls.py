@@ -21,7 +21,8 @@ import msgspec
 from framewire.client.options import DEFAULT, Timeout
 from framewire.core.errors import ErrorResponse, ProtocolError
 from framewire.core.message import Message
-from framewire.core.probe import DESCRIBE_KEY, STREAM_KEY, is_described
+from framewire.core.probe import DESCRIBE_KEY, DROPPED_KEY, STREAM_KEY, is_described
+from framewire.core.topics import Event, topic_list
 from framewire.core.tracing import client_span, tracer
 
 __all__ = [
@@ -29,10 +30,12 @@ __all__ = [
     "Calls",
     "describe_probe",
     "described",
+    "event_of",
     "request_for",
     "result_of",
     "result_of_item",
     "stream_answer",
+    "subscribe_request",
 ]
 
 _T = TypeVar("_T")
@@ -87,6 +90,8 @@ def stream_answer(answer: Message, result_type: Any = None) -> tuple[list[Any], 
     extensions = answer._header.extensions
     position = extensions.get(STREAM_KEY) if extensions else None
     if position == "item":
+        if result_type is Event:
+            return [event_of(answer)], False
         return [result_of(answer, result_type)], False
     result = result_of(answer, None)
     if position == "end":
@@ -95,6 +100,24 @@ def stream_answer(answer: Message, result_type: Any = None) -> tuple[list[Any], 
     if result_type is not None:
         items = [result_of_item(item, result_type) for item in items]
     return items, True
+
+
+def event_of(answer: Message) -> Event:
+    """The :class:`Event` a subscription's item carries, with the gap its
+    header marks (``framewire-dropped``)."""
+    result = result_of(answer)
+    if not isinstance(result, dict) or not isinstance(result.get("topic"), str):
+        raise ProtocolError('A subscription\'s item is not an event ({"topic": T, "value": V}).')
+    extensions = answer._header.extensions
+    dropped = extensions.get(DROPPED_KEY, 0) if extensions else 0
+    if not (dropped is True or (isinstance(dropped, int) and dropped >= 0)):
+        dropped = 0
+    return Event(result["topic"], result.get("value"), dropped)
+
+
+def subscribe_request(topics: tuple[Any, ...], extensions: Mapping[str, Any] | None = None) -> Message:
+    """The request of ``subscribe(*topics)`` (the broker's action)."""
+    return request_for("subscribe", topic_list(topics), extensions)
 
 
 def describe_probe() -> Message:
@@ -192,6 +215,11 @@ class Calls:
     ) -> list[Message]:
         raise NotImplementedError
 
+    def publish(self, topic: str, value: Any = None, *, timeout: Timeout = DEFAULT) -> None:
+        """Publish ``value`` on ``topic`` through a broker (its ``publish``
+        action, ``framewire serve --app pubsub``); its subscribers get it."""
+        self.call("publish", {"topic": topic, "value": value}, timeout=timeout)
+
     def describe(self, *, timeout: Timeout = DEFAULT) -> dict[str, Any]:
         """What the server offers: ``{"framewire": VERSION, "actions":
         [{"name", "doc", "value", "result"}, ...]}`` (JSON Schemas; ``{}``:
@@ -253,6 +281,10 @@ class AioCalls:
         self, messages: Iterable[Message], *, timeout: Timeout = DEFAULT, idempotent: bool = False
     ) -> list[Message]:
         raise NotImplementedError
+
+    async def publish(self, topic: str, value: Any = None, *, timeout: Timeout = DEFAULT) -> None:
+        """Publish ``value`` on ``topic`` through a broker (its ``publish`` action)."""
+        await self.call("publish", {"topic": topic, "value": value}, timeout=timeout)
 
     async def describe(self, *, timeout: Timeout = DEFAULT) -> dict[str, Any]:
         """What the server offers (as :meth:`Calls.describe`, awaited)."""

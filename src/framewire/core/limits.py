@@ -153,3 +153,13 @@ PROXY_HEADER_MAX = 4096
 KEEPALIVE = 60.0
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_PROBES = 6
+
+#: Events one subscriber may have waiting (its client reads slower than they
+#: are published): past it the oldest are dropped and the gap is marked
+#: (``framewire-dropped``), or, with ``--slow-subscriber disconnect``, its
+#: subscription ends with server-busy.
+SUBSCRIBER_QUEUE = 1000
+
+#: Publishes a Redis hub holds for sending at most (Redis slower than the
+#: publishers): past it, publish fails with server-busy, never waits.
+HUB_OUTBOX = 10_000

@@ -20,6 +20,7 @@ __all__ = [
     "CANCEL_KEY",
     "DEADLINE_KEY",
     "DESCRIBE_KEY",
+    "DROPPED_KEY",
     "ID_KEY",
     "PING_KEY",
     "STREAM_KEY",
@@ -181,6 +182,9 @@ UNORDERED_KEY = "framewire-unordered"
 STREAM_KEY = "framewire-stream"
 #: A message asking the server to stop the request of that id (no answer of its own).
 CANCEL_KEY = "framewire-cancel"
+#: On a subscription's item: how many events the subscriber missed just
+#: before it (an integer), or ``true`` when that is not known.
+DROPPED_KEY = "framewire-dropped"
 
 
 def is_unordered(extensions: Any) -> bool:

@@ -22,10 +22,19 @@ from typing import Any, Final
 import msgspec
 
 from framewire.core.errors import InvalidValue
+from framewire.server.hub import Subscription
 
 __all__ = ["UNTYPED", "ActionSpec"]
 
+
 # Return annotations of an action that streams: its items' type is the first argument.
+class Published(msgspec.Struct):
+    """An event: the topic it was published on, and the value."""
+
+    topic: str
+    value: Any
+
+
 _ITERATORS = frozenset(
     {
         collections.abc.Iterator,
@@ -128,6 +137,10 @@ class ActionSpec:
             self.streams = True
             args = typing.get_args(result_type)
             result_type = args[0] if args else None
+        if result_type is Subscription:
+            # A hub's subscription: a stream of events ({"topic", "value"}).
+            self.streams = True
+            result_type = Published
         if result_type is Any:
             result_type = None
         #: The declared type of the value, or None: the value as it came.

@@ -27,6 +27,7 @@ from framewire.core.probe import (
     CANCEL_KEY,
     DEADLINE_KEY,
     DESCRIBE_KEY,
+    DROPPED_KEY,
     ID_KEY,
     PING_KEY,
     STREAM_KEY,
@@ -39,9 +40,10 @@ from framewire.core.probe import (
     with_extensions,
     with_id,
 )
+from framewire.core.topics import Event
 from framewire.io.sendqueue import SendQueue
 from framewire.server.stopping import StopNow
-from framewire.server.streams import Batch, Stream, as_stream, is_stream
+from framewire.server.streams import Batch, Item, Stream, as_stream, is_stream
 
 if TYPE_CHECKING:
     from framewire.server.access import AccessLog
@@ -454,18 +456,27 @@ class Answers:
                         extra[UNORDERED_KEY] = True
                     head = with_extensions(head, extra)
                 else:
+                    marks, value = None, item
+                    if item.__class__ is Event:
+                        if item.dropped:
+                            marks = {DROPPED_KEY: item.dropped}  # the first after a gap
+                    elif item.__class__ is Item:
+                        marks, value = item.extensions, item.value
                     try:
-                        content = Stream.content(item)
+                        content = Stream.content(value)
                     except Exception as exc:
                         self._stop(slot, state, exc)
                         return
                     head = self._head(state, content, b"item")
+                    if marks is not None:
+                        head = with_extensions(head, marks)
                 out.append(head, content)
         else:
             limit = self.limit
             for item in batch.items:
+                value = item.value if item.__class__ is Item else item
                 try:
-                    part = Stream.content(item)[10:-1]  # (the item's JSON, out of {"result":...})
+                    part = Stream.content(value)[10:-1]  # (the item's JSON, out of {"result":...})
                 except Exception as exc:
                     self._stop(slot, state, exc)
                     return

@@ -24,6 +24,7 @@ from framewire.core import tracing
 from framewire.core.errors import BadContent, Failure, HandlerError, ProtocolError, UnknownAction
 from framewire.core.message import Message
 from framewire.server.actions import ActionSpec
+from framewire.server.hub import Hub
 from framewire.server.peer import Context, Peer
 from framewire.server.streams import Stream, as_stream
 
@@ -105,13 +106,28 @@ class App:
 
     **Middleware.** :meth:`middleware` wraps every action call.
 
+    **Publish and subscribe.** ``app.hub`` (:class:`~framewire.server.hub.Hub`)
+    pushes events to clients: ``app.hub.publish("chat", text)`` from
+    anywhere, and an action that returns ``app.hub.subscribe("chat")`` (or
+    iterates it in an ``async def`` generator) streams them to its client.
+    ``App(hub=RedisHub("redis://..."))`` (or ``framewire serve --hub``)
+    shares them across workers and hosts.
+
     Text that is not JSON (``text/plain``) is answered with ``bad-content``;
     ``App(guide_text_as_binary=True)`` hands it to the binary handler
     instead, as the guide's server does with every content type but
     ``text/json``.
     """
 
-    def __init__(self, *, guide_unknown_action: bool = False, guide_text_as_binary: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        guide_unknown_action: bool = False,
+        guide_text_as_binary: bool = False,
+        hub: Hub | None = None,
+    ) -> None:
+        #: Publish and subscribe (see the class's text).
+        self.hub = hub if hub is not None else Hub()
         self._actions: dict[str, ActionSpec] = {}
         self._middleware: list[Middleware] = []
         # Each action's call through the middleware, made at its first call.
@@ -399,7 +415,7 @@ def echo(request: Message) -> Message:
 
 
 def load_handler(spec: str) -> Handler:
-    """The handler named by ``search``, ``echo`` or ``MODULE:CALLABLE``.
+    """The handler named by ``search``, ``echo``, ``pubsub`` or ``MODULE:CALLABLE``.
 
     Raises ``ValueError`` with a sentence for a person when it cannot.
     """
@@ -407,9 +423,13 @@ def load_handler(spec: str) -> Handler:
         return search_app()
     if spec == "echo":
         return echo
+    if spec == "pubsub":
+        from framewire.server.broker import pubsub_app  # noqa: PLC0415
+
+        return pubsub_app()
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--app takes search, echo or MODULE:CALLABLE, not {spec!r}")
+        raise ValueError(f"--app takes search, echo, pubsub or MODULE:CALLABLE, not {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -101,7 +101,20 @@ class ServerConfig:
         "more get server-busy.",
         minimum=1,
     )
+    subscriber_queue: int = _setting(
+        limits.SUBSCRIBER_QUEUE,
+        "Events one subscriber may have waiting; past it its oldest are dropped (the gap marked), or "
+        "with --slow-subscriber disconnect its subscription ends with server-busy.",
+        minimum=1,
+    )
 
+    #: What becomes of a subscriber whose queue is full: ``drop`` (its
+    #: oldest events, the gap marked ``framewire-dropped``) or ``disconnect``
+    #: (its subscription ends with server-busy).
+    slow_subscriber: str = "drop"
+    #: Publish and subscribe through Redis (``redis://HOST:PORT/DB``): the
+    #: app's hub becomes a :class:`~framewire.server.redis_hub.RedisHub`.
+    hub: str | None = None
     #: Write an INFO line per request on the ``framewire.access`` logger
     #: (:mod:`framewire.server.access`).
     access_log: bool = False
@@ -124,6 +137,12 @@ class ServerConfig:
         for flag in ("proxy_protocol", "access_log"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, not {getattr(self, flag)!r}")
+        if self.slow_subscriber not in ("drop", "disconnect"):
+            raise ValueError(f"slow_subscriber is drop or disconnect, not {self.slow_subscriber!r}")
+        if self.hub is not None:
+            from framewire.server.redis_hub import check_url  # noqa: PLC0415
+
+            check_url(self.hub)
         if isinstance(self.trusted_proxies, str) or not all(isinstance(t, str) for t in self.trusted_proxies):
             raise TypeError("trusted_proxies must be a tuple of addresses or networks (CIDR)")
         networks = []

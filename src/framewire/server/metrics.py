@@ -134,6 +134,23 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",  # (used only under --workers)
         )
+        # Publish and subscribe (an App's hub): counted by the hub as it goes.
+        self.subscribers = Gauge(
+            "framewire_subscribers", "Subscriptions open now.", registry=registry, multiprocess_mode="livesum"
+        )
+        self.events_published = Counter(
+            "framewire_events_published", "Events published to this process's subscribers.", registry=registry
+        )
+        self.events_delivered = Counter(
+            "framewire_events_delivered",
+            "Events handed to subscribers (one per subscriber).",
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "framewire_events_dropped",
+            "Events dropped for subscribers whose queue was full (--subscriber-queue).",
+            registry=registry,
+        )
         actions = getattr(handler, "action_names", None)
         self._actions: frozenset[str] | None = frozenset(actions()) if callable(actions) else None
         declared = getattr(handler, "error_codes", None)
@@ -179,6 +196,21 @@ class Metrics:
         engine.watch(self)
         self.connections_open.inc()
         self.connections_total.inc()
+
+    def published(self, reached: int) -> None:
+        """An event was published; ``reached`` subscribers got it."""
+        self.events_published.inc()
+        if reached:
+            self.events_delivered.inc(reached)
+
+    def subscribed(self, change: int) -> None:
+        """Subscriptions opened (``change`` > 0) or ended (< 0)."""
+        if change:
+            self.subscribers.inc(change)
+
+    def dropped(self, count: int) -> None:
+        """Events dropped for a slow subscriber."""
+        self.events_dropped.inc(count)
 
     def refused(self) -> None:
         """A connection was refused at the connection limit (a TLS one closed

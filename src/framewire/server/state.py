@@ -52,6 +52,7 @@ from framewire.server.answers import ResponseCache
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ContentBudget, Phase, ServerConnection
 from framewire.server.handlers import Dispatcher
+from framewire.server.hub import served_hub
 from framewire.server.metrics import Metrics
 from framewire.server.summary import Summary
 
@@ -99,6 +100,8 @@ class ServerState:
         self.metrics = metrics
         self.dispatcher = dispatcher
         dispatcher.metrics = metrics
+        #: The application's hub (publish and subscribe), when it has one.
+        self.hub = served_hub(dispatcher.handler, config, metrics)
         #: The access log (a line per request), when on.
         self.access = AccessLog() if config.access_log else None
         # Shared by the connections' engines: parsed headers by their bytes,
@@ -345,7 +348,11 @@ class ServerState:
         )
 
     def stop_accepting(self, take: Callable[[], None]) -> None:
-        """Stop accepting; ``take`` in first what the kernel has completed."""
+        """Stop accepting; ``take`` in first what the kernel has completed.
+        Subscriptions end (their streams with them): they would hold the
+        stop for its whole grace."""
+        if self.hub is not None:
+            self.hub.close()
         acceptor = self.acceptor
         if acceptor is None:
             return

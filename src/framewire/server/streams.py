@@ -12,10 +12,17 @@ true``) gets each item as its own message, ``framewire-stream: "item"``,
 then ``"end"`` (content: the action's return value as ``{"result": ...}``);
 any other client gets one answer, ``{"result": [item, ...]}``, within the
 server's content limit.
+
+A subscription of the hub (:mod:`framewire.server.hub`) is a source too:
+returned by an action, its events are taken as many at a time as are
+waiting; iterated inside an async generator, it belongs to that stream
+(closed when the stream ends) and marks the next item the stream sends
+with the gap it had (``framewire-dropped``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +30,10 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["BATCH", "Batch", "Stream", "as_stream", "is_stream"]
+from framewire.core.probe import DROPPED_KEY
+from framewire.core.topics import Event
+
+__all__ = ["BATCH", "PULLING", "Batch", "Item", "Stream", "as_stream", "is_stream"]
 
 #: Items taken from a synchronous source at most per pull: one turn of the
 #: loop's worth, so that a stream shares the server with the others.
@@ -32,12 +42,25 @@ BATCH: Final = 128
 
 def _item_json(item: Any) -> bytes:
     # An item's content: {"result": item}, typed objects as JSON sees them.
+    if item.__class__ is Event:
+        return b'{"result":' + item.json + b"}"  # (its JSON made once, at the publish)
     try:
         return b'{"result":' + orjson.dumps(item) + b"}"
     except TypeError:
         import msgspec  # noqa: PLC0415  (only for what orjson cannot write)
 
         return b'{"result":' + orjson.dumps(msgspec.to_builtins(item)) + b"}"
+
+
+class Item:
+    """A stream's item with header extensions of its own (a subscription's
+    gap marker on an item an action made of an event)."""
+
+    __slots__ = ("extensions", "value")
+
+    def __init__(self, value: Any, extensions: dict[str, Any]) -> None:
+        self.value = value
+        self.extensions = extensions
 
 
 class Batch:
@@ -59,7 +82,7 @@ class Batch:
 class Stream:
     """An action's items, with how each is written (see the module's text)."""
 
-    __slots__ = ("closed", "is_async", "lock", "source")
+    __slots__ = ("_take", "closed", "gap", "is_async", "lock", "owned", "source")
 
     def __init__(self, source: Iterator[Any] | AsyncIterator[Any]) -> None:
         self.source = source
@@ -68,6 +91,12 @@ class Stream:
         #: An async generator (or iterator): pulled on the event loop.
         self.is_async = not hasattr(source, "__next__")
         self.closed = False
+        # A source that gives all its waiting items at once (a subscription).
+        self._take: Callable[[], Any] | None = getattr(source, "take_batch", None)
+        #: What the source's subscriptions missed before its next item.
+        self.gap: int | bool = 0
+        #: Subscriptions made while this stream was pulled: closed with it.
+        self.owned: list[Any] = []
 
     def pull(self) -> Batch:
         """Up to :data:`BATCH` items of a synchronous source (it may raise)."""
@@ -89,13 +118,35 @@ class Stream:
         return Batch(items, False)
 
     async def apull(self) -> Batch:
-        """The next item of an asynchronous source (it may raise)."""
+        """The next item of an asynchronous source, or every item a
+        subscription has waiting (it may raise)."""
+        take = self._take
         try:
-            item = await self.source.__anext__()  # type: ignore[union-attr]
+            if take is not None:
+                return Batch(await take(), False)
+            token = PULLING.set(self)  # (this pull's task's own context)
+            try:
+                item = await self.source.__anext__()  # type: ignore[union-attr]
+            finally:
+                PULLING.reset(token)
         except StopAsyncIteration:
-            self.closed = True
+            self._ended()
             return Batch([], True)
+        except BaseException:
+            self._ended()
+            raise
+        gap = self.gap
+        if gap:
+            self.gap = 0
+            if not (item.__class__ is Event and item.dropped):
+                item = Item(item, {DROPPED_KEY: gap})
         return Batch([item], False)
+
+    def _ended(self) -> None:
+        self.closed = True
+        for subscription in self.owned:
+            subscription.close()
+        self.owned.clear()
 
     def close(self) -> None:
         """Stop a synchronous source (its ``finally`` blocks run), on the
@@ -106,11 +157,13 @@ class Stream:
             close()
 
     async def aclose(self) -> None:
-        """Stop an asynchronous source."""
-        self.closed = True
-        aclose = getattr(self.source, "aclose", None)
-        if callable(aclose):
-            await aclose()
+        """Stop an asynchronous source (and the subscriptions it made)."""
+        try:
+            aclose = getattr(self.source, "aclose", None)
+            if callable(aclose):
+                await aclose()
+        finally:
+            self._ended()
 
     @staticmethod
     def content(item: Any) -> bytes:
@@ -135,6 +188,10 @@ def as_stream(result: object) -> Stream:
         return result
     return Stream(result)  # type: ignore[arg-type]
 
+
+#: The stream whose source is being pulled, in that pull's task: a
+#: subscription made or iterated there reports to it.
+PULLING: contextvars.ContextVar[Stream | None] = contextvars.ContextVar("framewire_pulling", default=None)
 
 #: A function that takes the next batch of a slot's stream where its action
 #: runs and posts it back (set by the dispatcher).

@@ -1,0 +1,363 @@
+"""Publish and subscribe: an application's hub (``app.hub``).
+
+``hub.publish(topic, value)`` hands ``value`` to every subscription whose
+topics take ``topic``; it is thread-safe and never waits for a subscriber,
+so it may be called from sync and async actions and from any thread.
+``hub.subscribe(*topics)`` is an async iterator of
+:class:`~framewire.core.topics.Event`: returned by a streaming action (or
+iterated inside one, ``async for event in app.hub.subscribe("chat")``), its
+events go to the client as the stream's items.
+
+Each subscription has a queue of at most ``queue`` events (the server's
+``--subscriber-queue``). A subscriber that falls that far behind (its
+client reads slower than events come, so its stream is paused) loses the
+oldest, and the next event it gets carries how many it lost
+(``framewire-dropped: N``); with ``slow="disconnect"`` (``--slow-subscriber
+disconnect``) its subscription ends with ``server-busy`` instead. Either
+way the publisher goes on at once and memory stays bounded.
+
+This hub delivers within one process. :class:`~framewire.server.redis_hub.RedisHub`
+(``--hub redis://HOST:PORT/DB``) sends every publish through Redis, so that
+the subscribers of every worker and host that uses the same Redis get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import Iterable
+from typing import Any, Final, Literal
+
+from framewire.core import limits
+from framewire.core.errors import Failure
+from framewire.core.topics import MAX_TOPICS, Event, check_pattern, check_topic, topic_list
+from framewire.server.streams import BATCH, PULLING
+
+__all__ = ["SLOW_POLICIES", "Hub", "Subscription", "served_hub"]
+
+#: What becomes of a subscriber whose queue is full: its oldest events are
+#: dropped (and the gap marked), or its subscription ends with server-busy.
+SLOW_POLICIES: Final = ("drop", "disconnect")
+SlowPolicy = Literal["drop", "disconnect"]
+
+
+class Hub:
+    """Topics and their subscriptions in this process (see the module's text)."""
+
+    def __init__(self, *, queue: int = limits.SUBSCRIBER_QUEUE, slow: SlowPolicy = "drop") -> None:
+        self._lock = threading.Lock()
+        self._exact: dict[str, list[Subscription]] = {}
+        self._prefixes: dict[str, list[Subscription]] = {}
+        self.queue = queue
+        self.slow: SlowPolicy = slow
+        self.configure()
+        #: Counts since start: publishes, events handed to subscribers,
+        #: events dropped for slow ones; and the subscriptions now.
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.subscribers = 0
+        #: The server's metrics, when they are on (set by the server).
+        self.metrics: Any = None
+
+    def configure(self, *, queue: int | None = None, slow: str | None = None) -> None:
+        """Set the queue bound and the slow-subscriber policy (the server's
+        ``--subscriber-queue`` and ``--slow-subscriber``); ``ValueError``
+        for values outside them. Subscriptions made before keep theirs."""
+        queue = self.queue if queue is None else queue
+        slow = self.slow if slow is None else slow
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
+            raise ValueError(f"a subscriber's queue holds at least 1 event, not {queue!r}")
+        if slow not in SLOW_POLICIES:
+            raise ValueError(f"slow subscribers are dropped from or disconnected, not {slow!r}")
+        self.queue = queue
+        self.slow = slow  # type: ignore[assignment]
+
+    # -- publishing --------------------------------------------------------------------
+
+    def publish(self, topic: str, value: Any = None) -> int:
+        """Hand ``value`` to every subscription that takes ``topic``; the
+        number of subscriptions it reached in this process. ``ValueError``
+        for a topic that cannot be published to, ``TypeError`` for a value
+        JSON cannot hold."""
+        event = Event(check_topic(topic), value)
+        return self.deliver(event)
+
+    def deliver(self, event: Event) -> int:
+        """Hand a published ``event`` to this process's subscriptions."""
+        topic = event.topic
+        reached = 0
+        ended: list[Subscription] = []
+        with self._lock:
+            self.published += 1
+            targets = self._exact.get(topic)
+            if targets is not None:
+                for subscription in targets:
+                    if subscription._put(event):
+                        reached += 1
+                    elif subscription.error is not None:
+                        ended.append(subscription)
+            if self._prefixes:
+                for prefix, subscriptions in self._prefixes.items():
+                    if topic.startswith(prefix):
+                        for subscription in subscriptions:
+                            if subscription._last is event:
+                                continue  # (two of its patterns take it: once)
+                            if subscription._put(event):
+                                reached += 1
+                            elif subscription.error is not None:
+                                ended.append(subscription)
+            for subscription in ended:  # (not while the tables are walked)
+                self._remove(subscription)
+            self.delivered += reached
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.published(reached)
+        return reached
+
+    # -- subscribing -------------------------------------------------------------------
+
+    def subscribe(self, *topics: str | Iterable[str], queue: int | None = None) -> Subscription:
+        """A subscription to ``topics`` (each a topic, or a prefix ending in
+        ``*``; lists of them too): ``async for event in hub.subscribe("a")``.
+        ``queue``: its bound, when not the hub's. ``ValueError`` for a topic
+        that is not one, or for none or more than
+        :data:`~framewire.core.topics.MAX_TOPICS`."""
+        patterns = topic_list(topics)
+        if len(patterns) > MAX_TOPICS:
+            raise ValueError(f"a subscription names at most {MAX_TOPICS} topics, not {len(patterns)}")
+        unique = list(dict.fromkeys(check_pattern(p) for p in patterns))
+        limit = self.queue if queue is None else queue
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"a subscriber's queue holds at least 1 event, not {limit!r}")
+        subscription = Subscription(self, tuple(unique), limit, self.slow)
+        with self._lock:
+            for pattern in unique:
+                table = self._prefixes if pattern.endswith("*") else self._exact
+                key = pattern[:-1] if pattern.endswith("*") else pattern
+                table.setdefault(key, []).append(subscription)
+            self.subscribers += 1
+        if self.metrics is not None:
+            self.metrics.subscribed(1)
+        stream = PULLING.get()
+        if stream is not None:
+            stream.owned.append(subscription)  # made inside a stream's action: ends with it
+        return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        # Under the lock.
+        for pattern in subscription.topics:
+            table = self._prefixes if pattern.endswith("*") else self._exact
+            key = pattern[:-1] if pattern.endswith("*") else pattern
+            subscriptions = table.get(key)
+            if subscriptions is not None:
+                with contextlib.suppress(ValueError):
+                    subscriptions.remove(subscription)
+                if not subscriptions:
+                    del table[key]
+        self.subscribers -= 1
+        if self.metrics is not None:
+            self.metrics.subscribed(-1)
+
+    def gap(self) -> None:
+        """Mark every subscription: some events may have been missed, how
+        many is not known (a lost link to Redis)."""
+        with self._lock:
+            for table in (self._exact, self._prefixes):
+                for subscriptions in table.values():
+                    for subscription in subscriptions:
+                        subscription._lost = True
+
+    def close(self) -> None:
+        """End every subscription (their streams end); the hub stays usable."""
+        with self._lock:
+            everyone = {
+                id(s): s for table in (self._exact, self._prefixes) for ss in table.values() for s in ss
+            }
+        for subscription in everyone.values():
+            subscription.close()
+
+
+class Subscription:
+    """One subscriber's events (see :meth:`Hub.subscribe`): an async
+    iterator, an ``async with`` block, a stream's source."""
+
+    __slots__ = (
+        "_gap",
+        "_last",
+        "_lost",
+        "_thread",
+        "_waiter",
+        "closed",
+        "error",
+        "events",
+        "hub",
+        "limit",
+        "slow",
+        "topics",
+    )
+
+    def __init__(self, hub: Hub, topics: tuple[str, ...], limit: int, slow: SlowPolicy) -> None:
+        self.hub = hub
+        #: The topics (and prefixes with ``*``) it takes.
+        self.topics = topics
+        self.limit = limit
+        self.slow = slow
+        #: The events waiting to be taken.
+        self.events: collections.deque[Event] = collections.deque()
+        self._gap = 0  # events dropped since the last one taken
+        self._lost = False  # events may have been lost meanwhile (Redis)
+        self._last: Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._thread = 0
+        self.closed = False
+        #: Why it ended, when the hub ended it (a slow subscriber, disconnected).
+        self.error: BaseException | None = None
+
+    def _put(self, event: Event) -> bool:
+        # Under the hub's lock, from any thread: never waits. False: not
+        # delivered (its subscription ended, or ends now: ``error``).
+        self._last = event
+        if self.closed:
+            return False
+        events = self.events
+        if len(events) >= self.limit:
+            hub = self.hub
+            if self.slow == "disconnect":
+                self.error = Failure(
+                    "server-busy",
+                    f"This subscriber fell {self.limit} events behind; its subscription has ended.",
+                )
+                self.closed = True  # (taken out of the tables by deliver)
+                events.clear()  # (the error is what it gets next)
+                self._wake()
+                return False
+            events.popleft()
+            self._gap += 1
+            hub.dropped += 1
+            if hub.metrics is not None:
+                hub.metrics.dropped(1)
+        events.append(event)
+        if self._waiter is not None:
+            self._wake()
+        return True
+
+    def _wake(self) -> None:
+        # Under the lock: the waiting take is told, on its loop's thread.
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        if threading.get_ident() == self._thread:
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits any more
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+
+    async def take_batch(self) -> list[Event]:
+        """The events waiting (at most :data:`~framewire.server.streams.BATCH`),
+        once there is one; the first after a gap carries it.
+        ``StopAsyncIteration`` once closed; the hub's reason to end it
+        (``server-busy``) raised."""
+        while True:
+            with self.hub._lock:
+                events = self.events
+                if events:
+                    if len(events) <= BATCH:
+                        taken = list(events)
+                        events.clear()
+                    else:
+                        taken = [events.popleft() for _ in range(BATCH)]
+                    if self._gap or self._lost:
+                        taken[0] = taken[0].gap(True if self._lost else self._gap)
+                        self._gap, self._lost = 0, False
+                    return taken
+            await self._wait()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            with self.hub._lock:
+                events = self.events
+                if events:
+                    event = events.popleft()
+                    if self._gap or self._lost:
+                        event = event.gap(True if self._lost else self._gap)
+                        self._gap, self._lost = 0, False
+                        stream = PULLING.get()
+                        if stream is not None:
+                            stream.gap = event.dropped  # the stream marks its next item
+                    return event
+            await self._wait()
+
+    async def _wait(self) -> None:
+        # Until an event comes (or the end).
+        with self.hub._lock:
+            if self.events:
+                return
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                raise StopAsyncIteration
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            self._thread = threading.get_ident()
+        try:
+            await waiter
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Unsubscribe: no more events; an ``async for`` over it ends."""
+        with self.hub._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.hub._remove(self)
+            self._wake()
+
+    async def aclose(self) -> None:
+        """:meth:`close` (for ``contextlib.aclosing`` and streams)."""
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self.events)} waiting"
+        return f"<Subscription {', '.join(self.topics)} ({state})>"
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def served_hub(handler: object, config: Any, metrics: Any = None) -> Hub | None:
+    """The hub of ``handler`` (an App's ``hub``), set as the server's
+    ``config`` says (its queue, its slow-subscriber policy; on Redis with
+    ``hub``) and counted in ``metrics``. ``ValueError`` for ``hub`` given
+    to a handler that has none."""
+    hub = getattr(handler, "hub", None)
+    if not isinstance(hub, Hub):
+        if config.hub is not None:
+            raise ValueError("--hub is for an App's hub: this application has none")
+        return None
+    if config.hub is not None and getattr(hub, "url", None) != config.hub:
+        from framewire.server.redis_hub import RedisHub  # noqa: PLC0415
+
+        hub = RedisHub(config.hub)
+        handler.hub = hub  # type: ignore[attr-defined]
+    hub.configure(queue=config.subscriber_queue, slow=config.slow_subscriber)
+    hub.metrics = metrics
+    if metrics is not None:
+        metrics.subscribed(hub.subscribers)
+    return hub
