@@ -268,7 +268,11 @@ class Dispatcher:
         assert state is not None
         source = state.source
         self._started(conn, slot)
-        if source.is_async:
+        if source.feed is not None:
+            # A subscription: its batch comes from the publish that makes
+            # it (any thread), straight to the completions.
+            source.feed(lambda result: self._post(conn, slot, result))  # type: ignore[arg-type]
+        elif source.is_async:
             self._on_loop(conn, slot, source.apull(), None)
         elif self.threads:
             if len(self._workers) < self.threads:
@@ -287,7 +291,10 @@ class Dispatcher:
         if state is None:
             return
         source = state.source
-        if source.is_async:
+        if source.feed is not None:
+            source.closed = True
+            source.source.close()  # type: ignore[union-attr]  # (a subscription: any thread; its pull ends)
+        elif source.is_async:
             loop = self._event_loop()
             loop.call_soon_threadsafe(lambda: loop.create_task(_aclose(source)))
         elif self.threads:

@@ -27,13 +27,13 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
 
 from framewire.core import limits
 from framewire.core.errors import Failure
 from framewire.core.topics import MAX_TOPICS, Event, check_pattern, check_topic, topic_list
-from framewire.server.streams import BATCH, PULLING
+from framewire.server.streams import BATCH, PULLING, Batch
 
 __all__ = ["SLOW_POLICIES", "Hub", "Subscription", "served_hub"]
 
@@ -185,6 +185,7 @@ class Subscription:
     iterator, an ``async with`` block, a stream's source."""
 
     __slots__ = (
+        "_deliver",
         "_gap",
         "_last",
         "_lost",
@@ -212,6 +213,8 @@ class Subscription:
         self._last: Event | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._thread = 0
+        # Where the next batch goes when a publish brings it (see pull_into).
+        self._deliver: Callable[[object], None] | None = None
         self.closed = False
         #: Why it ended, when the hub ended it (a slow subscriber, disconnected).
         self.error: BaseException | None = None
@@ -240,12 +243,17 @@ class Subscription:
             if hub.metrics is not None:
                 hub.metrics.dropped(1)
         events.append(event)
-        if self._waiter is not None:
+        if self._waiter is not None or self._deliver is not None:
             self._wake()
         return True
 
     def _wake(self) -> None:
-        # Under the lock: the waiting take is told, on its loop's thread.
+        # Under the lock: the next batch goes where a server's pull asked
+        # for it; a waiting ``async for`` is told, on its loop's thread.
+        deliver = self._deliver
+        if deliver is not None:
+            self._deliver = None
+            deliver(self._taken())
         waiter = self._waiter
         if waiter is None:
             return
@@ -257,25 +265,38 @@ class Subscription:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits any more
                 waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
-    async def take_batch(self) -> list[Event]:
-        """The events waiting (at most :data:`~framewire.server.streams.BATCH`),
-        once there is one; the first after a gap carries it.
-        ``StopAsyncIteration`` once closed; the hub's reason to end it
-        (``server-busy``) raised."""
-        while True:
-            with self.hub._lock:
-                events = self.events
-                if events:
-                    if len(events) <= BATCH:
-                        taken = list(events)
-                        events.clear()
-                    else:
-                        taken = [events.popleft() for _ in range(BATCH)]
-                    if self._gap or self._lost:
-                        taken[0] = taken[0].gap(True if self._lost else self._gap)
-                        self._gap, self._lost = 0, False
-                    return taken
-            await self._wait()
+    def _taken(self) -> Batch | BaseException:
+        # Under the lock: what a pull gets now (called only when there is
+        # something: events, or the end).
+        events = self.events
+        if events:
+            if len(events) <= BATCH:
+                taken = list(events)
+                events.clear()
+            else:
+                taken = [events.popleft() for _ in range(BATCH)]
+            if self._gap or self._lost:
+                taken[0] = taken[0].gap(True if self._lost else self._gap)
+                self._gap, self._lost = 0, False
+            return Batch(taken, False)
+        if self.error is not None:
+            return self.error
+        return Batch([], True)
+
+    def pull_into(self, deliver: Callable[[object], None]) -> None:
+        """How a server takes a subscription that is a stream's source:
+        ``deliver`` gets the next batch (the events waiting, at most
+        :data:`~framewire.server.streams.BATCH`; the first after a gap
+        marked), or the end, or the hub's reason to end it: at once when
+        there is one, else from the publish (on its thread) that brings
+        one. No task, no thread hop: a publish to a thousand subscribers
+        hands each its batch directly."""
+        with self.hub._lock:
+            if not self.events and self.error is None and not self.closed:
+                self._deliver = deliver
+                return
+            result = self._taken()
+        deliver(result)
 
     def __aiter__(self) -> Subscription:
         return self

@@ -14,8 +14,8 @@ any other client gets one answer, ``{"result": [item, ...]}``, within the
 server's content limit.
 
 A subscription of the hub (:mod:`framewire.server.hub`) is a source too:
-returned by an action, its events are taken as many at a time as are
-waiting; iterated inside an async generator, it belongs to that stream
+returned by an action, it hands the server its events as many at a time as
+are waiting, from the publish that brings them; iterated inside an async generator, it belongs to that stream
 (closed when the stream ends) and marks the next item the stream sends
 with the gap it had (``framewire-dropped``).
 """
@@ -82,7 +82,7 @@ class Batch:
 class Stream:
     """An action's items, with how each is written (see the module's text)."""
 
-    __slots__ = ("_take", "closed", "gap", "is_async", "lock", "owned", "source")
+    __slots__ = ("closed", "feed", "gap", "is_async", "lock", "owned", "source")
 
     def __init__(self, source: Iterator[Any] | AsyncIterator[Any]) -> None:
         self.source = source
@@ -91,8 +91,9 @@ class Stream:
         #: An async generator (or iterator): pulled on the event loop.
         self.is_async = not hasattr(source, "__next__")
         self.closed = False
-        # A source that gives all its waiting items at once (a subscription).
-        self._take: Callable[[], Any] | None = getattr(source, "take_batch", None)
+        #: A source that hands its batches itself (a subscription's
+        #: ``pull_into``): the server asks, the source answers when it can.
+        self.feed: Callable[[Callable[[object], None]], None] | None = getattr(source, "pull_into", None)
         #: What the source's subscriptions missed before its next item.
         self.gap: int | bool = 0
         #: Subscriptions made while this stream was pulled: closed with it.
@@ -118,12 +119,8 @@ class Stream:
         return Batch(items, False)
 
     async def apull(self) -> Batch:
-        """The next item of an asynchronous source, or every item a
-        subscription has waiting (it may raise)."""
-        take = self._take
+        """The next item of an asynchronous source (it may raise)."""
         try:
-            if take is not None:
-                return Batch(await take(), False)
             token = PULLING.set(self)  # (this pull's task's own context)
             try:
                 item = await self.source.__anext__()  # type: ignore[union-attr]
