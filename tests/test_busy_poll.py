@@ -4,14 +4,17 @@ a fake poller; and a server that polls, or not, answering over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import select
 import socket
 import threading
+import time
 
 import pytest
 
 from conftest import connect, read_messages, running
 from framewire import Decoder, Message, aio, encode
-from framewire.io.poller import BUSY_POLL_START, BusyPoll, BusyPollSelector, poll_busily
+from framewire.io.poller import BUSY_POLL_START, BusyPoll, BusyPollSelector, Waker, poll_busily
 from framewire.server.app import echo
 
 US = 1e-6
@@ -164,3 +167,38 @@ def test_the_polling_selector_does_not_wait_when_told_not_to() -> None:
         assert key.fileobj is left and events == 1
         ((key, events),) = selector.select(None)
         assert key.fileobj is left and events == 1
+
+
+def test_a_waker_loses_no_wake_up_whatever_threads_race_its_drain() -> None:
+    # Wake-ups are coalesced (one byte until the next drain): many threads
+    # posting work and waking while the loop drains must never leave work
+    # that no byte announces.
+    waker = Waker()
+    epoll = select.epoll()
+    epoll.register(waker.fileno(), select.EPOLLIN)
+    posted: collections.deque[int] = collections.deque()
+    threads, each = 8, 5000
+
+    def worker() -> None:
+        for i in range(each):
+            posted.append(i)
+            waker.wake()
+            if i % 50 == 0:
+                time.sleep(0)  # (let the others and the loop interleave)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    taken = 0
+    try:
+        while taken < threads * each:
+            assert epoll.poll(5), f"work left unannounced: {len(posted)} posted, {taken} taken"
+            waker.drain()
+            while posted:
+                posted.popleft()
+                taken += 1
+    finally:
+        for thread in workers:
+            thread.join(10)
+        epoll.close()
+        waker.close()

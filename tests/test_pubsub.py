@@ -507,3 +507,31 @@ def test_a_subscriber_that_never_reads_holds_bounded_memory_and_slows_nobody() -
     finally:
         server.stop()
     assert grown < 4 * 1024 * 1024, f"{grown / 2**20:.1f} MiB more for the last 75,000 publishes"
+
+
+@pytest.mark.usefixtures("driver")
+def test_metrics_count_subscribers_and_events_published_delivered_dropped() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from framewire.server.metrics import Metrics
+
+    probe = Probe()
+    app = broker(probe)
+    registry = CollectorRegistry()
+
+    def value(name: str) -> float:
+        return registry.get_sample_value(name) or 0.0
+
+    with running(app, metrics=Metrics(app, registry)) as server:
+        with make_client("blocking", *server.address, timeout=10) as client:
+            gapped = client.stream("gapped", "m1", result_type=Event)  # 5 published, 3 dropped
+            assert next(gapped).dropped == 3
+            assert value("framewire_subscribers") == 1
+            with make_client("blocking", *server.address, timeout=10) as publisher:
+                publisher.publish("m1", "one more")
+            assert [next(gapped).value for _ in range(2)] == [4, "one more"]
+            gapped.close()
+        wait_until(lambda: value("framewire_subscribers") == 0)
+    assert value("framewire_events_published_total") == 6
+    assert value("framewire_events_delivered_total") == 6
+    assert value("framewire_events_dropped_total") == 3

@@ -127,12 +127,20 @@ class Waker:
     """A way to wake a poller from another thread or a signal handler: a
     socket pair whose read end the poller watches."""
 
-    __slots__ = ("_r", "_w")
+    __slots__ = ("_pending", "_r", "_w")
 
     def __init__(self) -> None:
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
+        # A wake-up is written and not yet drained: more are not needed (a
+        # publish to a thousand subscribers wakes the loop once, not a
+        # thousand times). Set before the write; cleared after the drain has
+        # read every byte (cleared before, a byte written meanwhile would be
+        # read with the flag left set, and every later wake-up skipped), and
+        # before the work is looked at: what came before a skipped wake-up
+        # is seen then.
+        self._pending = False
 
     def fileno(self) -> int:
         """The descriptor to register for reading."""
@@ -144,17 +152,22 @@ class Waker:
 
     def wake(self) -> None:
         """Wake the poller (safe from any thread and from a signal handler)."""
+        if self._pending:
+            return
+        self._pending = True
         # A full or closed socket means a wake-up is pending anyway.
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
 
     def drain(self) -> None:
-        """Empty the wake-up bytes (on the poller's thread)."""
+        """Empty the wake-up bytes (on the poller's thread), before the
+        work they announce is looked at."""
         try:
             while self._r.recv(4096):
                 pass
         except OSError:
             pass
+        self._pending = False
 
     def close(self) -> None:
         """Close both ends."""
