@@ -139,6 +139,9 @@ def _stream_exchange() -> tuple[list[bytes], list[bytes]]:
     cancel = Message(b"null", "text/json", "utf-8", extensions={"framewire-cancel": 7})
     item = {"framewire-id": 7, "framewire-stream": "item", "framewire-unordered": True}
     items = [Message.from_json({"result": n}, extensions=item) for n in range(2)]
+    items[1] = Message.from_json(
+        {"result": 1}, extensions={**item, "framewire-dropped": 3}
+    )  # (a subscriber's gap)
     ended = Message.from_json(
         {"error": {"code": "cancelled", "message": "Request 7 was cancelled by its client."}},
         extensions={"status": "error", "framewire-id": 7, "framewire-unordered": True},
@@ -168,7 +171,7 @@ def test_decode_shows_ids_stream_positions_and_cancels(tmp_path: Path) -> None:
     assert [h.split(" {", 1)[0].split(" #1 ", 1)[1] for h in headings] == [
         "-> [id 7, stream requested, unordered]",
         "<- [id 7, stream item, unordered]",
-        "<- [id 7, stream item, unordered]",
+        "<- [id 7, stream item, unordered, dropped 3]",
         "-> [cancels 7]",
         "<- [id 7, unordered]",
     ]

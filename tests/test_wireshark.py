@@ -463,17 +463,18 @@ def test_an_installed_dissector_and_a_given_one_load_once(tmp_path: Path) -> Non
 
 
 @pytest.mark.wire
-def test_the_dissector_shows_ids_stream_positions_and_cancels(tmp_path: Path) -> None:
+def test_the_dissector_shows_ids_stream_positions_cancels_and_gaps(tmp_path: Path) -> None:
     from test_capture import SERVER, write_stream_capture
 
     path = tmp_path / "stream.pcap"
     write_stream_capture(path)
     rows = dissect(tshark_or_skip(), path, SERVER[1], "framewire.id", "framewire.stream", "framewire.cancel",
-                   "framewire.unordered")  # fmt: skip
+                   "framewire.unordered", "framewire.dropped")  # fmt: skip
+    rows = [row + [""] * (5 - len(row)) for row in rows]  # (tshark's last line loses its empty fields)
     assert rows == [
-        ["7", "requested", "", "1"],
-        ["7", "item", "", "1"],
-        ["7", "item", "", "1"],
-        ["", "", "7", ""],
-        ["7", "", "", "1"],
+        ["7", "requested", "", "1", ""],
+        ["7", "item", "", "1", ""],
+        ["7", "item", "", "1", "3"],
+        ["", "", "7", "", ""],
+        ["7", "", "", "1", ""],
     ]

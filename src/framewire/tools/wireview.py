@@ -19,7 +19,7 @@ import orjson
 from framewire.core.decoder import Decoder
 from framewire.core.errors import IncompleteMessage, ProtocolError
 from framewire.core.message import Message
-from framewire.core.probe import CANCEL_KEY, ID_KEY, STREAM_KEY, UNORDERED_KEY
+from framewire.core.probe import CANCEL_KEY, DROPPED_KEY, ID_KEY, STREAM_KEY, UNORDERED_KEY
 
 __all__ = [
     "SHOWN",
@@ -249,7 +249,8 @@ def _skimmed_lines(message: Skimmed) -> list[str]:
 
 def exchange_tags(extensions: Mapping[str, Any]) -> str:
     """What a message's extensions say of its exchange, in brackets: its
-    request id, a stream's position, a cancel, out of order ("" for none)."""
+    request id, a stream's position, a cancel, out of order, a subscriber's
+    gap ("" for none)."""
     tags = []
     if ID_KEY in extensions:
         tags.append(f"id {_short(extensions[ID_KEY])}")
@@ -260,6 +261,9 @@ def exchange_tags(extensions: Mapping[str, Any]) -> str:
         tags.append(f"cancels {_short(extensions[CANCEL_KEY])}")
     if extensions.get(UNORDERED_KEY) is True:
         tags.append("unordered")
+    if DROPPED_KEY in extensions:
+        dropped = extensions[DROPPED_KEY]
+        tags.append("dropped: some" if dropped is True else f"dropped {_short(dropped)}")
     return f" [{', '.join(tags)}]" if tags else ""
 
 

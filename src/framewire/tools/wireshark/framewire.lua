@@ -15,7 +15,8 @@
 -- Filter fields: framewire.header_length, framewire.content_type,
 -- framewire.content_encoding, framewire.content_length, framewire.byteorder,
 -- framewire.status, framewire.header, framewire.content, framewire.error,
--- framewire.id, framewire.stream, framewire.cancel, framewire.unordered.
+-- framewire.id, framewire.stream, framewire.cancel, framewire.unordered,
+-- framewire.dropped.
 
 -- Loaded once, whichever way it is given: with an installed copy (a
 -- personal plugin), `-X lua_script:framewire.lua` would register a second
@@ -40,6 +41,7 @@ f.id = ProtoField.string("framewire.id", "Request id")
 f.stream = ProtoField.string("framewire.stream", "Stream position")
 f.cancel = ProtoField.string("framewire.cancel", "Cancels request")
 f.unordered = ProtoField.bool("framewire.unordered", "Unordered")
+f.dropped = ProtoField.string("framewire.dropped", "Events dropped before this one")
 f.content = ProtoField.bytes("framewire.content", "Content")
 f.text = ProtoField.string("framewire.text", "Content (text)")
 f.error = ProtoField.string("framewire.error", "Protocol error")
@@ -331,6 +333,12 @@ local function dissect_message(tvb, pinfo, tree)
     if header["framewire-unordered"] == true then
         fields:add(f.unordered, header_tvb, true)
         info = info .. " unordered"
+    end
+    local dropped = header["framewire-dropped"]
+    if dropped ~= nil then
+        local text = dropped == true and "unknown" or shown(dropped)
+        fields:add(f.dropped, header_tvb, text)
+        info = info .. " dropped=" .. text
     end
     pinfo.cols.info:append(" " .. info .. ";")
     -- The server's checks, in its order: every required key present, then each value.
