@@ -408,3 +408,45 @@ def test_subscribers_survive_a_redis_restart_and_see_the_gap(
         assert subscriber.error is None and subscriber.thread.is_alive()  # the same subscription goes on
     subscribers[0].end(brokers, "run2.end", subscribers)
     assert all(s.error is None for s in subscribers)
+
+
+def test_two_redis_hubs_in_one_process_are_one_hub(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from framewire import RedisHub
+    from framewire.core.errors import Failure
+
+    first, second = RedisHub(redis_server.url), RedisHub(redis_server.url)
+
+    async def scenario() -> list[Any]:
+        subscription = second.subscribe("lib.*")
+        deadline = time.monotonic() + 10
+        while not subscription.events:  # until the link is up: a publish gets through
+            assert time.monotonic() < deadline, "no publish ever came back from Redis"
+            first.publish("lib.warm", None)
+            await asyncio.sleep(0.05)  # (the pace of the warm-ups)
+        for i in range(100):
+            first.publish("lib.data", i)
+        got = []
+        async for event in subscription:
+            if event.topic == "lib.data":  # (warm-ups may still be on their way)
+                got.append(event.value)
+                if len(got) == 100:
+                    break
+        return got
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), 20)) == list(range(100))
+    finally:
+        first.stop()
+        second.stop()
+    nowhere = RedisHub(f"redis://127.0.0.1:{free_port('127.0.0.1')}/0")
+    try:
+        with pytest.raises(Failure) as refused:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                nowhere.publish("t", 1)  # accepted until the hub knows Redis is not there
+                threading.Event().wait(0.02)
+        assert refused.value.code == "server-busy" and "cannot reach Redis" in refused.value.message
+    finally:
+        nowhere.stop()

@@ -129,9 +129,11 @@ class RedisHub(Hub):
         ready.wait()
         return loop
 
-    def close(self) -> None:
-        """End the subscriptions and stop the hub's thread."""
-        super().close()
+    def stop(self) -> None:
+        """End the subscriptions and stop the hub's thread and its links
+        (a stopping server only ends the subscriptions: publishes still
+        answered in its grace period go on to Redis)."""
+        self.close()
         with self._out_lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
