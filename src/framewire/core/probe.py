@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -133,11 +133,26 @@ def request_id(extensions: object) -> str | int | None:
     return None
 
 
-def with_id(head: bytes, ident: str | int) -> bytes:
+# An id and an unordered mark as written into a header.
+_ID_JSON: Final = b',"framewire-id":'
+_UNORDERED_JSON: Final = b',"framewire-unordered":true'
+
+
+def with_id(head: bytes, ident: str | int, unordered: bool = False) -> bytes:
     """A response's header bytes (its 2-byte length included) with the
-    request id added. Only for requests that carry one: it parses and
-    writes the header again."""
-    return with_extensions(head, {ID_KEY: ident})
+    request id added (and ``framewire-unordered: true`` for an answer out
+    of order): every answer to a request that carries an id comes this way."""
+    if head.endswith(b"}") and b'"framewire-' not in head:
+        # The usual case, an answer with none of framewire's keys: the id
+        # written in before the closing brace, in one step (with_extensions'
+        # loop over a dict cost a tenth of an unordered answer's server time).
+        added = (
+            _ID_JSON + orjson.dumps(ident) + _UNORDERED_JSON if unordered else _ID_JSON + orjson.dumps(ident)
+        )
+        size = len(head) - 2 + len(added)
+        if size <= 0xFFFF:
+            return size.to_bytes(2, "big") + head[2:-1] + added + b"}"
+    return with_extensions(head, {ID_KEY: ident, UNORDERED_KEY: True} if unordered else {ID_KEY: ident})
 
 
 # The JSON of extension keys written into headers (framewire's own few).

@@ -328,11 +328,7 @@ class Answers:
                 ident = request_id(extensions)
                 if ident is not None:
                     unordered = is_unordered(extensions)
-                    # (the id whatever the application answered)
-                    if unordered:
-                        head = with_extensions(head, {ID_KEY: ident, UNORDERED_KEY: True})
-                    else:
-                        head = with_id(head, ident)
+                    head = with_id(head, ident, unordered)  # (the id whatever the application answered)
             if waiting and not unordered:
                 waiting.append(_ready(head, content))
             else:
@@ -525,10 +521,7 @@ class Answers:
         # An answer's header with its request's id (and way) added.
         if slot.ident is None:
             return head
-        extra: dict[str, Any] = {ID_KEY: slot.ident}
-        if slot.unordered:
-            extra[UNORDERED_KEY] = True
-        return with_extensions(head, extra)
+        return with_id(head, slot.ident, slot.unordered)
 
     def _finish(self, slot: Slot, head: bytes, content: bytes | bytearray, tagged: bool = False) -> None:
         # ``slot``'s last answer is ``head`` + ``content``: out now if it may go.
