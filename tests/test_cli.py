@@ -98,7 +98,9 @@ def test_serve_and_request(spawn: Any) -> None:
     assert result.stdout.strip().splitlines() == ["In the caves beneath the Misty Mountains. \N{RING}"] * 5
     result = run_cli("request", "127.0.0.1", port, "--text", "hello")  # not JSON: binary, as in the guide
     assert result.returncode == 0 and result.stdout.strip() == repr(b"First 10 bytes of request: hello")
-    result = run_cli("request", "127.0.0.1", port, "--json", '{"no": "action"}')
+    result = run_cli("request", "127.0.0.1", port, "--json", '{"no": "action"}')  # the guide's answer
+    assert result.returncode == 0 and result.stdout.strip() == "Error: invalid action 'None'."
+    result = run_cli("request", "127.0.0.1", port, "--json", "[1]")  # where the guide's server fails
     assert result.returncode == 1 and "bad-content" in result.stderr
     no_traceback(result)
     code, _, err = server.stop()

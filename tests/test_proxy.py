@@ -26,7 +26,7 @@ def test_messages_shown_both_ways_and_logged(spawn: Any, tmp_path: Path) -> None
         with connect(port) as sock:
             sock.sendall(encode(Message.from_json({"action": "search", "value": "\N{DOG FACE}"})))
             (answer,) = read_messages(sock, 1)
-        assert answer.json()["result"].startswith("\N{DOG FACE}")
+        assert answer.json()["result"].startswith("\N{PAW PRINTS}")
         proxy.wait_for(r"#1 -- closed", stream="stdout")
         code, stdout, _ = proxy.stop()
     assert code == 0
@@ -36,7 +36,7 @@ def test_messages_shown_both_ways_and_logged(spawn: Any, tmp_path: Path) -> None
     messages = [r for r in records if "header" in r]
     assert [r["direction"] for r in messages] == ["->", "<-"]
     assert messages[0]["json"] == {"action": "search", "value": "\N{DOG FACE}"}
-    assert messages[1]["json"]["result"].startswith("\N{DOG FACE}")
+    assert messages[1]["json"]["result"].startswith("\N{PAW PRINTS}")
 
 
 def test_bytes_pass_unchanged_pipelined_and_half_closed(spawn: Any) -> None:

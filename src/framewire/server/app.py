@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -21,8 +22,9 @@ from typing import Any, TypeAlias, TypeVar, overload
 import msgspec
 
 from framewire.core import tracing
+from framewire.core.decoder import parse_header
 from framewire.core.errors import BadContent, Failure, HandlerError, ProtocolError, UnknownAction
-from framewire.core.message import Message
+from framewire.core.message import Message, decoded
 from framewire.server.actions import ActionSpec
 from framewire.server.hub import Hub
 from framewire.server.peer import Context, Peer
@@ -374,23 +376,68 @@ async def _traced(awaitable: Awaitable[Any], span: Any) -> Any:
 SEARCH_TABLE = {
     "morpheus": "Follow the white rabbit. \N{RABBIT FACE}",
     "ring": "In the caves beneath the Misty Mountains. \N{RING}",
-    "\N{DOG FACE}": "\N{DOG FACE} Playing ball! \N{VOLLEYBALL}",
+    "\N{DOG FACE}": "\N{PAW PRINTS} Playing ball! \N{VOLLEYBALL}",
 }
+
+
+def guide_message(content: bytes, content_type: str, content_encoding: str) -> Message:
+    """A message whose header is the bytes the guide's programs write: its
+    keys in their order, ``json.dumps`` spacing (``", "``, ``": "``), not
+    framewire's compact form. Checked once here, so the server sends those
+    bytes as they are."""
+    header = {
+        "byteorder": sys.byteorder,
+        "content-type": content_type,
+        "content-encoding": content_encoding,
+        "content-length": len(content),
+    }
+    message = decoded(parse_header(json.dumps(header, ensure_ascii=False).encode("utf-8")), content)
+    message._header.sendable()
+    return message
+
+
+class GuideApp(App):
+    """The guide's demo server's application, to the byte (docs/protocol.md,
+    "The guide's demo application"): a ``text/json`` request is an action
+    (``search`` looks its value up in :data:`SEARCH_TABLE`; any other, or
+    none, is answered ``Error: invalid action '...'.`` as a success), every
+    other content type gets the binary answer; each answer's header and
+    content are the bytes the guide's ``app-server.py`` writes. Where the
+    guide's server fails (a request that is not a JSON object, content that
+    is not JSON) this one answers ``bad-content`` and stays up."""
+
+    def __call__(self, request: Message, context: Context | None = None) -> Message:
+        if request.content_type != "text/json":  # (the guide's test: this type alone is JSON)
+            return guide_message(
+                b"First 10 bytes of request: " + bytes(request.content[:10]),
+                "binary/custom-server-binary-type",
+                "binary",
+            )
+        body = request.json()
+        if not isinstance(body, dict):
+            raise BadContent("The request must be a JSON object (the guide's server fails on any other).")
+        action = body.get("action")
+        spec = self._actions.get(action) if isinstance(action, str) else None
+        if spec is None:
+            result: Any = f"Error: invalid action '{action}'."
+        else:
+            result = spec.fn(body.get("value"))
+        content = json.dumps({"result": result}, ensure_ascii=False).encode("utf-8")
+        return guide_message(content, "text/json", "utf-8")
 
 
 def search_app() -> App:
     """The guide's demo application (docs/protocol.md, "The guide's demo application")."""
-    app = App(guide_unknown_action=True, guide_text_as_binary=True)
+    app = GuideApp()
 
     @app.action("search")
     def search(value: Any) -> str:
-        if isinstance(value, str) and value in SEARCH_TABLE:
-            return SEARCH_TABLE[value]
-        return f"No match for {value!r}."
-
-    @app.binary
-    def first_bytes(request: Message) -> bytes:
-        return b"First 10 bytes of request: " + request.content[:10]
+        """Look a value up in the guide's table: "morpheus", "ring" or "\N{DOG FACE}"."""
+        try:
+            found = SEARCH_TABLE.get(value)
+        except TypeError:  # a list or an object: the guide's server fails here
+            found = None
+        return found or f"No match for '{value}'."
 
     return app
 
