@@ -356,3 +356,36 @@ def test_aio_client_against_the_guide_server(guide_server: int) -> None:
                 assert answer.json()["result"].startswith(start)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "answer"),
+    [
+        (b"{}", "text/json", {"result": "Error: invalid action 'None'."}),
+        (b'{"action": "search", "value": [1]}', "text/json", {"result": "No match for '[1]'."}),
+        (b"[1]", "text/json", "bad-content"),
+        (b"null", "text/json", "bad-content"),
+        (b"{not json", "text/json", "bad-content"),
+        (b"", "binary/custom-client-binary-type", b"First 10 bytes of request: "),
+    ],
+)
+def test_where_the_guide_s_server_fails_the_demo_answers_and_stays(
+    search_port: int, content: bytes, content_type: str, answer: Any
+) -> None:
+    # docs/protocol.md, "The guide's demo application": each of these makes
+    # the guide's server close the connection or never answer.
+    from framewire import Client, Message
+
+    with Client("127.0.0.1", search_port, timeout=10, check=False) as client:
+        encoding = "utf-8" if content_type == "text/json" else "binary"
+        response = client.request(Message(content, content_type, encoding))
+        if isinstance(answer, dict):
+            assert response.json() == answer
+        elif isinstance(answer, bytes):
+            assert response.content == answer
+        else:
+            error = response.error()
+            assert error is not None and error.code == answer
+        assert client.request(Message.from_json({"action": "search", "value": "ring"})).json() == {
+            "result": GUIDE_TABLE["ring"]
+        }  # the connection goes on
