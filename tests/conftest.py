@@ -297,13 +297,11 @@ class Spawned:
         self.proc.communicate(timeout=10)
 
 
-@pytest.fixture
-def guide_echo() -> Iterator[int]:
-    """The echo written the guide's way (benchmarks/peers/guide_server.py):
-    one request per connection, no extensions; its port."""
+def _peer(script: str) -> Iterator[int]:
+    # A peer server of benchmarks/peers/ on a free port: its port, while it runs.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen(
-        [sys.executable, os.path.join(root, "benchmarks", "peers", "guide_server.py"), "0"],
+        [sys.executable, os.path.join(root, "benchmarks", "peers", script), "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -313,6 +311,20 @@ def guide_echo() -> Iterator[int]:
     finally:
         process.kill()
         process.wait(10)
+
+
+@pytest.fixture
+def guide_echo() -> Iterator[int]:
+    """The echo written the guide's way (benchmarks/peers/guide_server.py):
+    one request per connection, no extensions; its port."""
+    yield from _peer("guide_server.py")
+
+
+@pytest.fixture
+def guide_app() -> Iterator[int]:
+    """The model of the guide's own application server, faults included
+    (benchmarks/peers/guide_app_server.py); its port."""
+    yield from _peer("guide_app_server.py")
 
 
 @pytest.fixture
