@@ -235,11 +235,11 @@ def broker(probe: Probe) -> App:
     return app
 
 
-@pytest.fixture(scope="module")
-def served(driver: str) -> Iterator[tuple[Any, Probe, App]]:
+@pytest.fixture(scope="module", params=[0, 2], ids=["inline", "threads"])
+def served(request: pytest.FixtureRequest, driver: str) -> Iterator[tuple[Any, Probe, App]]:
     probe = Probe()
     app = broker(probe)
-    with running(app) as server:
+    with running(app, threads=request.param) as server:
         yield server, probe, app
 
 
