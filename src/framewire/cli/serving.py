@@ -169,9 +169,9 @@ def serve(
     a development set), and --tls-client-ca for mutual TLS.
     """
     from framewire.server import raise_descriptor_limit
-    from framewire.server.app import load_handler
     from framewire.server.config import ServerConfig
     from framewire.server.hub import Hub
+    from framewire.server.loading import load_handler
 
     if listen_fd is None:
         listen_fd = _socket_activation()

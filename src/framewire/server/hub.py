@@ -35,7 +35,7 @@ from framewire.core.errors import Failure
 from framewire.core.topics import MAX_TOPICS, Event, check_pattern, check_topic, topic_list
 from framewire.server.streams import BATCH, PULLING, Batch
 
-__all__ = ["SLOW_POLICIES", "Hub", "Subscription", "served_hub"]
+__all__ = ["SLOW_POLICIES", "Hub", "Subscription"]
 
 #: What becomes of a subscriber whose queue is full: its oldest events are
 #: dropped (and the gap marked), or its subscription ends with server-busy.
@@ -360,25 +360,3 @@ class Subscription:
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def served_hub(handler: object, config: Any, metrics: Any = None) -> Hub | None:
-    """The hub of ``handler`` (an App's ``hub``), set as the server's
-    ``config`` says (its queue, its slow-subscriber policy; on Redis with
-    ``hub``) and counted in ``metrics``. ``ValueError`` for ``hub`` given
-    to a handler that has none."""
-    hub = getattr(handler, "hub", None)
-    if not isinstance(hub, Hub):
-        if config.hub is not None:
-            raise ValueError("--hub is for an App's hub: this application has none")
-        return None
-    if config.hub is not None and getattr(hub, "url", None) != config.hub:
-        from framewire.server.redis_hub import RedisHub  # noqa: PLC0415
-
-        hub = RedisHub(config.hub)
-        handler.hub = hub  # type: ignore[attr-defined]
-    hub.configure(queue=config.subscriber_queue, slow=config.slow_subscriber)
-    hub.metrics = metrics
-    if metrics is not None:
-        metrics.subscribed(hub.subscribers)
-    return hub

@@ -52,7 +52,7 @@ from framewire.server.answers import ResponseCache
 from framewire.server.config import ServerConfig
 from framewire.server.engine import ContentBudget, Phase, ServerConnection
 from framewire.server.handlers import Dispatcher
-from framewire.server.hub import served_hub
+from framewire.server.hub import Hub
 from framewire.server.metrics import Metrics
 from framewire.server.summary import Summary
 
@@ -101,7 +101,7 @@ class ServerState:
         self.dispatcher = dispatcher
         dispatcher.metrics = metrics
         #: The application's hub (publish and subscribe), when it has one.
-        self.hub = served_hub(dispatcher.handler, config, metrics)
+        self.hub = _served_hub(dispatcher.handler, config, metrics)
         #: The access log (a line per request), when on.
         self.access = AccessLog() if config.access_log else None
         # Shared by the connections' engines: parsed headers by their bytes,
@@ -422,3 +422,25 @@ def _log_lost(engine: ServerConnection, reason: object) -> None:
     if partial:
         cost.append("a message half received")
     log.info("connection from %s lost: %s (%s)", engine.peer, reason, ", ".join(cost))
+
+
+def _served_hub(handler: object, config: Any, metrics: Any = None) -> Hub | None:
+    """The hub of ``handler`` (an App's ``hub``), set as the server's
+    ``config`` says (its queue, its slow-subscriber policy; on Redis with
+    ``hub``) and counted in ``metrics``. ``ValueError`` for ``hub`` given
+    to a handler that has none."""
+    hub = getattr(handler, "hub", None)
+    if not isinstance(hub, Hub):
+        if config.hub is not None:
+            raise ValueError("--hub is for an App's hub: this application has none")
+        return None
+    if config.hub is not None and getattr(hub, "url", None) != config.hub:
+        from framewire.server.redis_hub import RedisHub  # noqa: PLC0415
+
+        hub = RedisHub(config.hub)
+        handler.hub = hub  # type: ignore[attr-defined]
+    hub.configure(queue=config.subscriber_queue, slow=config.slow_subscriber)
+    hub.metrics = metrics
+    if metrics is not None:
+        metrics.subscribed(hub.subscribers)
+    return hub
