@@ -535,3 +535,37 @@ def test_metrics_count_subscribers_and_events_published_delivered_dropped() -> N
     assert value("framewire_events_published_total") == 6
     assert value("framewire_events_delivered_total") == 6
     assert value("framewire_events_dropped_total") == 3
+
+
+def test_a_queue_is_bounded_in_bytes_too() -> None:
+    # Ten events of 100 KiB into a queue of 1,000 events but 300 KiB: the
+    # oldest go once their JSON passes the bytes; one larger than the bound
+    # alone is still kept (it is the newest).
+    hub = Hub(queue_bytes=300 * 1024)
+
+    async def scenario() -> None:
+        subscription = hub.subscribe("big")
+        for i in range(10):
+            hub.publish("big", [i, "x" * 100 * 1024])
+        assert len(subscription.events) == 2 and subscription._size <= 300 * 1024
+        hub.publish("big", [10, "y" * 400 * 1024])
+        events = await take(subscription, 1)
+        assert [(e.value[0], e.dropped) for e in events] == [(10, 10)]
+        assert subscription._size == 0
+
+    run(scenario())
+    assert hub.dropped == 10
+
+
+def test_a_slow_subscriber_is_disconnected_past_the_bytes_too() -> None:
+    hub = Hub(queue_bytes=1024, slow="disconnect")
+
+    async def scenario() -> None:
+        subscription = hub.subscribe("t")
+        hub.publish("t", "x" * 800)
+        hub.publish("t", "x" * 800)
+        with pytest.raises(Failure) as caught:
+            await take(subscription, 1)
+        assert caught.value.code == "server-busy" and "1024 bytes of events behind" in caught.value.message
+
+    run(scenario())

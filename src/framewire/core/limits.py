@@ -160,6 +160,12 @@ KEEPALIVE_PROBES = 6
 #: subscription ends with server-busy.
 SUBSCRIBER_QUEUE = 1000
 
+#: Bytes of those events' JSON one subscriber may have waiting: past it the
+#: oldest go the same way (the newest event is kept whatever its size, so a
+#: subscriber holds at most this or one event, itself within the content
+#: limit).
+SUBSCRIBER_QUEUE_BYTES = 1024 * 1024
+
 #: Publishes a Redis hub holds for sending at most (Redis slower than the
 #: publishers): past it, publish fails with server-busy, never waits.
 HUB_OUTBOX = 10_000

@@ -146,9 +146,9 @@ def with_id(head: bytes, ident: str | int, unordered: bool = False) -> bytes:
         # The usual case, an answer with none of framewire's keys: the id
         # written in before the closing brace, in one step (with_extensions'
         # loop over a dict cost a tenth of an unordered answer's server time).
-        added = (
-            _ID_JSON + orjson.dumps(ident) + _UNORDERED_JSON if unordered else _ID_JSON + orjson.dumps(ident)
-        )
+        added = _ID_JSON + orjson.dumps(ident)
+        if unordered:
+            added += _UNORDERED_JSON
         size = len(head) - 2 + len(added)
         if size <= 0xFFFF:
             return size.to_bytes(2, "big") + head[2:-1] + added + b"}"

@@ -31,25 +31,28 @@ MAX_TOPICS: Final = 64
 def check_topic(topic: object) -> str:
     """``topic`` if it can be published to; ``ValueError`` with a sentence
     if not."""
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"a topic is a non-empty string, not {topic!r}")
-    if len(topic) > MAX_TOPIC:
-        raise ValueError(f"a topic has at most {MAX_TOPIC} characters, not {len(topic)}")
-    if "*" in topic:
-        raise ValueError(f"a published topic may not contain '*' (only a subscription's pattern): {topic!r}")
-    return topic
+    text = _text(topic)
+    if "*" in text:
+        raise ValueError(f"a published topic may not contain '*' (only a subscription's pattern): {text!r}")
+    return text
 
 
 def check_pattern(pattern: object) -> str:
     """``pattern`` if it can be subscribed to (a topic, or a prefix and a
     trailing ``*``); ``ValueError`` with a sentence if not."""
-    if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f"a topic is a non-empty string, not {pattern!r}")
-    if len(pattern) > MAX_TOPIC:
-        raise ValueError(f"a topic has at most {MAX_TOPIC} characters, not {len(pattern)}")
-    if "*" in pattern[:-1]:
-        raise ValueError(f"'*' may only end a topic pattern (a prefix): {pattern!r}")
-    return pattern
+    text = _text(pattern)
+    if "*" in text[:-1]:
+        raise ValueError(f"'*' may only end a topic pattern (a prefix): {text!r}")
+    return text
+
+
+def _text(topic: object) -> str:
+    # What every topic and pattern is: a string of 1 to MAX_TOPIC characters.
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"a topic is a non-empty string, not {topic!r}")
+    if len(topic) > MAX_TOPIC:
+        raise ValueError(f"a topic has at most {MAX_TOPIC} characters, not {len(topic)}")
+    return topic
 
 
 def topic_list(topics: tuple[Any, ...]) -> list[str]:

@@ -107,6 +107,11 @@ class ServerConfig:
         "with --slow-subscriber disconnect its subscription ends with server-busy.",
         minimum=1,
     )
+    subscriber_queue_bytes: int = _setting(
+        limits.SUBSCRIBER_QUEUE_BYTES,
+        "Bytes of events (their JSON) one subscriber may have waiting; past it, as past --subscriber-queue.",
+        minimum=1,
+    )
 
     #: What becomes of a subscriber whose queue is full: ``drop`` (its
     #: oldest events, the gap marked ``framewire-dropped``) or ``disconnect``
@@ -137,7 +142,9 @@ class ServerConfig:
         for flag in ("proxy_protocol", "access_log"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, not {getattr(self, flag)!r}")
-        if self.slow_subscriber not in ("drop", "disconnect"):
+        from framewire.server.hub import SLOW_POLICIES  # noqa: PLC0415
+
+        if self.slow_subscriber not in SLOW_POLICIES:
             raise ValueError(f"slow_subscriber is drop or disconnect, not {self.slow_subscriber!r}")
         if self.hub is not None:
             from framewire.server.redis_hub import check_url  # noqa: PLC0415

@@ -292,8 +292,7 @@ class Dispatcher:
             return
         source = state.source
         if source.feed is not None:
-            source.closed = True
-            source.source.close()  # type: ignore[union-attr]  # (a subscription: any thread; its pull ends)
+            source.close()  # (a subscription: closed from any thread; its pull ends)
         elif source.is_async:
             loop = self._event_loop()
             loop.call_soon_threadsafe(lambda: loop.create_task(_aclose(source)))

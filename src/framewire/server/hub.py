@@ -46,11 +46,18 @@ SlowPolicy = Literal["drop", "disconnect"]
 class Hub:
     """Topics and their subscriptions in this process (see the module's text)."""
 
-    def __init__(self, *, queue: int = limits.SUBSCRIBER_QUEUE, slow: SlowPolicy = "drop") -> None:
+    def __init__(
+        self,
+        *,
+        queue: int = limits.SUBSCRIBER_QUEUE,
+        queue_bytes: int = limits.SUBSCRIBER_QUEUE_BYTES,
+        slow: SlowPolicy = "drop",
+    ) -> None:
         self._lock = threading.Lock()
         self._exact: dict[str, list[Subscription]] = {}
         self._prefixes: dict[str, list[Subscription]] = {}
-        self.queue = queue
+        self.queue = _at_least_one(queue, "event")
+        self.queue_bytes = _at_least_one(queue_bytes, "byte")
         self.slow: SlowPolicy = slow
         self.configure()
         #: Counts since start: publishes, events handed to subscribers,
@@ -62,17 +69,20 @@ class Hub:
         #: The server's metrics, when they are on (set by the server).
         self.metrics: Any = None
 
-    def configure(self, *, queue: int | None = None, slow: str | None = None) -> None:
-        """Set the queue bound and the slow-subscriber policy (the server's
-        ``--subscriber-queue`` and ``--slow-subscriber``); ``ValueError``
-        for values outside them. Subscriptions made before keep theirs."""
-        queue = self.queue if queue is None else queue
+    def configure(
+        self, *, queue: int | None = None, queue_bytes: int | None = None, slow: str | None = None
+    ) -> None:
+        """Set the queue's bounds and the slow-subscriber policy (the server's
+        ``--subscriber-queue``, ``--subscriber-queue-bytes`` and
+        ``--slow-subscriber``); ``ValueError`` for values outside them.
+        Subscriptions made before keep theirs."""
         slow = self.slow if slow is None else slow
-        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
-            raise ValueError(f"a subscriber's queue holds at least 1 event, not {queue!r}")
         if slow not in SLOW_POLICIES:
             raise ValueError(f"slow subscribers are dropped from or disconnected, not {slow!r}")
-        self.queue = queue
+        if queue is not None:
+            self.queue = _at_least_one(queue, "event")
+        if queue_bytes is not None:
+            self.queue_bytes = _at_least_one(queue_bytes, "byte")
         self.slow = slow  # type: ignore[assignment]
 
     # -- publishing --------------------------------------------------------------------
@@ -92,23 +102,19 @@ class Hub:
         ended: list[Subscription] = []
         with self._lock:
             self.published += 1
-            targets = self._exact.get(topic)
-            if targets is not None:
-                for subscription in targets:
+            exact = self._exact.get(topic)
+            matching = [] if exact is None else [exact]
+            for prefix, subscriptions in self._prefixes.items():
+                if topic.startswith(prefix):
+                    matching.append(subscriptions)
+            for subscriptions in matching:
+                for subscription in subscriptions:
+                    if subscription._last is event:
+                        continue  # (two of its patterns take it: once)
                     if subscription._put(event):
                         reached += 1
                     elif subscription.error is not None:
                         ended.append(subscription)
-            if self._prefixes:
-                for prefix, subscriptions in self._prefixes.items():
-                    if topic.startswith(prefix):
-                        for subscription in subscriptions:
-                            if subscription._last is event:
-                                continue  # (two of its patterns take it: once)
-                            if subscription._put(event):
-                                reached += 1
-                            elif subscription.error is not None:
-                                ended.append(subscription)
             for subscription in ended:  # (not while the tables are walked)
                 self._remove(subscription)
             self.delivered += reached
@@ -129,14 +135,11 @@ class Hub:
         if len(patterns) > MAX_TOPICS:
             raise ValueError(f"a subscription names at most {MAX_TOPICS} topics, not {len(patterns)}")
         unique = list(dict.fromkeys(check_pattern(p) for p in patterns))
-        limit = self.queue if queue is None else queue
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"a subscriber's queue holds at least 1 event, not {limit!r}")
-        subscription = Subscription(self, tuple(unique), limit, self.slow)
+        limit = self.queue if queue is None else _at_least_one(queue, "event")
+        subscription = Subscription(self, tuple(unique), limit, self.queue_bytes, self.slow)
         with self._lock:
             for pattern in unique:
-                table = self._prefixes if pattern.endswith("*") else self._exact
-                key = pattern[:-1] if pattern.endswith("*") else pattern
+                table, key = self._entry(pattern)
                 table.setdefault(key, []).append(subscription)
             self.subscribers += 1
         if self.metrics is not None:
@@ -146,11 +149,16 @@ class Hub:
             stream.owned.append(subscription)  # made inside a stream's action: ends with it
         return subscription
 
+    def _entry(self, pattern: str) -> tuple[dict[str, list[Subscription]], str]:
+        # The table a pattern's subscriptions are in, and its key there.
+        if pattern.endswith("*"):
+            return self._prefixes, pattern[:-1]
+        return self._exact, pattern
+
     def _remove(self, subscription: Subscription) -> None:
         # Under the lock.
         for pattern in subscription.topics:
-            table = self._prefixes if pattern.endswith("*") else self._exact
-            key = pattern[:-1] if pattern.endswith("*") else pattern
+            table, key = self._entry(pattern)
             subscriptions = table.get(key)
             if subscriptions is not None:
                 with contextlib.suppress(ValueError):
@@ -189,6 +197,7 @@ class Subscription:
         "_gap",
         "_last",
         "_lost",
+        "_size",
         "_thread",
         "_waiter",
         "closed",
@@ -196,18 +205,25 @@ class Subscription:
         "events",
         "hub",
         "limit",
+        "limit_bytes",
         "slow",
         "topics",
     )
 
-    def __init__(self, hub: Hub, topics: tuple[str, ...], limit: int, slow: SlowPolicy) -> None:
+    def __init__(
+        self, hub: Hub, topics: tuple[str, ...], limit: int, limit_bytes: int, slow: SlowPolicy
+    ) -> None:
         self.hub = hub
         #: The topics (and prefixes with ``*``) it takes.
         self.topics = topics
+        #: The most events, and the most bytes of their JSON, it holds
+        #: untaken (but always the newest event, whatever its size).
         self.limit = limit
+        self.limit_bytes = limit_bytes
         self.slow = slow
         #: The events waiting to be taken.
         self.events: collections.deque[Event] = collections.deque()
+        self._size = 0  # the JSON bytes of the events waiting
         self._gap = 0  # events dropped since the last one taken
         self._lost = False  # events may have been lost meanwhile (Redis)
         self._last: Event | None = None
@@ -226,23 +242,28 @@ class Subscription:
         if self.closed:
             return False
         events = self.events
-        if len(events) >= self.limit:
+        size = self._size + len(event.json)
+        if events and (len(events) >= self.limit or size > self.limit_bytes):
             hub = self.hub
             if self.slow == "disconnect":
+                behind = "events" if len(events) >= self.limit else "bytes of events"
+                held = self.limit if len(events) >= self.limit else self.limit_bytes
                 self.error = Failure(
-                    "server-busy",
-                    f"This subscriber fell {self.limit} events behind; its subscription has ended.",
+                    "server-busy", f"This subscriber fell {held} {behind} behind; its subscription has ended."
                 )
                 self.closed = True  # (taken out of the tables by deliver)
                 events.clear()  # (the error is what it gets next)
+                self._size = 0
                 self._wake()
                 return False
-            events.popleft()
-            self._gap += 1
-            hub.dropped += 1
-            if hub.metrics is not None:
-                hub.metrics.dropped(1)
+            while events and (len(events) >= self.limit or size > self.limit_bytes):
+                size -= len(events.popleft().json)
+                self._gap += 1
+                hub.dropped += 1
+                if hub.metrics is not None:
+                    hub.metrics.dropped(1)
         events.append(event)
+        self._size = size
         if self._waiter is not None or self._deliver is not None:
             self._wake()
         return True
@@ -273,15 +294,23 @@ class Subscription:
             if len(events) <= BATCH:
                 taken = list(events)
                 events.clear()
+                self._size = 0
             else:
                 taken = [events.popleft() for _ in range(BATCH)]
-            if self._gap or self._lost:
-                taken[0] = taken[0].gap(True if self._lost else self._gap)
-                self._gap, self._lost = 0, False
+                self._size -= sum(len(event.json) for event in taken)
+            taken[0] = self._marked(taken[0])
             return Batch(taken, False)
         if self.error is not None:
             return self.error
         return Batch([], True)
+
+    def _marked(self, event: Event) -> Event:
+        # Under the lock: the first event taken after a gap carries it.
+        if not (self._gap or self._lost):
+            return event
+        marked = event.gap(True if self._lost else self._gap)
+        self._gap, self._lost = 0, False
+        return marked
 
     def pull_into(self, deliver: Callable[[object], None]) -> None:
         """How a server takes a subscription that is a stream's source:
@@ -306,10 +335,9 @@ class Subscription:
             with self.hub._lock:
                 events = self.events
                 if events:
-                    event = events.popleft()
-                    if self._gap or self._lost:
-                        event = event.gap(True if self._lost else self._gap)
-                        self._gap, self._lost = 0, False
+                    event = self._marked(events.popleft())
+                    self._size -= len(event.json)
+                    if event.dropped:
                         stream = PULLING.get()
                         if stream is not None:
                             stream.gap = event.dropped  # the stream marks its next item
@@ -355,6 +383,13 @@ class Subscription:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.events)} waiting"
         return f"<Subscription {', '.join(self.topics)} ({state})>"
+
+
+def _at_least_one(value: object, unit: str) -> int:
+    # A queue bound, checked: a whole number of at least one.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"a subscriber's queue holds at least 1 {unit}, not {value!r}")
+    return value
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -28,13 +28,14 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from framewire.core import limits
 from framewire.core.errors import Failure
 from framewire.core.topics import Event, check_topic
-from framewire.server.hub import Hub, SlowPolicy
+from framewire.server.hub import Hub, SlowPolicy, Subscription
 
 __all__ = ["CHANNEL_PREFIX", "RedisHub"]
 
@@ -65,10 +66,11 @@ class RedisHub(Hub):
         url: str,
         *,
         queue: int = limits.SUBSCRIBER_QUEUE,
+        queue_bytes: int = limits.SUBSCRIBER_QUEUE_BYTES,
         slow: SlowPolicy = "drop",
         outbox: int = limits.HUB_OUTBOX,
     ) -> None:
-        super().__init__(queue=queue, slow=slow)
+        super().__init__(queue=queue, queue_bytes=queue_bytes, slow=slow)
         #: The Redis server, as a URL.
         self.url = check_url(url)
         self._outbox: collections.deque[Event] = collections.deque()
@@ -106,7 +108,7 @@ class RedisHub(Hub):
         loop.call_soon_threadsafe(self._wake_sender)
         return 0
 
-    def subscribe(self, *topics: Any, queue: int | None = None) -> Any:
+    def subscribe(self, *topics: str | Iterable[str], queue: int | None = None) -> Subscription:
         self.start()
         return super().subscribe(*topics, queue=queue)
 

@@ -439,7 +439,9 @@ def _served_hub(handler: object, config: Any, metrics: Any = None) -> Hub | None
 
         hub = RedisHub(config.hub)
         handler.hub = hub  # type: ignore[attr-defined]
-    hub.configure(queue=config.subscriber_queue, slow=config.slow_subscriber)
+    hub.configure(
+        queue=config.subscriber_queue, queue_bytes=config.subscriber_queue_bytes, slow=config.slow_subscriber
+    )
     hub.metrics = metrics
     if metrics is not None:
         metrics.subscribed(hub.subscribers)
