@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import struct
 import threading
@@ -155,7 +156,12 @@ def broken_server(
             error.code = "bad-header"  # every error, the same code
         conn.sendall(Message.for_error(error).encode())
         if no_linger:
-            return  # closed with the client's bytes unread: the kernel resets
+            # Closed with the client's bytes unread, so the kernel resets. Wait
+            # until more of them are here: a close that happens to find the
+            # queue empty (the client's thread not yet on with its write) would
+            # end in order, and the broken server would pass by chance.
+            select.select([conn], [], [], 0.5)  # well within the suite's patience
+            return
         conn.shutdown(socket.SHUT_WR)  # the orderly end, then what comes is dropped
         conn.settimeout(2.0)
         while conn.recv(65536):
