@@ -4,7 +4,7 @@ A wheel built from this tree (``pip install .``, ``pip wheel .``, ``python -m
 build``) carries the modules ``framewire._build.COMPILED_MODULES`` lists (the
 message, the decoder, the send queue, the timers, the connection engine and
 the epoll loop) compiled by mypyc beside their Python sources, where Python
-imports the compiled ones first: the build a user gets by default is the fast one (docs/performance.md,
+imports the compiled ones first: the build a user gets by default is the fast one (docs/internals.md,
 "The compiled build"). Where it cannot compile (no C compiler, no Python
 headers) the build says why in one warning and makes the pure-Python wheel,
 which works everywhere: the package still installs.

@@ -150,3 +150,31 @@ def test_threads_on_the_asyncio_driver_keep_order() -> None:
         assert [a.content for a in answers] == [b"0.2", b"0.0", b"0.1", b"0.0"]
 
     run(main)
+
+
+def test_the_calls_deadlines_share_one_timer_and_their_heap_stays_bounded() -> None:
+    from framewire.client.aio import _Deadlines, _TimedOut
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _Deadlines(loop)
+        late, soon, answered = loop.create_future(), loop.create_future(), loop.create_future()
+        now = time.monotonic()
+        deadlines.watch(late, now + 60)
+        deadlines.watch(answered, now + 0.02)
+        deadlines.watch(soon, now + 0.01)  # earlier than any before it: the timer moves
+        answered.set_result(Message.from_bytes(b"in time"))
+        with pytest.raises(_TimedOut):
+            await asyncio.wait_for(soon, 5)
+        await asyncio.wait_for(asyncio.shield(answered), 5)
+        assert not late.done()  # its time has not come
+        # Calls answered at once leave their entries behind; the heap is
+        # weeded as it doubles, so it stays near the calls in flight.
+        for _ in range(20_000):
+            future = loop.create_future()
+            deadlines.watch(future, now + 60)
+            future.set_result(Message.from_bytes(b""))
+        assert len(deadlines._heap) <= 2 * 1 + 1024 + 1
+        late.cancel()
+
+    asyncio.run(main())

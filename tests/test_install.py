@@ -99,7 +99,10 @@ def test_where_a_compiler_is_the_wheel_carries_the_compiled_hot_path(
     assert any("__mypyc" in name for name in names)  # mypyc's shared runtime, at the top
     assert "framewire: compiled with mypyc" in printed
     short = ", ".join(module.rsplit(".", 1)[1] for module in COMPILED_MODULES)
-    assert short == "message, decoder, sendqueue, timers, transport, answers, flow, engine, state, epoll_loop"
+    assert short == (
+        "message, decoder, probe, sendqueue, timers, transport, answers, flow, engine, state, epoll_loop, "
+        "connection"
+    )
     assert version(target, monkeypatch) == f"framewire 0.1.0 (compiled with mypyc: {short})\n"
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 
-#: The modules a wheel's build compiles: the message, the decoder, the send
-#: queue, the timer wheel, the connection engine and the epoll driver
-#: (docs/performance.md, "The compiled build").
+#: The modules a wheel's build compiles: the message, the decoder, the
+#: extension keys' reader, the send queue, the timer wheel, the transport,
+#: the server engine's modules, the epoll driver and the clients' connection
+#: engine (docs/internals.md, "The compiled build").
 COMPILED_MODULES = (
     "framewire.core.message",
     "framewire.core.decoder",
+    "framewire.core.probe",
     "framewire.io.sendqueue",
     "framewire.io.timers",
     "framewire.io.transport",
@@ -21,6 +23,7 @@ COMPILED_MODULES = (
     "framewire.server.engine",
     "framewire.server.state",
     "framewire.server.epoll_loop",
+    "framewire.client.connection",
 )
 
 

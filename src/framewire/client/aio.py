@@ -27,7 +27,10 @@ import asyncio
 import collections
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
+import math
 import socket
 import struct
 import time
@@ -107,6 +110,15 @@ class AioClient(Configured, AioCalls):
         # transport they were made for.
         self._unwritten: list[bytes] = []
         self._unwritten_for: asyncio.Transport | None = None
+        self._watch: _Deadlines | None = None
+
+    def _deadlines(self) -> _Deadlines:
+        # The calls' deadlines, on the loop the client is used from.
+        watch = self._watch
+        loop = asyncio.get_running_loop()
+        if watch is None or watch.loop is not loop:
+            watch = self._watch = _Deadlines(loop)
+        return watch
 
     # -- the protocol's side ----------------------------------------------------------
 
@@ -291,7 +303,9 @@ class AioClient(Configured, AioCalls):
             try:
                 try:
                     if single:
-                        answers = [await _answer(futures[0], deadline)]
+                        if deadline is not None:
+                            self._deadlines().watch(futures[0], deadline)
+                        answers = [await futures[0]]
                     else:
                         async with asyncio.timeout(_left(deadline, None)):
                             answers = [await asyncio.shield(future) for future in futures]
@@ -600,18 +614,60 @@ def _time_out(future: asyncio.Future[Any]) -> None:
         future.set_exception(_TimedOut())
 
 
-async def _answer(future: asyncio.Future[Message], deadline: float | None) -> Message:
-    # One call's answer within its deadline: one timer, not a timeout scope
-    # (whose bookkeeping was a fifth of a call when 64 run at once). The
-    # future is the call's own: the caller cancels it when it gives up.
-    if deadline is None:
-        return await future
-    loop = asyncio.get_running_loop()
-    timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), _time_out, future)
-    try:
-        return await future
-    finally:
-        timer.cancel()
+class _Deadlines:
+    """The deadlines of a client's calls, on one timer of the loop's.
+
+    A timeout scope per call was a fifth of a call when 64 run at once, and
+    a timer per call (made, then cancelled, and weeded from the loop's heap)
+    a tenth: the calls' futures go in one heap here instead, and one timer,
+    set for the earliest, fails those whose time has come. A future that is
+    done (answered, or given up by its caller) stays in the heap until it is
+    at the top or the heap is weeded, which happens when it has doubled
+    since it last was: its size stays within twice the calls in flight,
+    plus a constant.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._heap: list[tuple[float, int, asyncio.Future[Message]]] = []
+        self._count = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+        self._weed_at = _WEED_AT
+
+    def watch(self, future: asyncio.Future[Message], deadline: float) -> None:
+        """Fail ``future`` with :class:`_TimedOut` at ``deadline`` (the
+        monotonic clock), unless it is done by then."""
+        loop = self.loop
+        when = loop.time() + max(0.0, deadline - time.monotonic())
+        heap = self._heap
+        heapq.heappush(heap, (when, next(self._count), future))
+        if when < self._at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._at = when
+            self._timer = loop.call_at(when, self._fire)
+        if len(heap) > self._weed_at:
+            heap[:] = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(heap)
+            self._weed_at = 2 * len(heap) + _WEED_AT
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._at = math.inf
+        heap = self._heap
+        now = self.loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            future = heapq.heappop(heap)[2]
+            if not future.done():
+                future.set_exception(_TimedOut())
+        if heap:
+            self._at = heap[0][0]
+            self._timer = self.loop.call_at(self._at, self._fire)
+
+
+#: The least size at which a client's heap of deadlines is weeded.
+_WEED_AT = 1024
 
 
 def _left(deadline: float | None, limit: float | None) -> float | None:

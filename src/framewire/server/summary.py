@@ -1,7 +1,7 @@
 """The periodic INFO summary a server logs instead of a line per connection.
 
 A line per connection at INFO cost more than the rest of a short
-connection's work (docs/performance.md, "Where the time goes"). So every
+connection's work (docs/internals.md). So every
 ``log_summary`` seconds in which anything happened, one line says what:
 connections opened and closed, requests received, error responses sent,
 connections open now. The connection lines themselves are at DEBUG
