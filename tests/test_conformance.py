@@ -74,6 +74,60 @@ def test_framewire_s_server_passes_over_tls_and_unix_sockets(tmp_path: Path) -> 
         assert result.returncode == 0, result.stdout
 
 
+# -- any application ---------------------------------------------------------------------------
+
+
+def _framing_failures(output: str) -> set[str]:
+    names = {case.name for case in CASES if case.group in ("framing", "exchanges")}
+    return _failed(output) & names
+
+
+@pytest.mark.usefixtures("driver")
+def test_a_user_s_app_is_judged_on_its_own_request(spawn: Any, tmp_path: Path) -> None:
+    tests = str(Path(__file__).resolve().parent)
+    server = spawn("serve", "--app", "kv_app:app", "--port", "0", "--message-timeout", "1", cwd=tests)
+    port = str(server.port())
+    common = ("conformance", "127.0.0.1", port, "--message-timeout", "1", "--patience", "2")
+    # The suite's own binary requests: an App of JSON actions rightly refuses them.
+    blind = run_cli(*common, timeout=60)
+    assert _framing_failures(blind.stdout), blind.stdout
+    # Told what a request to it is (an action it answers with an error, not-found,
+    # or a result): every framing and exchange case judges the framing alone.
+    told = run_cli(*common, "--action", "get", "--value", '"a"', "--extensions", timeout=60)
+    assert told.returncode == 0, told.stdout
+    assert "the server's own request (action get)" in told.stdout
+    request = tmp_path / "add.json"
+    request.write_text('{"action": "add", "value": [1, 2]}')
+    framed = tmp_path / "add.bin"
+    framed.write_bytes(Message.from_json({"action": "add", "value": [1, 2]}).encode())
+    for given in (request, framed):
+        result = run_cli(*common, "--request", str(given), "--json", str(tmp_path / "r.json"), timeout=60)
+        assert result.returncode == 0, result.stdout
+        assert json.loads((tmp_path / "r.json").read_text())["target"]["request"] == str(given)
+
+
+@pytest.mark.parametrize(
+    ("asked", "said"),
+    [
+        (["--value", "1"], "framewire: --value is the value of an --action: give --action NAME too\n"),
+        (["--action", "get", "--value", "{"], "framewire: --value is not JSON"),
+        (["--request", "BAD"], "framewire: --request BAD: it is neither one framed message nor a JSON value"),
+        (["--request", "BAD", "--action", "get"], "framewire: give --request or --action, not both\n"),
+    ],
+)
+def test_a_request_that_is_not_one_is_one_line_and_the_suite_does_not_run(
+    asked: list[str], said: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x00\x05{oops")
+    asked = [str(bad) if word == "BAD" else word for word in asked]
+    said = said.replace("BAD", str(bad))
+    result = run_cli("conformance", "127.0.0.1", "1", *asked, timeout=30)
+    assert result.returncode == 125, result.stdout
+    assert result.stderr.startswith(said) and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+
+
 # -- the guide's server ---------------------------------------------------------------------
 
 #: What the guide's server does not do at the strict level, found by running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ MAX_FAILED_STATUS = 100
 @click.option("--extensions", is_flag=True,
               help="The server knows framewire's extensions (ids, unordered, streams, cancel, "
                    "describe): check them too.")  # fmt: skip
+@click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="A well-formed request to this server: a file holding one framed message, or a JSON "
+                   "value (an action) to send as text/json. The framing cases send it and judge its "
+                   "answers by their framing, error answers included.")  # fmt: skip
+@click.option("--action", default=None, metavar="NAME",
+              help="As --request, the request {\"action\": NAME, \"value\": VALUE}.")  # fmt: skip
+@click.option("--value", default=None, metavar="JSON", help="The --action's value, as JSON (default: null).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results as JSON to this file.")  # fmt: skip
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -63,6 +72,9 @@ def conformance(
     patience: float,
     only: str | None,
     extensions: bool,
+    request_file: Path | None,
+    action: str | None,
+    value: str | None,
     json_file: Path | None,
     html_file: Path | None,
     tls: tuple[Any, str | None] | None,
@@ -71,7 +83,8 @@ def conformance(
 
     Each case is PASS, FAIL (with the bytes sent and received) or N/A.
     The exit status is the number of failed cases (0: conformant; at most
-    100), or 125 when the server cannot be reached at all.
+    100), or 125 when the suite cannot run at all (nothing listening, or a
+    --request / --action that is not a request).
 
     \b
     Example:
@@ -79,9 +92,12 @@ def conformance(
       framewire conformance 127.0.0.1 65432 --app echo --message-timeout 2
       framewire conformance 127.0.0.1 65432 --level guide --html report.html
       framewire conformance 127.0.0.1 65432 --app echo --extensions
+      framewire conformance 127.0.0.1 65432 --action get --value '"a"'
     """
     from framewire.tools import conformance as suite
     from framewire.tools import conformance_report as report
+
+    request = _request(suite, request_file, action, value)
 
     host, port = server_address(host, port)
     context, name = tls_for(host, tls)
@@ -100,8 +116,10 @@ def conformance(
         max_content_length=max_content_length,
         patience=patience,
         extensions=extensions,
+        request=request,
     )
-    click.echo(f"framewire conformance: {where(host, port)}, level {level}, app {app}")
+    asked = "" if request is None else f", the server's own request ({about_request(request_file, action)})"
+    click.echo(f"framewire conformance: {where(host, port)}, level {level}, app {app}{asked}")
     results = []
     group = None
     for result in suite.run_suite(target, level, only):  # type: ignore[arg-type]
@@ -112,8 +130,37 @@ def conformance(
     counts = report.summary(results)
     click.echo(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['NOT-APPLICABLE']} not applicable")
     about = {"address": where(host, port), "level": level, "app": app}
+    if request is not None:
+        about["request"] = about_request(request_file, action)
     if json_file is not None:
         json_file.write_text(report.json_report(results, about), "utf-8")
     if html_file is not None:
         html_file.write_text(report.html_report(results, about), "utf-8")
     raise click.exceptions.Exit(min(counts["FAIL"], MAX_FAILED_STATUS))
+
+
+def _request(suite: Any, request_file: Path | None, action: str | None, value: str | None) -> bytes | None:
+    # The server's own well-formed request, from --request or --action/--value.
+    if request_file is not None and (action is not None or value is not None):
+        raise _fail("give --request or --action, not both", CANNOT_RUN)
+    if value is not None and action is None:
+        raise _fail("--value is the value of an --action: give --action NAME too", CANNOT_RUN)
+    if request_file is not None:
+        try:
+            return suite.request_from(request_file.read_bytes())  # type: ignore[no-any-return]
+        except OSError as exc:
+            raise _fail(f"cannot read {request_file}: {describe(exc)}", CANNOT_RUN) from None
+        except ValueError as exc:
+            raise _fail(f"--request {request_file}: {exc}", CANNOT_RUN) from None
+    if action is None:
+        return None
+    try:
+        parsed = None if value is None else json.loads(value)
+    except ValueError as exc:
+        raise _fail(f"--value is not JSON ({exc})", CANNOT_RUN) from None
+    return suite.action_request(action, parsed)  # type: ignore[no-any-return]
+
+
+def about_request(request_file: Path | None, action: str | None) -> str:
+    """How the report names the request it was given."""
+    return str(request_file) if request_file is not None else f"action {action}"

@@ -30,7 +30,7 @@ from framewire.core.errors import ProtocolError
 from framewire.core.message import Message
 from framewire.io.netio import connect, describe
 
-__all__ = ["CASES", "Case", "Outcome", "Target", "frame", "run_suite"]
+__all__ = ["CASES", "Case", "Outcome", "Target", "action_request", "frame", "request_from", "run_suite"]
 
 Status = Literal["PASS", "FAIL", "NOT-APPLICABLE"]
 Level = Literal["guide", "strict"]
@@ -58,6 +58,40 @@ class Target:
     #: It says it knows framewire's extensions (ids, unordered answers,
     #: streams, cancel, describe): their cases run; else they are not applicable.
     extensions: bool = False
+    #: A well-formed request to its application, as sent (``--request``,
+    #: ``--action``): the cases that need "a request" send this one, and every
+    #: answer to a request is judged by its framing alone, an error answer
+    #: included (an App of JSON actions rightly refuses the suite's binary
+    #: requests with bad-content). None: the suite's own binary requests.
+    request: bytes | None = None
+
+    def sample(self, content: bytes) -> bytes:
+        """The request a case sends where any request will do: the server's
+        own (:attr:`request`), else a binary one carrying ``content``."""
+        return frame(content) if self.request is None else self.request
+
+
+def request_from(data: bytes) -> bytes:
+    """A request for :attr:`Target.request` from a file's bytes: one framed
+    message as it is, or a JSON value (an action: ``{"action": ..., "value":
+    ...}``) sent as ``text/json`` content. Raises ValueError, worded for
+    the person who gave the file."""
+    try:
+        messages = Decoder(max_content_length=1 << 30).feed(data)
+    except ProtocolError:
+        messages = []
+    if len(messages) == 1 and len(messages[0].encode()) == len(data):
+        return data
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("it is neither one framed message nor a JSON value") from None
+    return json_frame(value)
+
+
+def action_request(action: str, value: Any) -> bytes:
+    """The request ``{"action": action, "value": value}`` as ``text/json``."""
+    return json_frame({"action": action, "value": value})
 
 
 @dataclasses.dataclass
@@ -229,6 +263,8 @@ class _Checks:
         """None if ``response`` is a right answer to ``request`` for the
         application the server runs (any valid message when unknown)."""
         app = self.target.app
+        if self.target.request is not None:
+            return None  # the server's own request: any valid message is an answer
         if response.is_error:
             error = response.error()
             return f"an error answer: {error.code if error else '?'}"
@@ -326,7 +362,6 @@ def _error(
 
 # -- the cases ------------------------------------------------------------------------------
 
-REQUEST = frame(b"conformance")
 CASES: list[Case] = []
 
 
@@ -342,17 +377,18 @@ def case(
 
 @case("framing", "guide", "one message sent at once gets one valid answer")
 def one_message(target: Target) -> Outcome:
-    return _one(target, REQUEST)
+    return _one(target, target.sample(b"conformance"))
 
 
 @case("framing", "guide", "one message sent a byte at a time")
 def byte_by_byte(target: Target) -> Outcome:
-    return _one(target, frame(b"slowly"), pieces=len(frame(b"slowly")))
+    data = target.sample(b"slowly")
+    return _one(target, data, pieces=len(data))
 
 
 @case("framing", "guide", "split in two at every boundary: in the length, after it, in and after the header")
 def split_at_boundaries(target: Target) -> Outcome:
-    data = frame(b"boundaries")
+    data = target.sample(b"boundaries")
     size = struct.unpack(">H", data[:2])[0]
     last = Outcome("PASS", "")
     for cut in (1, 2, 3, 2 + size // 2, 2 + size, 2 + size + 1):
@@ -406,7 +442,7 @@ def text_encodings(target: Target) -> Outcome:
 
 @case("framing", "strict", "many messages back to back in one write")
 def back_to_back(target: Target) -> Outcome:
-    return _one(target, b"".join(frame(b"%d" % i) for i in range(20)), count=20)
+    return _one(target, b"".join(target.sample(b"%d" % i) for i in range(20)), count=20)
 
 
 @case("exchanges", "strict", "keep-alive: a second request on the same connection after the first answer")
@@ -414,7 +450,7 @@ def keep_alive(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
         for number in range(1, 3):
-            wire.send(frame(b"again"))
+            wire.send(target.sample(b"again"))
             _, problem = wire.messages(number)
             if problem is not None:
                 return wire.outcome("FAIL", f"request {number}: {problem}")
@@ -428,6 +464,8 @@ def pipelining_order(target: Target) -> Outcome:
     data = b"".join(json_frame({"action": "search", "value": f"n{i}"}) for i in range(5))
     if target.app == "echo":
         data = b"".join(frame(b"n%d" % i) for i in range(5))
+    if target.request is not None:
+        data = target.request * 5  # (the order is not seen: the answers are alike)
     wire = _Wire(target)
     try:
         wire.send(data)
@@ -440,6 +478,8 @@ def pipelining_order(target: Target) -> Outcome:
             f"No match for 'n{i}'." for i in range(5)
         ]:
             return wire.outcome("FAIL", "the answers are not in request order")
+        if target.request is not None:
+            return wire.outcome("PASS", "5 pipelined requests, 5 answers (alike: their order not seen)")
         return wire.outcome("PASS", "5 pipelined requests, 5 answers in order")
     finally:
         wire.close()
@@ -449,14 +489,14 @@ def pipelining_order(target: Target) -> Outcome:
 def half_close(target: Target) -> Outcome:
     if target.ssl_context is not None:
         return Outcome("NOT-APPLICABLE", "a TLS client cannot half-close")
-    return _one(target, REQUEST + frame(b"two"), count=2, shut=True)
+    return _one(target, target.sample(b"conformance") + target.sample(b"two"), count=2, shut=True)
 
 
 @case("exchanges", "guide", "the guide's client: one request, one answer, the connection closed")
 def guide_client(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
-        wire.send(REQUEST)
+        wire.send(target.sample(b"conformance"))
         _, problem = wire.messages(1)
         if problem is not None:
             return wire.outcome("FAIL", problem)
@@ -468,7 +508,7 @@ def guide_client(target: Target) -> Outcome:
 
 def _still_serving(target: Target) -> str | None:
     # After an abuse: does a new connection still get answered?
-    outcome = _one(target, REQUEST)
+    outcome = _one(target, target.sample(b"conformance"))
     return None if outcome.status == "PASS" else f"the server no longer answers: {outcome.why}"
 
 
