@@ -139,7 +139,7 @@ def test_serve_on_a_port_in_use(taken_port: int) -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("nope", "--app takes search, echo, pubsub or MODULE:CALLABLE"),
+        ("nope", "--app takes search, echo, pubsub, conformance or MODULE:CALLABLE"),
         ("no_such_module_xyz:handler", "cannot import module"),
         ("os:no_such_thing", "has no"),
         ("os:sep", "is not callable"),

@@ -32,8 +32,11 @@ MAX_FAILED_STATUS = 100
 @click.argument("port", type=PORT)
 @click.option("--level", type=click.Choice(["guide", "strict"]), default="strict", show_default=True,
               help="guide: what the guide's server can be expected to pass; strict: all.")  # fmt: skip
-@click.option("--app", type=click.Choice(["none", "echo", "search"]), default="none", show_default=True,
-              help="The application the server runs, for the cases that check its answers.")  # fmt: skip
+@click.option("--app", type=click.Choice(["none", "echo", "search", "conformance"]), default="none",
+              show_default=True,
+              help="The application the server runs, for the cases that check its answers "
+                   "(conformance: framewire serve --app conformance, or the same actions, which reach "
+                   "every error code).")  # fmt: skip
 @click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
               default=limits.MESSAGE_TIMEOUT, show_default=True,
               help="The server's message deadline (the trickle case waits for it).")  # fmt: skip
@@ -55,6 +58,24 @@ MAX_FAILED_STATUS = 100
 @click.option("--action", default=None, metavar="NAME",
               help="As --request, the request {\"action\": NAME, \"value\": VALUE}.")  # fmt: skip
 @click.option("--value", default=None, metavar="JSON", help="The --action's value, as JSON (default: null).")
+@click.option("--proxy-protocol", is_flag=True,
+              help="The server expects a PROXY header first (from this address): every connection sends one, "
+                   "and the PROXY cases run.")  # fmt: skip
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="The server's connection limit, if 64 or less: the server-busy case reaches it.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=30),
+    default=None,
+    help="The server's idle timeout, if 30 s or less: the idle case waits for it.",
+)
+@click.option("--list", "list_rules", is_flag=True,
+              help="Print the protocol's numbered rules (docs/protocol.md) with the cases that check each, "
+                   "and exit.")  # fmt: skip
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results as JSON to this file.")  # fmt: skip
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -75,6 +96,10 @@ def conformance(
     request_file: Path | None,
     action: str | None,
     value: str | None,
+    proxy_protocol: bool,
+    max_connections: int | None,
+    idle_timeout: float | None,
+    list_rules: bool,
     json_file: Path | None,
     html_file: Path | None,
     tls: tuple[Any, str | None] | None,
@@ -97,6 +122,10 @@ def conformance(
     from framewire.tools import conformance as suite
     from framewire.tools import conformance_report as report
 
+    if list_rules:
+        for line in suite.rule_lines():
+            click.echo(line)
+        return
     request = _request(suite, request_file, action, value)
 
     host, port = server_address(host, port)
@@ -117,6 +146,9 @@ def conformance(
         patience=patience,
         extensions=extensions,
         request=request,
+        proxy_protocol=proxy_protocol,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
     )
     asked = "" if request is None else f", the server's own request ({about_request(request_file, action)})"
     click.echo(f"framewire conformance: {where(host, port)}, level {level}, app {app}{asked}")

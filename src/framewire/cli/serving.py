@@ -68,9 +68,9 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "app_spec",
     default="search",
     show_default=True,
-    metavar="search|echo|pubsub|MODULE:CALLABLE",
-    help="The application: the guide's search demo, echo, the pubsub broker, or your handler (a callable "
-    "Message -> Message).",
+    metavar="search|echo|pubsub|conformance|MODULE:CALLABLE",
+    help="The application: the guide's search demo, echo, the pubsub broker, the conformance suite's "
+    "actions, or your handler (a callable Message -> Message).",
 )
 @click.option(
     "--app-dir",
@@ -234,6 +234,7 @@ def serve(
         "search": ["request {target} search morpheus"],
         "echo": ["request {target} --text hello"],
         "pubsub": ["subscribe {target} news", "publish {target} news hello    (from a third terminal)"],
+        "conformance": ["conformance {target} --app conformance --extensions"],
     }.get(app_spec)
 
     def ready(bound_host: str, bound_port: int) -> None:

@@ -8,12 +8,13 @@ from typing import Any
 
 from framewire.server.app import Handler, echo, search_app
 from framewire.server.broker import pubsub_app
+from framewire.server.conformance_app import conformance_app
 
 __all__ = ["load_handler"]
 
 
 def load_handler(spec: str) -> Handler:
-    """The handler named by ``search``, ``echo``, ``pubsub`` or ``MODULE:CALLABLE``.
+    """The handler named by ``search``, ``echo``, ``pubsub``, ``conformance`` or ``MODULE:CALLABLE``.
 
     Raises ``ValueError`` with a sentence for a person when it cannot.
     """
@@ -23,9 +24,11 @@ def load_handler(spec: str) -> Handler:
         return echo
     if spec == "pubsub":
         return pubsub_app()
+    if spec == "conformance":
+        return conformance_app()
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--app takes search, echo, pubsub or MODULE:CALLABLE, not {spec!r}")
+        raise ValueError(f"--app takes search, echo, pubsub, conformance or MODULE:CALLABLE, not {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -29,12 +29,23 @@ from framewire.core.decoder import Decoder
 from framewire.core.errors import ProtocolError
 from framewire.core.message import Message
 from framewire.io.netio import connect, describe
+from framewire.tools.rules import RULES, SECTIONS
 
-__all__ = ["CASES", "Case", "Outcome", "Target", "action_request", "frame", "request_from", "run_suite"]
+__all__ = [
+    "CASES",
+    "Case",
+    "Outcome",
+    "Target",
+    "action_request",
+    "frame",
+    "request_from",
+    "rule_lines",
+    "run_suite",
+]
 
 Status = Literal["PASS", "FAIL", "NOT-APPLICABLE"]
 Level = Literal["guide", "strict"]
-App = Literal["none", "echo", "search"]
+App = Literal["none", "echo", "search", "conformance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,14 @@ class Target:
     #: included (an App of JSON actions rightly refuses the suite's binary
     #: requests with bad-content). None: the suite's own binary requests.
     request: bytes | None = None
+    #: It expects a PROXY protocol header first, from the suite's address
+    #: (``--proxy-protocol``): the PROXY cases run.
+    proxy_protocol: bool = False
+    #: Its connection limit, when small enough to reach politely (the
+    #: server-busy case opens this many connections, and one more).
+    max_connections: int | None = None
+    #: Its idle timeout in seconds, when short enough to wait for.
+    idle_timeout: float | None = None
 
     def sample(self, content: bytes) -> bytes:
         """The request a case sends where any request will do: the server's
@@ -113,6 +132,8 @@ class Case:
     level: Level
     about: str
     run: Callable[[Target], Outcome]
+    #: The numbers of the rules of docs/protocol.md it checks (tools/rules.py).
+    rules: tuple[str, ...] = ()
 
 
 # -- bytes by hand ------------------------------------------------------------------------
@@ -162,7 +183,7 @@ class _Wire:
     """One connection of a case: what is sent and received is kept (what is
     received up to :data:`MAX_RECEIVED`, past which the case stops reading)."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, proxy: bytes | None = None) -> None:
         self.target = target
         self.sent = bytearray()
         self.received = bytearray()
@@ -172,6 +193,12 @@ class _Wire:
         self.sock = connect(
             target.host, target.port, target.patience, target.ssl_context, target.server_hostname, keepalive=0
         )
+        # A server that expects a PROXY header first gets one (``proxy``:
+        # these bytes instead; b"": none, for the cases about the header).
+        if proxy is None and target.proxy_protocol:
+            proxy = PROXY_V1
+        if proxy:
+            self.send(proxy)
 
     def send(self, data: bytes, pieces: int = 1) -> None:
         """Send ``data``, in ``pieces`` writes (1: at once)."""
@@ -271,7 +298,9 @@ class _Checks:
         if app == "none":
             return None
         (sent,) = Decoder(max_content_length=1 << 40).feed(request)
-        if app == "echo":
+        if app == "conformance" and sent.content_type == "text/json":
+            return None  # its actions' answers are judged by their own cases
+        if app in ("echo", "conformance"):
             if (response.content, response.content_type) != (sent.content, sent.content_type):
                 return "the echo application's answer is not the request's content and type"
             return None
@@ -283,9 +312,20 @@ class _Checks:
         return None
 
 
-def _one(target: Target, data: bytes, pieces: int = 1, count: int = 1, shut: bool = False) -> Outcome:
+#: The PROXY header the suite sends a server that expects one (--proxy-protocol).
+PROXY_V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 65432\r\n"
+
+
+def _one(
+    target: Target,
+    data: bytes,
+    pieces: int = 1,
+    count: int = 1,
+    shut: bool = False,
+    proxy: bytes | None = None,
+) -> Outcome:
     # Send, read ``count`` answers, check each against the application.
-    wire = _Wire(target)
+    wire = _Wire(target, proxy)
     try:
         wire.send(data, pieces)
         if shut:
@@ -301,6 +341,22 @@ def _one(target: Target, data: bytes, pieces: int = 1, count: int = 1, shut: boo
         return wire.outcome("PASS", f"{count} valid answer{'s' if count > 1 else ''}")
     finally:
         wire.close()
+
+
+def _error_form(answer: Message) -> str | None:
+    # §5.1: an error answer is text/json in utf-8, {"error": {"code", "message"}}.
+    if (answer.content_type, answer.content_encoding) != ("text/json", "utf-8"):
+        got = f"{answer.content_type} in {answer.content_encoding}"
+        return f"an error answer must be text/json in utf-8, not {got}"
+    body = answer.json()
+    inner = body.get("error") if isinstance(body, dict) else None
+    if (
+        not isinstance(inner, dict)
+        or not isinstance(inner.get("code"), str)
+        or not isinstance(inner.get("message"), str)
+    ):
+        return 'an error answer\'s content must be {"error": {"code": ..., "message": ...}}'
+    return None
 
 
 def _split(data: bytes) -> list[bytes]:
@@ -345,6 +401,9 @@ def _error(
         if error is None or error.code != code:
             got = error.code if error else "a non-error answer"
             return wire.outcome("FAIL", f"expected {code}, got {got}")
+        wrong = _error_form(answers[0])
+        if wrong is not None:
+            return wire.outcome("FAIL", wrong)
         if closes and not wire.ends():
             return wire.outcome("FAIL", f"{code} must close the connection; it stayed open")
         if then and wire.reset:
@@ -366,27 +425,36 @@ CASES: list[Case] = []
 
 
 def case(
-    group: str, level: Level, about: str
+    group: str, level: Level, about: str, rules: tuple[str, ...]
 ) -> Callable[[Callable[[Target], Outcome]], Callable[[Target], Outcome]]:
+    unknown = [rule for rule in rules if rule not in RULES]
+    if unknown or not rules:
+        raise ValueError(f"a case names rules of docs/protocol.md: {unknown or 'none'}")
+
     def register(run: Callable[[Target], Outcome]) -> Callable[[Target], Outcome]:
-        CASES.append(Case(group, run.__name__.replace("_", "-"), level, about, run))
+        CASES.append(Case(group, run.__name__.replace("_", "-"), level, about, run, rules))
         return run
 
     return register
 
 
-@case("framing", "guide", "one message sent at once gets one valid answer")
+@case("framing", "guide", "one message sent at once gets one valid answer", ("1.1", "1.3", "3.4"))
 def one_message(target: Target) -> Outcome:
     return _one(target, target.sample(b"conformance"))
 
 
-@case("framing", "guide", "one message sent a byte at a time")
+@case("framing", "guide", "one message sent a byte at a time", ("1.4",))
 def byte_by_byte(target: Target) -> Outcome:
     data = target.sample(b"slowly")
     return _one(target, data, pieces=len(data))
 
 
-@case("framing", "guide", "split in two at every boundary: in the length, after it, in and after the header")
+@case(
+    "framing",
+    "guide",
+    "split in two at every boundary: in the length, after it, in and after the header",
+    ("1.4",),
+)
 def split_at_boundaries(target: Target) -> Outcome:
     data = target.sample(b"boundaries")
     size = struct.unpack(">H", data[:2])[0]
@@ -406,19 +474,19 @@ def split_at_boundaries(target: Target) -> Outcome:
     return last
 
 
-@case("framing", "guide", "content of length 0")
+@case("framing", "guide", "content of length 0", ("1.3",))
 def empty_content(target: Target) -> Outcome:
     return _one(target, frame(b""))
 
 
-@case("framing", "guide", "content larger than 1 MiB")
+@case("framing", "guide", "content larger than 1 MiB", ("1.3",))
 def large_content(target: Target) -> Outcome:
     if target.max_content_length < 1_100_000:
         return Outcome("NOT-APPLICABLE", "the server's content limit is below 1 MiB")
     return _one(target, frame(bytes(range(256)) * 4400))
 
 
-@case("framing", "guide", "header keys in another order, and an extension key")
+@case("framing", "guide", "header keys in another order, and an extension key", ("2.4", "2.5"))
 def keys_in_any_order(target: Target) -> Outcome:
     content = b"any order"
     header = {"x-trace": "abc", "content-length": len(content), "content-encoding": "binary"}
@@ -426,7 +494,7 @@ def keys_in_any_order(target: Target) -> Outcome:
     return _one(target, frame(content, header))
 
 
-@case("framing", "guide", "text content in each text encoding: utf-8, utf-16, latin-1")
+@case("framing", "guide", "text content in each text encoding: utf-8, utf-16, latin-1", ("2.3",))
 def text_encodings(target: Target) -> Outcome:
     outcome = Outcome("PASS", "")
     for encoding in ("utf-8", "utf-16", "latin-1"):
@@ -440,12 +508,17 @@ def text_encodings(target: Target) -> Outcome:
     return outcome
 
 
-@case("framing", "strict", "many messages back to back in one write")
+@case("framing", "strict", "many messages back to back in one write", ("1.4", "3.1"))
 def back_to_back(target: Target) -> Outcome:
     return _one(target, b"".join(target.sample(b"%d" % i) for i in range(20)), count=20)
 
 
-@case("exchanges", "strict", "keep-alive: a second request on the same connection after the first answer")
+@case(
+    "exchanges",
+    "strict",
+    "keep-alive: a second request on the same connection after the first answer",
+    ("3.2",),
+)
 def keep_alive(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
@@ -459,7 +532,7 @@ def keep_alive(target: Target) -> Outcome:
         wire.close()
 
 
-@case("exchanges", "strict", "pipelining: answers come in request order")
+@case("exchanges", "strict", "pipelining: answers come in request order", ("3.1", "3.2"))
 def pipelining_order(target: Target) -> Outcome:
     data = b"".join(json_frame({"action": "search", "value": f"n{i}"}) for i in range(5))
     if target.app == "echo":
@@ -485,14 +558,16 @@ def pipelining_order(target: Target) -> Outcome:
         wire.close()
 
 
-@case("exchanges", "strict", "half-close: requests sent, then the client's side shut, still answered")
+@case(
+    "exchanges", "strict", "half-close: requests sent, then the client's side shut, still answered", ("3.3",)
+)
 def half_close(target: Target) -> Outcome:
     if target.ssl_context is not None:
         return Outcome("NOT-APPLICABLE", "a TLS client cannot half-close")
     return _one(target, target.sample(b"conformance") + target.sample(b"two"), count=2, shut=True)
 
 
-@case("exchanges", "guide", "the guide's client: one request, one answer, the connection closed")
+@case("exchanges", "guide", "the guide's client: one request, one answer, the connection closed", ("3.2",))
 def guide_client(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
@@ -512,28 +587,28 @@ def _still_serving(target: Target) -> str | None:
     return None if outcome.status == "PASS" else f"the server no longer answers: {outcome.why}"
 
 
-@case("errors", "strict", "a header length of 0 is bad-header-length, then close")
+@case("errors", "strict", "a header length of 0 is bad-header-length, then close", ("1.1", "5.1"))
 def bad_header_length(target: Target) -> Outcome:
     return _error(target, b"\x00\x00", "bad-header-length", closes=True)
 
 
-@case("errors", "strict", "a header that is not JSON is bad-header, then close")
+@case("errors", "strict", "a header that is not JSON is bad-header, then close", ("1.2", "5.1"))
 def bad_header(target: Target) -> Outcome:
     return _error(target, struct.pack(">H", 9) + b"{not json", "bad-header", closes=True)
 
 
-@case("errors", "strict", "a header without content-type is missing-header-key, then close")
+@case("errors", "strict", "a header without content-type is missing-header-key, then close", ("2.1", "5.1"))
 def missing_header_key(target: Target) -> Outcome:
     header = {"byteorder": "little", "content-encoding": "binary", "content-length": 1}
     return _error(target, frame(b"x", header), "missing-header-key", closes=True)
 
 
-@case("errors", "strict", "a negative content-length is bad-header-value, then close")
+@case("errors", "strict", "a negative content-length is bad-header-value, then close", ("2.2", "5.1"))
 def bad_header_value(target: Target) -> Outcome:
     return _error(target, frame(b"", content_length=-1), "bad-header-value", closes=True)
 
 
-@case("errors", "strict", "a header above the server's limit is header-too-large, then close")
+@case("errors", "strict", "a header above the server's limit is header-too-large, then close", ("5.4",))
 def header_too_large(target: Target) -> Outcome:
     if target.max_header_size >= 65535:
         return Outcome("NOT-APPLICABLE", "the server's header limit is the most a header can be")
@@ -546,42 +621,59 @@ def header_too_large(target: Target) -> Outcome:
 _STILL_SENDING = 256 * 1024
 
 
-@case("errors", "strict", "a client still sending after a framing error gets its answer and an orderly end")
+@case(
+    "errors",
+    "strict",
+    "a client still sending after a framing error gets its answer and an orderly end",
+    ("5.2",),
+)
 def error_while_sending(target: Target) -> Outcome:
     # A server that closes with the client's bytes unread makes its kernel
     # reset the connection, and the reset can cost the client the answer.
     return _error(target, b"\x00\x00", "bad-header-length", closes=True, then=frame(b"x" * _STILL_SENDING))
 
 
-@case("errors", "strict", "the stream ending mid-message is incomplete-message")
+@case("errors", "strict", "the stream ending mid-message is incomplete-message", ("5.8",))
 def incomplete_message(target: Target) -> Outcome:
     if target.ssl_context is not None:
         return Outcome("NOT-APPLICABLE", "a TLS client cannot half-close")
     return _error(target, frame(b"0123456789")[:-4], "incomplete-message", closes=True, shut=True)
 
 
-@case("errors", "strict", "text/json content that is not JSON is bad-content, connection kept")
+@case(
+    "errors", "strict", "text/json content that is not JSON is bad-content, connection kept", ("5.6", "5.3")
+)
 def bad_content(target: Target) -> Outcome:
-    if target.app != "search":
+    if target.app not in ("search", "conformance"):
         return Outcome("NOT-APPLICABLE", "only an application that reads JSON content must refuse it")
     header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8"}
     return _error(target, frame(b"{oops", header | {"content-length": 5}), "bad-content", closes=False)
 
 
-@case("errors", "strict", "text content with an encoding that is not a text codec is bad-encoding, kept")
+@case(
+    "errors",
+    "strict",
+    "text content with an encoding that is not a text codec is bad-encoding, kept",
+    ("2.3", "5.3"),
+)
 def bad_encoding(target: Target) -> Outcome:
-    if target.app != "search":
+    if target.app not in ("search", "conformance"):
         return Outcome("NOT-APPLICABLE", "only an application that reads text content must refuse it")
     header = {"byteorder": "little", "content-type": "text/json", "content-encoding": "no-such-codec"}
     return _error(target, frame(b"{}", header | {"content-length": 2}), "bad-encoding", closes=False)
 
 
-@case("limits and time", "strict", "a huge content-length is content-too-large before any content")
+@case("limits and time", "strict", "a huge content-length is content-too-large before any content", ("5.5",))
 def huge_content_length(target: Target) -> Outcome:
     return _error(target, frame(b"", content_length=1 << 50), "content-too-large", closes=True)
 
 
-@case("limits and time", "strict", "a peer that trickles a message is cut with timeout at the deadline")
+@case(
+    "limits and time",
+    "strict",
+    "a peer that trickles a message is cut with timeout at the deadline",
+    ("5.7",),
+)
 def trickle_cut_at_deadline(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
@@ -599,7 +691,7 @@ def trickle_cut_at_deadline(target: Target) -> Outcome:
         wire.close()
 
 
-@case("limits and time", "strict", "a peer that never reads its answers does not stop the server")
+@case("limits and time", "strict", "a peer that never reads its answers does not stop the server", ("3.2",))
 def never_reads(target: Target) -> Outcome:
     wire = _Wire(target)
     try:
@@ -618,7 +710,7 @@ def never_reads(target: Target) -> Outcome:
         wire.close()
 
 
-@case("application", "strict", "the echo or demo application's answers")
+@case("application", "strict", "the echo, demo or conformance application's answers", ("6.1", "7.1"))
 def application_answers(target: Target) -> Outcome:
     if target.app == "none":
         return Outcome("NOT-APPLICABLE", "the server did not say which application it runs (--app)")
@@ -635,6 +727,16 @@ def application_answers(target: Target) -> Outcome:
                 if wrong is not None:
                     return wire.outcome("FAIL", wrong)
             return wire.outcome("PASS", "binary and JSON content echoed")
+        if target.app == "conformance":
+            wire.send(frame(b"echo me") + _action("echo", {"x": [1]}))
+            answers, problem = wire.messages(2)
+            if problem is not None:
+                return wire.outcome("FAIL", problem)
+            if answers[0].content != b"echo me" or answers[1].json() != {"result": {"x": [1]}}:
+                return wire.outcome(
+                    "FAIL", "binary content is not echoed, or the echo action's result is not its value"
+                )
+            return wire.outcome("PASS", "binary content echoed, the echo action answered")
         wire.send(json_frame({"action": "search", "value": "morpheus"}))
         answers, problem = wire.messages(1)
         if problem is not None:
@@ -656,7 +758,7 @@ def _extensions(target: Target) -> Outcome | None:
     return Outcome("NOT-APPLICABLE", "the server did not say it knows framewire's extensions (--extensions)")
 
 
-@case("extensions", "strict", "a request's framewire-id is on its answer")
+@case("extensions", "strict", "a request's framewire-id is on its answer", ("8.2",))
 def id_echoed(target: Target) -> Outcome:
     if (skip := _extensions(target)) is not None:
         return skip
@@ -674,7 +776,7 @@ def id_echoed(target: Target) -> Outcome:
         wire.close()
 
 
-@case("extensions", "strict", "an unordered request's answer is marked, with its id")
+@case("extensions", "strict", "an unordered request's answer is marked, with its id", ("8.5",))
 def unordered_marked(target: Target) -> Outcome:
     if (skip := _extensions(target)) is not None:
         return skip
@@ -692,7 +794,7 @@ def unordered_marked(target: Target) -> Outcome:
         wire.close()
 
 
-@case("extensions", "strict", "a cancel gets no answer of its own (an id nobody sent is ignored)")
+@case("extensions", "strict", "a cancel gets no answer of its own (an id nobody sent is ignored)", ("8.7",))
 def cancel_unknown(target: Target) -> Outcome:
     if (skip := _extensions(target)) is not None:
         return skip
@@ -712,7 +814,7 @@ def cancel_unknown(target: Target) -> Outcome:
         wire.close()
 
 
-@case("extensions", "strict", "framewire-describe is answered by the server, with its actions")
+@case("extensions", "strict", "framewire-describe is answered by the server, with its actions", ("8.4",))
 def describe_probe(target: Target) -> Outcome:
     if (skip := _extensions(target)) is not None:
         return skip
@@ -733,7 +835,7 @@ def describe_probe(target: Target) -> Outcome:
         wire.close()
 
 
-@case("extensions", "strict", "a stream asked of an action that does not stream is one answer")
+@case("extensions", "strict", "a stream asked of an action that does not stream is one answer", ("8.6",))
 def stream_asked_once(target: Target) -> Outcome:
     if (skip := _extensions(target)) is not None:
         return skip
@@ -748,6 +850,440 @@ def stream_asked_once(target: Target) -> Outcome:
         return wire.outcome("PASS", "one answer, then the next request's")
     finally:
         wire.close()
+
+
+# -- header edge cases ---------------------------------------------------------------------------
+
+
+def _raw_frame(header: str, content: bytes) -> bytes:
+    # A header written by hand (a key twice, a number in any form).
+    raw = header.encode()
+    return struct.pack(">H", len(raw)) + raw + content
+
+
+def _all_refused(target: Target, datas: list[tuple[str, bytes]], code: str) -> Outcome:
+    # Each of ``datas`` on its own connection is ``code``, then a close.
+    last = Outcome("PASS", "")
+    for label, data in datas:
+        last = _error(target, data, code, closes=True)
+        if last.status != "PASS":
+            last.why = f"{label}: {last.why}"
+            return last
+    last.why = f"{len(datas)} forms, each {code}, then closed"
+    return last
+
+
+_BINARY_KEYS = (
+    '"byteorder": "little", "content-type": "binary/custom-client-binary-type", "content-encoding": "binary"'
+)
+
+
+@case(
+    "header",
+    "strict",
+    "content-length as a fraction, an exponent, a string or true is bad-header-value",
+    ("2.2",),
+)
+def content_length_forms(target: Target) -> Outcome:
+    forms = ["1.0", "1e0", '"1"', "true", "null", "-0.5"]
+    return _all_refused(
+        target,
+        [
+            (f"content-length {form}", _raw_frame(f'{{{_BINARY_KEYS}, "content-length": {form}}}', b"x"))
+            for form in forms
+        ],
+        "bad-header-value",
+    )
+
+
+@case(
+    "header",
+    "strict",
+    "an empty content-type, a numeric encoding or byteorder middle is bad-header-value",
+    ("2.3", "2.4"),
+)
+def header_value_forms(target: Target) -> Outcome:
+    base = {
+        "byteorder": "little",
+        "content-type": "binary/x",
+        "content-encoding": "binary",
+        "content-length": 1,
+    }
+    bad: list[tuple[str, Any]] = [("content-type", ""), ("content-encoding", 5), ("byteorder", "middle")]
+    return _all_refused(
+        target,
+        [(f"{key} {value!r}", frame(b"x", base | {key: value})) for key, value in bad],
+        "bad-header-value",
+    )
+
+
+@case("header", "strict", "a header that is a JSON array, not UTF-8, or holds NaN is bad-header", ("1.2",))
+def header_not_an_object(target: Target) -> Outcome:
+    forms = [
+        ("an array", struct.pack(">H", 3) + b"[1]"),
+        ("not UTF-8", struct.pack(">H", 8) + b'{"\xff": 1}'),
+        ("NaN", _raw_frame(f'{{{_BINARY_KEYS}, "content-length": 0, "x": NaN}}', b"")),
+    ]
+    return _all_refused(target, forms, "bad-header")
+
+
+@case("header", "strict", "extension values of every JSON type are kept, never refused", ("2.5",))
+def extension_values(target: Target) -> Outcome:
+    header: dict[str, Any] = {
+        "byteorder": "little",
+        "content-type": "binary/custom-client-binary-type",
+        "content-encoding": "binary",
+    }
+    header |= {
+        "x-null": None,
+        "x-true": True,
+        "x-number": -1.5e3,
+        "x-text": "é",
+        "x-list": [1, [2]],
+        "x-object": {"a": {}},
+    }
+    return _one(target, frame(b"typed", header | {"content-length": 5}))
+
+
+@case("header", "strict", "a key given twice keeps its last value", ("2.6",))
+def duplicate_keys(target: Target) -> Outcome:
+    # content-length 999 and then 3: the message is 3 bytes long; a server
+    # that kept the first value would wait for 996 more, and not answer.
+    data = _raw_frame(f'{{{_BINARY_KEYS}, "content-length": 999, "content-length": 3}}', b"abc")
+    return _one(target, data)
+
+
+@case("header", "strict", "a TLS hello on a plain port is bad-header at once, not a wait", ("2.7",))
+def hello_on_plain_port(target: Target) -> Outcome:
+    if target.ssl_context is not None:
+        return Outcome("NOT-APPLICABLE", "the address is TLS")
+    # The first bytes of a TLS ClientHello: a header length of 5635, then a
+    # byte that cannot begin a JSON object. Only those: waiting for 5635
+    # more would never end.
+    wire = _Wire(target)
+    try:
+        wire.send(b"\x16\x03\x01\x02\x00\x01")
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", f"expected bad-header at once: {problem}")
+        error = answers[0].error()
+        # (header-too-large is as right, from a server whose limit is below 5635)
+        if error is None or error.code not in ("bad-header", "header-too-large"):
+            return wire.outcome("FAIL", f"expected bad-header, got {error.code if error else 'an answer'}")
+        return wire.outcome("PASS", f"{error.code} at once")
+    finally:
+        wire.close()
+
+
+@case(
+    "exchanges",
+    "strict",
+    "a connection idle past the server's idle timeout is closed without a response",
+    ("3.5",),
+)
+def idle_closed(target: Target) -> Outcome:
+    if target.idle_timeout is None or target.idle_timeout > 30:
+        return Outcome("NOT-APPLICABLE", "no idle timeout of 30 s or less was given (--idle-timeout)")
+    wire = _Wire(target)
+    try:
+        if not wire.ends(target.idle_timeout + target.patience):
+            return wire.outcome("FAIL", f"still open {target.idle_timeout + target.patience:g} s later")
+        if wire.received:
+            return wire.outcome("FAIL", "the server sent something before closing an idle connection")
+        return wire.outcome("PASS", "closed, with nothing sent")
+    finally:
+        wire.close()
+
+
+# -- transports --------------------------------------------------------------------------------
+
+
+@case("transports", "strict", "inside TLS: one message, a split one, and two pipelined", ("4.1",))
+def tls_framing(target: Target) -> Outcome:
+    if target.ssl_context is None:
+        return Outcome("NOT-APPLICABLE", "the address is not TLS (--tls / --tls-ca)")
+    data = target.sample(b"inside TLS")
+    return _one(target, data[:3] + data[3:] + data, pieces=2, count=2)
+
+
+@case("transports", "strict", "a TLS handshake that stalls is closed within the message deadline", ("4.2",))
+def tls_handshake_stall(target: Target) -> Outcome:
+    if target.ssl_context is None:
+        return Outcome("NOT-APPLICABLE", "the address is not TLS (--tls / --tls-ca)")
+    with socket.create_connection((target.host, target.port), timeout=target.patience) as sock:
+        sock.sendall(b"\x16\x03\x01")  # a handshake begun, and never gone on with
+        sock.settimeout(target.message_timeout + target.patience)
+        try:
+            while sock.recv(4096):
+                pass
+        except TimeoutError:
+            return Outcome(
+                "FAIL", f"the handshake was still open after {target.message_timeout + target.patience:g} s"
+            )
+        except OSError:
+            pass  # a reset is a close too
+    return Outcome("PASS", "closed within the deadline")
+
+
+# -- errors the application causes (the conformance app's actions) ----------------------------
+
+
+def _conformance_app(target: Target) -> Outcome | None:
+    if target.app == "conformance":
+        return None
+    return Outcome("NOT-APPLICABLE", "the server does not run the conformance app (--app conformance)")
+
+
+def _action(action: str, value: Any, **keys: Any) -> bytes:
+    return json_frame({"action": action, "value": value}, **keys)
+
+
+@case(
+    "application errors", "strict", "an action that raises is handler-error, connection kept", ("5.10", "5.1")
+)
+def handler_error(target: Target) -> Outcome:
+    if (skip := _conformance_app(target)) is not None:
+        return skip
+    return _error(target, _action("fail", None), "handler-error", closes=False)
+
+
+@case("application errors", "strict", "an action the application does not have is unknown-action", ("5.11",))
+def unknown_action(target: Target) -> Outcome:
+    if (skip := _conformance_app(target)) is not None:
+        return skip
+    return _error(target, _action("no-such-action", None), "unknown-action", closes=False)
+
+
+@case("application errors", "strict", "a value that does not fit a typed action is invalid-value", ("5.12",))
+def invalid_value(target: Target) -> Outcome:
+    if (skip := _conformance_app(target)) is not None:
+        return skip
+    return _error(target, _action("typed", "not an integer"), "invalid-value", closes=False)
+
+
+@case(
+    "application errors",
+    "strict",
+    "an application's own code, with details, keeps the connection",
+    ("5.13", "5.3"),
+)
+def application_code(target: Target) -> Outcome:
+    if (skip := _conformance_app(target)) is not None:
+        return skip
+    outcome = _error(target, _action("code", [1, "two"]), "conformance-code", closes=False)
+    if outcome.status == "PASS":
+        (answer,) = Decoder(max_content_length=MAX_RECEIVED).feed(
+            outcome.received[: _first_length(outcome.received)]
+        )
+        details = answer.json()["error"].get("details")
+        if details != {"value": [1, "two"]}:
+            return Outcome(
+                "FAIL",
+                f"the error's details are {details!r}, not the value given",
+                outcome.sent,
+                outcome.received,
+            )
+        outcome.why = "conformance-code with its details, connection kept"
+    return outcome
+
+
+def _first_length(data: bytes) -> int:
+    # The length of the first message of ``data``.
+    size: int = struct.unpack(">H", data[:2])[0]
+    return 2 + size + int(json.loads(data[2 : 2 + size])["content-length"])
+
+
+@case(
+    "limits and time",
+    "strict",
+    "past the connection limit, a connection gets server-busy and is closed",
+    ("5.9",),
+)
+def server_busy(target: Target) -> Outcome:
+    limit = target.max_connections
+    if limit is None or limit > 64:
+        return Outcome("NOT-APPLICABLE", "no connection limit of 64 or less was given (--max-connections)")
+    held: list[_Wire] = []
+    try:
+        for _ in range(limit):
+            wire = _Wire(target)
+            held.append(wire)
+            wire.send(target.sample(b"held"))
+            _, problem = wire.messages(1)
+            if problem is not None:
+                return wire.outcome("FAIL", f"a connection within the limit: {problem}")
+        outcome = _error(target, target.sample(b"one too many"), "server-busy", closes=True)
+        if outcome.status == "PASS":
+            outcome.why = f"{limit} held, the next one server-busy and closed"
+        return outcome
+    finally:
+        for wire in held:
+            wire.close()
+        _settled(target)
+
+
+def _settled(target: Target) -> None:
+    # Until the server has seen the held connections go (their closes are
+    # on their way), a new one may still be refused: wait, within the
+    # patience, for one to be answered, so the next case starts clean.
+    deadline = time.monotonic() + target.patience
+    while time.monotonic() < deadline and _still_serving(target) is not None:
+        time.sleep(0.05)
+
+
+# -- extensions the conformance app makes observable ----------------------------------------------
+
+
+@case("extensions", "strict", "framewire-ping is answered with the probe's content and extension", ("8.1",))
+def ping_echoed(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(frame(b"are you there", framewire_ping=7))
+        answers, problem = wire.messages(1)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        if answers[0].get("framewire-ping") != 7 or answers[0].content != b"are you there":
+            return wire.outcome("FAIL", "the answer is not the probe's content with framewire-ping 7")
+        return wire.outcome("PASS", "the probe came back")
+    finally:
+        wire.close()
+
+
+@case(
+    "extensions",
+    "strict",
+    "a request whose framewire-deadline has passed is timeout, connection kept",
+    ("8.3",),
+)
+def deadline_passed(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    late = frame(b"too late", framewire_deadline=0)
+    if target.request is not None:
+        late = _with_keys(target.request, framewire_deadline=0)
+    return _error(target, late, "timeout", closes=False)
+
+
+def _with_keys(request: bytes, **keys: Any) -> bytes:
+    # ``request`` with extension keys added to its header.
+    size = struct.unpack(">H", request[:2])[0]
+    header = json.loads(request[2 : 2 + size])
+    header.update({key.replace("_", "-"): value for key, value in keys.items()})
+    return frame(request[2 + size :], header)
+
+
+@case("extensions", "strict", "a stream: items with the id, then an end", ("8.6",))
+def stream_items(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None or (skip := _conformance_app(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(_action("stream", 3, framewire_id=9, framewire_stream=True))
+        answers, problem = wire.messages(4)
+        if problem is not None:
+            return wire.outcome("FAIL", problem)
+        marks = [(a.get("framewire-id"), a.get("framewire-stream")) for a in answers]
+        if marks != [(9, "item")] * 3 + [(9, "end")]:
+            return wire.outcome("FAIL", f"the answers are marked {marks}, not three items and an end of id 9")
+        if [a.json().get("result") for a in answers[:3]] != [0, 1, 2]:
+            return wire.outcome("FAIL", "the items are not 0, 1, 2")
+        return wire.outcome("PASS", "3 items, then the end")
+    finally:
+        wire.close()
+
+
+@case("extensions", "strict", "a cancelled request is answered cancelled; the connection goes on", ("8.7",))
+def cancelled(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None or (skip := _conformance_app(target)) is not None:
+        return skip
+    wire = _Wire(target)
+    try:
+        wire.send(_action("slow", 5, framewire_id=11, framewire_unordered=True))
+        wire.send(json_frame(None, framewire_cancel=11) + _action("echo", "after", framewire_id=12))
+        answers, problem = wire.messages(2, min(4.0, target.patience))
+        if problem is not None:
+            return wire.outcome(
+                "FAIL",
+                f"expected the cancelled answer and the next one before the slow action ends: {problem}",
+            )
+        by_id = {a.get("framewire-id"): a for a in answers}
+        error = by_id[11].error() if 11 in by_id else None
+        if error is None or error.code != "cancelled":
+            return wire.outcome(
+                "FAIL", f"request 11 was answered {error.code if error else 'without cancelled'}"
+            )
+        if 12 not in by_id:
+            return wire.outcome("FAIL", "the request after the cancel was not answered")
+        return wire.outcome("PASS", "cancelled, and the next request answered")
+    finally:
+        wire.close()
+
+
+# -- the PROXY protocol ---------------------------------------------------------------------------
+
+
+def _proxy(target: Target) -> Outcome | None:
+    if target.proxy_protocol:
+        return None
+    return Outcome("NOT-APPLICABLE", "the server did not say it expects a PROXY header (--proxy-protocol)")
+
+
+_PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+@case("proxy", "strict", "a PROXY header, version 1 and version 2, then requests answered", ("9.1",))
+def proxy_header(target: Target) -> Outcome:
+    if (skip := _proxy(target)) is not None:
+        return skip
+    addresses = (
+        socket.inet_aton("192.0.2.1") + socket.inet_aton("192.0.2.2") + struct.pack(">HH", 40000, 65432)
+    )
+    v2 = _PROXY_V2_SIGNATURE + b"\x21\x11" + struct.pack(">H", len(addresses)) + addresses
+    for label, header in (("version 1", PROXY_V1), ("version 2", v2)):
+        outcome = _one(target, target.sample(b"behind a balancer"), proxy=header)
+        if outcome.status != "PASS":
+            outcome.why = f"{label}: {outcome.why}"
+            return outcome
+    return Outcome("PASS", "answered after a version 1 and a version 2 header")
+
+
+@case(
+    "proxy",
+    "strict",
+    "a connection that should start with a PROXY header and does not is closed unanswered",
+    ("9.2",),
+)
+def proxy_missing(target: Target) -> Outcome:
+    if (skip := _proxy(target)) is not None:
+        return skip
+    wire = _Wire(target, proxy=b"")
+    try:
+        wire.send(target.sample(b"no header"))
+        if not wire.ends():
+            return wire.outcome("FAIL", "the connection stayed open")
+        if wire.received:
+            return wire.outcome("FAIL", "the server answered a connection without its PROXY header")
+        return wire.outcome("PASS", "closed without a response")
+    finally:
+        wire.close()
+
+
+#: The groups, in the order the cases run and the reports show them.
+GROUPS = (
+    "framing",
+    "header",
+    "exchanges",
+    "transports",
+    "errors",
+    "application errors",
+    "limits and time",
+    "application",
+    "extensions",
+    "proxy",
+)
+CASES.sort(key=lambda item: GROUPS.index(item.group))
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -767,6 +1303,7 @@ class Result:
             "name": self.case.name,
             "level": self.case.level,
             "about": self.case.about,
+            "rules": list(self.case.rules),
             "status": self.outcome.status,
             "why": self.outcome.why,
             "seconds": round(self.seconds, 3),
@@ -790,3 +1327,18 @@ def run_suite(target: Target, level: Level = "strict", only: str | None = None) 
         except Exception as exc:  # a server's bytes the case did not foresee
             outcome = Outcome("FAIL", f"{type(exc).__name__}: {exc}")
         yield Result(item, outcome, time.monotonic() - started)
+
+
+def rule_lines() -> list[str]:
+    """``--list``: each section and rule of docs/protocol.md, with the
+    cases that check it (a rule with none says so)."""
+    lines = []
+    for section, title in SECTIONS.items():
+        lines.append(f"§{section} {title}")
+        for number, rule in RULES.items():
+            if number.split(".")[0] != section:
+                continue
+            cases = [item.name for item in CASES if number in item.rules]
+            lines.append(f"  §{number:<5} {rule}")
+            lines.append(f"         cases: {', '.join(cases) if cases else 'NONE'}")
+    return lines

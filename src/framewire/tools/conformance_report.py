@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from framewire.tools.conformance import Result
+from framewire.tools.rules import RULES, SECTIONS
 
 __all__ = ["dump", "html_report", "json_report", "summary", "table_lines"]
 
@@ -41,6 +42,8 @@ def table_lines(result: Result, group_changed: bool) -> Iterable[str]:
     outcome = result.outcome
     yield f"  {_MARK[outcome.status]}  {result.case.name:<24} {outcome.why}"
     if outcome.status == "FAIL":
+        for rule in result.case.rules:
+            yield f"        broken: §{rule} {RULES[rule]}"
         yield "        sent:"
         yield from (f"          {line}" for line in dump(outcome.sent))
         yield "        received:"
@@ -61,7 +64,9 @@ h1{font-size:1.4rem}.bar{display:flex;height:1.6rem;border-radius:.3rem;overflow
 .PASS{background:#2e7d32}.FAIL{background:#c62828}.NA{background:#9e9e9e}
 table{border-collapse:collapse;width:100%}td,th{padding:.35rem .6rem;border-bottom:1px solid #ddd;
 vertical-align:top;text-align:left}td.s{color:#fff;font-weight:600;width:6rem;text-align:center}
-tr.g th{background:#f3f3f3;font-size:.95rem}pre{font-size:12px;background:#fafafa;padding:.5rem;
+tr.sec th{background:#e3e7f3;font-size:1.05rem}
+tr.g th{background:#f3f3f3;font-size:.95rem;font-weight:500}
+pre{font-size:12px;background:#fafafa;padding:.5rem;
 overflow-x:auto}summary{cursor:pointer;color:#555}
 """
 
@@ -77,26 +82,21 @@ def html_report(results: list[Result], target: dict[str, Any]) -> str:
         if counts[key]
     )
     rows = []
-    group = None
-    for result in results:
-        if result.case.group != group:
-            group = result.case.group
-            rows.append(f'<tr class="g"><th colspan="3">{html.escape(group)}</th></tr>')
-        outcome = result.outcome
-        cls = "NA" if outcome.status == "NOT-APPLICABLE" else outcome.status
-        detail = ""
-        if outcome.status == "FAIL":
-            sent = html.escape("\n".join(dump(outcome.sent)))
-            received = html.escape("\n".join(dump(outcome.received)))
-            detail = (
-                f"<details><summary>bytes</summary><p>sent</p><pre>{sent}</pre>"
-                f"<p>received</p><pre>{received}</pre></details>"
+    # By the rule of docs/protocol.md each case checks (a case checking two
+    # rules shows under both), in the order of the rules.
+    section = None
+    for rule, text in RULES.items():
+        checked = [result for result in results if rule in result.case.rules]
+        if not checked:
+            continue
+        number = rule.split(".")[0]
+        if number != section:
+            section = number
+            rows.append(
+                f'<tr class="sec"><th colspan="3">§{number} {html.escape(SECTIONS[number])}</th></tr>'
             )
-        rows.append(
-            f'<tr><td class="s {cls}">{html.escape(outcome.status)}</td>'
-            f"<td><b>{html.escape(result.case.name)}</b><br><small>{html.escape(result.case.about)}</small></td>"
-            f"<td>{html.escape(outcome.why)}{detail}</td></tr>"
-        )
+        rows.append(f'<tr class="g"><th colspan="3">§{rule} {html.escape(text)}</th></tr>')
+        rows.extend(_row(result) for result in checked)
     where = html.escape(f"{target.get('address')} (level {target.get('level')}, app {target.get('app')})")
     return (
         "<!doctype html><html lang=en><meta charset=utf-8>"
@@ -104,4 +104,24 @@ def html_report(results: list[Result], target: dict[str, Any]) -> str:
         f"<h1>framewire conformance: {where}</h1>"
         f"<p>{counts['PASS']} passed, {counts['FAIL']} failed, {counts['NOT-APPLICABLE']} not applicable</p>"
         f'<div class="bar">{bar}</div><table>{"".join(rows)}</table></html>\n'
+    )
+
+
+def _row(result: Result) -> str:
+    # One case's row: its outcome, its name and what it checks, why, and a
+    # failure's bytes.
+    outcome = result.outcome
+    cls = "NA" if outcome.status == "NOT-APPLICABLE" else outcome.status
+    detail = ""
+    if outcome.status == "FAIL":
+        sent = html.escape("\n".join(dump(outcome.sent)))
+        received = html.escape("\n".join(dump(outcome.received)))
+        detail = (
+            f"<details><summary>bytes</summary><p>sent</p><pre>{sent}</pre>"
+            f"<p>received</p><pre>{received}</pre></details>"
+        )
+    return (
+        f'<tr><td class="s {cls}">{html.escape(outcome.status)}</td>'
+        f"<td><b>{html.escape(result.case.name)}</b><br><small>{html.escape(result.case.about)}</small></td>"
+        f"<td>{html.escape(outcome.why)}{detail}</td></tr>"
     )
