@@ -45,14 +45,16 @@ _LIMITS = ["--max-connections", "4", "--idle-timeout", "2", "--max-header-size",
 @pytest.mark.parametrize(
     ("app", "asked", "summary"),
     [
-        ("echo", [], "28 passed, 0 failed, 22 not applicable"),
+        ("echo", [], "28 passed, 0 failed, 23 not applicable"),
         # framewire's extensions (ids, unordered, streams, cancel, describe, ping, deadlines), when asked for.
-        ("echo", ["--extensions"], "35 passed, 0 failed, 15 not applicable"),
+        ("echo", ["--extensions"], "35 passed, 0 failed, 16 not applicable"),
         # The default application (make serve's): the demo cases apply too.
-        ("search", ["--extensions"], "37 passed, 0 failed, 13 not applicable"),
+        ("search", ["--extensions"], "37 passed, 0 failed, 14 not applicable"),
         # The conformance app, with limits low enough to reach: every case
         # but those of TLS and the PROXY protocol (below).
-        ("conformance", ["--extensions", *_LIMITS], "46 passed, 0 failed, 4 not applicable"),
+        ("conformance", ["--extensions", *_LIMITS], "46 passed, 0 failed, 5 not applicable"),
+        # The broker: its framing cases publish (its actions are all it takes).
+        ("pubsub", ["--extensions"], "36 passed, 0 failed, 15 not applicable"),
     ],
 )
 def test_framewire_serve_passes_every_case(spawn: Any, app: str, asked: list[str], summary: str) -> None:
@@ -300,11 +302,11 @@ def test_the_command_prints_a_table_writes_reports_and_exits_with_the_failures(t
     assert result.returncode == 1, result.stderr
     assert "  FAIL  trickle-cut-at-deadline" in result.stdout
     assert "received:" in result.stdout and "sent:" in result.stdout
-    assert result.stdout.rstrip().endswith("27 passed, 1 failed, 22 not applicable")
+    assert result.stdout.rstrip().endswith("27 passed, 1 failed, 23 not applicable")
     # The failure names the rule it breaks.
     assert f"        broken: §5.7 {RULES['5.7']}\n" in result.stdout
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"] == {"PASS": 27, "FAIL": 1, "NOT-APPLICABLE": 22}
+    assert report["summary"] == {"PASS": 27, "FAIL": 1, "NOT-APPLICABLE": 23}
     (failed,) = [case for case in report["cases"] if case["status"] == "FAIL"]
     assert failed["name"] == "trickle-cut-at-deadline" and failed["sent_hex"] and failed["rules"] == ["5.7"]
     page = (tmp_path / "r.html").read_text()
@@ -381,6 +383,7 @@ def test_a_server_that_does_not_know_the_extensions_fails_their_cases(guide_echo
         "deadline-passed": "FAIL",  # run, not answered timeout
         "stream-items": "NOT-APPLICABLE",  # (they need the conformance app)
         "cancelled": "NOT-APPLICABLE",
+        "broker-delivers": "NOT-APPLICABLE",
     }
     plain = Target("127.0.0.1", guide_echo, app="echo")
     assert {case.run(plain).status for case in cases} == {"NOT-APPLICABLE"}

@@ -32,11 +32,11 @@ MAX_FAILED_STATUS = 100
 @click.argument("port", type=PORT)
 @click.option("--level", type=click.Choice(["guide", "strict"]), default="strict", show_default=True,
               help="guide: what the guide's server can be expected to pass; strict: all.")  # fmt: skip
-@click.option("--app", type=click.Choice(["none", "echo", "search", "conformance"]), default="none",
+@click.option("--app", type=click.Choice(["none", "echo", "search", "conformance", "pubsub"]), default="none",
               show_default=True,
               help="The application the server runs, for the cases that check its answers "
                    "(conformance: framewire serve --app conformance, or the same actions, which reach "
-                   "every error code).")  # fmt: skip
+                   "every error code; pubsub: a broker, sent publishes).")  # fmt: skip
 @click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True),
               default=limits.MESSAGE_TIMEOUT, show_default=True,
               help="The server's message deadline (the trickle case waits for it).")  # fmt: skip

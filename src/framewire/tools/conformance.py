@@ -45,7 +45,7 @@ __all__ = [
 
 Status = Literal["PASS", "FAIL", "NOT-APPLICABLE"]
 Level = Literal["guide", "strict"]
-App = Literal["none", "echo", "search", "conformance"]
+App = Literal["none", "echo", "search", "conformance", "pubsub"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,13 @@ class Target:
     def sample(self, content: bytes) -> bytes:
         """The request a case sends where any request will do: the server's
         own (:attr:`request`), else a binary one carrying ``content``."""
-        return frame(content) if self.request is None else self.request
+        if self.request is not None:
+            return self.request
+        if self.app == "pubsub":  # a broker takes its actions alone
+            return action_request(
+                "publish", {"topic": "conformance.sample", "value": content.decode("latin-1")}
+            )
+        return frame(content)
 
 
 def request_from(data: bytes) -> bytes:
@@ -290,8 +296,11 @@ class _Checks:
         """None if ``response`` is a right answer to ``request`` for the
         application the server runs (any valid message when unknown)."""
         app = self.target.app
-        if self.target.request is not None:
-            return None  # the server's own request: any valid message is an answer
+        if self.target.request is not None or app == "pubsub":
+            # The server's own request (or a broker's publish): any valid
+            # message is an answer, the refusal of the suite's binary
+            # requests included.
+            return None
         if response.is_error:
             error = response.error()
             return f"an error answer: {error.code if error else '?'}"
@@ -710,7 +719,7 @@ def never_reads(target: Target) -> Outcome:
         wire.close()
 
 
-@case("application", "strict", "the echo, demo or conformance application's answers", ("6.1", "7.1"))
+@case("application", "strict", "the echo, demo, conformance or broker application's answers", ("6.1", "7.1"))
 def application_answers(target: Target) -> Outcome:
     if target.app == "none":
         return Outcome("NOT-APPLICABLE", "the server did not say which application it runs (--app)")
@@ -737,6 +746,14 @@ def application_answers(target: Target) -> Outcome:
                     "FAIL", "binary content is not echoed, or the echo action's result is not its value"
                 )
             return wire.outcome("PASS", "binary content echoed, the echo action answered")
+        if target.app == "pubsub":
+            wire.send(target.sample(b"nobody listens"))
+            answers, problem = wire.messages(1)
+            if problem is not None:
+                return wire.outcome("FAIL", problem)
+            if answers[0].is_error or answers[0].json() != {"result": None}:
+                return wire.outcome("FAIL", 'a publish is not answered {"result": null}')
+            return wire.outcome("PASS", "a publish answered")
         wire.send(json_frame({"action": "search", "value": "morpheus"}))
         answers, problem = wire.messages(1)
         if problem is not None:
@@ -1219,6 +1236,51 @@ def cancelled(target: Target) -> Outcome:
         return wire.outcome("PASS", "cancelled, and the next request answered")
     finally:
         wire.close()
+
+
+@case("extensions", "strict", "a broker streams an event published to a topic to its subscriber", ("8.8",))
+def broker_delivers(target: Target) -> Outcome:
+    if (skip := _extensions(target)) is not None:
+        return skip
+    if target.app != "pubsub":
+        return Outcome("NOT-APPLICABLE", "the server does not run a broker (--app pubsub)")
+    topic = "conformance.broker"
+    subscriber = _Wire(target)
+    publisher = _Wire(target)
+    try:
+        subscriber.send(_action("subscribe", topic, framewire_id=1, framewire_stream=True))
+        # Published until the subscriber has an item: the subscription is
+        # in place at some point after its request, and nothing says when.
+        deadline = time.monotonic() + target.patience
+        sent = 0
+        answers: list[Message] = []
+        while not answers and time.monotonic() < deadline:
+            publisher.send(_action("publish", {"topic": topic, "value": sent}))
+            sent += 1
+            answers, _ = subscriber.messages(1, 0.1)
+        _, problem = publisher.messages(sent)
+        if problem is not None:
+            return publisher.outcome("FAIL", f"the publishes were not answered: {problem}")
+        if not answers:
+            return subscriber.outcome(
+                "FAIL", f"no event came within {target.patience:g} s of {sent} publishes"
+            )
+        item = answers[0]
+        if (item.get("framewire-id"), item.get("framewire-stream")) != (1, "item"):
+            return subscriber.outcome("FAIL", "the event is not a stream item with the subscription's id")
+        result = item.json().get("result") if item.is_json else None
+        if (
+            not isinstance(result, dict)
+            or result.get("topic") != topic
+            or not isinstance(result.get("value"), int)
+        ):
+            return subscriber.outcome(
+                "FAIL", f'the item is not {{"result": {{"topic": {topic!r}, "value": N}}}}'
+            )
+        return subscriber.outcome("PASS", "the event came to the subscriber as an item of its stream")
+    finally:
+        subscriber.close()
+        publisher.close()
 
 
 # -- the PROXY protocol ---------------------------------------------------------------------------

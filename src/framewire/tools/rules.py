@@ -65,6 +65,7 @@ RULES: dict[str, str] = {
     "8.5": "framewire-unordered answers may come early, marked, with their id",
     "8.6": "framewire-stream: true gets items, then an end; an action that does not stream answers once",
     "8.7": "framewire-cancel gets no answer; the request it names is answered cancelled",
+    "8.8": "a broker streams each event published to a topic to that topic's subscribers",
     "9.1": "a PROXY header (version 1 or 2) from a trusted address gives the peer's address",
     "9.2": "a connection that should start with a PROXY header and does not is closed without a response",
 }
