@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -570,3 +571,33 @@ def test_certs_force_replaces_files_never_writing_through_an_old_descriptor_or_a
     assert sorted(p.name for p in certs.iterdir()) == sorted(
         ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
     )  # no temporary file left behind
+
+
+@pytest.mark.parametrize("loop", ["epoll", "asyncio"])
+def test_a_single_process_logs_and_ignores_a_hang_up(spawn: Any, loop: str) -> None:
+    server = spawn("serve", "--port", "0", "--app", "echo", "--loop", loop)
+    port = server.port()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for("SIGHUP ignored: one process does not reload")
+    with Client("127.0.0.1", port) as client:
+        assert client.request(Message.from_bytes(b"still here")).content == b"still here"
+    code, _, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+
+
+def test_workers_auto_counts_the_cpus_the_process_may_use(tmp_path: Path) -> None:
+    from framewire.server.workers import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(str(tmp_path)) == affinity  # no cgroup files: the affinity alone
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(str(tmp_path)) == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one worker
+    assert usable_cpus(str(tmp_path)) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1: one CPU
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(str(tmp_path)) == 1
+    bad = run_cli("serve", "--workers", "many")
+    assert bad.returncode == 2 and "'many' is neither a count of workers nor auto" in bad.stderr

@@ -195,6 +195,23 @@ def test_the_commands_in_deploy_files_are_valid() -> None:
         command.make_context(argv[0], list(argv[1:]))  # raises on an unknown option or a bad value
 
 
+def test_the_kubernetes_manifest_is_valid_against_the_kubernetes_schema() -> None:
+    # As an operator's CI would check it (no cluster needed): strict, so a
+    # misspelt field is an error, not a field Kubernetes silently drops.
+    manifest = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes.yaml"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(manifest)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed for resource") == 2, done.stdout
+    text = manifest.read_text()
+    # What the issue found wrong, each kept right: workers by the pod's CPUs,
+    # probe timeouts above the pings', a drain delay before SIGTERM.
+    assert '"--workers", "auto"' in text and 'limits: {cpu: "2"' in text
+    assert text.count("timeoutSeconds:") == 2 and "preStop:" in text
+
+
 def test_a_worker_that_keeps_dying_is_restarted_with_growing_delays(tmp_path: Path) -> None:
     # The supervisor alone, over a "worker" that exits at once with status 3.
     script = tmp_path / "supervise.py"

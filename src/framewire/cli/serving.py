@@ -41,6 +41,36 @@ from framewire.core.message import Message
 from framewire.io.netio import describe, show_address
 
 
+def _hang_up_ignored(signum: int, frame: object) -> None:
+    import logging
+
+    logging.getLogger("framewire.server").warning(
+        "SIGHUP ignored: one process does not reload (serve with --workers N to reload on SIGHUP)"
+    )
+
+
+class _Workers(click.ParamType):  # type: ignore[type-arg]
+    """``--workers``: a count, or ``auto`` (0): one per usable CPU."""
+
+    name = "workers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return 0
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a count of workers nor auto", param, ctx)
+        if count < 0:
+            self.fail(f"{count} workers: give 0 or more (or auto)", param, ctx)
+        return count
+
+
+WORKERS = _Workers()
+
+
 def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One option per server setting, generated from ServerConfig's declarations."""
     from framewire.server.config import settings
@@ -92,11 +122,13 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @tls_server_options
 @click.option(
     "--workers",
-    type=click.IntRange(0),
+    type=WORKERS,
     default=None,
-    metavar="N",
-    help="Run N worker processes on the one port (0: one per core), supervised: a worker that "
-    "dies is replaced; SIGHUP replaces them one by one with the code reloaded.",
+    metavar="N|auto",
+    help="Run N worker processes on the one port (auto, or 0: one per CPU this process may use, "
+    "counting its affinity and its cgroup's CPU limit), supervised: a worker that dies is replaced; "
+    "SIGHUP replaces them one by one with the code reloaded. Without --workers, one process: it logs "
+    "and ignores SIGHUP.",
 )
 @click.option("--fd", "listen_fd", type=click.IntRange(0), default=None, metavar="N",
               help="Serve the listening socket already open on descriptor N (systemd's LISTEN_FDS is "
@@ -263,7 +295,9 @@ def serve(
             inherited = adopt_listener(listen_fd)
         except OSError as exc:
             raise _fail(describe(exc), 2) from None
-        count = workers or os.cpu_count() or 1
+        from framewire.server.workers import usable_cpus
+
+        count = workers or usable_cpus()
         _supervise(host, port, unix_mode, count, config.grace, app_spec, ssl_context, metrics_at, inherited)
         return
     if listen_fd is not None:
@@ -288,9 +322,18 @@ def serve(
             notify_ready()
 
     elif workers is not None:
-        count = workers or os.cpu_count() or 1
+        from framewire.server.workers import usable_cpus
+
+        count = workers or usable_cpus()
         _supervise(host, port, unix_mode, count, config.grace, app_spec, ssl_context, metrics_at)
         return
+    else:
+        # One process has no workers to replace: a hang-up (a closed
+        # terminal, an operator's reload habit) is logged and ignored rather
+        # than ending the server with exit 129.
+        import signal
+
+        signal.signal(signal.SIGHUP, _hang_up_ignored)
     metrics = _metrics(handler, metrics_at, worker=listen_fd is not None)
     if loop_kind == "epoll":
         from framewire.server import Server

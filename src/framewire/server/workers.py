@@ -63,6 +63,41 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 _PARENT_CHECK = 1.0  # seconds between looks at the parent, where prctl is not
 
 
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: those its affinity allows, fewer when
+    its cgroup has a CPU quota (a container's CPU limit), rounded up; at
+    least 1. ``os.cpu_count()`` counts the host's, which in a container on a
+    64-core node would start 64 workers for a limit of two CPUs."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        count = min(count, max(1, -(-quota[0] // quota[1])))
+    return max(1, count)
+
+
+def _cgroup_quota(root: str) -> tuple[int, int] | None:
+    # (quota, period) in microseconds from cgroup v2's cpu.max ("max 100000"
+    # when unlimited), else v1's cfs files (-1 when unlimited); None when
+    # there is no limit or no cgroup to read.
+    try:
+        with open(os.path.join(root, "cpu.max")) as file:
+            quota, period = file.read().split()[:2]
+        return None if quota == "max" else (int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as file:
+            v1_quota = int(file.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as file:
+            v1_period = int(file.read())
+    except (OSError, ValueError):
+        return None
+    return None if v1_quota <= 0 or v1_period <= 0 else (v1_quota, v1_period)
+
+
 def follow_supervisor() -> None:
     """In a worker: drain and leave (SIGTERM to itself) when the supervisor
     dies. Linux says so at once (``PR_SET_PDEATHSIG``); elsewhere a daemon
