@@ -516,11 +516,10 @@ def test_decode_lists_the_ports_a_capture_does_have(tmp_path: Path) -> None:
         )
         writer.writepkt(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip).pack(), ts=1.0)
     result = run_cli("decode", str(path))
-    assert result.returncode == 0
-    assert (
-        "no framewire message on port 65432" in result.stderr
-        and "7000 (1); give one with --port" in result.stderr
-    )
+    # Nothing found is a failure a script can see, said in one line.
+    assert result.returncode == 1
+    assert result.stderr.startswith("framewire: no framewire message on port 65432")
+    assert result.stderr.endswith("7000 (1); give one with --port\n") and result.stderr.count("\n") == 1
 
 
 def test_the_banner_of_a_wildcard_address_says_where_to_connect(spawn: Any) -> None:
@@ -601,3 +600,19 @@ def test_workers_auto_counts_the_cpus_the_process_may_use(tmp_path: Path) -> Non
     assert usable_cpus(str(tmp_path)) == 1
     bad = run_cli("serve", "--workers", "many")
     assert bad.returncode == 2 and "'many' is neither a count of workers nor auto" in bad.stderr
+
+
+def test_request_n_prints_what_arrived_before_the_server_closed(guide_app: int) -> None:
+    # The guide's server answers one request a connection, then closes.
+    result = run_cli("request", "127.0.0.1", str(guide_app), "search", "ring", "-n", "2")
+    assert result.returncode == 1
+    assert result.stdout == "In the caves beneath the Misty Mountains. 💍\n"
+    assert result.stderr.startswith("framewire: ") and result.stderr.endswith("(after 1 answer)\n")
+    assert "--tls" not in result.stderr  # it speaks the protocol: no TLS hint to mislead
+
+
+def test_request_n_pipelines_more_than_its_window(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0", "--app", "echo")
+    result = run_cli("request", "127.0.0.1", str(server.port()), "--text", "x", "-n", "300")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "x\n" * 300

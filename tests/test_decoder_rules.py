@@ -230,7 +230,7 @@ def test_encode_many_shares_one_header_per_shape_but_keeps_extensions() -> None:
 
 
 def test_the_words_of_the_parser_s_refusals() -> None:
-    hint = "(These are the first bytes of a TLS handshake: this port does not speak TLS.)"
+    hint = "(These are the first bytes of a TLS handshake: TLS where plain framewire was expected.)"
     assert str(refused(bytes.fromhex("160301020001"))).endswith("0x01. " + hint)
     assert str(refused(b"HTTP/1.1 200")).endswith(
         "0x54. (These are the first bytes of an HTTP message: is this a framewire server?)"

@@ -149,14 +149,19 @@ def tls_for(host: str, tls: tuple[Any, str | None] | None) -> tuple[Any, str | N
 
 
 @contextlib.contextmanager
-def plain_hint(tls: object) -> Iterator[None]:
-    """A plain client cut off by a server: perhaps that server speaks TLS."""
+def plain_hint(tls: object, answered: Callable[[], int] | None = None) -> Iterator[None]:
+    """A plain client cut off by a server: perhaps that server speaks TLS
+    (not when ``answered()`` says answers came: it speaks the protocol, and
+    closed after them)."""
     try:
         yield
     except (ConnectionResetError, ConnectionClosed, IncompleteMessage) as exc:
         if tls is not None:
             raise
         text = describe(exc) if isinstance(exc, OSError) else str(exc)
+        count = answered() if answered is not None else 0
+        if count:
+            raise _fail(f"{text} (after {count} answer{'s' if count > 1 else ''})") from None
         raise _fail(f"{text}; if the server speaks TLS, add --tls (or --tls-ca FILE)") from None
 
 

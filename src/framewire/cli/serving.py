@@ -40,6 +40,9 @@ from framewire.cli.common import (
 from framewire.core.message import Message
 from framewire.io.netio import describe, show_address
 
+#: ``request -n``: requests sent ahead of the answers read.
+_WINDOW = 64
+
 
 def _hang_up_ignored(signum: int, frame: object) -> None:
     import logging
@@ -571,10 +574,11 @@ def request(
         )
     context, name = tls_for(host, tls)
     client = Client(host, port, timeout=timeout, check=False, ssl_context=context, server_hostname=name)
-    with plain_hint(tls), client:
-        responses = [client.request(message)] if count == 1 else client.request_many([message] * count)
-    failed = 0
-    for response in responses:
+    failed = shown = 0
+
+    def show(response: Message) -> None:
+        nonlocal failed, shown
+        shown += 1
         if show_header:
             try:
                 click.echo(json.dumps(response.header, ensure_ascii=False))
@@ -590,6 +594,21 @@ def request(
             sys.stdout.buffer.flush()
         else:
             click.echo(_show(response))
+
+    with plain_hint(tls, lambda: shown), client:
+        if count == 1:
+            show(client.request(message))
+        else:
+            # Pipelined, at most _WINDOW ahead of the answers, each printed as
+            # it comes: a server that closes after one answer (the guide's)
+            # has that answer shown before the one line that says why the
+            # rest did not come.
+            sent = 0
+            for received in range(count):
+                while sent < count and sent - received < _WINDOW:
+                    client.send(message)
+                    sent += 1
+                show(client.receive())
     if failed:
         raise click.exceptions.Exit(1)
 

@@ -144,7 +144,7 @@ def decode_command(capture_file: Path, port: int, as_json: bool) -> None:
             if others
             else "it has no TCP traffic"
         )
-        click.echo(f"framewire: no framewire message on port {port} in {capture_file}: {hint}", err=True)
+        raise _fail(f"no framewire message on port {port} in {capture_file}: {hint}")
 
 
 def _lua_source() -> str:

@@ -138,7 +138,7 @@ _HEADER_STARTS: Final = frozenset(b"{ \t\r\n")
 def _not_an_object(first: int, length: bytes) -> str:
     text = f"The header must be a JSON object; it begins with byte 0x{first:02x}."
     if length[:1] == b"\x16" and length[1:2] == b"\x03":
-        text += " (These are the first bytes of a TLS handshake: this port does not speak TLS.)"
+        text += " (These are the first bytes of a TLS handshake: TLS where plain framewire was expected.)"
     elif length == b"HT" and first == 0x54:
         text += " (These are the first bytes of an HTTP message: is this a framewire server?)"
     elif length in (b"GE", b"PO", b"PU", b"HE") and first in b"TSAE":
