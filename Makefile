@@ -10,7 +10,7 @@ PORT ?= 65432
 FUZZ_SECONDS ?= 180
 SOAK_SECONDS ?= 60
 
-.PHONY: serve test test-wire test-deploy test-compiled compiled compiled-wheel compiled-copy pure docs mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
+.PHONY: serve test test-wire test-deploy test-compiled compiled compiled-wheel compiled-copy pure docs docs-check mutate mutate-smoke lint typecheck pytest bench soak fuzz clean
 
 # A venv (.venv, or make serve's .venv-serve) with an up-to-date pip; never
 # removed by make as an intermediate file.
@@ -138,6 +138,15 @@ $(DOCS_STAMP): pyproject.toml | $(STAMP)
 # any warning fails the build.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The built site as a reader gets it: every page loaded in headless Chromium
+# (the Debian package, installed when missing) must render, and no link or
+# image inside the site may be broken (dev/check_site.py).
+docs-check: docs
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium from the system's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/python dev/check_site.py site
 
 MUTATE_STAMP := $(VENV)/.installed-mutate
 $(MUTATE_STAMP): pyproject.toml | $(STAMP)

@@ -58,3 +58,28 @@ def test_a_message_that_is_not_an_error_has_none() -> None:
     assert Message.from_json({"error": {"code": "x", "message": "m"}}).error() is None
     error = Message.error_response("not-found", "No key.").error()
     assert error is not None and (error.code, error.message) == ("not-found", "No key.")
+
+
+def test_the_site_check_finds_a_broken_link_a_missing_anchor_and_a_stray_absolute_one(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_site", ROOT / "dev" / "check_site.py")
+    assert spec is not None and spec.loader is not None
+    check_site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_site)
+    (tmp_path / "index.html").write_text(
+        '<h1 id="top">Home</h1><a href="page/">page</a><a href="page/#there">x</a>'
+    )
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "index.html").write_text('<h1 id="there">Page</h1><a href="../#top">home</a>')
+    assert check_site.broken_links(tmp_path) == []
+    (tmp_path / "page" / "index.html").write_text(
+        '<h1>Page</h1><a href="../gone/">gone</a><a href="../#nowhere">x</a><img src="/logo.png">'
+    )
+    problems = check_site.broken_links(tmp_path)
+    assert [p.split(": ")[-1] for p in problems] == [
+        "no element with that id",  # index.html's page/#there: that heading lost its id
+        "no such file",
+        "no element with that id",
+        "root-absolute, outside the site's path",
+    ]
