@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
 $(SERVE_STAMP): pyproject.toml hatch_build.py $(shell find src -name '*.py') | $(SERVE_VENV)/bin/python
+	@echo "make serve: installing framewire into $(SERVE_VENV), its hot path compiled with mypyc"
+	@echo "make serve: (about a minute the first time, and after a change to the source; then at once)"
 	$(SERVE_VENV)/bin/python -m pip install --quiet .
 	$(SERVE_VENV)/bin/framewire --version
 	@touch $(SERVE_STAMP)

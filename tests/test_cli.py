@@ -616,3 +616,11 @@ def test_request_n_pipelines_more_than_its_window(spawn: Any) -> None:
     result = run_cli("request", "127.0.0.1", str(server.port()), "--text", "x", "-n", "300")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "x\n" * 300
+
+
+def test_a_plain_client_closed_by_a_proxy_protocol_port_is_told_both_reasons(spawn: Any) -> None:
+    server = spawn("serve", "--port", "0", "--proxy-protocol")
+    result = run_cli("request", "127.0.0.1", str(server.port()), "search", "ring")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "add --tls" in result.stderr and "connect through its load balancer" in result.stderr

@@ -162,7 +162,12 @@ def plain_hint(tls: object, answered: Callable[[], int] | None = None) -> Iterat
         count = answered() if answered is not None else 0
         if count:
             raise _fail(f"{text} (after {count} answer{'s' if count > 1 else ''})") from None
-        raise _fail(f"{text}; if the server speaks TLS, add --tls (or --tls-ca FILE)") from None
+        # Two servers close a plain client without a word: one that speaks
+        # TLS, and one that expects a PROXY header first (from its balancer).
+        raise _fail(
+            f"{text}: if the server speaks TLS, add --tls (or --tls-ca FILE); if it expects a PROXY "
+            "header (--proxy-protocol), connect through its load balancer"
+        ) from None
 
 
 def tls_client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
