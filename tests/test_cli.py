@@ -624,3 +624,18 @@ def test_a_plain_client_closed_by_a_proxy_protocol_port_is_told_both_reasons(spa
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "add --tls" in result.stderr and "connect through its load balancer" in result.stderr
+
+
+@pytest.mark.parametrize("loop", ["epoll", "asyncio"])
+def test_a_slow_inline_handler_is_named_in_a_warning(spawn: Any, loop: str, tmp_path: Path) -> None:
+    (tmp_path / "slow_app.py").write_text(
+        "import time\nfrom framewire import App\napp = App()\n\n"
+        "@app.action\ndef report(value: int) -> int:\n    time.sleep(0.4)\n    return value\n"
+    )
+    server = spawn(
+        "serve", "--port", "0", "--app", "slow_app:app", "--app-dir", str(tmp_path), "--loop", loop
+    )
+    port = str(server.port())
+    assert run_cli("call", "127.0.0.1", port, "report", "1").stdout == "1\n"
+    line = server.wait_for(r"WARNING .*held the server's loop for .*").group(0)
+    assert "(report, from 127.0.0.1:" in line and "--threads N" in line

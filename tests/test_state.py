@@ -218,3 +218,29 @@ def test_the_summary_counts_every_connection_and_request_whatever_closed_it(
     assert caplog.messages == [
         "last 10.0 s: 3 connections opened, 1 closed, 3 requests, 0 error responses; 2 open"
     ]
+
+
+def test_a_handler_that_holds_the_loop_is_named_once_in_a_while(caplog: pytest.LogCaptureFixture) -> None:
+    # A fake clock: the times a driver passes, before and after a read's requests.
+    from framewire.core import limits
+
+    server = state()
+    conn = admit(server)
+    assert conn is not None
+    server.dispatcher.bind(conn)
+    conn.receive(
+        encode(Message.from_json({"action": "report", "value": 1})) + encode(Message.from_bytes(b"x")), 0.0
+    )
+    with caplog.at_level("WARNING", logger="framewire.server"):
+        server.held(conn, 10.0, 10.0 + limits.SLOW_HANDLER / 2)  # quick enough: nothing
+        assert not caplog.records
+        server.held(conn, 10.0, 10.0 + limits.SLOW_HANDLER)
+        (record,) = caplog.records
+        assert "held the server's loop for 0.25 s (report, binary/octet-stream, from 192.0.2.1" in (
+            record.getMessage()
+        )
+        assert "--threads N" in record.getMessage()
+        server.held(conn, 11.0, 12.0)  # within the quiet time: not again
+        assert len(caplog.records) == 1
+        server.held(conn, 20.0, 20.0 + limits.SLOW_HANDLER)  # past it: again
+        assert len(caplog.records) == 2

@@ -169,3 +169,11 @@ SUBSCRIBER_QUEUE_BYTES = 1024 * 1024
 #: Publishes a Redis hub holds for sending at most (Redis slower than the
 #: publishers): past it, publish fails with server-busy, never waits.
 HUB_OUTBOX = 10_000
+
+
+#: Seconds an inline handler may hold the server's loop (the requests of
+#: one read answered) before a warning names its actions: every connection
+#: waits that long (asyncio's own slow-callback warning is at 0.1 s).
+SLOW_HANDLER = 0.25
+#: At most one such warning in this many seconds.
+SLOW_HANDLER_QUIET = 10.0

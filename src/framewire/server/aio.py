@@ -122,13 +122,16 @@ class _Connection(asyncio.BufferedProtocol):
             state.metrics.bytes_received.inc(count)
         try:
             state.in_handler = engine  # named by a forced stop, should the handler hang
+            loop = self.server._loop
+            started = loop.time()
             try:
                 if data is None:
-                    engine.received_into(count, self.server._loop.time())
+                    engine.received_into(count, started)
                 else:
-                    engine.receive(data, self.server._loop.time())
+                    engine.receive(data, started)
             finally:
                 state.in_handler = None
+            state.held(engine, started, loop.time())
             self.flush()
         except Exception as exc:
             self.fault(exc)

@@ -170,6 +170,7 @@ class Answers:
         "description",
         "errors",
         "high_water",
+        "last",
         "limit",
         "max_items",
         "metrics",
@@ -196,6 +197,9 @@ class Answers:
         self.metrics: Metrics | None = None
         #: Error responses this connection was sent (the log summary's figure).
         self.errors = 0
+        #: The requests of the last read, for a warning that names the
+        #: actions of a handler that held the loop (one store a read).
+        self.last: list[Message] = []
         #: Who the answers go to, as the logs name it.
         self.peer = peer
         #: The access log, when on: a line per request.
@@ -236,6 +240,7 @@ class Answers:
         """Answer ``requests`` of the connection ``owner``, in order (the hot
         path of the server: one pass per request, the send queue's fields
         kept in locals and written back once)."""
+        self.last = requests
         if self.access is not None:
             for request in requests:
                 self._logged(request, owner)

@@ -500,6 +500,26 @@ class ServerConnection:
         self._answers.fulfil(slot, result)
         self.last_active = now
 
+    def recent_actions(self) -> list[str]:
+        """What the requests of the last read asked for, as a warning names
+        them: their actions (a JSON request's ``action``), else their
+        content types; at most three, each once."""
+        names: list[str] = []
+        for request in self._answers.last:
+            name = request.content_type
+            if request.is_json:
+                try:
+                    body = request.json()
+                except ProtocolError:
+                    body = None
+                if isinstance(body, dict) and isinstance(body.get("action"), str):
+                    name = body["action"][:64]
+            if name not in names:
+                names.append(name)
+                if len(names) == 3:
+                    break
+        return names
+
     def count_error(self, code: str) -> None:
         """An error response with ``code`` is being sent on this connection."""
         self._answers.count_error(code)

@@ -323,6 +323,7 @@ class _Serving:
         finally:
             state.in_handler = None
         if read:
+            state.held(engine, now, time.monotonic())
             if engine.message_started is not None:  # (else the timer stands as it is)
                 _Serving._sooner(self, conn)
             _Serving._flush(self, conn, now)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -129,6 +130,7 @@ class ServerState:
         #: The connection whose inline handler call is under way (named by a
         #: forced stop, should the handler hang); set by the driver.
         self.in_handler: ServerConnection | None = None
+        self._slow_quiet_until = -math.inf
         #: The listening socket (see :meth:`bind`), and what accepts on it.
         self.listener: socket.socket | None = None
         self.acceptor: Acceptor | None = None
@@ -271,6 +273,22 @@ class ServerState:
             log.warning("TLS connection closed at once: %d connections open (the limit)", self.open)
         else:
             log.warning("connection refused with server-busy: %d connections open", self.open)
+
+    def held(self, engine: ServerConnection, started: float, now: float) -> None:
+        """The requests of one read of ``engine`` were answered inline from
+        ``started`` to ``now``: warn when that held the loop (and so every
+        connection) past ``limits.SLOW_HANDLER``, at most once in
+        ``limits.SLOW_HANDLER_QUIET`` seconds."""
+        if now - started < limits.SLOW_HANDLER or now < self._slow_quiet_until:
+            return
+        self._slow_quiet_until = now + limits.SLOW_HANDLER_QUIET
+        log.warning(
+            "a handler held the server's loop for %.2f s (%s, from %s): every connection waited; "
+            "run slow handlers on threads (--threads N) or write them as async def",
+            now - started,
+            ", ".join(engine.recent_actions()) or "no request",
+            engine.peer,
+        )
 
     def closed(self, engine: ServerConnection, reason: object = None) -> None:
         """The driver closed ``engine``'s connection (``reason``: why, when
