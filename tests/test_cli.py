@@ -639,3 +639,33 @@ def test_a_slow_inline_handler_is_named_in_a_warning(spawn: Any, loop: str, tmp_
     assert run_cli("call", "127.0.0.1", port, "report", "1").stdout == "1\n"
     line = server.wait_for(r"WARNING .*held the server's loop for .*").group(0)
     assert "(report, from 127.0.0.1:" in line and "--threads N" in line
+
+
+def test_serve_reload_restarts_the_server_when_the_app_changes(spawn: Any, tmp_path: Path) -> None:
+    app = tmp_path / "greet_app.py"
+    app.write_text(
+        'from framewire import App\napp = App()\n\n@app.action\ndef hello(value: str) -> str:\n    return "hello " + value\n'
+    )
+    with socket.socket() as probe:  # a port the restarted server binds again
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    server = spawn("serve", "--reload", "--app", "greet_app:app", "--app-dir", str(tmp_path), "--port", port)
+    server.wait_for("listening on")
+    assert run_cli("call", "127.0.0.1", port, "hello", "world").stdout == "hello world\n"
+    app.write_text(app.read_text().replace('"hello "', '"bonjour "'))
+    server.wait_for("greet_app.py changed: restarting the server")
+    server.wait_for("listening on")
+    assert run_cli("call", "127.0.0.1", port, "hello", "world").stdout == "bonjour world\n"
+    code, _, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+    with pytest.raises(OSError):  # the server went with the watcher
+        socket.create_connection(("127.0.0.1", int(port)), timeout=2).close()
+
+
+def test_serve_reload_is_not_for_workers() -> None:
+    result = run_cli("serve", "--reload", "--workers", "2")
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == "framewire: --reload is for development: not with --workers or --fd (SIGHUP reloads workers)\n"
+    )

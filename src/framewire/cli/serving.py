@@ -40,6 +40,38 @@ from framewire.cli.common import (
 from framewire.core.message import Message
 from framewire.io.netio import describe, show_address
 
+
+def _serve_reloading(app_dir: str, supervised: bool) -> None:
+    # --reload: this process watches the app's folder and runs the server,
+    # the same command without --reload, as a child it restarts on a change.
+    if supervised:
+        raise _fail("--reload is for development: not with --workers or --fd (SIGHUP reloads workers)")
+    try:
+        import watchfiles
+    except ImportError:
+        raise _fail("--reload needs watchfiles: pip install 'framewire[reload]'") from None
+    import shlex
+
+    command = [sys.executable, "-m", "framewire", *(arg for arg in sys.argv[1:] if arg != "--reload")]
+    folder = os.path.abspath(app_dir)
+
+    def changed(changes: set[tuple[Any, str]]) -> None:
+        names = sorted(os.path.relpath(path, folder) for _, path in changes)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        click.echo(f"framewire: {shown} changed: restarting the server", err=True)
+
+    click.echo(f"framewire: --reload: watching the .py files under {folder}", err=True)
+    watchfiles.run_process(
+        folder,
+        target=shlex.join(command),
+        target_type="command",
+        callback=changed,
+        watch_filter=watchfiles.PythonFilter(),
+        debounce=400,
+        sigint_timeout=15,  # past the grace: the server drains first
+    )
+
+
 #: ``request -n``: requests sent ahead of the answers read.
 _WINDOW = 64
 
@@ -163,6 +195,9 @@ def _limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--hub", "hub_url", metavar="redis://HOST:PORT/DB", default=None,
               help="Publish and subscribe through Redis: every worker and host on that Redis is one hub "
                    "(pip install 'framewire[redis]').")  # fmt: skip
+@click.option("--reload", is_flag=True,
+              help="For development: restart the server when a .py file under --app-dir changes "
+                   "(pip install 'framewire[reload]'). Not with --workers or --fd.")  # fmt: skip
 @_limit_options
 @log_level_option
 @log_format_option
@@ -186,6 +221,7 @@ def serve(
     trusted_proxies: str,
     slow_subscriber: str,
     hub_url: str | None,
+    reload: bool,
     **limit_values: Any,
 ) -> None:
     """The application server: answers every request with its app.
@@ -208,6 +244,9 @@ def serve(
     from framewire.server.hub import Hub
     from framewire.server.loading import load_handler
 
+    if reload:
+        _serve_reloading(app_dir, workers is not None or listen_fd is not None)
+        return
     if listen_fd is None:
         listen_fd = _socket_activation()
     setup_logging(log_level, with_pid=workers is not None or listen_fd is not None, log_format=log_format)
