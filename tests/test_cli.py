@@ -644,7 +644,8 @@ def test_a_slow_inline_handler_is_named_in_a_warning(spawn: Any, loop: str, tmp_
 def test_serve_reload_restarts_the_server_when_the_app_changes(spawn: Any, tmp_path: Path) -> None:
     app = tmp_path / "greet_app.py"
     app.write_text(
-        'from framewire import App\napp = App()\n\n@app.action\ndef hello(value: str) -> str:\n    return "hello " + value\n'
+        "from framewire import App\napp = App()\n\n"
+        '@app.action\ndef hello(value: str) -> str:\n    return "hello " + value\n'
     )
     with socket.socket() as probe:  # a port the restarted server binds again
         probe.bind(("127.0.0.1", 0))
