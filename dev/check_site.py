@@ -95,6 +95,21 @@ def broken_links(site: Path) -> list[str]:
     return problems
 
 
+#: Docstring markup that should never reach a reader as it was written.
+_RAW = re.compile(r"<code>~[\w.]+</code>|:(?:class|meth|func|attr|mod|exc):`|doctest: \+|^\s*&gt;&gt;&gt; ", re.M)
+
+
+def raw_markup(site: Path) -> list[str]:
+    """Pages showing docstring markup as written (a Sphinx role, a
+    ``~module.Name``, a doctest directive or prompt)."""
+    problems = []
+    for path in sorted(site.rglob("*.html")):
+        found = _RAW.search(path.read_text("utf-8", "replace"))
+        if found is not None:
+            problems.append(f"{path.relative_to(site)}: raw docstring markup: {found.group(0).strip()!r}")
+    return problems
+
+
 def unrendered(site: Path, chromium: str) -> list[str]:
     """Pages whose DOM, after Chromium ran their scripts, lacks a title
     heading or an article with text."""
@@ -142,7 +157,7 @@ def main() -> int:
     if chromium is None:
         print("check_site: no chromium (apt-get install chromium)", file=sys.stderr)
         return 1
-    problems = broken_links(site) + unrendered(site, chromium)
+    problems = broken_links(site) + raw_markup(site) + unrendered(site, chromium)
     for problem in problems:
         print(problem)
     pages = len(list(site.rglob("*.html")))

@@ -83,3 +83,6 @@ def test_the_site_check_finds_a_broken_link_a_missing_anchor_and_a_stray_absolut
         "no element with that id",
         "root-absolute, outside the site's path",
     ]
+    (tmp_path / "api.html").write_text("<p>a <code>~framewire.client.pool.Pool</code> shares connections</p>")
+    (raw,) = check_site.raw_markup(tmp_path)
+    assert raw == "api.html: raw docstring markup: '<code>~framewire.client.pool.Pool</code>'"

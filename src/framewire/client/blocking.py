@@ -52,9 +52,11 @@ _RECEIVE = object()
 class Client(Configured, Calls):
     """A blocking connection to a framewire (or guide-written) server.
 
-    >>> with Client("127.0.0.1", 65432) as client:          # doctest: +SKIP
-    ...     client.request(Message.from_json({"action": "search", "value": "ring"})).json()
-    {'result': 'In the caves beneath the Misty Mountains. 💍'}
+    ```python
+    with Client("127.0.0.1", 65432) as client:
+        client.request(Message.from_json({"action": "search", "value": "ring"})).json()
+        # {'result': 'In the caves beneath the Misty Mountains. 💍'}
+    ```
 
     ``check=True`` (the default) turns error responses into
     :class:`ErrorResponse`; with ``check=False`` they are returned as they are.

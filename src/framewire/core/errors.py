@@ -144,7 +144,9 @@ class Failure(ContentError):
     """An application's own error, with a code of its own: raise it from a
     handler (or an App action) to answer with that code, the connection kept.
 
-    >>> raise Failure("not-found", "There is no key 'a'.")      # doctest: +SKIP
+    ```python
+    raise Failure("not-found", "There is no key 'a'.")
+    ```
 
     The code is lower-case letters, digits and hyphens (``not-found``,
     ``quota-exceeded``); the client raises it as an :class:`ErrorResponse`
