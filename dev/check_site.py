@@ -96,7 +96,9 @@ def broken_links(site: Path) -> list[str]:
 
 
 #: Docstring markup that should never reach a reader as it was written.
-_RAW = re.compile(r"<code>~[\w.]+</code>|:(?:class|meth|func|attr|mod|exc):`|doctest: \+|^\s*&gt;&gt;&gt; ", re.M)
+_RAW = re.compile(
+    r"<code>~[\w.]+</code>|:(?:class|meth|func|attr|mod|exc):`|doctest: \+|^\s*&gt;&gt;&gt; ", re.M
+)
 
 
 def raw_markup(site: Path) -> list[str]:
