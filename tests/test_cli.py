@@ -343,9 +343,10 @@ def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path:
     certs = tmp_path / "certs"
     made = run_cli("certs", str(certs))
     assert made.returncode == 0, made.stderr
-    names = ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
+    names = ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem", "ca-key.pem"]
     assert made.stdout.split() == [str(certs / name) for name in names]
     assert (certs / "server-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (certs / "ca-key.pem").stat().st_mode & 0o777 == 0o600
     again = run_cli("certs", str(certs))
     assert again.returncode == 1 and "--force" in again.stderr
     (tmp_path / "a-file").write_text("")
@@ -388,6 +389,23 @@ def test_tls_in_two_commands_and_every_failure_is_one_line(spawn: Any, tmp_path:
     server.wait_for("TLS handshake failed: the client presented no certificate")
     still = run_cli("request", "localhost", port, *mutual, "search", "ring")
     assert still.returncode == 0, still.stderr
+    # A second client, signed by the same CA, with the server's certificate untouched.
+    server_pem = (certs / "server.pem").read_bytes()
+    issued = run_cli("certs", "issue", str(certs), "bob", "--client")
+    assert issued.returncode == 0, issued.stderr
+    assert issued.stdout.split() == [str(certs / "bob.pem"), str(certs / "bob-key.pem")]
+    assert (certs / "bob-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (certs / "server.pem").read_bytes() == server_pem
+    bob = ("--tls-ca", ca, "--tls-cert", str(certs / "bob.pem"), "--tls-key", str(certs / "bob-key.pem"))
+    assert run_cli("request", "localhost", port, *bob, "search", "ring").returncode == 0
+    server.wait_for("client certificate bob")
+    again = run_cli("certs", "issue", str(certs), "bob", "--client")
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"framewire: {certs} already has bob.pem, bob-key.pem (--force replaces them)\n",
+    )
+    missing = run_cli("certs", "issue", str(tmp_path / "none"), "bob")
+    assert missing.returncode == 1 and "make the CA first" in missing.stderr
     code, _, err = server.stop()
     assert code == 0 and "Traceback" not in err
 

@@ -3,9 +3,10 @@
 ``framewire certs DIR`` writes a CA and, signed by it, a server certificate
 (valid for ``localhost``, ``127.0.0.1`` and ``::1``, plus any names asked)
 and a client certificate for mutual TLS. Keys are ECDSA P-256 (small, and
-the fastest handshakes), written readable by their owner only. The CA's key
-is not kept: nothing more can be signed with it, which is what a throwaway
-development CA should be. For production, use certificates from your own CA.
+the fastest handshakes), written readable by their owner only, the CA's
+too (``ca-key.pem``): ``framewire certs issue DIR NAME`` signs more client
+or server certificates with it, without replacing those already deployed.
+For production, use certificates from your own CA.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["FILES", "Written", "write_certificates"]
+__all__ = ["FILES", "Written", "issue_certificate", "write_certificates"]
 
 #: What :func:`write_certificates` writes, in this order.
-FILES = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+FILES = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem", "ca-key.pem")
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -120,38 +121,17 @@ def write_certificates(
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(
-        common_name: str, key: ec.EllipticCurvePrivateKey, usage: x509.ObjectIdentifier, alt: list[str]
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if alt:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([_alt_name(name) for name in alt]), critical=False
-            )
-        return builder.sign(ca_key, hashes.SHA256())
-
     server_key, client_key = _key(), _key()
-    server = leaf(all_names[0], server_key, ExtendedKeyUsageOID.SERVER_AUTH, list(all_names))
-    client = leaf(client_name, client_key, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    server_usage, client_usage = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    server = _leaf(ca, ca_key, all_names[0], server_key, server_usage, list(all_names), end, now)
+    client = _leaf(ca, ca_key, client_name, client_key, client_usage, [], end, now)
     contents = (
         ca.public_bytes(serialization.Encoding.PEM),
         server.public_bytes(serialization.Encoding.PEM),
         _pem_key(server_key),
         client.public_bytes(serialization.Encoding.PEM),
         _pem_key(client_key),
+        _pem_key(ca_key),
     )
     for path, data in zip(paths, contents, strict=True):
         try:
@@ -159,6 +139,93 @@ def write_certificates(
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     return Written(paths, all_names, end)
+
+
+def _leaf(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    key: ec.EllipticCurvePrivateKey,
+    usage: x509.ObjectIdentifier,
+    alt: list[str],
+    end: datetime.datetime,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    # A certificate for ``key``, signed by the CA, for ``usage``, valid for
+    # the ``alt`` names, until ``end`` (never past the CA's own end).
+    start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(min(end, ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if alt:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_alt_name(name) for name in alt]), critical=False
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def issue_certificate(
+    folder: Path,
+    name: str,
+    *,
+    client: bool = False,
+    names: Iterable[str] = (),
+    days: int = 365,
+    force: bool = False,
+) -> Written:
+    """Sign one more certificate with the CA :func:`write_certificates`
+    left in ``folder``: ``NAME.pem`` and ``NAME-key.pem`` there, for a
+    client (``client``: its common name ``name``) or a server (valid for
+    ``name`` and ``names``). Refuses to replace them unless ``force``;
+    raises ``FileNotFoundError`` worded for a person when the CA's files are
+    not there, ``ValueError`` for a name that cannot be a file's."""
+    if days < 1:
+        raise ValueError(f"days must be at least 1, not {days}")
+    if not name or "/" in name or name.startswith(".") or name in ("ca", "ca-key"):
+        raise ValueError(f"{name!r} cannot name the certificate's files")
+    try:
+        ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((folder / "ca-key.pem").read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            exc.errno,
+            f"{folder} has no {Path(exc.filename).name}: make the CA first (framewire certs {folder})",
+        ) from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{folder / 'ca-key.pem'} is not the key framewire certs writes")
+    paths = (folder / f"{name}.pem", folder / f"{name}-key.pem")
+    present = [path.name for path in paths if path.exists()]
+    if present and not force:
+        raise FileExistsError(f"{folder} already has {', '.join(present)} (--force replaces them)")
+    end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    key = _key()
+    if client:
+        alt: list[str] = []
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH
+    else:
+        alt = list(dict.fromkeys([name, *names]))
+        usage = ExtendedKeyUsageOID.SERVER_AUTH
+    made = _leaf(ca, ca_key, name, key, usage, alt, end)
+    for path, data, mode in (
+        (paths[0], made.public_bytes(serialization.Encoding.PEM), 0o644),
+        (paths[1], _pem_key(key), 0o600),
+    ):
+        try:
+            _write_new(path, data, mode)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
+    return Written(paths, tuple(alt), made.not_valid_after_utc)
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
