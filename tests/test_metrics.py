@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from conftest import connect, read_until_closed, running, tls
 from framewire import Client, Message, encode_many
+from framewire._build import compiled_modules
 from framewire.server.app import App, echo, search_app
 from framewire.server.metrics import LABEL_LENGTH, LABEL_LIMIT, Metrics
 from test_hardening import fill_until_paused, finish_and_read
@@ -54,8 +55,12 @@ def test_every_request_byte_connection_and_error_is_counted() -> None:
     assert value(registry, durations, action="search") == 7
     assert value(registry, durations, action="other") == 2
     assert value(registry, durations, action="") == 1
-    assert value(registry, "framewire_bytes_received_total") > 7 * 50
-    assert value(registry, "framewire_bytes_sent_total") > 7 * 50
+    assert value(registry, "framewire_received_bytes_total") > 7 * 50
+    assert value(registry, "framewire_sent_bytes_total") > 7 * 50
+    from framewire import __version__
+
+    build = "compiled" if compiled_modules() else "pure Python"
+    assert value(registry, "framewire_build_info", version=__version__, build=build) == 1
     del sent, received
 
 
@@ -199,6 +204,9 @@ def test_the_command_line_serves_metrics(spawn: Any, workers: tuple[str, ...]) -
     while requests_total(scrape(metrics_port)) < before + 25 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert requests_total(scrape(metrics_port)) == before + 25
+    # One build_info series, whatever the number of workers (their max).
+    info = [line for line in scrape(metrics_port).splitlines() if line.startswith("framewire_build_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0") and 'build="' in info[0], info
     code, _, err = server.stop()
     assert code == 0 and "Traceback" not in err
 

@@ -118,10 +118,25 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+        # The unit before _total, as Prometheus' naming conventions ask
+        # (framewire_received_bytes_total, not ..._bytes_received_total).
         self.bytes_received = Counter(
-            "framewire_bytes_received", "Bytes received from peers.", registry=registry
+            "framewire_received_bytes", "Bytes received from peers.", registry=registry
         )
-        self.bytes_sent = Counter("framewire_bytes_sent", "Bytes sent to peers.", registry=registry)
+        self.bytes_sent = Counter("framewire_sent_bytes", "Bytes sent to peers.", registry=registry)
+        from framewire import __version__  # noqa: PLC0415
+        from framewire._build import build_name  # noqa: PLC0415
+
+        self.build_info = Gauge(
+            "framewire_build_info",
+            "Always 1: the framewire version and build (compiled or pure Python) serving.",
+            ["version", "build"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(
+            __version__, "pure Python" if build_name() == "pure Python" else "compiled"
+        ).set(1)
         self.refusals = Counter(
             "framewire_connections_refused",
             "Connections refused at the connection limit: TLS ones closed at once (they cannot read"
