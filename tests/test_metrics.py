@@ -193,6 +193,9 @@ def test_the_command_line_serves_metrics(spawn: Any, workers: tuple[str, ...]) -
     metrics_port = int(
         server.wait_for(r"metrics (?:of every worker )?on http://127\.0\.0\.1:(\d+)/metrics").group(1)
     )
+    # From the first scrape, before any worker reports: the series, at zero.
+    first = scrape(metrics_port)
+    assert "framewire_connections_total 0.0" in first and "framewire_build_info{" in first, first
     port = int(server.wait_for(r"app on 127\.0\.0\.1:(\d+)").group(1))
     if workers:
         server.wait_for("2 workers serving")

@@ -472,6 +472,15 @@ def _supervise(
         def on_exit(pid: int) -> None:
             multiprocess.mark_process_dead(pid, folder.name)  # type: ignore[no-untyped-call]
 
+        # The series exist, at zero, from the first scrape: this process
+        # writes them too, before any worker has (else the first scrapes
+        # would answer an empty page, which reads as a target with nothing).
+        from prometheus_client import CollectorRegistry
+
+        from framewire.server.metrics import Metrics
+
+        Metrics(None, registry=CollectorRegistry())
+
         try:
             where_ = host_port(metrics_at, "127.0.0.1")
             bound = serve_metrics(where_, folder.name)
