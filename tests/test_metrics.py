@@ -245,3 +245,40 @@ def test_error_code_labels_are_the_protocol_s_and_those_the_app_declares() -> No
     assert codes == {"server-busy", "not-found", "other"}
     assert value(registry, "framewire_errors_total", action="get", code="other") == 100
     assert value(registry, "framewire_errors_total", action="get", code="not-found") == 1
+
+
+@pytest.mark.usefixtures("driver")
+def test_tls_handshake_failures_are_counted_by_a_bounded_reason() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(echo, registry)
+    with running(echo, metrics=metrics, ssl_context=tls().server()) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"\x00\x20" + b"{" * 32)  # plain framewire on a TLS port
+            with contextlib.suppress(ConnectionResetError):  # (asyncio's TLS resets)
+                read_until_closed(sock)
+        deadline = time.monotonic() + 5
+        label = {"reason": "wrong-version-number"}
+        while (
+            not value(registry, "framewire_tls_handshake_failures_total", **label)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)  # the server counts it on its own thread
+    assert value(registry, "framewire_tls_handshake_failures_total", **label) == 1
+
+
+def test_a_handshake_failure_label_is_never_the_peer_s_text() -> None:
+    import ssl
+
+    from framewire.io.netio import _TLS_REASONS_SERVER, tls_failure_label
+
+    odd = ssl.SSLError(1, "[SSL: SOMETHING_A_PEER_CAUSED] made up")
+    odd.reason = "SOMETHING_A_PEER_CAUSED"
+    labels = {tls_failure_label(odd), tls_failure_label(TimeoutError()), tls_failure_label(OSError())}
+    for reason in _TLS_REASONS_SERVER:
+        known = ssl.SSLError(1, reason)
+        known.reason = reason
+        labels.add(tls_failure_label(known))
+    labels.add(tls_failure_label(None))
+    assert "other" in labels and "timeout" in labels and "connection" in labels
+    assert "unknown-ca" in labels and "wrong-version-number" in labels
+    assert len(labels) <= len(_TLS_REASONS_SERVER) + 4 and all(len(label) <= 40 for label in labels)

@@ -119,6 +119,25 @@ _TLS_REASONS_SERVER = {
 }
 
 
+def tls_failure_label(exc: BaseException | None) -> str:
+    """Why a client's handshake failed, as a metric label from a bounded
+    set: OpenSSL's reasons the server words (``wrong-version-number``,
+    ``unknown-ca``...), ``certificate``, ``timeout``, ``connection``, or
+    ``other``; never a text a peer chooses."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate"
+    if isinstance(exc, ssl.SSLError):
+        reason = "EOF" if isinstance(exc, ssl.SSLEOFError) else getattr(exc, "reason", None) or ""
+        if reason in _TLS_REASONS_SERVER:
+            return reason.lower().replace("_", "-").removeprefix("sslv3-alert-").removeprefix("tlsv1-alert-")
+        return "other"
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return "connection"
+    return "other"
+
+
 def tls_problem(exc: ssl.SSLError, *, server: bool = False) -> str:
     """A TLS failure in words (a certificate refused, a handshake failed),
     as the client (default) or the ``server`` side can act on it."""

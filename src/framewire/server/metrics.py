@@ -127,6 +127,13 @@ class Metrics:
         from framewire import __version__  # noqa: PLC0415
         from framewire._build import build_name  # noqa: PLC0415
 
+        self.handshake_failures = Counter(
+            "framewire_tls_handshake_failures",
+            "TLS handshakes that failed, by reason (a bounded set: wrong-version-number, unknown-ca, "
+            "peer-did-not-return-a-certificate, certificate, timeout, eof, connection, other, ...).",
+            ["reason"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "framewire_build_info",
             "Always 1: the framewire version and build (compiled or pure Python) serving.",

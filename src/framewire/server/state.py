@@ -43,6 +43,7 @@ from framewire.io.netio import (
     open_listener,
     remove_unix,
     show_address,
+    tls_failure_label,
     tls_problem,
     unix_path,
     unix_peer,
@@ -311,8 +312,10 @@ class ServerState:
 
     def handshake_failed(self, engine: ServerConnection, exc: BaseException | None) -> None:
         """``engine``'s TLS handshake failed with ``exc`` (None: for no
-        reason given): log why, in words, and count it closed."""
+        reason given): log why, in words, count it by reason, and count it closed."""
         peer = engine.peer
+        if self.metrics is not None:
+            self.metrics.handshake_failures.labels(tls_failure_label(exc)).inc()
         if isinstance(exc, ssl.SSLError):
             log.info("connection from %s: TLS handshake failed: %s", peer, tls_problem(exc, server=True))
         elif isinstance(exc, TimeoutError | ConnectionAbortedError):
