@@ -282,3 +282,20 @@ def test_a_handshake_failure_label_is_never_the_peer_s_text() -> None:
     assert "other" in labels and "timeout" in labels and "connection" in labels
     assert "unknown-ca" in labels and "wrong-version-number" in labels
     assert len(labels) <= len(_TLS_REASONS_SERVER) + 4 and all(len(label) <= 40 for label in labels)
+
+
+def test_a_worker_that_dies_is_counted_as_restarted(spawn: Any) -> None:
+    import signal
+
+    server = spawn("serve", "--app", "echo", "--port", "0", "--metrics", "0", "--workers", "2")
+    metrics_port = int(
+        server.wait_for(r"metrics of every worker on http://127\.0\.0\.1:(\d+)/metrics").group(1)
+    )
+    pid = int(server.wait_for(r"worker 1 started \(pid (\d+)\)").group(1))
+    server.wait_for("2 workers serving")
+    assert "framewire_worker_restarts_total 0.0" in scrape(metrics_port)
+    os.kill(pid, signal.SIGKILL)
+    server.wait_for(rf"worker 1 \(pid {pid}\) was killed by SIGKILL: starting another")
+    assert "framewire_worker_restarts_total 1.0" in scrape(metrics_port)
+    code, _, err = server.stop()
+    assert code == 0, err

@@ -461,6 +461,7 @@ def _supervise(
 
     folder = None
     on_exit = None
+    on_restart = None
     if metrics_at is not None:
         from framewire.server.metrics import MULTIPROCESS_ENV, serve_metrics
 
@@ -479,7 +480,8 @@ def _supervise(
 
         from framewire.server.metrics import Metrics
 
-        Metrics(None, registry=CollectorRegistry())
+        supervisor_metrics = Metrics(None, registry=CollectorRegistry())
+        on_restart = supervisor_metrics.worker_restarts.inc
 
         try:
             where_ = host_port(metrics_at, "127.0.0.1")
@@ -508,7 +510,9 @@ def _supervise(
     click.echo(f"framewire: serving the {app_spec} app on {shown}{secure} with {count} workers "
                "(Ctrl-C to stop, SIGHUP to reload).", err=True)  # fmt: skip
     try:
-        Supervisor(worker_command(sys.argv[1:]), listener, count, grace, on_exit=on_exit).run()
+        Supervisor(
+            worker_command(sys.argv[1:]), listener, count, grace, on_exit=on_exit, on_restart=on_restart
+        ).run()
     finally:
         listener.close()
         remove_unix(owned)

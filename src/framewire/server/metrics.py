@@ -127,6 +127,11 @@ class Metrics:
         from framewire import __version__  # noqa: PLC0415
         from framewire._build import build_name  # noqa: PLC0415
 
+        self.worker_restarts = Counter(
+            "framewire_worker_restarts",
+            "Workers that died unasked and were replaced (under --workers; counted by the supervisor).",
+            registry=registry,
+        )
         self.handshake_failures = Counter(
             "framewire_tls_handshake_failures",
             "TLS handshakes that failed, by reason (a bounded set: wrong-version-number, unknown-ca, "

@@ -162,6 +162,7 @@ class Supervisor:
         count: int,
         grace: float,
         on_exit: Callable[[int], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         if count < 1:
             raise ValueError(f"workers must be at least 1, not {count}")
@@ -171,6 +172,8 @@ class Supervisor:
         self.grace = grace
         #: Called with the pid of every worker that ended (e.g. metrics clean-up).
         self.on_exit = on_exit
+        #: Called for every worker that died unasked and is replaced (metrics).
+        self.on_restart = on_restart
         self._workers: dict[int, _Worker] = {}  # by pid
         self._failures: dict[int, int] = {}  # quick deaths in a row, by worker number
         self._restart_at: dict[int, float] = {}  # worker number -> when to start it again
@@ -227,6 +230,8 @@ class Supervisor:
             failures = self._failures.get(worker.number, 0) + 1 if now - worker.started < _QUICK_DEATH else 1
             self._failures[worker.number] = failures
             delay = 0.0 if failures == 1 else min(_FIRST_DELAY * 2 ** (failures - 2), _MAX_DELAY)
+            if self.on_restart is not None:
+                self.on_restart()  # (before the line that says so: a reader of the log may scrape)
             log.warning(
                 "worker %d (pid %d) %s: starting another%s",
                 worker.number,
