@@ -299,3 +299,32 @@ def test_a_worker_that_dies_is_counted_as_restarted(spawn: Any) -> None:
     assert "framewire_worker_restarts_total 1.0" in scrape(metrics_port)
     code, _, err = server.stop()
     assert code == 0, err
+
+
+@pytest.mark.usefixtures("driver")
+def test_the_handler_queue_depth_is_a_gauge() -> None:
+    import threading
+
+    registry = CollectorRegistry()
+    release = threading.Event()
+    app = App()
+
+    @app.action("wait")
+    def wait(value: Any) -> Any:
+        release.wait(10)
+        return value
+
+    metrics = Metrics(app, registry)
+    with running(app, metrics=metrics, threads=2) as server:
+        with Client("127.0.0.1", server.port) as client:
+            client.send(*[Message.from_json({"action": "wait", "value": i}) for i in range(5)])
+            deadline = time.monotonic() + 5
+            while value(registry, "framewire_handler_queue") < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert value(registry, "framewire_handler_queue") == 5  # 2 running, 3 waiting
+            release.set()
+            assert [client.receive().json()["result"] for _ in range(5)] == list(range(5))
+        deadline = time.monotonic() + 5
+        while value(registry, "framewire_handler_queue") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert value(registry, "framewire_handler_queue") == 0

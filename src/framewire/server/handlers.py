@@ -313,6 +313,8 @@ class Dispatcher:
     def _finished(self, conn: ServerConnection, slot: Slot) -> None:
         # On the driver's thread, as _started.
         self.outstanding -= 1
+        if self.metrics is not None:
+            self.metrics.handler_queue.dec()
         held = self._held
         left = held[conn] - 1
         if left:
@@ -344,6 +346,8 @@ class Dispatcher:
 
     def _started(self, conn: ServerConnection, slot: Slot) -> None:
         self.outstanding += 1
+        if self.metrics is not None:
+            self.metrics.handler_queue.inc()
         self._held[conn] = self._held.get(conn, 0) + 1
         self._running[slot] = (conn.peer, time.monotonic())
 

@@ -127,6 +127,13 @@ class Metrics:
         from framewire import __version__  # noqa: PLC0415
         from framewire._build import build_name  # noqa: PLC0415
 
+        self.handler_queue = Gauge(
+            "framewire_handler_queue",
+            "Requests handed to the thread pool or the handlers' event loop and not yet answered "
+            "(at most --max-queued past which requests are answered server-busy).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.worker_restarts = Counter(
             "framewire_worker_restarts",
             "Workers that died unasked and were replaced (under --workers; counted by the supervisor).",
