@@ -208,8 +208,18 @@ def test_the_command_line_serves_metrics(spawn: Any, workers: tuple[str, ...]) -
         time.sleep(0.05)
     assert requests_total(scrape(metrics_port)) == before + 25
     # One build_info series, whatever the number of workers (their max).
-    info = [line for line in scrape(metrics_port).splitlines() if line.startswith("framewire_build_info{")]
+    page = scrape(metrics_port)
+    info = [line for line in page.splitlines() if line.startswith("framewire_build_info{")]
     assert len(info) == 1 and info[0].endswith(" 1.0") and 'build="' in info[0], info
+    # The usual process series: the process's own, or each worker's and the supervisor's.
+    cpu = re.findall(r"^process_cpu_seconds_total(\{[^}]*\})? ", page, re.M)
+    assert "python_info{" in page
+    if workers:
+        roles = sorted(re.search(r'role="(\w+)"', label).group(1) for label in cpu)  # type: ignore[union-attr]
+        assert roles == ["supervisor", "worker", "worker"]
+        assert page.count("# TYPE process_cpu_seconds_total") + page.count("# TYPE process_cpu_seconds ") == 1
+    else:
+        assert cpu == [""]
     code, _, err = server.stop()
     assert code == 0 and "Traceback" not in err
 

@@ -312,11 +312,56 @@ def serve_metrics(where: tuple[str, int], multiprocess_dir: str | None = None) -
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        # The multiprocess collector sums the workers' own series only: the
+        # usual process_* series (per worker, and the supervisor's) and
+        # python_info come from here.
+        from prometheus_client import PlatformCollector  # noqa: PLC0415
+
+        PlatformCollector(registry=registry)
+        registry.register(_WorkerProcesses())
     host, port = where
     httpd = _bounded_http_server(host, port, make_wsgi_app(registry))
     threading.Thread(target=httpd.serve_forever, name="framewire-metrics", daemon=True).start()
     address = httpd.server_address
     return str(address[0]), int(address[1])
+
+
+class _WorkerProcesses:
+    """The process_* series of the supervisor and of each worker (its
+    children), labelled by role and pid: what each one's own
+    ProcessCollector would give, which the multiprocess mode cannot carry."""
+
+    def collect(self) -> Any:
+        import psutil  # noqa: PLC0415
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
+        labels = ["role", "pid"]
+        cpu = CounterMetricFamily(
+            "process_cpu_seconds", "Total user and system CPU time in seconds.", labels=labels
+        )
+        rss = GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory size in bytes.", labels=labels
+        )
+        fds = GaugeMetricFamily("process_open_fds", "Number of open file descriptors.", labels=labels)
+        start = GaugeMetricFamily(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            labels=labels,
+        )
+        supervisor = psutil.Process()
+        for role, process in [("supervisor", supervisor)] + [("worker", c) for c in supervisor.children()]:
+            try:
+                with process.oneshot():
+                    times, memory = process.cpu_times(), process.memory_info()
+                    opened, started = process.num_fds(), process.create_time()
+            except psutil.Error:
+                continue  # gone meanwhile
+            key = [role, str(process.pid)]
+            cpu.add_metric(key, times.user + times.system)
+            rss.add_metric(key, memory.rss)
+            fds.add_metric(key, opened)
+            start.add_metric(key, started)
+        yield from (cpu, rss, fds, start)
 
 
 def _bounded_http_server(host: str, port: int, app: Any) -> Any:
