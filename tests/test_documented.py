@@ -86,3 +86,16 @@ def test_the_site_check_finds_a_broken_link_a_missing_anchor_and_a_stray_absolut
     (tmp_path / "api.html").write_text("<p>a <code>~framewire.client.pool.Pool</code> shares connections</p>")
     (raw,) = check_site.raw_markup(tmp_path)
     assert raw == "api.html: raw docstring markup: '<code>~framewire.client.pool.Pool</code>'"
+
+
+def test_every_public_name_is_on_the_api_page() -> None:
+    # framewire.__all__ is the public API; the API page documents each name
+    # (the errors through their module), and nothing private is promised.
+    import framewire
+    from framewire.core import errors
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^::: [\w.]+\.(\w+)$", text, re.M))
+    documented |= {name for name in dir(errors) if isinstance(getattr(errors, name), type)}
+    missing = [name for name in framewire.__all__ if name not in documented and name != "__version__"]
+    assert missing == []

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from framewire.client.options import DEFAULT, ClientOptions
     from framewire.client.pool import Pool
     from framewire.client.retry import Retry
+    from framewire.io.tls import client_context, server_context
     from framewire.server import Server
     from framewire.server.app import App, echo, search_app
     from framewire.server.config import ServerConfig
@@ -71,6 +72,8 @@ _LAZY = {
     "request_concurrently": "framewire.client.concurrent",
     "Server": "framewire.server",
     "ServerConfig": "framewire.server.config",
+    "client_context": "framewire.io.tls",
+    "server_context": "framewire.io.tls",
 }
 
 
@@ -127,10 +130,12 @@ __all__ = [
     "Subscription",
     "UnknownAction",
     "__version__",
+    "client_context",
     "echo",
     "echo_concurrently",
     "encode",
     "encode_many",
     "request_concurrently",
     "search_app",
+    "server_context",
 ]
