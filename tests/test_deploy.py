@@ -450,3 +450,76 @@ def test_two_redis_hubs_in_one_process_are_one_hub(redis_server: RedisServer) ->
         assert refused.value.code == "server-busy" and "cannot reach Redis" in refused.value.message
     finally:
         nowhere.stop()
+
+
+# -- systemd socket activation (deploy/framewire.socket + framewire.service) -------------------
+
+
+def _unit(name: str, key: str) -> str:
+    # One setting of a unit file in deploy/ (its last, as systemd takes it).
+    values: list[str] = re.findall(rf"^{key}=(.+)$", (ROOT / "deploy" / name).read_text(), re.M)
+    assert values, f"{name} has no {key}="
+    return values[-1].strip()
+
+
+def test_the_systemd_pair_serves_reloads_and_stops_as_shipped(tmp_path: Path) -> None:
+    # The socket unit's ListenStream, the service's ExecStart (its app the
+    # echo, its metrics on a free port) and ExecReload, run as systemd runs
+    # them: systemd-socket-activate holds the socket and starts the server
+    # on the first connection, with LISTEN_FDS.
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        if os.environ.get("FRAMEWIRE_REQUIRE_HAPROXY"):
+            pytest.fail("systemd-socket-activate is required here (the systemd package)")
+        pytest.skip("systemd-socket-activate is not installed")
+    host = _unit("framewire.socket", "ListenStream").rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1")
+    port = free_port(host)
+    exec_start = _unit("framewire.service", "ExecStart").split()
+    assert exec_start[0].endswith("/framewire") and exec_start[1] == "serve"
+    args = exec_start[2:]
+    args[args.index("--app") + 1] = "echo"
+    args[args.index("--metrics") + 1] = f"127.0.0.1:{free_port('127.0.0.1')}"
+    assert _unit("framewire.service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    from framewire.server.workers import usable_cpus
+
+    replaced = f"SIGHUP: {usable_cpus()} workers replaced"  # --workers auto
+    server = subprocess.Popen(
+        [activate, "-l", f"{host}:{port}", *framewire_cmd("serve", *args)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        with Client(host, port, timeout=20) as client:  # the first connection starts the service
+            assert client.request(Message.from_bytes(b"first")).content == b"first"
+        # A reload under load: every request is answered, by old or new workers.
+        answered: list[bytes] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with Client(host, port, timeout=10) as client:
+                while not stop.is_set():
+                    answered.append(client.request(Message.from_bytes(b"during")).content)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        subprocess.run(["/bin/kill", "-HUP", str(server.pid)], check=True, timeout=10)  # ExecReload
+        seen = ""
+        deadline = time.monotonic() + 30
+        while replaced not in seen and time.monotonic() < deadline:
+            line = server.stderr.readline() if server.stderr else ""
+            seen += line
+            if not line and server.poll() is not None:
+                break
+        stop.set()
+        loader.join(30)
+        assert replaced in seen, seen
+        assert answered and set(answered) == {b"during"}
+        with Client(host, port, timeout=10) as client:
+            assert client.request(Message.from_bytes(b"after")).content == b"after"
+        server.send_signal(signal.SIGTERM)  # systemctl stop (KillSignal=SIGTERM)
+        _, err = server.communicate(timeout=30)
+        assert server.returncode == 0, err
+        assert "all workers stopped" in err and "Traceback" not in seen + err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=10)
