@@ -66,9 +66,6 @@ bench: $(BENCH_STAMP) compiled-copy
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/bench_core.py --json-out .venv/core-bench.json
 	$(BIN)/python benchmarks/targets.py --build build/compiled/src
 	PYTHONPATH=build/compiled/src $(BIN)/python benchmarks/calls.py --build build/compiled/src
-	@command -v systemd-socket-activate >/dev/null 2>&1 || { \
-	  echo "installing systemd's tools from the system's packages"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server from the system's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
