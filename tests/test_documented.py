@@ -99,3 +99,21 @@ def test_every_public_name_is_on_the_api_page() -> None:
     documented |= {name for name in dir(errors) if isinstance(getattr(errors, name), type)}
     missing = [name for name in framewire.__all__ if name not in documented and name != "__version__"]
     assert missing == []
+
+
+def test_a_repository_file_a_page_names_is_a_link_to_its_copy_on_the_site(tmp_path: Path) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "mkdocs_hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = SimpleNamespace(url="deploy/")
+    html = "<p><code>deploy/kubernetes.yaml</code> and <code>deploy/nothing.yaml</code></p>"
+    done = hooks.on_page_content(html, page=page)
+    assert '<a href="../files/deploy/kubernetes.yaml"><code>deploy/kubernetes.yaml</code></a>' in done
+    assert "<code>deploy/nothing.yaml</code> " not in done and "<code>deploy/nothing.yaml</code></p>" in done
+    hooks.on_post_build({"site_dir": str(tmp_path)})
+    copied = tmp_path / "files" / "deploy" / "kubernetes.yaml"
+    assert copied.read_bytes() == (ROOT / "deploy" / "kubernetes.yaml").read_bytes()

@@ -338,3 +338,16 @@ def test_the_handler_queue_depth_is_a_gauge() -> None:
         while value(registry, "framewire_handler_queue") and time.monotonic() < deadline:
             time.sleep(0.01)
     assert value(registry, "framewire_handler_queue") == 0
+
+
+def test_every_series_is_in_the_table_of_the_deploy_page() -> None:
+    # One table documents every series the server defines (docs/deploy.md).
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    defined = set(
+        re.findall(r'"(framewire_[a-z_]+)"', (root / "src/framewire/server/metrics.py").read_text())
+    )
+    table = (root / "docs" / "deploy.md").read_text()
+    assert len(defined) > 15
+    assert [name for name in sorted(defined) if f"`{name}" not in table] == []
