@@ -582,11 +582,11 @@ def test_certs_force_replaces_files_never_writing_through_an_old_descriptor_or_a
         reader.close()
     assert victim.read_text() == "not a key"  # the link was replaced, not followed
     assert not (certs / "client-key.pem").is_symlink()
-    for name in ("server-key.pem", "client-key.pem"):
+    for name in ("server-key.pem", "client-key.pem", "ca-key.pem"):
         assert (certs / name).stat().st_mode & 0o777 == 0o600
     assert (certs / "server.pem").stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in certs.iterdir()) == sorted(
-        ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"]
+        ["ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem", "ca-key.pem"]
     )  # no temporary file left behind
 
 
