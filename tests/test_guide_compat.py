@@ -335,7 +335,15 @@ def test_framewire_request_binary_on_the_guide_server(guide_server: int) -> None
 def test_pipelining_against_the_guide_server_says_it_closed(guide_server: int) -> None:
     result = run_cli("request", "127.0.0.1", str(guide_server), "search", "morpheus", "--count", "3")
     assert result.returncode == 1
-    assert "closed the connection" in result.stderr
+    # It closed with the other requests unread: an orderly close or, when
+    # they had arrived, its kernel's reset, which can cost the client the
+    # answer already sent. Said either way, in one line, after the answer
+    # when it came.
+    assert "closed the connection" in result.stderr or "reset the connection" in result.stderr
+    assert result.stderr.count("\n") == 1
+    if result.stdout:
+        assert result.stdout.startswith("Follow the white rabbit")
+        assert result.stderr.rstrip().endswith("(after 1 answer)")
     assert "Traceback" not in result.stderr
 
 
