@@ -234,6 +234,11 @@ def test_a_handler_that_holds_the_loop_is_named_once_in_a_while(caplog: pytest.L
     with caplog.at_level("WARNING", logger="framewire.server"):
         server.held(conn, 10.0, 10.0 + limits.SLOW_HANDLER / 2)  # quick enough: nothing
         assert not caplog.records
+        # The next read, the same two requests, held the loop longer.
+        conn.receive(
+            encode(Message.from_json({"action": "report", "value": 1})) + encode(Message.from_bytes(b"x")),
+            10.0,
+        )
         server.held(conn, 10.0, 10.0 + limits.SLOW_HANDLER)
         (record,) = caplog.records
         assert "held the server's loop for 0.25 s (report, binary/octet-stream, from 192.0.2.1" in (
@@ -242,5 +247,10 @@ def test_a_handler_that_holds_the_loop_is_named_once_in_a_while(caplog: pytest.L
         assert "--threads N" in record.getMessage()
         server.held(conn, 11.0, 12.0)  # within the quiet time: not again
         assert len(caplog.records) == 1
+        conn.receive(encode(Message.from_json({"action": "later", "value": 2})), 20.0)
         server.held(conn, 20.0, 20.0 + limits.SLOW_HANDLER)  # past it: again
-        assert len(caplog.records) == 2
+        assert len(caplog.records) == 2 and "(later, from" in caplog.records[1].getMessage()
+        # Each read's requests are let go once looked at, slow or not: an
+        # idle connection does not hold on to its last (large) request.
+        server.held(conn, 30.0, 30.0)
+        assert conn.recent_actions(True) == []

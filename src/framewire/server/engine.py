@@ -500,12 +500,16 @@ class ServerConnection:
         self._answers.fulfil(slot, result)
         self.last_active = now
 
-    def recent_actions(self) -> list[str]:
+    def recent_actions(self, named: bool) -> list[str]:
         """What the requests of the last read asked for, as a warning names
-        them: their actions (a JSON request's ``action``), else their
-        content types; at most three, each once."""
+        them (when ``named``): their actions (a JSON request's ``action``),
+        else their content types; at most three, each once. The requests are
+        let go either way: kept, a large content would outlive its answer
+        for as long as the connection stays idle."""
+        last = self._answers.last
+        self._answers.last = []
         names: list[str] = []
-        for request in self._answers.last:
+        for request in last if named else ():
             name = request.content_type
             if request.is_json:
                 try:

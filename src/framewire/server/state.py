@@ -280,14 +280,16 @@ class ServerState:
         ``started`` to ``now``: warn when that held the loop (and so every
         connection) past ``limits.SLOW_HANDLER``, at most once in
         ``limits.SLOW_HANDLER_QUIET`` seconds."""
-        if now - started < limits.SLOW_HANDLER or now < self._slow_quiet_until:
+        slow = now - started >= limits.SLOW_HANDLER and now >= self._slow_quiet_until
+        actions = engine.recent_actions(slow)  # (and lets that read's requests go)
+        if not slow:
             return
         self._slow_quiet_until = now + limits.SLOW_HANDLER_QUIET
         log.warning(
             "a handler held the server's loop for %.2f s (%s, from %s): every connection waited; "
             "run slow handlers on threads (--threads N) or write them as async def",
             now - started,
-            ", ".join(engine.recent_actions()) or "no request",
+            ", ".join(actions) or "no request",
             engine.peer,
         )
 
